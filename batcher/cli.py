@@ -1,0 +1,118 @@
+"""The ``batcher`` command: thin. Every command imports its stage lazily, so ``--help`` stays light."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batcher")
+def main() -> None:
+    """Run Claude's vision over large image sets: streamed, rate-limited, resumable, exactly once."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=0, type=int, help="Port (default: a free one).")
+@click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")
+@click.option("--platform", type=click.Choice(["anthropic", "bedrock", "vertex"]),
+              default="anthropic", show_default=True,
+              help="bedrock/vertex: 5 MB an image and base64 sources only.")
+@click.option("--today", default=None, metavar="YYYY-MM-DD",
+              help="The simulator's date (decides which models have retired).")
+@click.option("--rpm", type=float, default=None, help="Requests per minute (default unlimited).")
+@click.option("--itpm", type=float, default=None, help="Input tokens per minute.")
+@click.option("--otpm", type=float, default=None, help="Output tokens per minute.")
+@click.option("--burst-window", type=float, default=60.0, show_default=True,
+              help="Seconds of a limit a bucket may hold (60 RPM with 1 s: one request a second).")
+@click.option("--latency", type=float, default=0.0, show_default=True,
+              help="Base seconds per messages request.")
+@click.option("--jitter", type=float, default=0.0, show_default=True, help="Extra random seconds.")
+@click.option("--fault", "faults", multiple=True, metavar="KIND=P",
+              help="Inject faults: overloaded, server_error, gateway_timeout, drop, stall (share 0..1).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and jitter.")
+@click.option("--batch-seconds", type=float, default=5.0, show_default=True,
+              help="Seconds a message batch takes to end.")
+def simulate(host: str, port: int, api_key: str | None, platform: str, today: str | None,
+             rpm: float | None, itpm: float | None, otpm: float | None, burst_window: float,
+             latency: float, jitter: float, faults: tuple[str, ...], seed: int,
+             batch_seconds: float) -> None:
+    """Serve a local simulator of the Anthropic API until Ctrl-C."""
+    import datetime as dt
+
+    from batcher.simulator.config import (
+        BatchClock,
+        Faults,
+        Latency,
+        RateLimits,
+        SimConfig,
+    )
+    from batcher.simulator.server import serve_forever
+
+    fault_cfg = Faults(seed=seed)
+    for item in faults:
+        kind, _, share = item.partition("=")
+        if not hasattr(fault_cfg, kind) or kind in ("seed", "stall_s"):
+            raise click.BadParameter(f"unknown fault kind {kind!r}", param_hint="--fault")
+        try:
+            setattr(fault_cfg, kind, float(share))
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected KIND=SHARE", param_hint="--fault") from None
+    try:
+        today_date = dt.date.fromisoformat(today) if today else None
+    except ValueError:
+        raise click.BadParameter(f"{today!r} is not YYYY-MM-DD", param_hint="--today") from None
+    config = SimConfig(
+        api_key=api_key,
+        platform=platform,  # type: ignore[arg-type]
+        today=today_date,
+        limits=RateLimits(rpm=rpm, itpm=itpm, otpm=otpm, burst_window_s=burst_window),
+        latency=Latency(base_s=latency, jitter_s=jitter),
+        faults=fault_cfg,
+        batches=BatchClock(duration_s=batch_seconds, seed=seed),
+    )
+
+    def ready(url: str) -> None:
+        click.echo(f"simulator listening on {url}  (ANTHROPIC_BASE_URL={url}; Ctrl-C stops)")
+        sys.stdout.flush()
+
+    serve_forever(config, host, port, on_ready=ready)
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+def models_cmd(as_json: bool) -> None:
+    """List the model profiles batcher knows (configs/models.toml plus your overrides)."""
+    import json
+
+    from batcher.models import ModelConfigError, load_registry
+
+    try:
+        registry = load_registry()
+    except ModelConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for p in registry.all():
+        if as_json:
+            click.echo(json.dumps({
+                "id": p.id, "ids": list(p.ids), "lifecycle": p.lifecycle,
+                "retires": p.retires.isoformat() if p.retires else None,
+                "context_window": p.context_window, "max_output_tokens": p.max_output_tokens,
+                "images_per_request": p.images_per_request, "native_edge": p.native_edge,
+                "image_token_budget": p.image_token_budget,
+                "max_image_b64_bytes": p.max_image_b64_bytes,
+                "price_input": p.prices.input, "price_output": p.prices.output,
+                "sampling_params": p.sampling_params,
+            }))
+        else:
+            life = p.lifecycle + (f" (retires {p.retires})" if p.retires else "")
+            click.echo(
+                f"{p.id:<22} {life:<30} ctx {p.context_window:>9,}  imgs {p.images_per_request:>3}"
+                f"  native {p.native_edge}px/{p.image_token_budget}tok"
+                f"  ${p.prices.input:g}/${p.prices.output:g} per MTok"
+            )
+
+
+if __name__ == "__main__":
+    main()

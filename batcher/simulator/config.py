@@ -1,0 +1,74 @@
+"""What a simulator instance is set to: limits, latency, faults, clock, platform."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Literal
+
+Platform = Literal["anthropic", "bedrock", "vertex"]
+
+
+@dataclass
+class RateLimits:
+    """Per-minute budgets; ``None`` is unlimited.
+
+    A bucket holds at most ``burst_window_s`` seconds' worth of its limit and refills
+    continuously, so a 60 RPM limit with a 1 s window is enforced as one request a second.
+    """
+
+    rpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
+    burst_window_s: float = 60.0
+    files_rpm: float | None = None
+
+
+@dataclass
+class Latency:
+    """Seconds a messages request takes: base + jitter + per megapixel of input + per output token."""
+
+    base_s: float = 0.0
+    jitter_s: float = 0.0
+    per_megapixel_s: float = 0.0
+    per_output_token_s: float = 0.0
+
+
+@dataclass
+class Faults:
+    """Probabilities, per messages request, of each injected failure (drawn from ``seed``)."""
+
+    overloaded: float = 0.0  # 529 overloaded_error
+    server_error: float = 0.0  # 500 api_error
+    gateway_timeout: float = 0.0  # 504 timeout_error
+    drop: float = 0.0  # the connection is cut mid-response
+    stall: float = 0.0  # no answer for stall_s (past any sane client timeout)
+    stall_s: float = 30.0
+    seed: int = 0
+
+
+@dataclass
+class BatchClock:
+    """How fast Message Batches move: tests want seconds, not the API's hour."""
+
+    #: seconds from creation until a batch has processed every request
+    duration_s: float = 1.0
+    #: share of requests that come back ``expired`` instead of being processed
+    expire_share: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class SimConfig:
+    #: None: any non-empty key is accepted; otherwise only this one
+    api_key: str | None = None
+    platform: Platform = "anthropic"
+    #: the simulator's notion of today (model retirement); None: the real date
+    today: dt.date | None = None
+    limits: RateLimits = field(default_factory=RateLimits)
+    latency: Latency = field(default_factory=Latency)
+    faults: Faults = field(default_factory=Faults)
+    batches: BatchClock = field(default_factory=BatchClock)
+
+    def current_date(self) -> dt.date:
+        return self.today or dt.datetime.now(dt.UTC).date()
