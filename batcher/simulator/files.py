@@ -14,8 +14,14 @@ if TYPE_CHECKING:
 
 
 class FileStore:
+    """Uploaded files. ``image_bytes(file_id)`` is what messages validation relies on."""
+
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
+
+    def image_bytes(self, file_id: str) -> tuple[bytes, str] | None:
+        """The stored bytes and mime type of a live file, or None (unknown, deleted, expired)."""
+        return None
 
 
 async def upload(request: Request, sim: Simulator) -> Response:
