@@ -6,6 +6,8 @@ Interface the messages handler relies on (keep it when filling this in):
   ``retry-after`` header when a bucket is short (nothing is taken then).
 - ``Buckets.settle(admission, output_tokens)``: the answer used ``output_tokens``; give back the
   rest of what ``admit`` took for output.
+- ``Buckets.admit_files()``: one Files API request against its own, separate budget (about 100
+  a minute in the beta), or raise ``ApiError(429, ...)``.
 - ``Buckets.headers()``: ``anthropic-ratelimit-*`` headers (as ASGI byte pairs) for every response.
 """
 
@@ -31,6 +33,9 @@ class Buckets:
 
     def admit(self, cost: MessageCost) -> Admission:
         return Admission(cost)
+
+    def admit_files(self) -> None:
+        return None
 
     def settle(self, admission: Admission, output_tokens: int) -> None:
         return None
