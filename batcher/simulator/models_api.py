@@ -1,17 +1,128 @@
-"""GET /v1/models and /v1/models/{id} (placeholder: being built)."""
+"""GET /v1/models and /v1/models/{model_id}, from the model registry.
+
+Every model the registry knows and the simulator's date has not retired is listed, in the
+registry's order (``configs/models.toml`` lists the newest first), paged as the API pages:
+``limit`` (1..1000, default 20), ``after_id`` / ``before_id`` cursors, and ``first_id``,
+``last_id``, ``has_more`` in the answer. Any of a model's names (id, dated id, alias) finds it;
+an unknown or retired one is a 404 ``not_found_error``.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batcher import facts
+from batcher.models import ModelProfile
 from batcher.simulator.core import Simulator
-from batcher.simulator.errors import ApiError
+from batcher.simulator.errors import ApiError, invalid
+
+_EPOCH = dt.date(1970, 1, 1)
+#: Capabilities the profiles do not track; the simulator reports them unsupported.
+_PLAIN_CAPABILITIES = ("citations", "code_execution", "pdf_input")
+
+
+def _support(flag: bool) -> dict[str, bool]:
+    return {"supported": flag}
+
+
+def capabilities(profile: ModelProfile) -> dict[str, Any]:
+    """The ``ModelCapabilities`` object for a profile (every key the schema requires)."""
+    thinking = profile.can("thinking")
+    effort = profile.can("effort")
+    caps: dict[str, Any] = {
+        key: _support(profile.can(key))
+        for key in ("batch", "image_input", "structured_outputs", *_PLAIN_CAPABILITIES)
+    }
+    caps["context_management"] = {
+        "supported": profile.can("context_management"), "clear_thinking_20251015": None,
+        "clear_tool_uses_20250919": None, "compact_20260112": None,
+    }
+    caps["effort"] = {"supported": effort, **{level: _support(effort) for level in facts.EFFORT_LEVELS}}
+    # Models that refuse sampling parameters refuse manual ("enabled") thinking too.
+    caps["thinking"] = {
+        "supported": thinking,
+        "types": {"adaptive": _support(thinking),
+                  "enabled": _support(thinking and profile.sampling_params)},
+    }
+    return caps
+
+
+def model_info(profile: ModelProfile) -> dict[str, Any]:
+    """The ``ModelInfo`` object for a profile."""
+    created = profile.created_at or _EPOCH
+    return {
+        "type": "model",
+        "id": profile.id,
+        "display_name": profile.display_name,
+        "created_at": f"{created.isoformat()}T00:00:00Z",
+        "max_input_tokens": profile.context_window,
+        "max_tokens": profile.max_output_tokens,
+        "capabilities": capabilities(profile),
+    }
+
+
+def _live(sim: Simulator) -> list[ModelProfile]:
+    today = sim.config.current_date()
+    return [p for p in sim.registry.all() if not p.is_retired(today)]
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 20
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise invalid("limit", "Input should be a valid integer") from None
+    if not 1 <= limit <= 1000:
+        raise invalid("limit", "Input should be between 1 and 1000")
+    return limit
+
+
+def page(models: list[ModelProfile], limit: int, after_id: str | None,
+         before_id: str | None) -> dict[str, Any]:
+    """One page of ``models`` as the API pages a list (cursors are model ids)."""
+    if after_id is not None and before_id is not None:
+        raise invalid("", "after_id and before_id cannot both be given")
+    ids = [p.id for p in models]
+    if after_id is not None:
+        start = _cursor(ids, after_id, "after_id") + 1
+        chosen, has_more = models[start:start + limit], start + limit < len(models)
+    elif before_id is not None:
+        end = _cursor(ids, before_id, "before_id")
+        chosen, has_more = models[max(0, end - limit):end], end - limit > 0
+    else:
+        chosen, has_more = models[:limit], limit < len(models)
+    data = [model_info(p) for p in chosen]
+    return {"data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+
+
+def _cursor(ids: list[str], cursor: str, name: str) -> int:
+    try:
+        return ids.index(cursor)
+    except ValueError:
+        raise invalid(name, f"no model with id {cursor!r} in this list") from None
 
 
 async def list_models(request: Request, sim: Simulator) -> Response:
-    raise ApiError(500, "not built yet")
+    """GET /v1/models."""
+    from batcher.simulator.app import JSON
+
+    query = request.query_params
+    limit = _limit(query.get("limit"))
+    return JSON(page(_live(sim), limit, query.get("after_id"), query.get("before_id")))
 
 
 async def get_model(request: Request, sim: Simulator) -> Response:
-    raise ApiError(500, "not built yet")
+    """GET /v1/models/{model_id}: any of the model's names; 404 when unknown or retired."""
+    from batcher.simulator.app import JSON
+
+    model_id = request.path_params["model_id"]
+    profile = sim.registry.get(model_id)
+    if profile is None or profile.is_retired(sim.config.current_date()):
+        raise ApiError(404, f"model: {model_id}")
+    return JSON(model_info(profile))
