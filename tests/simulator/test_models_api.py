@@ -81,8 +81,11 @@ def test_capabilities_follow_the_profile(base_url: str) -> None:
     assert old["thinking"]["types"]["enabled"] == {"supported": True}
     opus = get(base_url, "/v1/models/claude-opus-4-8").json()
     assert (opus["max_input_tokens"], opus["max_tokens"]) == (1_000_000, 128_000)
-    undated = get(base_url, "/v1/models/claude-opus-4-8").json()
-    assert undated["created_at"] == "1970-01-01T00:00:00Z"  # no published date: the epoch
+    for profile in load_registry().all():
+        created = get(base_url, f"/v1/models/{profile.id}").json()["created_at"]
+        # a model without a published date shows the epoch
+        expected = profile.created_at.isoformat() if profile.created_at else "1970-01-01"
+        assert created == f"{expected}T00:00:00Z"
 
 
 def test_unknown_and_retired_models_are_404(make_simulator: Any) -> None:
