@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,31 @@ def openapi(shared_dir: Path) -> dict:
     if not path.is_file():
         pytest.skip("../shared/api/anthropic-openapi.json is absent")
     return json.loads(path.read_text())
+
+
+@pytest.fixture
+def check(openapi: dict) -> Callable[[Any, str], None]:
+    """``check(instance, "Message")`` validates against ``#/components/schemas/Message``.
+
+    OpenAPI 3.1 schemas are JSON Schema 2020-12; the whole document is registered as one resource
+    so its ``#/components/schemas/...`` references resolve. Skipped where ../shared is absent.
+    """
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    doc = "urn:anthropic-openapi"
+    registry = Registry().with_resource(doc, Resource(contents=openapi, specification=DRAFT202012))
+    validators: dict[str, Draft202012Validator] = {}
+
+    def check(instance: Any, component: str) -> None:
+        if component not in validators:
+            ref = {"$ref": f"{doc}#/components/schemas/{component}"}
+            validators[component] = Draft202012Validator(ref, registry=registry)
+        errors = sorted(validators[component].iter_errors(instance), key=lambda e: e.path)
+        assert not errors, f"{component}: {errors[0].message} at {list(errors[0].absolute_path)}"
+
+    return check
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Bodies against the published OpenAPI document: what the tests send and what the simulator answers.
 
-OpenAPI 3.1 schemas are JSON Schema 2020-12; the whole document is registered as one resource so
-its ``#/components/schemas/...`` references resolve. Skipped where ../shared is absent.
+The ``check`` fixture (tests/conftest.py) validates against the document's components; skipped
+where ../shared is absent.
 """
 
 from __future__ import annotations
@@ -11,34 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from batcher import facts
 from batcher.simulator.server import RunningSimulator
 from tests.simulator.test_messages import RICH_SCHEMA, TOOL
 from tests.simulator.test_validate import b64_image, image_block, image_bytes
 
-DOC = "urn:anthropic-openapi"
 HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION}
 Check = Callable[[Any, str], None]
-
-
-@pytest.fixture
-def check(openapi: dict[str, Any]) -> Check:
-    """``check(instance, "Message")`` validates against ``#/components/schemas/Message``."""
-    registry = Registry().with_resource(DOC, Resource(contents=openapi, specification=DRAFT202012))
-    validators: dict[str, Draft202012Validator] = {}
-
-    def check(instance: Any, component: str) -> None:
-        if component not in validators:
-            ref = {"$ref": f"{DOC}#/components/schemas/{component}"}
-            validators[component] = Draft202012Validator(ref, registry=registry)
-        errors = sorted(validators[component].iter_errors(instance), key=lambda e: e.path)
-        assert not errors, f"{component}: {errors[0].message} at {list(errors[0].absolute_path)}"
-
-    return check
 
 
 @pytest.fixture

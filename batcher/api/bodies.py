@@ -1,0 +1,96 @@
+"""Request bodies: the one place that knows how a row becomes a Messages API request.
+
+Images come before the prompt, and with several images each is introduced by ``Image N:``, as
+the vision guide advises. Parameters the model refuses are never sent (config has already refused
+a job that sets them for such a model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from batcher import facts
+from batcher.models import ModelProfile
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """One image as it goes on the wire."""
+
+    kind: Literal["base64", "file", "url"]
+    #: base64 text, a file id or a URL, by kind
+    value: str
+    media_type: str | None = None
+
+    def source(self) -> dict[str, Any]:
+        if self.kind == "base64":
+            return {"type": "base64", "media_type": self.media_type, "data": self.value}
+        if self.kind == "file":
+            return {"type": "file", "file_id": self.value}
+        return {"type": "url", "url": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSettings:
+    """The job's [request] table, as bodies needs it."""
+
+    max_tokens: int
+    system: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    effort: str | None = None
+    stop_sequences: Sequence[str] | None = None
+
+
+def user_content(images: Sequence[ImagePart], prompt: str) -> list[dict[str, Any]]:
+    """Images first, each labelled when there are several, then the prompt."""
+    blocks: list[dict[str, Any]] = []
+    for n, image in enumerate(images, start=1):
+        if len(images) > 1:
+            blocks.append({"type": "text", "text": f"Image {n}:"})
+        blocks.append({"type": "image", "source": image.source()})
+    blocks.append({"type": "text", "text": prompt})
+    return blocks
+
+
+def messages_body(profile: ModelProfile, settings: RequestSettings, images: Sequence[ImagePart],
+                  prompt: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": profile.id,
+        "max_tokens": settings.max_tokens,
+        "messages": [{"role": "user", "content": user_content(images, prompt)}],
+    }
+    if settings.system:
+        body["system"] = settings.system
+    if settings.stop_sequences:
+        body["stop_sequences"] = list(settings.stop_sequences)
+    if profile.sampling_params:
+        for param in facts.SAMPLING_PARAMS:
+            value = getattr(settings, param)
+            if value is not None:
+                body[param] = value
+    if settings.effort is not None:
+        body["output_config"] = {"effort": settings.effort}
+    return body
+
+
+def betas_for(images: Sequence[ImagePart], files_beta: str) -> list[str]:
+    """File references need the Files API beta on the messages call too."""
+    return [files_beta] if any(image.kind == "file" for image in images) else []
+
+
+def answer_text(message: dict[str, Any]) -> tuple[str, str | None]:
+    """(the text of an answer, the JSON input of its tool_use block if any)."""
+    import orjson
+
+    texts: list[str] = []
+    tool_input: str | None = None
+    for block in message.get("content") or []:
+        if block.get("type") == "text":
+            texts.append(str(block.get("text", "")))
+        elif block.get("type") == "tool_use" and tool_input is None:
+            tool_input = orjson.dumps(block.get("input")).decode()
+    return "".join(texts), tool_input

@@ -1,0 +1,211 @@
+"""Job files (TOML) → a typed, validated :class:`JobConfig`.
+
+Every problem is one :class:`ConfigError` whose message names the job file and the dotted key
+(``jobs/x.toml: request.max_tokens: Input should be greater than 0``), so the CLI can print one
+line and exit 2 before anything is sent. Checks that need the model's profile (sampling
+parameters, max_tokens, batch capability, image caps) are in :func:`check_against_model`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from batcher import facts
+from batcher.models import ModelConfigError, ModelProfile, ModelRegistry, load_registry
+
+
+class ConfigError(ValueError):
+    """A job file that cannot run; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    # An unknown key is a typo until proven otherwise: refuse it, naming it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Section):
+    manifest: str
+    id_column: str | None = None
+    image_column: str = "image"
+    prompt_column: str | None = None
+    #: a template over the manifest's columns: "Describe {title}"
+    prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> InputConfig:
+        if (self.prompt_column is None) == (self.prompt is None):
+            raise ValueError("set exactly one of prompt_column or prompt (a template)")
+        return self
+
+
+class RequestConfig(_Section):
+    model: str
+    max_tokens: int = Field(gt=0)
+    system: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, gt=0)
+    #: output_config.effort; thinking is billed as output within max_tokens
+    effort: Literal[facts.EFFORT_LEVELS] | None = None  # type: ignore[valid-type]
+    stop_sequences: list[str] | None = None
+
+
+class RunConfig(_Section):
+    output: str = "out/{job}"
+    concurrency: int = Field(default=32, gt=0, le=4096)
+    mode: Literal["online", "batch"] = "online"
+    #: attempts a row gets in one run before it is left for the next run (not a final error)
+    max_attempts: int = Field(default=8, gt=0, le=100)
+    #: seconds a row may spend waiting on retries in one run
+    max_retry_wait_s: float = Field(default=600.0, gt=0)
+    #: seconds one request may take before it is abandoned and retried
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    #: rows per Parquet part
+    part_rows: int = Field(default=5000, gt=0)
+    #: processes that prepare images (0: one per core)
+    image_workers: int = Field(default=0, ge=0)
+
+
+class ImagesConfig(_Section):
+    transport: Literal["base64", "files", "url"] = "base64"
+    #: ask for less than the model's native size: a long-edge cap and/or a token cap per image
+    max_edge: int | None = Field(default=None, gt=0)
+    max_image_tokens: int | None = Field(default=None, gt=0)
+    #: base64 bytes per image; 5 MB by default (every platform), up to the model's limit
+    max_b64_bytes: int = Field(default=facts.PORTABLE_IMAGE_B64_BYTES, gt=0)
+    allow_truncated: bool = False
+    files_beta: str = facts.FILES_BETA
+    files_expire_s: int | None = Field(
+        default=None, ge=facts.FILES_EXPIRES_MIN_S, le=facts.FILES_EXPIRES_MAX_S
+    )
+    delete_files_at_end: bool = False
+
+
+class LimitsConfig(_Section):
+    budget_usd: float | None = Field(default=None, gt=0)
+    #: seed the client's rate-limit picture (it learns the real one from response headers)
+    tier: str | None = None
+    rpm: float | None = Field(default=None, gt=0)
+    itpm: float | None = Field(default=None, gt=0)
+    otpm: float | None = Field(default=None, gt=0)
+
+
+class JobConfig(_Section):
+    input: InputConfig
+    request: RequestConfig
+    run: RunConfig = RunConfig()
+    images: ImagesConfig = ImagesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    #: extra or overridden model profiles, as in configs/models.toml's [models] table
+    models: dict[str, dict[str, Any]] = {}
+
+    # Set by load_job, not by the file.
+    path: Path = Path("job.toml")
+    base_dir: Path = Path(".")
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def manifest_path(self) -> Path:
+        return (self.base_dir / self.input.manifest).resolve()
+
+    def output_dir(self, override: str | Path | None = None) -> Path:
+        """``--out`` (relative to the current folder) or ``run.output`` (relative to the job file)."""
+        if override is not None:
+            return Path(override).resolve()
+        return (self.base_dir / self.run.output.format(job=self.name)).resolve()
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = _key_of(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if err["type"] == "missing":
+        return f"{key}: missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg}" if key else msg
+
+
+def parse_job(data: dict[str, Any], path: Path) -> JobConfig:
+    """Validate a parsed job table; ``path`` names the file in errors and anchors relative paths."""
+    try:
+        job = JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+    return job.model_copy(update={"path": path, "base_dir": path.resolve().parent})
+
+
+def load_job(path: str | Path) -> JobConfig:
+    """Read and validate a job file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such job file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for reserved in ("path", "base_dir"):
+        if reserved in data:
+            raise ConfigError(f"{path}: {reserved}: unknown key")
+    return parse_job(data, path)
+
+
+def job_registry(job: JobConfig) -> ModelRegistry:
+    """The model table with the job's own [models] overrides."""
+    try:
+        return load_registry(job.models, job_source=str(job.path))
+    except ModelConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_against_model(job: JobConfig, profile: ModelProfile) -> None:
+    """What a job may not ask of this model; each a ConfigError naming the key."""
+    where = str(job.path)
+    req = job.request
+    if req.max_tokens > profile.max_output_tokens:
+        raise ConfigError(
+            f"{where}: request.max_tokens: {req.max_tokens} is above {profile.id}'s maximum of "
+            f"{profile.max_output_tokens}"
+        )
+    if not profile.sampling_params:
+        for param in facts.SAMPLING_PARAMS:
+            if getattr(req, param) is not None:
+                raise ConfigError(
+                    f"{where}: request.{param}: {profile.id} refuses sampling parameters "
+                    "(the API answers 400); remove it"
+                )
+    if req.effort is not None and not profile.can("effort"):
+        raise ConfigError(f"{where}: request.effort: {profile.id} does not take an effort level")
+    if not profile.can("image_input"):
+        raise ConfigError(f"{where}: request.model: {profile.id} does not accept images")
+    if job.run.mode == "batch" and not profile.can("batch"):
+        raise ConfigError(f"{where}: run.mode: {profile.id} is not available in the Batch API")
+    if job.images.max_b64_bytes > profile.max_image_b64_bytes:
+        raise ConfigError(
+            f"{where}: images.max_b64_bytes: {job.images.max_b64_bytes} is above {profile.id}'s "
+            f"limit of {profile.max_image_b64_bytes}"
+        )
+    if job.images.max_edge is not None and job.images.max_edge > profile.native_edge:
+        raise ConfigError(
+            f"{where}: images.max_edge: {job.images.max_edge} is above {profile.id}'s native "
+            f"{profile.native_edge} px (the API would shrink it again)"
+        )
+    if job.images.max_image_tokens is not None and job.images.max_image_tokens > profile.image_token_budget:
+        raise ConfigError(
+            f"{where}: images.max_image_tokens: {job.images.max_image_tokens} is above "
+            f"{profile.id}'s budget of {profile.image_token_budget}"
+        )
