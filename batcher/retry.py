@@ -1,0 +1,62 @@
+"""When to send a failed request again, and how long to wait first.
+
+The decisions are pure functions (tested without sockets); :func:`retrying` wires them into
+tenacity for the request stage. A row that runs out of attempts or of waiting time in one run is
+*not* a final error: the caller leaves it for the next run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import tenacity
+
+from batcher.api import errors
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    #: total seconds one row may spend waiting between its attempts in this run
+    max_wait_s: float = 600.0
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+
+def backoff_s(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
+    """Exponential backoff with jitter for the ``attempt``-th failure (1-based).
+
+    The jitter spreads clients that failed together so they do not come back together.
+    """
+    ceiling = min(policy.cap_s, policy.base_s * 2 ** (attempt - 1))
+    return ceiling * (0.5 + 0.5 * rng.random())
+
+
+def wait_for(exc: BaseException, attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
+    """Seconds to wait before the next attempt: the API's ``retry-after`` when it gave one."""
+    if isinstance(exc, errors.APIStatusError):
+        asked = exc.retry_after
+        if asked is not None and 0 <= asked <= 60:
+            return asked
+    return backoff_s(attempt, policy, rng)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, errors.APIError) and exc.retryable and not exc.fatal
+
+
+def retrying(policy: RetryPolicy, rng: random.Random | None = None) -> tenacity.AsyncRetrying:
+    """A tenacity controller for one row's request: retryable errors only, bounded both ways."""
+    rng = rng or random.Random()
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return wait_for(exc, state.attempt_number, policy, rng) if exc else 0.0
+
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(is_retryable),
+        wait=wait,
+        stop=tenacity.stop_after_attempt(policy.max_attempts) | tenacity.stop_before_delay(policy.max_wait_s),
+        reraise=True,
+    )
