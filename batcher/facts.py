@@ -102,6 +102,8 @@ BATCH_MAX_BYTES: Final = 256 * 1024 * 1024
 BATCH_EXPIRY_HOURS: Final = 24
 FILES_EXPIRES_MIN_S: Final = 3600
 FILES_EXPIRES_MAX_S: Final = 7_776_000
+#: The Files API's ceiling for one uploaded file.
+FILE_MAX_BYTES: Final = 500 * 1024 * 1024
 SAMPLING_PARAMS: Final = ("temperature", "top_p", "top_k")
 
 # --- errors and retries -----------------------------------------------------------------------

@@ -1,40 +1,373 @@
-"""The Files API (placeholder: being built)."""
+"""The Files API: ``POST /v1/files``, ``GET /v1/files``, ``GET`` and ``DELETE /v1/files/{id}``.
+
+Shapes follow the OpenAPI document's beta routes (``BetaFileMetadataSchema`` and friends) plus the
+``expires_at`` field the current SDK reads. Rules the simulator enforces, as the API does:
+
+- Every route needs ``anthropic-beta: files-api-2025-04-14`` (a 400 without it) and passes the
+  Files API's own rate budget (``Buckets.admit_files``) first. On Bedrock and Vertex the Files API
+  does not exist: every route is a 404 there.
+- An upload is one multipart part named ``file``, at most ``facts.FILE_MAX_BYTES`` (413 beyond),
+  with an optional ``expires_in_seconds`` form field within
+  ``facts.FILES_EXPIRES_MIN_S..FILES_EXPIRES_MAX_S``. ``mime_type`` comes from the bytes when they
+  are an image the API knows, else from the part's content type or the file name. Only the last
+  path component of the part's file name is kept; a missing one becomes ``unnamed`` plus an
+  extension for the mime type (as the SDK documents).
+- Unknown, deleted and expired ids are a 404 ``not_found_error`` everywhere, including as an image
+  source in a messages body (:meth:`FileStore.image_bytes` answers None for them).
+- Lists are newest first and paged like every list in the API (``limit`` 1..1000, default 20;
+  ``after_id`` / ``before_id``). A cursor stays valid after its file is deleted, so a client can
+  page through a list while deleting what it reads.
+
+Expiry runs on the monotonic clock. The API's shortest expiry is an hour, so tests end a file's
+life early with :meth:`FileStore.expire` (a simulator-only control, not part of ``/v1``).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+import hashlib
+import mimetypes
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
+import anyio.to_thread
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from batcher.simulator.errors import ApiError
+from batcher import facts
+from batcher.simulator.errors import ApiError, invalid, not_found
 
 if TYPE_CHECKING:
     from batcher.simulator.core import Simulator
 
+#: Multipart framing around the file: headers, boundaries, the expiry field.
+_MULTIPART_SLACK: Final = 64 * 1024
+#: Above this many bytes, hashing runs on a worker thread so the event loop keeps serving.
+_HASH_OFF_LOOP_BYTES: Final = 1024 * 1024
+_MAX_FILENAME: Final = 500
+_GENERIC_TYPES: Final = frozenset({"", "application/octet-stream"})
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """An aware UTC time as the API writes it (``2025-04-15T18:37:24.100435Z``)."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- paging, shared with the Message Batches list ---------------------------------------------------
+
+
+def parse_limit(raw: str | None) -> int:
+    """The ``limit`` query parameter of a list: 1..1000, default 20."""
+    if raw is None:
+        return 20
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise invalid("limit", "Input should be a valid integer") from None
+    if not 1 <= limit <= 1000:
+        raise invalid("limit", "Input should be between 1 and 1000")
+    return limit
+
+
+def page(entries: Sequence[tuple[int, dict[str, Any]]], limit: int, after: int | None,
+         before: int | None) -> dict[str, Any]:
+    """One page of ``entries`` — (sequence number, object) pairs, newest (highest) first.
+
+    ``after`` and ``before`` are the sequence numbers of the cursors: ``after`` pages towards
+    older objects, ``before`` towards newer ones (the page just before the cursor).
+    """
+    if after is not None:
+        rest = [e for e in entries if e[0] < after]
+        chosen, has_more = rest[:limit], len(rest) > limit
+    elif before is not None:
+        rest = [e for e in entries if e[0] > before]
+        chosen, has_more = rest[-limit:], len(rest) > limit
+    else:
+        chosen, has_more = list(entries[:limit]), len(entries) > limit
+    data = [obj for _, obj in chosen]
+    return {"data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+
+
+def cursors(request: Request, seq_of: Callable[[str], int | None]) -> tuple[int, int | None, int | None]:
+    """``limit`` and the two cursors of a list request, as sequence numbers; 400 for bad ones."""
+    query = request.query_params
+    limit = parse_limit(query.get("limit"))
+    after_id, before_id = query.get("after_id"), query.get("before_id")
+    if after_id is not None and before_id is not None:
+        raise invalid("", "after_id and before_id cannot both be given")
+    return limit, _seq(after_id, "after_id", seq_of), _seq(before_id, "before_id", seq_of)
+
+
+def _seq(cursor: str | None, name: str, seq_of: Callable[[str], int | None]) -> int | None:
+    if cursor is None:
+        return None
+    seq = seq_of(cursor)
+    if seq is None:
+        raise invalid(name, f"no object with id {cursor!r} in this list")
+    return seq
+
+
+# --- the store -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredFile:
+    id: str
+    seq: int
+    filename: str
+    mime_type: str
+    data: bytes
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    #: monotonic time at which the file stops existing; None: never
+    deadline: float | None
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``BetaFileMetadataSchema`` object (plus ``expires_at``, which the SDK reads)."""
+        return {
+            "id": self.id,
+            "type": "file",
+            "filename": self.filename,
+            "mime_type": self.mime_type,
+            "size_bytes": len(self.data),
+            "created_at": rfc3339(self.created_at),
+            "expires_at": rfc3339(self.expires_at) if self.expires_at else None,
+            "downloadable": False,
+        }
+
 
 class FileStore:
-    """Uploaded files. ``image_bytes(file_id)`` is what messages validation relies on."""
+    """Uploaded files, in memory. Safe to call from worker threads (messages validation does).
 
-    def __init__(self, sim: Simulator) -> None:
+    ``clock`` is the monotonic clock expiry runs on; tests may replace it.
+    """
+
+    def __init__(self, sim: Simulator, clock: Callable[[], float] = time.monotonic) -> None:
         self.sim = sim
+        self.clock = clock
+        self._files: dict[str, StoredFile] = {}
+        #: every id ever issued -> its sequence number, so cursors outlive their files
+        self._seqs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes, filename: str, mime_type: str,
+            expires_in_s: int | None = None) -> StoredFile:
+        """Store an upload and return it."""
+        from batcher.simulator.core import new_id
+
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            seq = len(self._seqs)
+            stored = StoredFile(
+                id=new_id("file"), seq=seq, filename=filename, mime_type=mime_type, data=data,
+                created_at=now,
+                expires_at=now + dt.timedelta(seconds=expires_in_s) if expires_in_s else None,
+                deadline=self.clock() + expires_in_s if expires_in_s else None)
+            self._files[stored.id] = stored
+            self._seqs[stored.id] = seq
+        self._report()
+        return stored
+
+    def get(self, file_id: str) -> StoredFile | None:
+        """A live file, or None (unknown, deleted or expired)."""
+        with self._lock:
+            stored = self._files.get(file_id)
+            if stored is None or not self._expired(stored):
+                return stored
+            del self._files[file_id]
+        self._report()
+        return None
+
+    def delete(self, file_id: str) -> bool:
+        """Delete a live file; False when there was none to delete."""
+        if self.get(file_id) is None:
+            return False
+        with self._lock:
+            found = self._files.pop(file_id, None) is not None
+        self._report()
+        return found
+
+    def expire(self, file_id: str) -> bool:
+        """Simulator-only control: make a live file expire now (the API's minimum is an hour)."""
+        with self._lock:
+            stored = self._files.get(file_id)
+            if stored is None:
+                return False
+            stored.deadline = self.clock()
+            stored.expires_at = dt.datetime.now(dt.UTC)
+        return True
+
+    def live(self) -> list[StoredFile]:
+        """Every live file, newest first (expired ones are dropped on the way)."""
+        with self._lock:
+            gone = [f.id for f in self._files.values() if self._expired(f)]
+            for file_id in gone:
+                del self._files[file_id]
+            files = sorted(self._files.values(), key=lambda f: f.seq, reverse=True)
+        if gone:
+            self._report()
+        return files
+
+    def seq_of(self, file_id: str) -> int | None:
+        """The sequence number of any id this store ever issued (a list cursor)."""
+        with self._lock:
+            return self._seqs.get(file_id)
 
     def image_bytes(self, file_id: str) -> tuple[bytes, str] | None:
         """The stored bytes and mime type of a live file, or None (unknown, deleted, expired)."""
+        stored = self.get(file_id)
+        return None if stored is None else (stored.data, stored.mime_type)
+
+    @property
+    def bytes_stored(self) -> int:
+        """Bytes held by live files."""
+        return sum(len(f.data) for f in self.live())
+
+    def _expired(self, stored: StoredFile) -> bool:
+        return stored.deadline is not None and self.clock() >= stored.deadline
+
+    def _report(self) -> None:
+        with self._lock:
+            total = sum(len(f.data) for f in self._files.values())
+        self.sim.ledger.files_stored(total)
+
+
+# --- pure decisions about an upload ----------------------------------------------------------------
+
+
+def parse_expiry(raw: Any) -> int | None:
+    """The ``expires_in_seconds`` form field: None when absent, else an int within the API's bounds."""
+    if raw is None:
         return None
+    if not isinstance(raw, str):
+        raise invalid("expires_in_seconds", "Input should be a valid integer")
+    try:
+        seconds = int(raw.strip())
+    except ValueError:
+        raise invalid("expires_in_seconds", "Input should be a valid integer") from None
+    lo, hi = facts.FILES_EXPIRES_MIN_S, facts.FILES_EXPIRES_MAX_S
+    if not lo <= seconds <= hi:
+        raise invalid("expires_in_seconds", f"Input should be between {lo} and {hi}")
+    return seconds
+
+
+def mime_type_of(data: bytes, declared: str | None, filename: str) -> str:
+    """What the API records as a file's type: the bytes' own image type first."""
+    sniffed = facts.sniff_media_type(data[:16])
+    if sniffed is not None:
+        return sniffed
+    declared = (declared or "").split(";")[0].strip().lower()
+    if declared not in _GENERIC_TYPES:
+        return declared
+    guessed, _ = mimetypes.guess_type(filename)
+    return guessed or "application/octet-stream"
+
+
+def clean_filename(raw: str | None, mime_type: str) -> str:
+    """The last path component of the part's file name, or ``unnamed`` + an extension."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name:
+        name = "unnamed" + (mimetypes.guess_extension(mime_type) or "")
+    if len(name) > _MAX_FILENAME:
+        raise invalid("file.filename", f"String should have at most {_MAX_FILENAME} characters")
+    return name
+
+
+# --- the routes --------------------------------------------------------------------------------------
+
+
+def _enter(request: Request, sim: Simulator) -> None:
+    """What every Files route checks first: the platform has it, the budget, the beta header."""
+    from batcher.simulator.messages import betas_of
+
+    if sim.config.platform != "anthropic":
+        raise not_found(f"{request.method} {request.url.path}: the Files API is not available on "
+                        f"{sim.config.platform}")
+    sim.buckets.admit_files()
+    if facts.FILES_BETA not in betas_of(request):
+        raise invalid("anthropic-beta", f"the Files API is in beta: send the `anthropic-beta: "
+                                        f"{facts.FILES_BETA}` header")
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, f"File exceeds the maximum size of {facts.FILE_MAX_BYTES} bytes.")
+
+
+async def _read_part(request: Request) -> tuple[bytes, str | None, str | None, Any]:
+    """The uploaded bytes, the part's file name and content type, and the raw expiry field."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > facts.FILE_MAX_BYTES + _MULTIPART_SLACK:
+        raise _too_large()
+    try:
+        async with request.form(max_files=1, max_fields=8) as form:
+            part = form.get("file")
+            if not isinstance(part, UploadFile):
+                raise invalid("file", "Field required (a multipart file part named `file`)")
+            if part.size is not None and part.size > facts.FILE_MAX_BYTES:
+                raise _too_large()
+            data = await part.read()
+            return data, part.filename, part.content_type, form.get("expires_in_seconds")
+    except HTTPException as exc:  # malformed multipart: starlette's own 400
+        raise invalid("file", str(exc.detail)) from None
 
 
 async def upload(request: Request, sim: Simulator) -> Response:
-    raise ApiError(500, "not built yet")
+    """POST /v1/files."""
+    from batcher.simulator.app import JSON
+
+    _enter(request, sim)
+    data, raw_name, declared, raw_expiry = await _read_part(request)
+    if len(data) > facts.FILE_MAX_BYTES:
+        raise _too_large()
+    expires_in_s = parse_expiry(raw_expiry)
+    mime_type = mime_type_of(data, declared, raw_name or "")
+    filename = clean_filename(raw_name, mime_type)
+    if len(data) > _HASH_OFF_LOOP_BYTES:
+        digest = await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+    stored = sim.files.add(data, filename, mime_type, expires_in_s)
+    sim.ledger.uploaded(digest)
+    return JSON(stored.metadata())
 
 
 async def list_files(request: Request, sim: Simulator) -> Response:
-    raise ApiError(500, "not built yet")
+    """GET /v1/files: newest first, paged."""
+    from batcher.simulator.app import JSON
+
+    _enter(request, sim)
+    limit, after, before = cursors(request, sim.files.seq_of)
+    entries = [(f.seq, f.metadata()) for f in sim.files.live()]
+    return JSON(page(entries, limit, after, before))
+
+
+def _live_or_404(request: Request, sim: Simulator) -> StoredFile:
+    file_id = request.path_params["file_id"]
+    stored = sim.files.get(file_id)
+    if stored is None:
+        raise not_found(f"File not found: {file_id}")
+    return stored
 
 
 async def get_file(request: Request, sim: Simulator) -> Response:
-    raise ApiError(500, "not built yet")
+    """GET /v1/files/{file_id}: the file's metadata."""
+    from batcher.simulator.app import JSON
+
+    _enter(request, sim)
+    return JSON(_live_or_404(request, sim).metadata())
 
 
 async def delete_file(request: Request, sim: Simulator) -> Response:
-    raise ApiError(500, "not built yet")
+    """DELETE /v1/files/{file_id}."""
+    from batcher.simulator.app import JSON
+
+    _enter(request, sim)
+    stored = _live_or_404(request, sim)
+    sim.files.delete(stored.id)
+    return JSON({"id": stored.id, "type": "file_deleted"})

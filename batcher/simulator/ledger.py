@@ -29,6 +29,11 @@ class Ledger:
     input_tokens: int = 0
     output_tokens: int = 0
     image_tokens: int = 0
+    #: the part of input_tokens / output_tokens billed through Message Batches (at the batch price)
+    batch_input_tokens: int = 0
+    batch_output_tokens: int = 0
+    #: bytes the Files API holds now (kept up to date by the file store)
+    files_bytes_stored: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
     charges_by_nonce: Counter[str] = field(default_factory=Counter)
@@ -61,6 +66,16 @@ class Ledger:
             for nonce in nonces:
                 self.charges_by_nonce[nonce] += 1
 
+    def charge_batch(self, *, input_tokens: int, output_tokens: int) -> None:
+        """Mark tokens already charged by :meth:`charge` as billed at the Message Batches price."""
+        with self._lock:
+            self.batch_input_tokens += input_tokens
+            self.batch_output_tokens += output_tokens
+
+    def files_stored(self, total_bytes: int) -> None:
+        with self._lock:
+            self.files_bytes_stored = total_bytes
+
     def saw_images(self, seen: list[ImageSeen]) -> None:
         with self._lock:
             self.images.extend(seen)
@@ -81,6 +96,9 @@ class Ledger:
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
                 "image_tokens": self.image_tokens,
+                "batch_input_tokens": self.batch_input_tokens,
+                "batch_output_tokens": self.batch_output_tokens,
+                "files_bytes_stored": self.files_bytes_stored,
                 "in_flight": self.in_flight,
                 "peak_in_flight": self.peak_in_flight,
                 "charges_by_nonce": dict(self.charges_by_nonce),
