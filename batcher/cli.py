@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from batcher.simulator.config import Faults
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,41 +29,40 @@ def main() -> None:
 @click.option("--rpm", type=float, default=None, help="Requests per minute (default unlimited).")
 @click.option("--itpm", type=float, default=None, help="Input tokens per minute.")
 @click.option("--otpm", type=float, default=None, help="Output tokens per minute.")
+@click.option("--files-rpm", type=float, default=None,
+              help="Files API requests per minute, a budget of its own (default unlimited).")
 @click.option("--burst-window", type=float, default=60.0, show_default=True,
               help="Seconds of a limit a bucket may hold (60 RPM with 1 s: one request a second).")
 @click.option("--latency", type=float, default=0.0, show_default=True,
               help="Base seconds per messages request.")
 @click.option("--jitter", type=float, default=0.0, show_default=True, help="Extra random seconds.")
+@click.option("--per-megapixel", type=float, default=0.0, show_default=True,
+              help="Extra seconds per megapixel of input images.")
+@click.option("--per-output-token", type=float, default=0.0, show_default=True,
+              help="Extra seconds per output token.")
 @click.option("--fault", "faults", multiple=True, metavar="KIND=P",
-              help="Inject faults: overloaded, server_error, gateway_timeout, drop, stall (share 0..1).")
+              help="Inject faults, repeatable: overloaded, server_error, gateway_timeout, drop, "
+                   "stall (share 0..1 of messages requests).")
+@click.option("--stall-seconds", type=float, default=30.0, show_default=True,
+              help="How long a stalled request hangs before its 504.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and jitter.")
 @click.option("--batch-seconds", type=float, default=5.0, show_default=True,
               help="Seconds a message batch takes to end.")
 def simulate(host: str, port: int, api_key: str | None, platform: str, today: str | None,
-             rpm: float | None, itpm: float | None, otpm: float | None, burst_window: float,
-             latency: float, jitter: float, faults: tuple[str, ...], seed: int,
+             rpm: float | None, itpm: float | None, otpm: float | None, files_rpm: float | None,
+             burst_window: float, latency: float, jitter: float, per_megapixel: float,
+             per_output_token: float, faults: tuple[str, ...], stall_seconds: float, seed: int,
              batch_seconds: float) -> None:
-    """Serve a local simulator of the Anthropic API until Ctrl-C."""
+    """Serve a local simulator of the Anthropic API until Ctrl-C.
+
+    Prints its base URL on one line once it listens; SIGINT or SIGTERM stop it (exit code 0).
+    """
     import datetime as dt
 
-    from batcher.simulator.config import (
-        BatchClock,
-        Faults,
-        Latency,
-        RateLimits,
-        SimConfig,
-    )
-    from batcher.simulator.server import serve_forever
+    from batcher.simulator.config import BatchClock, Latency, RateLimits, SimConfig
+    from batcher.simulator.errors import ApiError
+    from batcher.simulator.server import announce_line, serve_forever
 
-    fault_cfg = Faults(seed=seed)
-    for item in faults:
-        kind, _, share = item.partition("=")
-        if not hasattr(fault_cfg, kind) or kind in ("seed", "stall_s"):
-            raise click.BadParameter(f"unknown fault kind {kind!r}", param_hint="--fault")
-        try:
-            setattr(fault_cfg, kind, float(share))
-        except ValueError:
-            raise click.BadParameter(f"{item!r}: expected KIND=SHARE", param_hint="--fault") from None
     try:
         today_date = dt.date.fromisoformat(today) if today else None
     except ValueError:
@@ -68,17 +71,40 @@ def simulate(host: str, port: int, api_key: str | None, platform: str, today: st
         api_key=api_key,
         platform=platform,  # type: ignore[arg-type]
         today=today_date,
-        limits=RateLimits(rpm=rpm, itpm=itpm, otpm=otpm, burst_window_s=burst_window),
-        latency=Latency(base_s=latency, jitter_s=jitter),
-        faults=fault_cfg,
+        limits=RateLimits(rpm=rpm, itpm=itpm, otpm=otpm, burst_window_s=burst_window,
+                          files_rpm=files_rpm),
+        latency=Latency(base_s=latency, jitter_s=jitter, per_megapixel_s=per_megapixel,
+                        per_output_token_s=per_output_token),
+        faults=_fault_shares(faults, stall_seconds, seed),
         batches=BatchClock(duration_s=batch_seconds, seed=seed),
     )
 
     def ready(url: str) -> None:
-        click.echo(f"simulator listening on {url}  (ANTHROPIC_BASE_URL={url}; Ctrl-C stops)")
+        click.echo(announce_line(url))
         sys.stdout.flush()
 
-    serve_forever(config, host, port, on_ready=ready)
+    try:
+        serve_forever(config, host, port, on_ready=ready)
+    except ApiError as exc:  # settings the simulator refuses (a negative limit, shares over 1)
+        raise click.UsageError(exc.message) from None
+
+
+def _fault_shares(items: tuple[str, ...], stall_s: float, seed: int) -> Faults:
+    """``--fault KIND=P`` options as a Faults config."""
+    from batcher.simulator.config import Faults
+    from batcher.simulator.faults import KINDS
+
+    config = Faults(stall_s=stall_s, seed=seed)
+    for item in items:
+        kind, _, share = item.partition("=")
+        if kind not in KINDS:
+            raise click.BadParameter(f"unknown fault kind {kind!r} (one of {', '.join(KINDS)})",
+                                     param_hint="--fault")
+        try:
+            setattr(config, kind, float(share))
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected KIND=SHARE", param_hint="--fault") from None
+    return config
 
 
 @main.command("models")

@@ -46,7 +46,7 @@ class Simulator:
         from batcher.simulator.files import FileStore
 
         self.buckets = Buckets(self.config.limits)
-        self.faults = FaultInjector(self.config.faults, self.config.latency)
+        self.faults = FaultInjector(self.config.faults, self.config.latency, self.ledger)
         self.files = FileStore(self)
         self.batches = BatchStore(self)
 

@@ -42,6 +42,8 @@ class Ledger:
     images_resized: int = 0
     #: (monotonic time, status) of every /v1/messages answer, for throughput and 429 shares
     message_log: list[tuple[float, int]] = field(default_factory=list)
+    #: faults injected on purpose, by kind (overloaded, server_error, gateway_timeout, stall, drop)
+    faults: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def enter(self) -> None:
@@ -75,6 +77,10 @@ class Ledger:
     def files_stored(self, total_bytes: int) -> None:
         with self._lock:
             self.files_bytes_stored = total_bytes
+
+    def fault(self, kind: str) -> None:
+        with self._lock:
+            self.faults[kind] += 1
 
     def saw_images(self, seen: list[ImageSeen]) -> None:
         with self._lock:
@@ -113,6 +119,7 @@ class Ledger:
                 ],
                 "images_resized": self.images_resized,
                 "message_log": [[t, s] for t, s in self.message_log],
+                "faults": dict(self.faults),
             }
 
 
