@@ -15,8 +15,10 @@ Shapes follow the OpenAPI document's beta routes (``BetaFileMetadataSchema`` and
 - Unknown, deleted and expired ids are a 404 ``not_found_error`` everywhere, including as an image
   source in a messages body (:meth:`FileStore.image_bytes` answers None for them).
 - Lists are newest first and paged like every list in the API (``limit`` 1..1000, default 20;
-  ``after_id`` / ``before_id``). A cursor stays valid after its file is deleted, so a client can
-  page through a list while deleting what it reads.
+  ``after_id`` / ``before_id``, as the OpenAPI document has it), and also by the opaque ``page``
+  cursor the current SDK follows (``next_page`` in each answer), or restricted to at most 100
+  ``ids`` (one page, unknown and deleted ids left out). A cursor stays valid after its file is
+  deleted, so a client can page through a list while deleting what it reads.
 
 Expiry runs on the monotonic clock. The API's shortest expiry is an hour, so tests end a file's
 life early with :meth:`FileStore.expire` (a simulator-only control, not part of ``/v1``).
@@ -24,6 +26,7 @@ life early with :meth:`FileStore.expire` (a simulator-only control, not part of 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import mimetypes
@@ -50,6 +53,8 @@ _MULTIPART_SLACK: Final = 64 * 1024
 #: Above this many bytes, hashing runs on a worker thread so the event loop keeps serving.
 _HASH_OFF_LOOP_BYTES: Final = 1024 * 1024
 _MAX_FILENAME: Final = 500
+#: Most ids one ``GET /v1/files?ids[]=...`` may name.
+_MAX_IDS: Final = 100
 _GENERIC_TYPES: Final = frozenset({"", "application/octet-stream"})
 
 
@@ -338,13 +343,61 @@ async def upload(request: Request, sim: Simulator) -> Response:
 
 
 async def list_files(request: Request, sim: Simulator) -> Response:
-    """GET /v1/files: newest first, paged."""
+    """GET /v1/files: newest first, paged by ``after_id`` / ``before_id`` (the OpenAPI document) or
+    by the opaque ``page`` / ``next_page`` cursor (the current SDK), or restricted to ``ids``."""
     from batcher.simulator.app import JSON
 
     _enter(request, sim)
+    query = request.query_params
+    wanted = requested_ids([*query.getlist("ids[]"), *query.getlist("ids")])
+    if wanted is not None:
+        if "page" in query or "limit" in query:
+            raise invalid("ids", "ids cannot be combined with page or limit")
+        data = [f.metadata() for f in sim.files.live() if f.id in wanted]
+        return JSON({"data": data, "first_id": data[0]["id"] if data else None,
+                     "last_id": data[-1]["id"] if data else None, "has_more": False,
+                     "next_page": None})
     limit, after, before = cursors(request, sim.files.seq_of)
-    entries = [(f.seq, f.metadata()) for f in sim.files.live()]
-    return JSON(page(entries, limit, after, before))
+    if query.get("page"):
+        if after is not None or before is not None:
+            raise invalid("page", "page cannot be combined with after_id or before_id")
+        after = parse_page_token(query["page"])
+    files = sim.files.live()
+    answer = page([(f.seq, f.metadata()) for f in files], limit, after, before)
+    forward = before is None and answer["has_more"] and answer["last_id"] is not None
+    answer["next_page"] = page_token(sim.files.seq_of(answer["last_id"]) or 0) if forward else None
+    return JSON(answer)
+
+
+def requested_ids(values: list[str]) -> frozenset[str] | None:
+    """The ``ids`` filter (``ids[]=a&ids[]=b``, repeated or comma lists): None when absent."""
+    ids = frozenset(part.strip() for v in values for part in v.split(",") if part.strip())
+    if not values:
+        return None
+    if len(ids) > _MAX_IDS:
+        raise invalid("ids", f"List should have at most {_MAX_IDS} items after validation, "
+                             f"not {len(ids)}")
+    return ids
+
+
+def page_token(seq: int) -> str:
+    """The opaque ``next_page`` cursor: the files after (older than) sequence number ``seq``."""
+    return "page_" + base64.urlsafe_b64encode(f"after:{seq}".encode()).decode().rstrip("=")
+
+
+def parse_page_token(token: str) -> int:
+    """The sequence number inside a ``page`` cursor; 400 for one this simulator did not issue."""
+    try:
+        if not token.startswith("page_"):
+            raise ValueError(token)
+        raw = token[5:]
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        kind, _, seq = decoded.partition(":")
+        if kind != "after":
+            raise ValueError(token)
+        return int(seq)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid("page", f"invalid page cursor {token!r}") from None
 
 
 def _live_or_404(request: Request, sim: Simulator) -> StoredFile:

@@ -240,3 +240,27 @@ def test_answers_match_the_openapi_schema(client: httpx.Client, check: Check) ->
     check(client.delete(f"/v1/files/{meta['id']}").json(), "BetaFileDeleteResponse")
     check(client.get(f"/v1/files/{meta['id']}").json(), "BetaErrorResponse")
     check(upload(client, image_bytes(), expires_in_seconds="1").json(), "BetaErrorResponse")
+
+
+def test_the_sdks_opaque_page_cursor_and_ids_filter(client: httpx.Client) -> None:
+    ids = [uploaded(client, image_bytes(10 + i, 10))["id"] for i in range(5)]
+    walked, params = [], {"limit": "2"}
+    while True:
+        answer = client.get("/v1/files", params=params).json()
+        walked += [f["id"] for f in answer["data"]]
+        if answer["next_page"] is None:
+            assert not answer["has_more"]
+            break
+        assert answer["next_page"].startswith("page_")
+        params = {"limit": "2", "page": answer["next_page"]}
+    assert walked == ids[::-1]
+
+    client.delete(f"/v1/files/{ids[1]}")
+    chosen = client.get("/v1/files", params=[("ids[]", ids[0]), ("ids[]", ids[1]),
+                                              ("ids[]", "file_unknown")]).json()
+    assert [f["id"] for f in chosen["data"]] == [ids[0]] and chosen["next_page"] is None
+    error_of(client.get("/v1/files", params=[("ids[]", ids[0]), ("limit", "2")]), 400)
+    error_of(client.get("/v1/files", params={"ids": ",".join(f"file_{i}" for i in range(101))}),
+             400)
+    assert error_of(client.get("/v1/files", params={"page": "page_bogus"}), 400).startswith("page: ")
+    assert error_of(client.get("/v1/files", params={"page": "nope"}), 400).startswith("page: ")
