@@ -27,6 +27,7 @@ and tests touch the simulator from other threads, and an uncontended lock costs 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -118,7 +119,7 @@ class Buckets:
         with self._lock:
             now = self._clock()
             window = limits.burst_window_s
-            self.limits = limits
+            self.limits = dataclasses.replace(limits)  # edits in place count only via configure()
             self.requests = _reshape(self.requests, limits.rpm, window, now, at_least_one=True)
             self.input = _reshape(self.input, limits.itpm, window, now)
             self.output = _reshape(self.output, limits.otpm, window, now)

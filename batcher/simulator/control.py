@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from dataclasses import fields, is_dataclass
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batcher.simulator.buckets import Buckets
 from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError
+from batcher.simulator.faults import FaultInjector
 
 
 async def ledger(request: Request, sim: Simulator) -> Response:
@@ -40,6 +43,11 @@ async def update(request: Request, sim: Simulator) -> Response:
     changes = await read_json(request)
     if not isinstance(changes, dict):
         raise ApiError(400, "expected a JSON object of settings")
+    # Try the changes on a copy first, so settings the simulator refuses leave it as it was.
+    trial = copy.deepcopy(sim.config)
+    _apply(trial, changes, "")
+    Buckets(trial.limits)
+    FaultInjector(trial.faults, trial.latency)
     _apply(sim.config, changes, "")
     sim.reconfigure()
     return JSON({"ok": True})

@@ -22,6 +22,7 @@ Interface the messages handler relies on:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -99,8 +100,9 @@ class FaultInjector:
     def configure(self, faults: Faults, latency: Latency) -> None:
         """Apply new settings live; re-seed only when the seed changed."""
         _check(faults, latency)
-        self.faults = faults
-        self.latency = latency
+        # Copies: a config edited in place takes effect only through configure(), checked.
+        self.faults = dataclasses.replace(faults)
+        self.latency = dataclasses.replace(latency)
         if faults.seed != self._seed:
             self._seed = faults.seed
             self._rng = random.Random(faults.seed)

@@ -1,0 +1,157 @@
+"""Rate limits through real sockets: what a client of ``POST /v1/messages`` sees of the buckets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from batcher import facts
+from batcher.simulator.config import RateLimits, SimConfig
+from batcher.simulator.server import RunningSimulator
+
+HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION}
+KINDS = ("requests", "input-tokens", "output-tokens", "tokens")
+
+
+def body(text: str = "Say hello.", max_tokens: int = 32) -> dict[str, Any]:
+    return {"model": "claude-haiku-5-5", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}]}
+
+
+def counted(text: str = "Say hello.") -> dict[str, Any]:
+    """A count_tokens body (no ``max_tokens``: the endpoint refuses it)."""
+    return {k: v for k, v in body(text).items() if k != "max_tokens"}
+
+
+def limited(make_simulator: Any, **limits: Any) -> Iterator[httpx.Client]:
+    sim = make_simulator(SimConfig(limits=RateLimits(**limits)))
+    with httpx.Client(base_url=sim.base_url, headers=HEADERS, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def one_a_second(make_simulator: Any) -> Iterator[httpx.Client]:
+    yield from limited(make_simulator, rpm=60, burst_window_s=1)
+
+
+def assert_ratelimit_headers(response: httpx.Response, kinds: tuple[str, ...] = KINDS) -> None:
+    for kind in kinds:
+        for field in ("limit", "remaining", "reset"):
+            assert facts.ratelimit_header(kind, field) in response.headers, (kind, field, response)
+
+
+def test_60_rpm_with_a_1_s_window_admits_one_request_a_second(
+        one_a_second: httpx.Client) -> None:
+    statuses, retry_after = [], []
+    first_answered = None
+    for _ in range(10):  # back to back
+        response = one_a_second.post("/v1/messages", json=body())
+        first_answered = first_answered or time.monotonic()
+        statuses.append(response.status_code)
+        retry_after.append(response.headers.get("retry-after"))
+        assert_ratelimit_headers(response, ("requests",))
+    assert statuses == [200] + [429] * 9
+    assert retry_after[1:] == ["1"] * 9
+    error = one_a_second.post("/v1/messages", json=body())
+    assert error.json()["error"]["type"] == "rate_limit_error"
+    assert "of 60 requests per minute" in error.json()["error"]["message"]
+    # retry-after was honest: a second after the first was admitted, one more goes through
+    assert first_answered is not None
+    time.sleep(max(0.0, first_answered + 1.0 - time.monotonic()))
+    assert one_a_second.post("/v1/messages", json=body()).status_code == 200
+    assert one_a_second.post("/v1/messages", json=body()).status_code == 429
+
+
+def test_every_v1_response_carries_the_ratelimit_headers(make_simulator: Any) -> None:
+    for client in limited(make_simulator, rpm=60, itpm=100_000, otpm=20_000, burst_window_s=1):
+        responses = [
+            client.post("/v1/messages", json=body()),  # 200
+            client.post("/v1/messages", json=body()),  # 429
+            client.post("/v1/messages", json={"model": "claude-haiku-5-5"}),  # 400
+            client.post("/v1/messages/count_tokens", json=counted()),
+            client.get("/v1/models"),
+            client.get("/v1/no-such-thing"),  # 404
+            client.post("/v1/messages", json=body(), headers={"x-api-key": ""}),  # 401
+        ]
+        assert [r.status_code for r in responses] == [200, 429, 400, 200, 200, 404, 401]
+        for response in responses:
+            assert_ratelimit_headers(response)
+            assert response.headers["request-id"].startswith("req_")
+        assert "anthropic-ratelimit-requests-limit" not in client.get("/_ledger").headers
+
+
+def test_an_unlimited_simulator_sends_no_ratelimit_headers(simulator: RunningSimulator) -> None:
+    response = httpx.post(f"{simulator.base_url}/v1/messages", json=body(), headers=HEADERS)
+    assert response.status_code == 200
+    assert not [h for h in response.headers if h.startswith("anthropic-ratelimit-")]
+
+
+def test_input_tokens_bind_when_the_prompt_is_large(make_simulator: Any) -> None:
+    for client in limited(make_simulator, itpm=60_000, burst_window_s=1):  # holds 1000
+        prompt = "word " * 300
+        n = client.post("/v1/messages/count_tokens", json=counted(prompt)).json()["input_tokens"]
+        assert 300 < n < 500  # two fit in the bucket, three do not
+        assert [client.post("/v1/messages", json=body(prompt)).status_code
+                for _ in range(3)] == [200, 200, 429]
+        error = client.post("/v1/messages", json=body(prompt))
+        assert "input tokens per minute" in error.json()["error"]["message"]
+        assert error.headers["retry-after"] == "1"
+        remaining = int(error.headers["anthropic-ratelimit-input-tokens-remaining"])
+        assert remaining < n
+
+
+def test_unused_output_is_given_back(make_simulator: Any) -> None:
+    for client in limited(make_simulator, otpm=60_000, burst_window_s=1):  # holds 1000
+        first = client.post("/v1/messages", json=body(max_tokens=600))
+        assert first.status_code == 200
+        used = first.json()["usage"]["output_tokens"]
+        assert used < 100
+        left = int(first.headers["anthropic-ratelimit-output-tokens-remaining"])
+        assert 1000 - used <= left <= 1000  # the 600 taken came back but for what was used
+        # without the refund a second 600 would not fit in the 400 left
+        assert client.post("/v1/messages", json=body(max_tokens=600)).status_code == 200
+
+
+def test_a_request_bigger_than_the_bucket_is_refused_for_good(make_simulator: Any) -> None:
+    for client in limited(make_simulator, otpm=6_000, burst_window_s=1):  # holds 100
+        response = client.post("/v1/messages", json=body(max_tokens=101))
+        assert response.status_code == 429
+        assert response.headers["x-should-retry"] == "false"
+        assert "can never be admitted" in response.json()["error"]["message"]
+        assert client.post("/v1/messages", json=body(max_tokens=100)).status_code == 200
+
+
+def test_limits_change_live_through_control(simulator: RunningSimulator) -> None:
+    with httpx.Client(base_url=simulator.base_url, headers=HEADERS, timeout=10) as client:
+        assert client.post("/v1/messages", json=body()).status_code == 200
+        update = {"limits": {"rpm": 60, "burst_window_s": 1}}
+        assert client.post("/_control", json=update).status_code == 200
+        assert [client.post("/v1/messages", json=body()).status_code
+                for _ in range(2)] == [200, 429]
+        assert client.post("/_control", json={"limits": {"rpm": None}}).status_code == 200
+        assert client.post("/v1/messages", json=body()).status_code == 200
+
+
+def test_files_api_has_a_budget_of_its_own(make_simulator: Any) -> None:
+    for client in limited(make_simulator, rpm=60, files_rpm=60, burst_window_s=1):
+        beta = {"anthropic-beta": facts.FILES_BETA}
+        assert client.get("/v1/files", headers=beta).status_code == 200
+        refused = client.get("/v1/files", headers=beta)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert "Files API requests per minute" in refused.json()["error"]["message"]
+        assert client.post("/v1/messages", json=body()).status_code == 200
+
+
+def test_refused_settings_leave_the_simulator_as_it_was(make_simulator: Any) -> None:
+    for client in limited(make_simulator, rpm=60, burst_window_s=1):
+        for bad in ({"limits": {"rpm": 0}}, {"faults": {"drop": 2}},
+                    {"limits": {"rpm": 120}, "faults": {"overloaded": -1}}):
+            assert client.post("/_control", json=bad).status_code == 400
+        assert [client.post("/v1/messages", json=body()).status_code
+                for _ in range(2)] == [200, 429]  # still 60 RPM, and no faults
+        assert client.get("/_ledger").json()["faults"] == {}
