@@ -32,6 +32,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ def render_template(template: str, names: list[str], values: dict[str, Any],
             state = "empty" if name in values else "missing"
             return RowError("template_error", f"template field {{{name}}} is {state} in this row")
     try:
-        return template.format_map({n: values[n] for n in names})
+        return template.format_map(values)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         return RowError("template_error", f"template could not be filled: {exc}")
 
@@ -130,12 +131,14 @@ def parse_images(cell: Any) -> list[str] | RowError:
     return RowError("bad_row", f"image cell holds {type(cell).__name__} {cell!r}, not a path or URL")
 
 
-def resolve_image(value: str, base: Path) -> str:
+def resolve_image(value: str, base: str | Path) -> str:
     """An http(s) URL as given; a path resolved against the manifest's folder."""
-    if value.lower().startswith(("http://", "https://")):
+    if value[:8].lower().startswith(("http://", "https://")):
         return value
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else base / path)
+    # os.path, not pathlib: this runs once per image of every row.
+    if value.startswith("~"):
+        value = os.path.expanduser(value)
+    return value if os.path.isabs(value) else os.path.join(base, value)
 
 
 def derive_id(images: list[str] | None, image_cell: Any, prompt_key: str) -> str:
@@ -276,12 +279,13 @@ class Manifest:
             except ValueError as exc:
                 raise ManifestError(f"input.prompt: {exc}") from exc
         empty_is_missing = self.format == "csv"
+        base = str(self.path.parent)
         for index, record in self._records():
             if isinstance(record, RowError):
                 yield Row(id=derive_id(None, f"#line {index + 1}", record.message), images=[],
                           prompt="", fields={}, index=index, error=record)
             else:
-                yield self._make_row(index, record, names, empty_is_missing)
+                yield self._make_row(index, record, names, empty_is_missing, base)
 
     def _records(self) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         if self.format == "csv":
@@ -302,12 +306,14 @@ class Manifest:
         with self.path.open("r", encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh)
             next(reader, None)
-            index = 0
+            index, width = 0, len(cols)
             for cells in reader:
                 if not cells or (len(cells) == 1 and not cells[0].strip()):
                     continue  # blank line: not a row
-                # Short rows read as empty cells; extra cells beyond the header are dropped.
-                yield index, {c: (cells[i] if i < len(cells) else "") for i, c in enumerate(cols)}
+                if len(cells) != width:
+                    # Short rows read as empty cells; extra cells beyond the header are dropped.
+                    cells = (cells + [""] * width)[:width]
+                yield index, dict(zip(cols, cells, strict=True))
                 index += 1
 
     def _jsonl_objects(self) -> Iterator[tuple[int, Any]]:
@@ -333,7 +339,7 @@ class Manifest:
                     index += 1
 
     def _make_row(self, index: int, record: dict[str, Any], names: list[str],
-                  empty_is_missing: bool) -> Row:
+                  empty_is_missing: bool, base: str) -> Row:
         image_cell = record.get(self.image_column)
         images = parse_images(image_cell)
         error = images if isinstance(images, RowError) else None
@@ -342,12 +348,12 @@ class Manifest:
         if isinstance(prompt, RowError):
             error = error or prompt
             prompt = ""
-        fields = {k: to_scalar(v) for k, v in record.items()}
+        # CSV cells are strings already; other formats may hold lists, dates, bytes...
+        fields = record if self.format == "csv" else {k: to_scalar(v) for k, v in record.items()}
         row_id = self._row_id(record, image_list, image_cell, prompt_key)
         if isinstance(row_id, RowError):
             error = error or row_id
             row_id = derive_id(image_list, image_cell, prompt_key)
-        base = self.path.parent
         resolved = [resolve_image(v, base) for v in image_list] if image_list else []
         return Row(id=row_id, images=resolved, prompt=prompt, fields=fields, index=index, error=error)
 
@@ -384,7 +390,7 @@ class Manifest:
 def open_manifest(path: str | Path, *, id_column: str | None, image_column: str,
                   prompt_column: str | None, prompt_template: str | None) -> Manifest:
     """A :class:`Manifest` over ``path`` (nothing is read until ``columns``/``check``/``rows``)."""
-    p = Path(path)
+    p = Path(path).absolute()
     if prompt_column is not None and prompt_template is not None:
         raise ManifestError("input: give prompt_column or a prompt template, not both")
     return Manifest(path=p, format=detect_format(p), id_column=id_column, image_column=image_column,
