@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -138,6 +139,55 @@ def models_cmd(as_json: bool) -> None:
                 f"  native {p.native_edge}px/{p.image_token_budget}tok"
                 f"  ${p.prices.input:g}/${p.prices.output:g} per MTok"
             )
+
+
+@main.command("prepare")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "-m", default="claude-haiku-5-5", show_default=True,
+              help="Model whose native size the images are prepared for.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write each prepared image here as <stem>.<ext> (repeated stems: <stem>-2, -3...).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
+@click.option("--max-edge", type=int, default=None, help="Cap the long side (px) below the model's.")
+@click.option("--max-image-tokens", type=int, default=None,
+              help="Cap visual tokens per image below the model's budget.")
+@click.option("--allow-truncated", is_flag=True, help="Send what decodes of truncated files.")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
+def prepare_cmd(paths: tuple[Path, ...], model: str, out_dir: Path | None, as_json: bool,
+                max_edge: int | None, max_image_tokens: int | None, allow_truncated: bool,
+                workers: int | None) -> None:
+    """Run a job's image preprocessing on files or directories and report every input.
+
+    Exit status: 0 if every input was prepared, 3 if any failed, 2 for bad options.
+    """
+    import anyio
+
+    from batcher.images.command import expand_inputs, human_line, json_line, run_prepare
+    from batcher.images.errors import ImageConfigError
+    from batcher.images.sizing import ImageOptions, check_options
+    from batcher.models import ModelConfigError, load_registry
+
+    try:
+        profile = load_registry().get(model)
+    except ModelConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if profile is None:
+        raise click.BadParameter(f"unknown model {model!r} (see `batcher models`)", param_hint="--model")
+    options = ImageOptions(max_edge=max_edge, max_image_tokens=max_image_tokens,
+                           allow_truncated=allow_truncated)
+    try:
+        check_options(profile, options)
+    except ImageConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def emit(row: dict) -> None:
+        click.echo(json_line(row) if as_json else human_line(row))
+
+    inputs = expand_inputs(paths)
+    summary = anyio.run(lambda: run_prepare(inputs, profile, options, out_dir=out_dir, emit=emit,
+                                            workers=workers))
+    click.echo(summary.line(), err=True)
+    sys.exit(summary.exit_code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,382 @@
+"""Reading untrusted image files with Pillow: allowlisted decoders, bounded, upright, 8-bit.
+
+Every file is hostile until decoded:
+
+* Only decoders on :data:`ALLOWED_FORMATS` run: formats decoded inside Pillow (or libheif through
+  pillow-heif). Nothing that shells out (EPS/PS through Ghostscript, WMF) and none of the scientific
+  or game formats (FITS, GRIB, DDS, BLP, FLI, PSD...) whose decoders are rarely exercised. A file that
+  Pillow recognises in another format is ``unsupported_format``; one nobody recognises is
+  ``not_an_image``. Identifying a refused format only parses its header; its decoder never runs.
+* More pixels than ``options.max_pixels`` is ``too_many_pixels`` before any pixel is decoded; Pillow's
+  own bomb warning is an error too.
+* A truncated file is ``truncated`` unless ``options.allow_truncated``.
+
+Pillow keeps the bomb limit and the truncation switch in globals: :func:`pillow_limits` sets them for
+one call under a lock and restores them, so calls in one process never see each other's options
+(calls from several threads serialise on that lock; the worker pool gives the parallelism).
+
+Speed: a JPEG is decoded through DCT scaling (``Image.draft``) at the smallest power-of-two scale
+that still covers the target, then resized, and only then turned upright, so the rotation moves the
+small image. Palette and 1-bit images are converted before resampling; CMYK goes through its ICC
+profile when it has one; 16-bit and float images are scaled to 8 bits, never clipped.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+
+from batcher.images.errors import (
+    DecodeError,
+    EmptyFile,
+    ImageError,
+    ImageIOError,
+    NotAnImage,
+    NotFound,
+    OutOfMemory,
+    TooManyPixels,
+    Truncated,
+    UnsupportedFormat,
+)
+from batcher.images.sizing import ImageOptions
+
+#: Pillow format names batcher decodes. MPO comes through the JPEG opener (its primary image); HEIF
+#: from pillow-heif; AVIF and JPEG2000 from Pillow where it was built with them.
+ALLOWED_FORMATS: tuple[str, ...] = (
+    "JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "ICO", "PPM", "TGA", "PCX",
+    "JPEG2000", "QOI", "AVIF", "HEIF",
+)
+#: Modes every later step handles: anything else is converted to one of these first.
+STANDARD_MODES = ("L", "LA", "RGB", "RGBA")
+#: EXIF orientation -> the transpose that makes the stored image upright (as ImageOps.exif_transpose).
+_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: Reduce by whole factors (box filter) first while the image is over this many times the target,
+#: then LANCZOS: visually the same as LANCZOS all the way (Pillow's documented trade-off), much faster.
+REDUCING_GAP = 3.0
+
+_limits_lock = threading.Lock()
+_heif_registered = False
+
+
+@dataclass
+class Opened:
+    """A file whose header has been read: nothing decoded yet."""
+
+    image: Image.Image
+    label: str
+    format: str
+    orientation: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        return self.image.size
+
+    @property
+    def swaps_axes(self) -> bool:
+        return self.orientation in (5, 6, 7, 8)
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        w, h = self.image.size
+        return (h, w) if self.swaps_axes else (w, h)
+
+
+@dataclass
+class Decoded:
+    """Upright pixels at the target size, in one of :data:`STANDARD_MODES`."""
+
+    image: Image.Image
+    #: The ICC profile that describes these pixels (None: sRGB is assumed).
+    icc_profile: bytes | None
+    #: Whether the source had few colours (paletted, bilevel, at most 256 colours): a graphic.
+    few_colours: bool
+
+
+def register_plugins() -> None:
+    """Make pillow-heif's HEIF decoder known to Pillow (once per process)."""
+    global _heif_registered
+    if _heif_registered:
+        return
+    try:
+        import pillow_heif
+    except ImportError:  # HEIF files are then unsupported_format or not_an_image, nothing worse
+        pass
+    else:
+        pillow_heif.register_heif_opener()
+    _heif_registered = True
+
+
+def available_formats() -> tuple[str, ...]:
+    """The allowed formats this Pillow build (plus pillow-heif) can open."""
+    register_plugins()
+    Image.init()
+    return tuple(fmt for fmt in ALLOWED_FORMATS if fmt in Image.OPEN)
+
+
+@contextmanager
+def pillow_limits(options: ImageOptions) -> Iterator[None]:
+    """Pillow's bomb limit and truncation switch set to ``options`` for this call only."""
+    with _limits_lock, warnings.catch_warnings():
+        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS = options.max_pixels
+        ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
+        # Pillow's complaints about odd metadata are noise here; its bomb warning is an error.
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def read_source(source: Path | str | bytes) -> tuple[bytes, str]:
+    """The file's bytes and a label for messages; missing, empty and unreadable files are errors."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        label = "<bytes>"
+    else:
+        path = Path(source)
+        label = str(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{label}: no such file") from None
+        except IsADirectoryError:
+            raise ImageIOError(f"{label}: is a directory, not an image file") from None
+        except OSError as exc:
+            raise ImageIOError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise EmptyFile(f"{label}: the file is empty (0 bytes)")
+    return data, label
+
+
+def open_header(path: Path | str) -> tuple[BinaryIO, str]:
+    """An open file for header-only reads (``probe_size``), with the same errors as :func:`read_source`."""
+    label = str(path)
+    try:
+        fp = Path(path).open("rb")  # noqa: SIM115 - the caller closes it after reading the header
+    except FileNotFoundError:
+        raise NotFound(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageIOError(f"{label}: is a directory, not an image file") from None
+    except OSError as exc:
+        raise ImageIOError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    if os.fstat(fp.fileno()).st_size == 0:
+        fp.close()
+        raise EmptyFile(f"{label}: the file is empty (0 bytes)")
+    return fp, label
+
+
+def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions) -> Opened:
+    """Parse the header with an allowlisted decoder; call inside :func:`pillow_limits`."""
+    register_plugins()
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    with translate_errors(label):
+        try:
+            image = Image.open(fp, formats=available_formats())
+        except UnidentifiedImageError:
+            raise _unidentified(fp, label) from None
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise DecodeError(f"{label}: {image.format} header gives an empty size {width}x{height}")
+        if width * height > options.max_pixels:
+            raise TooManyPixels(
+                f"{label}: {width}x{height} is {width * height:,} pixels, over the limit of "
+                f"{options.max_pixels:,} (refused as a possible decompression bomb)")
+        orientation, notes = _orientation(image)
+        return Opened(image, label, str(image.format), orientation, notes)
+
+
+def _unidentified(fp: BinaryIO, label: str) -> ImageError:
+    """``unsupported_format`` if Pillow knows the format but batcher refuses it, else ``not_an_image``.
+
+    Only the header is parsed here (no decoder runs): EPS is named without starting Ghostscript.
+    """
+    try:
+        fp.seek(0)
+        with Image.open(fp) as other:
+            fmt = other.format
+    except Exception:  # any parser failure only means the bytes are not a known image
+        fmt = None
+    if fmt:
+        return UnsupportedFormat(
+            f"{label}: {fmt} images are not decoded by batcher (allowed: {', '.join(available_formats())})")
+    return NotAnImage(f"{label}: not an image file (no image decoder recognises its contents)")
+
+
+def _orientation(image: Image.Image) -> tuple[int, list[str]]:
+    """The EXIF (or XMP) orientation, 1..8; unreadable metadata counts as upright, with a warning."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # broken EXIF must not cost the image: it is sent as stored
+        return 1, ["exif_unreadable"]
+    if isinstance(value, int) and 1 <= value <= 8:
+        return value, []
+    return 1, ["exif_orientation_invalid"]
+
+
+def decode_to_size(opened: Opened, target: tuple[int, int]) -> Decoded:
+    """Decode ``opened`` and return it upright at ``target`` (upright frame) in a standard mode.
+
+    Call inside :func:`pillow_limits`.
+    """
+    image = opened.image
+    tw, th = target
+    stored_target = (th, tw) if opened.swaps_axes else (tw, th)
+    with translate_errors(opened.label):
+        box = None
+        if opened.format in ("JPEG", "MPO") and stored_target != image.size:
+            drafted = image.draft(image.mode, stored_target)
+            if drafted is not None:
+                box = drafted[1]
+        image.load()
+        few = _few_colours(image, opened.format)
+        image, icc = _to_standard_mode(image, opened.warnings)
+        if image.size != stored_target or box is not None:
+            image = image.resize(stored_target, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+        if opened.orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[opened.orientation])
+        return Decoded(image, icc, few)
+
+
+def _few_colours(image: Image.Image, fmt: str) -> bool:
+    """Whether the source is a graphic rather than a photo (decides PNG over JPEG)."""
+    if fmt in ("JPEG", "MPO"):
+        return False  # a JPEG was a photo to whoever saved it; it stays lossy
+    if image.mode in ("1", "P", "PA"):
+        return True
+    if image.mode not in STANDARD_MODES:
+        return False
+    # getcolors gives up as soon as it passes maxcolors: cheap on photos, a full pass on graphics.
+    return image.getcolors(maxcolors=256) is not None
+
+
+def _to_standard_mode(image: Image.Image, notes: list[str]) -> tuple[Image.Image, bytes | None]:
+    """Convert any decoded mode to L/LA/RGB/RGBA; returns the ICC profile valid for the result."""
+    mode = image.mode
+    icc = image.info.get("icc_profile") or None
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image, icc, notes), None
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _scale_to_8bit(image), None
+    if mode == "LAB":
+        lab = ImageCms.createProfile("LAB")
+        srgb = ImageCms.createProfile("sRGB")
+        return ImageCms.profileToProfile(image, lab, srgb, outputMode="RGB"), None
+    if mode in ("1",):
+        converted = image.convert("L")
+    elif mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in image.info
+        converted = image.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "La":
+        converted = image.convert("LA")
+    elif mode == "RGBa":
+        converted = image.convert("RGBA")
+    elif mode in STANDARD_MODES:
+        converted = image
+    else:  # RGBX, YCbCr, HSV and the rest
+        converted = image.convert("RGB")
+    if converted.mode in ("L", "RGB") and "transparency" in converted.info:
+        # a tRNS colour key on a greyscale or truecolour PNG is real transparency
+        converted = converted.convert("LA" if converted.mode == "L" else "RGBA")
+    converted = _drop_opaque_alpha(converted)
+    return converted, _icc_for(converted, icc)
+
+
+def _drop_opaque_alpha(image: Image.Image) -> Image.Image:
+    """An alpha channel that is 255 everywhere carries nothing: drop it (JPEG stays possible)."""
+    if image.mode in ("LA", "RGBA") and image.getchannel("A").getextrema()[0] == 255:
+        return image.convert("L" if image.mode == "LA" else "RGB")
+    return image
+
+
+def _icc_for(image: Image.Image, icc: bytes | None) -> bytes | None:
+    """Keep a profile only if its colour space matches the pixels (an RGB profile on L is invalid)."""
+    if icc is None or len(icc) < 20:
+        return None
+    space = icc[16:20]
+    if image.mode in ("RGB", "RGBA") and space == b"RGB ":
+        return icc
+    if image.mode in ("L", "LA") and space == b"GRAY":
+        return icc
+    return None
+
+
+def _cmyk_to_rgb(image: Image.Image, icc: bytes | None, notes: list[str]) -> Image.Image:
+    """CMYK through its embedded ICC profile to sRGB; a naive conversion when it has none."""
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            return ImageCms.profileToProfile(
+                image, source, srgb, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            notes.append("icc_profile_unusable")
+    return image.convert("RGB")
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale to 8 bits by scaling, never by clipping.
+
+    ``I;16*``: the full 16-bit range maps to 0..255. ``I`` and ``F``: values already within 0..255
+    are kept, within 0..65535 are scaled as 16-bit, anything else is stretched from its min..max.
+    """
+    if image.mode.startswith("I;16"):
+        return image.convert("I").point(lambda v: v * (255 / 65535)).convert("L")
+    low, high = image.getextrema()
+    if low >= 0 and high <= 255:
+        scale, offset = 1.0, 0.0
+    elif low >= 0 and high <= 65535:
+        scale, offset = 255 / 65535, 0.0
+    else:
+        span = (high - low) or 1
+        scale, offset = 255 / span, -low * 255 / span
+    return image.point(lambda v: v * scale + offset).convert("L")
+
+
+@contextmanager
+def translate_errors(label: str) -> Iterator[None]:
+    """Map whatever a decoder raises to a specific :class:`ImageError` naming the file."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(f"{label}: {exc}") from None
+    except MemoryError:
+        raise OutOfMemory(f"{label}: ran out of memory while decoding") from None
+    except Exception as exc:  # every other decoder failure is an error of this file
+        raise _classify(label, exc) from None
+
+
+def _classify(label: str, exc: Exception) -> ImageError:
+    """Pillow signals data that ends early and a failed allocation only in its messages."""
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if "truncated" in lowered or "not enough image data" in lowered:
+        return Truncated(f"{label}: the image data ends early ({text})")
+    if "out of memory" in lowered:
+        return OutOfMemory(f"{label}: {text}")
+    if any(word in lowered for word in ("unsupported", "not supported", "not configured")):
+        return UnsupportedFormat(f"{label}: a variant of the format that cannot be decoded ({text})")
+    if isinstance(exc, OSError):
+        return DecodeError(f"{label}: corrupt image data ({text})")
+    return DecodeError(f"{label}: the decoder failed ({text})")

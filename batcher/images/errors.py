@@ -1,0 +1,110 @@
+"""Why an image could not be prepared: one exception class per failure, each with a stable type.
+
+Every failure to prepare one image is an :class:`ImageError` subclass whose ``error_type`` string is
+what a results row, ``batcher prepare --json`` and the job state record. The types are stable: code
+and users may match on them. The message names the file and says what was wrong with it.
+
+A job's own image settings that cannot be honoured (e.g. a byte limit above the model's) are an
+:class:`ImageConfigError` instead: that is not a property of one file, and the job must not start.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ImageConfigError(ValueError):
+    """The job's image options cannot be used with this model; the message names the option."""
+
+
+class ImageError(Exception):
+    """One image could not be prepared. ``error_type`` is stable; ``str(exc)`` is for people."""
+
+    error_type: ClassVar[str] = "image_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ImageError):
+    """The path does not exist (or is not a regular file)."""
+
+    error_type = "not_found"
+
+
+class EmptyFile(ImageError):
+    """The file has zero bytes."""
+
+    error_type = "empty_file"
+
+
+class NotAnImage(ImageError):
+    """No image decoder, allowed or not, recognises the bytes."""
+
+    error_type = "not_an_image"
+
+
+class UnsupportedFormat(ImageError):
+    """A recognised image format that batcher refuses to decode (not on the decoder allowlist)."""
+
+    error_type = "unsupported_format"
+
+
+class Truncated(ImageError):
+    """The image data ends early (accepted only with ``allow_truncated``)."""
+
+    error_type = "truncated"
+
+
+class TooManyPixels(ImageError):
+    """More pixels than the bomb limit: refused before decoding, never merely warned about."""
+
+    error_type = "too_many_pixels"
+
+
+class DecodeError(ImageError):
+    """The decoder failed on corrupt or inconsistent data, or crashed its worker."""
+
+    error_type = "decode_error"
+
+
+class ImageTimeout(ImageError):
+    """Preparing the image took longer than its time bound; its worker was killed."""
+
+    error_type = "timeout"
+
+
+class OutOfMemory(ImageError):
+    """Preparing the image needed more memory than its bound."""
+
+    error_type = "out_of_memory"
+
+
+class TooLarge(ImageError):
+    """No encoding of the image fits the base64 byte limit, even shrunk to the smallest size tried."""
+
+    error_type = "too_large"
+
+
+class ImageIOError(ImageError):
+    """The file exists but cannot be read (permissions, a directory, an I/O error)."""
+
+    error_type = "io_error"
+
+
+ERROR_CLASSES: dict[str, type[ImageError]] = {
+    cls.error_type: cls
+    for cls in (NotFound, EmptyFile, NotAnImage, UnsupportedFormat, Truncated, TooManyPixels,
+                DecodeError, ImageTimeout, OutOfMemory, TooLarge, ImageIOError)
+}
+#: Every error type a prepared image may fail with, in a stable order.
+ERROR_TYPES: tuple[str, ...] = tuple(ERROR_CLASSES)
+
+
+def error_from_type(error_type: str, message: str) -> ImageError:
+    """Rebuild an error from its type and message (results cross processes as plain data)."""
+    cls = ERROR_CLASSES.get(error_type)
+    if cls is None:
+        return DecodeError(f"{message} (unknown error type {error_type!r})")
+    return cls(message)

@@ -1,0 +1,260 @@
+"""A pool of worker processes that prepares images off the event loop, each within a time and memory bound.
+
+Decoding is CPU-bound and in C, and a hostile file can make a decoder loop, allocate without end, or
+crash: none of that may reach the event loop or the run. Each worker is a separate process (spawned,
+so it inherits no threads or sockets from the caller) that runs
+:func:`batcher.images.prepare.prepare_file` one image at a time:
+
+* **time**: the parent waits ``options.timeout_s`` for the answer; past it the worker is killed and
+  replaced, and the image fails with ``timeout``;
+* **memory**: the worker sets ``RLIMIT_AS`` to ``options.memory_limit_bytes`` around each image, so a
+  runaway allocation raises ``MemoryError`` there (``out_of_memory``) instead of growing the machine;
+* **crashes**: a worker that dies mid-image (a decoder segfault, the kernel's OOM killer) is replaced,
+  and the image fails with ``decode_error`` (``out_of_memory`` when it was SIGKILLed).
+
+Results cross processes as plain data: bytes and small fields. Usage::
+
+    async with ImagePool(workers=2) as pool:
+        prepared = await pool.prepare(path, profile, options, images_in_request=1)
+
+Workers are spawned, so a script that uses the pool needs the usual ``if __name__ == "__main__":``
+guard (the ``batcher`` command and pytest have it). Many concurrent ``prepare`` calls are fine: each
+waits for a free worker. A cancelled ``prepare`` returns once its worker answers (at most
+``timeout_s``), so the worker is never left half-used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from batcher.images.errors import ImageConfigError, ImageError, error_from_type
+from batcher.images.prepare import PreparedImage, prepare_file
+from batcher.images.sizing import ImageOptions, check_options
+from batcher.models import ModelProfile
+
+#: Seconds a new worker may take to start and import Pillow before the pool gives up on it.
+START_TIMEOUT_S = 60.0
+#: Seconds a worker gets to exit after being asked to, before it is killed.
+STOP_TIMEOUT_S = 2.0
+
+
+class PoolError(RuntimeError):
+    """The pool itself cannot run (workers fail to start, or it is used outside ``async with``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    source: str | bytes
+    profile: ModelProfile
+    options: ImageOptions
+    images_in_request: int
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _set_memory_limit(limit: int | None) -> None:
+    try:
+        import resource
+    except ImportError:  # no RLIMIT_AS here (not POSIX): the time bound still holds
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = resource.RLIM_INFINITY if limit is None else limit
+    if hard != resource.RLIM_INFINITY:
+        soft = hard if soft == resource.RLIM_INFINITY else min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _label(source: str | bytes) -> str:
+    return "<bytes>" if isinstance(source, bytes) else source
+
+
+def _run_task(task: _Task) -> tuple[Any, ...]:
+    """Prepare one image in the worker; every outcome becomes a plain tuple for the pipe."""
+    _set_memory_limit(task.options.memory_limit_bytes)
+    try:
+        prepared = prepare_file(task.source, task.profile, task.options, task.images_in_request)
+        return ("ok", prepared.to_dict())
+    except ImageError as exc:
+        return ("error", exc.error_type, str(exc))
+    except ImageConfigError as exc:
+        return ("config", str(exc))
+    except MemoryError:
+        limit = task.options.memory_limit_bytes
+        return ("error", "out_of_memory",
+                f"{_label(task.source)}: needed more than the {limit:,}-byte memory bound")
+    except Exception as exc:  # a bug or an unclassified decoder failure: still only this image's
+        return ("error", "decode_error", f"{_label(task.source)}: {type(exc).__name__}: {exc}")
+    finally:
+        _set_memory_limit(None)  # the answer itself must be sendable
+
+
+def _silence_stderr() -> None:
+    """Decoders' C libraries (libtiff above all) print to fd 2 about every odd file: their findings
+    reach the results as error types, so the noise is dropped unless BATCHER_WORKER_STDERR is set."""
+    if os.environ.get("BATCHER_WORKER_STDERR"):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+    """A worker's life: say ready, then answer tasks until told to stop or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    from batcher.images.decode import register_plugins
+
+    register_plugins()
+    _silence_stderr()
+    conn.send(("ready",))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        conn.send(_run_task(task))
+
+
+class _Worker:
+    """One worker process and its pipe. Used from one thread at a time."""
+
+    def __init__(self, context: multiprocessing.context.SpawnContext) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child,), daemon=True,
+                                       name="batcher-image-worker")
+        self.process.start()
+        child.close()
+        if not self.conn.poll(START_TIMEOUT_S):
+            self.kill()
+            raise PoolError(f"an image worker did not start within {START_TIMEOUT_S:.0f} s")
+        try:
+            self.conn.recv()
+        except EOFError:
+            self.kill()
+            raise PoolError(f"an image worker exited while starting (code {self.process.exitcode})") from None
+
+    def run(self, task: _Task, timeout_s: float) -> tuple[Any, ...] | None:
+        """The worker's answer, or None if it timed out or died (it is then dead)."""
+        try:
+            self.conn.send(task)
+            if self.conn.poll(timeout_s):
+                return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        self.kill()
+        return None
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(STOP_TIMEOUT_S)
+        self.conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(STOP_TIMEOUT_S)
+        self.kill()
+
+
+class ImagePool:
+    """Prepare images in ``workers`` processes (default: one per core); see the module docstring."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or default_workers()
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: list[_Worker] = []
+        self._slots = anyio.Semaphore(self.workers)
+        self._threads = anyio.CapacityLimiter(self.workers)
+        self._open = False
+        #: How many workers were replaced after a timeout or a crash (for the run's summary).
+        self.replaced = 0
+
+    async def __aenter__(self) -> ImagePool:
+        async with anyio.create_task_group() as group:
+            for _ in range(self.workers):
+                group.start_soon(self._start_one)
+        self._open = True
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._open = False
+        idle, self._idle = self._idle, []
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as group:
+                for worker in idle:
+                    group.start_soon(anyio.to_thread.run_sync, worker.stop)
+
+    async def _start_one(self) -> None:
+        worker = await anyio.to_thread.run_sync(_Worker, self._context, limiter=self._threads)
+        self._idle.append(worker)
+
+    async def prepare(self, source: Path | str | bytes, profile: ModelProfile,
+                      options: ImageOptions | None = None, images_in_request: int = 1) -> PreparedImage:
+        """Prepare one image in a worker; raises its ``ImageError`` (timeout, out_of_memory...)."""
+        if not self._open:
+            raise PoolError("ImagePool.prepare called outside `async with ImagePool(...)`")
+        options = options or ImageOptions()
+        check_options(profile, options)
+        src = source if isinstance(source, bytes) else str(source)
+        task = _Task(src, profile, options, images_in_request)
+        async with self._slots:
+            if not self._idle:
+                raise PoolError("no image workers left: one could not be restarted")
+            worker = self._idle.pop()
+            worker, reply = await anyio.to_thread.run_sync(
+                self._run, worker, task, limiter=self._threads)
+            self._idle.append(worker)
+        return _result(reply)
+
+    def _run(self, worker: _Worker, task: _Task) -> tuple[_Worker, tuple[Any, ...]]:
+        """In a thread: run the task; on a timeout or crash, replace the worker and say why."""
+        started = time.monotonic()
+        reply = worker.run(task, task.options.timeout_s)
+        if reply is not None:
+            return worker, reply
+        elapsed = time.monotonic() - started
+        exitcode = worker.process.exitcode
+        self.replaced += 1
+        replacement = _Worker(self._context)
+        return replacement, _failure(task, elapsed, exitcode)
+
+
+def _failure(task: _Task, elapsed: float, exitcode: int | None) -> tuple[Any, ...]:
+    label = _label(task.source)
+    if exitcode == -signal.SIGKILL and elapsed >= task.options.timeout_s:
+        return ("error", "timeout",
+                f"{label}: not prepared within {task.options.timeout_s:g} s; its worker was killed")
+    if exitcode == -signal.SIGKILL:
+        return ("error", "out_of_memory", f"{label}: its worker was killed (out of memory)")
+    how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    return ("error", "decode_error", f"{label}: the decoder crashed its worker ({how})")
+
+
+def _result(reply: tuple[Any, ...]) -> PreparedImage:
+    kind = reply[0]
+    if kind == "ok":
+        return PreparedImage.from_dict(reply[1])
+    if kind == "config":
+        raise ImageConfigError(reply[1])
+    raise error_from_type(reply[1], reply[2])
