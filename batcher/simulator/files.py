@@ -206,6 +206,7 @@ class FileStore:
                 return False
             stored.deadline = self.clock()
             stored.expires_at = dt.datetime.now(dt.UTC)
+        self.get(file_id)  # drop it now, so the bytes stored say so at once
         return True
 
     def live(self) -> list[StoredFile]:

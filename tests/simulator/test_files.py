@@ -93,6 +93,7 @@ def test_an_expired_file_is_gone_everywhere(client: httpx.Client,
     meta = uploaded(client, image_bytes(), expires_in_seconds="3600")
     assert meta["expires_at"] is not None and meta["expires_at"] > meta["created_at"]
     assert simulator.sim.files.expire(meta["id"])
+    assert client.get("/_ledger").json()["files_bytes_stored"] == 0
     error_of(client.get(f"/v1/files/{meta['id']}"), 404)
     error_of(client.post("/v1/messages", json=file_message(meta["id"], "e-1")), 404)
     assert client.get("/v1/files").json()["data"] == []
