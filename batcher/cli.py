@@ -19,6 +19,43 @@ def main() -> None:
 
 
 @main.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: the job's run.output, relative to the job file).")
+@click.option("--retry-errors", is_flag=True, help="Send rows that ended in a final error again.")
+def run(job: Path, out: Path | None, retry_errors: bool) -> None:
+    """Run a job (resumes where the last run stopped).
+
+    Exit codes: 0 all rows ok; 3 some rows ended in error; 2 usage or config error (nothing
+    sent); 1 fatal (no key, auth, I/O); 4 already running; 5 budget reached; 75 not finished
+    (interrupted, or rows left for the next run).
+    """
+    from batcher.runner import RunRequest
+    from batcher.runner import run as run_job
+
+    sys.exit(run_job(RunRequest(job_path=job, out=out, retry_errors=retry_errors)))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("batcher-demo"))
+def demo(folder: Path) -> None:
+    """Run a small job end to end against the built-in simulator (no key, no network)."""
+    from batcher.demo import run_demo
+
+    sys.exit(run_demo(folder))
+
+
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def status(out: Path, as_json: bool) -> None:
+    """Counts by status and error type, tokens, spend and time for an output folder."""
+    from batcher.status import show_status
+
+    sys.exit(show_status(out, as_json=as_json))
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=0, type=int, help="Port (default: a free one).")
 @click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")

@@ -64,6 +64,7 @@ class Client:
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             transport=transport,
         )
+        self._fetcher: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Client:
         return self
@@ -73,6 +74,31 @@ class Client:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
+
+    async def fetch(self, url: str, *, max_bytes: int = 100 * 1024 * 1024) -> bytes:
+        """Download an image named by URL (for jobs that send bytes, not URLs).
+
+        A separate client without the API key: the key goes to the API and nowhere else.
+        """
+        if self._fetcher is None:
+            self._fetcher = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0),
+                                              follow_redirects=True)
+        try:
+            async with self._fetcher.stream("GET", url) as resp:
+                if resp.status_code != 200:
+                    raise errors.APIResponseError(f"GET {url}: HTTP {resp.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise errors.APIResponseError(f"GET {url}: larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise errors.APIConnectionError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
 
     # --- the seam -------------------------------------------------------------------------
 

@@ -1,0 +1,342 @@
+"""The online run: read → prepare → request → write, as bounded anyio stages.
+
+Each stage is a small function over the records of :mod:`batcher.records`, joined by memory
+streams with small buffers, so a slow stage holds back the ones before it (back-pressure) and
+memory stays bounded however long the manifest is. Every row ends in exactly one of:
+
+- ``state.record(Result)``: a final answer or a final error (durable the moment it returns);
+- ``state.record_transient(...)``: it ran out of retries in this run and is left for the next;
+- nothing, when the run is stopped (signal, fatal error, budget) before it was answered: the
+  next run sends it again. Only requests in flight when a run dies are ever paid twice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from batcher.api import errors
+from batcher.api.bodies import ImagePart, RequestSettings, answer_text, betas_for, messages_body
+from batcher.api.client import Client
+from batcher.config import JobConfig
+from batcher.cost import usage_cost
+from batcher.models import ModelProfile
+from batcher.ratelimit import RateGate
+from batcher.records import ImageSent, Result, Row
+from batcher.retry import RetryPolicy, retrying
+
+
+class FatalRunError(Exception):
+    """Nothing else this run sends can succeed (401, 402, spend limit): stop, keep what is done."""
+
+
+@dataclass
+class Counters:
+    """The live picture of a run, for the progress display and the summary."""
+
+    total: int = 0
+    ok: int = 0
+    error: int = 0
+    left_for_next_run: int = 0
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    warnings: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    in_flight: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    stop_reason: str | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.error + self.left_for_next_run
+
+    def add(self, result: Result) -> None:
+        if result.status == "ok":
+            self.ok += 1
+        else:
+            self.error += 1
+            self.errors_by_type[result.error_type or "error"] += 1
+        for warning in result.warnings:
+            self.warnings[warning] += 1
+        self.input_tokens += result.input_tokens or 0
+        self.output_tokens += result.output_tokens or 0
+        self.cost_usd += result.cost_usd or 0.0
+
+
+@dataclass
+class Prepared:
+    row: Row
+    parts: list[ImagePart]
+    sent: list[ImageSent]
+    warnings: list[str]
+
+
+@dataclass
+class Transient:
+    """A row that used up its retries in this run: left for the next one."""
+
+    row_id: str
+    error_type: str
+    message: str
+    attempts: int
+
+
+Outcome = Result | Transient
+
+
+@dataclass
+class Pipeline:
+    job: JobConfig
+    profile: ModelProfile
+    client: Client
+    state: Any  # batcher.state.JobState
+    sink: Any  # batcher.sink.Sink
+    pool: Any  # batcher.images.pool.ImagePool
+    counters: Counters = field(default_factory=Counters)
+    gate: RateGate = field(default_factory=RateGate)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    rng: random.Random = field(default_factory=random.Random)
+    on_result: Callable[[Result], None] | None = None
+
+    def __post_init__(self) -> None:
+        from batcher.images.sizing import ImageOptions
+
+        imgs = self.job.images
+        self.image_options = ImageOptions(
+            max_edge=imgs.max_edge, max_image_tokens=imgs.max_image_tokens,
+            max_b64_bytes=imgs.max_b64_bytes, allow_truncated=imgs.allow_truncated,
+        )
+        req = self.job.request
+        self.settings = RequestSettings(
+            max_tokens=req.max_tokens, system=req.system, temperature=req.temperature,
+            top_p=req.top_p, top_k=req.top_k, effort=req.effort, stop_sequences=req.stop_sequences,
+        )
+        self.stopping = anyio.Event()
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    async def run(self, rows: Iterable[Row]) -> Counters:
+        concurrency = self.job.run.concurrency
+        to_prepare_send, to_prepare = anyio.create_memory_object_stream[Row](concurrency)
+        to_request_send, to_request = anyio.create_memory_object_stream[Prepared](concurrency)
+        results_send, results = anyio.create_memory_object_stream[Outcome](concurrency * 2)
+        fatal: list[BaseException] = []
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._write, results)
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._cancel_work = tg.cancel_scope
+                    tg.start_soon(self._feed, rows, to_prepare_send, results_send.clone())
+                    async with to_prepare, to_request_send:
+                        for _ in range(max(2, 2 * self.pool.workers)):
+                            tg.start_soon(self._prepare, to_prepare.clone(), to_request_send.clone(),
+                                          results_send.clone())
+                    async with to_request:
+                        for _ in range(concurrency):
+                            tg.start_soon(self._request, to_request.clone(), results_send.clone(), fatal)
+            finally:
+                results_send.close()
+        if fatal:
+            raise FatalRunError(str(fatal[0])) from fatal[0]
+        return self.counters
+
+    def stop(self, reason: str) -> None:
+        """Take no new rows; what is in flight finishes."""
+        if self.counters.stop_reason is None:
+            self.counters.stop_reason = reason
+        self.stopping.set()
+
+    def abandon(self, reason: str) -> None:
+        """Stop now: requests in flight are dropped (the next run sends them again)."""
+        self.stop(reason)
+        self._cancel_work.cancel()
+
+    # --- stages -----------------------------------------------------------------------------
+
+    async def _feed(self, rows: Iterable[Row], out: ObjectSendStream[Row],
+                    results: ObjectSendStream[Outcome]) -> None:
+        async with out, results:
+            for row in rows:
+                if self.stopping.is_set():
+                    return
+                self.counters.total += 1
+                if row.error is not None:
+                    await results.send(Result.from_row_error(row))
+                else:
+                    await out.send(row)
+
+    async def _prepare(self, rows: ObjectReceiveStream[Row], out: ObjectSendStream[Prepared],
+                       results: ObjectSendStream[Outcome]) -> None:
+        from batcher.images.errors import ImageError
+
+        async with rows, out, results:
+            async for row in rows:
+                try:
+                    prepared = await self._prepare_row(row)
+                except ImageError as exc:
+                    await results.send(self._image_failure(row, exc))
+                    continue
+                await out.send(prepared)
+
+    async def _prepare_row(self, row: Row) -> Prepared:
+        from batcher.images.errors import ImageError
+
+        parts: list[ImagePart] = []
+        sent: list[ImageSent] = []
+        warnings: list[str] = []
+        transport = self.job.images.transport
+        for n, source in enumerate(row.images, start=1):
+            if transport == "url" and _is_url(source):
+                parts.append(ImagePart("url", source))
+                sent.append(ImageSent(source=source, transport="url"))
+                continue
+            try:
+                image = await self.pool.prepare(
+                    source if not _is_url(source) else await self._download(source),
+                    self.profile, self.image_options, images_in_request=len(row.images),
+                )
+            except ImageError as exc:
+                exc.image_index = n  # type: ignore[attr-defined]
+                raise
+            import base64
+
+            parts.append(ImagePart("base64", base64.b64encode(image.data).decode("ascii"), image.media_type))
+            sent.append(ImageSent(source=source, width=image.width, height=image.height,
+                                  bytes=len(image.data), media_type=image.media_type,
+                                  transport="base64", tokens=image.tokens))
+            warnings.extend(image.warnings)
+        return Prepared(row, parts, sent, warnings)
+
+    async def _download(self, url: str) -> bytes:
+        from batcher.images.errors import ImageError
+
+        class DownloadError(ImageError):
+            error_type = "download_error"
+
+        # URLs are only fetched when the job sends bytes, not URLs; a failure is the row's.
+        try:
+            return await self.client.fetch(url)
+        except errors.APIError as exc:
+            raise DownloadError(f"cannot download: {exc}") from None
+
+    def _image_failure(self, row: Row, exc: Exception) -> Result:
+        index = getattr(exc, "image_index", None)
+        where = f"image {index} ({row.images[index - 1]})" if index else "image"
+        return Result(id=row.id, status="error", model=self.profile.id,
+                      error_type=getattr(exc, "error_type", "image_error"),
+                      error_message=f"{where}: {exc}", fields=dict(row.fields),
+                      images=[ImageSent(source=s) for s in row.images])
+
+    async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Outcome],
+                       fatal: list[BaseException]) -> None:
+        async with rows, results:
+            async for prepared in rows:
+                try:
+                    outcome = await self._send(prepared)
+                except errors.APIError as exc:
+                    if exc.fatal:
+                        fatal.append(exc)
+                        self.abandon(f"fatal: {exc}")
+                        return
+                    raise
+                await results.send(outcome)
+
+    async def _send(self, p: Prepared) -> Outcome:
+        body = messages_body(self.profile, self.settings, p.parts, p.row.prompt)
+        betas = betas_for(p.parts, self.job.images.files_beta)
+        attempts = 0
+        started = time.monotonic()
+        try:
+            async for attempt in retrying(self.policy, self.rng):
+                with attempt:
+                    attempts += 1
+                    if attempts > 1:
+                        self.counters.retries += 1
+                    await self.gate.wait()
+                    self.counters.requests += 1
+                    self.counters.in_flight += 1
+                    try:
+                        resp = await self.client.messages(body, betas)
+                    except errors.RateLimitError as exc:
+                        self.counters.rate_limited += 1
+                        self.gate.pause(exc.retry_after)
+                        raise
+                    finally:
+                        self.counters.in_flight -= 1
+        except errors.APIError as exc:
+            if exc.fatal:
+                raise
+            if exc.retryable:
+                return Transient(p.row.id, exc.error_type, str(exc), attempts)
+            return self._failed(p, exc, attempts, time.monotonic() - started)
+        return self._answered(p, resp.body, resp.request_id, attempts, time.monotonic() - started)
+
+    def _answered(self, p: Prepared, message: dict[str, Any], request_id: str | None, attempts: int,
+                  latency: float) -> Result:
+        usage = message.get("usage") or {}
+        text, tool_input = answer_text(message)
+        return Result(
+            id=p.row.id, status="ok", text=text, tool_input=tool_input,
+            model=message.get("model", self.profile.id), stop_reason=message.get("stop_reason"),
+            input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"),
+            cache_read_input_tokens=usage.get("cache_read_input_tokens"),
+            cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
+            attempts=attempts, latency_s=round(latency, 4), request_id=request_id,
+            images=p.sent, warnings=p.warnings, cost_usd=usage_cost(self.profile, usage),
+            fields=dict(p.row.fields),
+        )
+
+    def _failed(self, p: Prepared, exc: errors.APIError, attempts: int, latency: float) -> Result:
+        return Result(
+            id=p.row.id, status="error", model=self.profile.id, attempts=attempts,
+            latency_s=round(latency, 4), request_id=getattr(exc, "request_id", None),
+            error_type=exc.error_type, error_message=getattr(exc, "message", str(exc)),
+            images=p.sent, warnings=p.warnings, fields=dict(p.row.fields),
+        )
+
+    async def _write(self, outcomes: ObjectReceiveStream[Outcome]) -> None:
+        every_rows, every_s = self.job.run.part_rows, 30.0
+        pending, last_export = 0, time.monotonic()
+        async with outcomes:
+            async for outcome in outcomes:
+                if isinstance(outcome, Transient):
+                    self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
+                                                outcome.attempts)
+                    self.counters.left_for_next_run += 1
+                    continue
+                self.state.record(outcome)
+                self.counters.add(outcome)
+                if self.on_result is not None:
+                    self.on_result(outcome)
+                pending += 1
+                if pending >= every_rows or time.monotonic() - last_export > every_s:
+                    self.sink.export(max_rows=every_rows)
+                    pending, last_export = 0, time.monotonic()
+        # state.record is durable on return; the last part is written even when cancelled.
+        with anyio.CancelScope(shield=True):
+            self.sink.export(max_rows=every_rows)
+
+
+def _is_url(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://"))
+
+
+def eta_s(counters: Counters, remaining: int) -> float | None:
+    """Seconds left at the rate so far; None before there is a rate."""
+    elapsed = time.monotonic() - counters.started
+    if counters.finished == 0 or elapsed <= 0:
+        return None
+    return math.ceil(remaining * elapsed / counters.finished)

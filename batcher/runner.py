@@ -1,0 +1,209 @@
+"""``batcher run``: from a job file to a finished (or resumable) output folder.
+
+The order matters and is the contract: everything that can be refused is refused before anything
+is sent (job file, model, manifest, key, the model's own answer from the Models API, duplicate
+ids); only then does the pipeline start. Exit codes (also in README):
+
+=====  ===========================================================================
+0      every row is ``ok``
+1      fatal: no key, 401/402/spend limit, I/O trouble — what was done is kept
+2      usage or config error (job file, model, manifest, duplicate ids): nothing sent
+3      the run finished but some rows ended in ``error``
+4      another ``batcher run`` is already running on this output folder
+5      the budget stopped the run (``limits.budget_usd``)
+75     not finished: interrupted, or rows left for the next run after their retries
+=====  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from batcher.api import errors
+from batcher.api.client import Client, MissingKeyError, settings_from_env
+from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
+from batcher.models import ModelProfile
+
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_ROW_ERRORS = 0, 1, 2, 3
+EXIT_ALREADY_RUNNING, EXIT_BUDGET, EXIT_INCOMPLETE = 4, 5, 75
+
+
+class RunRefused(Exception):
+    """A reason not to start, with the exit code it deserves; the message is one line."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class RunRequest:
+    job_path: Path
+    out: Path | None = None
+    retry_errors: bool = False
+    #: where progress and the summary go (stderr) and where the final line goes (stdout)
+    err: TextIO = sys.stderr
+    out_stream: TextIO = sys.stdout
+    today: dt.date | None = None
+
+
+def run(request: RunRequest) -> int:
+    """Run a job; returns the exit code. Every refusal is one line on stderr."""
+    try:
+        job, profile = _load(request)
+        return anyio.run(_run_async, request, job, profile)
+    except RunRefused as exc:
+        print(f"batcher: {exc}", file=request.err)
+        return exc.code
+
+
+def _load(request: RunRequest) -> tuple[JobConfig, ModelProfile]:
+    try:
+        job = load_job(request.job_path)
+        registry = job_registry(job)
+    except ConfigError as exc:
+        raise RunRefused(str(exc), EXIT_CONFIG) from None
+    profile = registry.get(job.request.model)
+    if profile is None:
+        raise RunRefused(
+            f"{job.path}: request.model: {job.request.model!r} is not a model batcher knows "
+            "(see `batcher models`; add it under [models] in the job file)", EXIT_CONFIG)
+    today = request.today or dt.date.today()
+    if profile.is_retired(today):
+        raise RunRefused(f"{job.path}: request.model: {profile.id} retired on {profile.retires}; "
+                         "choose a current model (see `batcher models`)", EXIT_CONFIG)
+    try:
+        check_against_model(job, profile)
+    except ConfigError as exc:
+        raise RunRefused(str(exc), EXIT_CONFIG) from None
+    return job, profile
+
+
+def _open_manifest(job: JobConfig):  # type: ignore[no-untyped-def]
+    from batcher.manifest import ManifestError, open_manifest
+
+    try:
+        manifest = open_manifest(job.manifest_path, id_column=job.input.id_column,
+                                 image_column=job.input.image_column,
+                                 prompt_column=job.input.prompt_column, prompt_template=job.input.prompt)
+        manifest.check()
+    except ManifestError as exc:
+        raise RunRefused(f"{job.path}: {exc}", EXIT_CONFIG) from None
+    return manifest
+
+
+async def _check_model_online(client: Client, job: JobConfig, profile: ModelProfile, err: TextIO) -> None:
+    """``GET /v1/models/{id}`` once: the API's word on whether the model exists today."""
+    try:
+        info = await client.get_model(profile.id)
+    except errors.NotFoundError:
+        raise RunRefused(f"{job.path}: request.model: the API does not know {profile.id!r} "
+                         "(unknown or retired)", EXIT_CONFIG) from None
+    except errors.APIError as exc:
+        raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
+    caps = info.get("capabilities") or {}
+    if _cap_off(caps, "image_input"):
+        raise RunRefused(f"{job.path}: request.model: {profile.id} does not accept images", EXIT_CONFIG)
+    if job.run.mode == "batch" and _cap_off(caps, "batch"):
+        raise RunRefused(f"{job.path}: run.mode: {profile.id} is not available in the Batch API", EXIT_CONFIG)
+    max_tokens = info.get("max_tokens")
+    if isinstance(max_tokens, int) and job.request.max_tokens > max_tokens:
+        raise RunRefused(f"{job.path}: request.max_tokens: {job.request.max_tokens} is above "
+                         f"{profile.id}'s maximum of {max_tokens}", EXIT_CONFIG)
+    if profile.lifecycle == "deprecated" and profile.retires:
+        print(f"batcher: warning: {profile.id} is deprecated and retires on {profile.retires}; "
+              "requests fail after that date", file=err)
+
+
+def _cap_off(caps: dict, name: str) -> bool:  # type: ignore[type-arg]
+    value = caps.get(name)
+    if isinstance(value, dict):
+        return value.get("supported") is False
+    return value is False
+
+
+async def _run_async(request: RunRequest, job: JobConfig, profile: ModelProfile) -> int:
+    from batcher.images.pool import ImagePool
+    from batcher.pipeline import FatalRunError, Pipeline
+    from batcher.progress import report, status_line
+    from batcher.sink import Sink
+    from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
+
+    manifest = _open_manifest(job)
+    try:
+        key, base_url = settings_from_env()
+    except MissingKeyError as exc:
+        raise RunRefused(str(exc), EXIT_FATAL) from None
+    out_dir = job.output_dir(request.out)
+    try:
+        # The lock before anything else under OUT: a second runner touches nothing.
+        lock = acquire_lock(out_dir)
+    except AlreadyRunning as exc:
+        raise RunRefused(str(exc), EXIT_ALREADY_RUNNING) from None
+    except OSError as exc:
+        raise RunRefused(f"{out_dir}: cannot use the output folder: {exc}", EXIT_FATAL) from None
+    try:
+        state = JobState.open(out_dir)
+    except StateError as exc:
+        lock.release()
+        raise RunRefused(str(exc), EXIT_FATAL) from None
+    try:
+        async with Client(key, base_url, max_connections=job.run.concurrency,
+                          timeout_s=job.run.request_timeout_s) as client:
+            await _check_model_online(client, job, profile, request.err)
+            report_ = state.sync_rows(manifest.rows())
+            if report_.duplicates:
+                names = ", ".join(report_.duplicates[:20])
+                more = f" and {report_.duplicate_count - 20} more" if report_.duplicate_count > 20 else ""
+                raise RunRefused(f"{job.manifest_path}: duplicate ids: {names}{more}", EXIT_CONFIG)
+            sink = Sink(out_dir, state, manifest.field_types())
+            sink.recover()
+            to_do = state.count_remaining(request.retry_errors)
+            async with ImagePool(workers=job.run.image_workers or None) as pool:
+                pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
+                                    pool=pool)
+                pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
+                                                            max_wait_s=job.run.max_retry_wait_s)
+                code = EXIT_OK
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_watch_signals, pipeline)
+                    tg.start_soon(report, pipeline.counters, to_do)
+                    try:
+                        await pipeline.run(state.pending(manifest.rows(), request.retry_errors))
+                    except FatalRunError as exc:
+                        print(f"batcher: stopped: {exc}", file=request.err)
+                        code = EXIT_FATAL
+                    tg.cancel_scope.cancel()
+            counters = pipeline.counters
+            print(status_line(counters, to_do), file=request.err)
+            print(f"results: {out_dir / 'results'}", file=request.out_stream)
+            if code:
+                return code
+            if counters.stop_reason is not None or counters.left_for_next_run:
+                return EXIT_INCOMPLETE
+            return EXIT_ROW_ERRORS if counters.error else EXIT_OK
+    except errors.APIError as exc:
+        if exc.fatal:
+            raise RunRefused(f"stopped: {exc}", EXIT_FATAL) from None
+        raise
+    finally:
+        state.close()
+        lock.release()
+
+
+async def _watch_signals(pipeline) -> None:  # type: ignore[no-untyped-def]
+    """First SIGINT/SIGTERM: take no new rows, let in-flight requests finish. Second: abandon them."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if pipeline.stopping.is_set():
+                pipeline.abandon(f"{name} again")
+                return
+            pipeline.stop(name)

@@ -1,0 +1,45 @@
+"""``batcher status OUT``: what a job's output folder holds, read from its state."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+
+def show_status(out: Path, *, as_json: bool = False) -> int:
+    from batcher.state import STATE_FILE, JobState, StateError
+
+    if not (out / STATE_FILE).is_file():
+        print(f"batcher: {out}: no job state here (is it a job's output folder?)")
+        return 2
+    try:
+        state = JobState.open(out)
+    except StateError as exc:
+        print(f"batcher: {exc}")
+        return 1
+    try:
+        summary = state.summary()
+    finally:
+        state.close()
+    if as_json:
+        print(json.dumps(asdict(summary), sort_keys=True))
+        return 0
+    s = summary
+    print(f"{out}: {s.rows:,} rows in the manifest, {s.runs} run(s)")
+    for status, n in sorted(s.by_status.items()):
+        print(f"  {status:<10} {n:>10,}")
+    if s.errors_by_type:
+        print("  errors by type:")
+        for kind, n in sorted(s.errors_by_type.items(), key=lambda kv: -kv[1]):
+            print(f"    {kind:<22} {n:>8,}")
+    print(f"  tokens     in {s.input_tokens:,}  out {s.output_tokens:,}  "
+          f"cache read {s.cache_read_input_tokens:,}  cache write {s.cache_creation_input_tokens:,}")
+    print(f"  spend      ${s.cost_usd:.4f}")
+    print(f"  time       {s.time_spent_s:,.1f} s of runs, {s.request_time_s:,.1f} s of requests")
+    print(f"  results    {s.exported_rows:,} rows in {s.parts} Parquet part(s) under {out / 'results'}")
+    if s.files:
+        print(f"  files      {s.files:,} uploaded, {s.file_bytes:,} bytes stored")
+    if s.removed_rows:
+        print(f"  removed    {s.removed_rows:,} rows no longer in the manifest (kept, not sent)")
+    return 0
