@@ -9,7 +9,8 @@ Every file is hostile until decoded:
   ``not_an_image``. Identifying a refused format only parses its header; its decoder never runs.
 * More pixels than ``options.max_pixels`` is ``too_many_pixels`` before any pixel is decoded; Pillow's
   own bomb warning is an error too.
-* A truncated file is ``truncated`` unless ``options.allow_truncated``.
+* A truncated file is ``truncated``. With ``options.allow_truncated`` the caller decodes it again
+  leniently (Pillow then fills what is missing) and never sends its bytes as they are.
 
 Pillow keeps the bomb limit and the truncation switch in globals: :func:`pillow_limits` sets them for
 one call under a lock and restores them, so calls in one process never see each other's options
@@ -132,12 +133,13 @@ def available_formats() -> tuple[str, ...]:
 
 
 @contextmanager
-def pillow_limits(options: ImageOptions) -> Iterator[None]:
-    """Pillow's bomb limit and truncation switch set to ``options`` for this call only."""
+def pillow_limits(options: ImageOptions, *, lenient: bool = False) -> Iterator[None]:
+    """Pillow's bomb limit and truncation switch set for this call only (``lenient``: accept
+    truncated data)."""
     with _limits_lock, warnings.catch_warnings():
         saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
         Image.MAX_IMAGE_PIXELS = options.max_pixels
-        ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
         # Pillow's complaints about odd metadata are noise here; its bomb warning is an error.
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -185,8 +187,13 @@ def open_header(path: Path | str) -> tuple[BinaryIO, str]:
     return fp, label
 
 
-def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions) -> Opened:
-    """Parse the header with an allowlisted decoder; call inside :func:`pillow_limits`."""
+def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions, *,
+               header_only: bool = False) -> Opened:
+    """Parse the header with an allowlisted decoder; call inside :func:`pillow_limits`.
+
+    ``header_only`` (for probing) never decodes pixels, at the price of missing an EXIF chunk that a
+    PNG stores after its image data.
+    """
     register_plugins()
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     with translate_errors(label):
@@ -201,6 +208,10 @@ def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions) -> O
             raise TooManyPixels(
                 f"{label}: {width}x{height} is {width * height:,} pixels, over the limit of "
                 f"{options.max_pixels:,} (refused as a possible decompression bomb)")
+        if image.format == "PNG" and not header_only:
+            # PNG's getexif() loads the pixels to reach chunks after IDAT: load here, where a failure
+            # is this file's error, rather than inside the tolerant orientation read below.
+            image.load()
         orientation, notes = _orientation(image)
         return Opened(image, label, str(image.format), orientation, notes)
 
@@ -225,7 +236,9 @@ def _unidentified(fp: BinaryIO, label: str) -> ImageError:
 def _orientation(image: Image.Image) -> tuple[int, list[str]]:
     """The EXIF (or XMP) orientation, 1..8; unreadable metadata counts as upright, with a warning."""
     try:
-        value = image.getexif().get(0x0112, 1)
+        # Image.getexif reads metadata already parsed from the header (PNG's own override would
+        # decode the pixels first, when they are not loaded yet).
+        value = Image.Image.getexif(image).get(0x0112, 1)
     except Exception:  # broken EXIF must not cost the image: it is sent as stored
         return 1, ["exif_unreadable"]
     if isinstance(value, int) and 1 <= value <= 8:

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from batcher import facts
 from batcher.images import decode, encode
+from batcher.images.errors import Truncated
 from batcher.images.sizing import ImageOptions, check_options, image_tokens, target_size
 from batcher.models import ModelProfile
 
@@ -59,21 +60,36 @@ def prepare_file(source: Path | str | bytes, profile: ModelProfile, options: Ima
     options = options or ImageOptions()
     check_options(profile, options)
     data, label = decode.read_source(source)
-    with decode.pillow_limits(options):
+    try:
+        return _prepare_bytes(data, label, profile, options, images_in_request, lenient=False)
+    except Truncated:
+        if not options.allow_truncated:
+            raise
+    # Decoded strictly first, so a truncated file is known as such: it is re-encoded, with a warning.
+    return _prepare_bytes(data, label, profile, options, images_in_request, lenient=True)
+
+
+def _prepare_bytes(data: bytes, label: str, profile: ModelProfile, options: ImageOptions,
+                   images_in_request: int, *, lenient: bool) -> PreparedImage:
+    with decode.pillow_limits(options, lenient=lenient):
         opened = decode.open_image(data, label, options)
+        if lenient:
+            opened.warnings.append("truncated_accepted")
         try:
-            return _prepare_opened(opened, data, profile, options, images_in_request)
+            return _prepare_opened(opened, data, profile, options, images_in_request, lenient=lenient)
         finally:
             opened.image.close()
 
 
 def _prepare_opened(opened: decode.Opened, data: bytes, profile: ModelProfile, options: ImageOptions,
-                    images_in_request: int) -> PreparedImage:
+                    images_in_request: int, *, lenient: bool) -> PreparedImage:
     source_w, source_h = opened.upright_size
     target = target_size(profile, source_w, source_h, options=options, images_in_request=images_in_request)
     stored_mode = opened.image.mode
-    with decode.translate_errors(opened.label):
-        passthrough_type = encode.passthrough_media_type(opened, data, target, options, stored_mode)
+    passthrough_type = None
+    if not lenient:
+        with decode.translate_errors(opened.label):
+            passthrough_type = encode.passthrough_media_type(opened, data, target, options, stored_mode)
     decoded = decode.decode_to_size(opened, target)  # also proves a passthrough file decodes fully
     if passthrough_type is not None:
         out = encode.Encoded(data, passthrough_type, *target)
@@ -111,7 +127,7 @@ def probe_size(path: Path | str | bytes, options: ImageOptions | None = None) ->
         source, label = decode.open_header(path)
     try:
         with decode.pillow_limits(options):
-            opened = decode.open_image(source, label, options)
+            opened = decode.open_image(source, label, options, header_only=True)
             width, height = opened.upright_size
             opened.image.close()
             return width, height, opened.format
