@@ -188,7 +188,9 @@ async def _run_async(request: RunRequest, job: JobConfig, profile: ModelProfile)
                 return code
             if counters.stop_reason is not None or counters.left_for_next_run:
                 return EXIT_INCOMPLETE
-            return EXIT_ROW_ERRORS if counters.error else EXIT_OK
+            # The job's state, not just this run's rows: a rerun with nothing left to do still
+            # says that some rows ended in error.
+            return EXIT_ROW_ERRORS if state.summary().by_status.get("error") else EXIT_OK
     except errors.APIError as exc:
         if exc.fatal:
             raise RunRefused(f"stopped: {exc}", EXIT_FATAL) from None

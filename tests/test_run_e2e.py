@@ -1,0 +1,277 @@
+"""`batcher run` end to end: a real subprocess, real sockets, the simulator's ledger as the witness."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from batcher.simulator.config import Faults, Latency, SimConfig
+from batcher.simulator.server import RunningSimulator
+from batcher.sink import read_results
+
+JOB = """
+[input]
+manifest = "manifest.jsonl"
+id_column = "id"
+image_column = "image"
+prompt = "Say what you see in this {{kind}}. nonce={{id}}"
+
+[request]
+model = "claude-haiku-5-5"
+max_tokens = 60
+
+[run]
+output = "out"
+concurrency = {concurrency}
+max_attempts = {max_attempts}
+part_rows = {part_rows}
+"""
+
+
+def make_images(folder: Path, n: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        name = f"good{i:03d}.jpg"
+        colour = (i * 40 % 256, 90, 255 - i * 40 % 256)
+        Image.new("RGB", (320 + i, 240), colour).save(folder / name, quality=90)
+        names.append(f"images/{name}")
+    return names
+
+
+def write_job(tmp: Path, rows: list[dict], *, concurrency: int = 8, max_attempts: int = 4,
+              part_rows: int = 5000) -> Path:
+    # nonce={id}: the simulator echoes it, so each answer proves which row it belongs to.
+    with (tmp / "manifest.jsonl").open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    job = tmp / "job.toml"
+    text = JOB.format(concurrency=concurrency, max_attempts=max_attempts, part_rows=part_rows)
+    job.write_text(text)
+    return job
+
+
+def good_rows(tmp: Path, n: int, start: int = 0) -> list[dict]:
+    names = make_images(tmp / "images", start + n)
+    return [{"id": f"row-{i:03d}", "image": names[i], "kind": "photo"} for i in range(start, start + n)]
+
+
+def batcher(job: Path, sim: RunningSimulator | None, *args: str, key: str | None = "test-key",
+            wait: bool = True) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    if key is not None:
+        env["ANTHROPIC_API_KEY"] = key
+    if sim is not None:
+        env["ANTHROPIC_BASE_URL"] = sim.base_url
+    cmd = [sys.executable, "-m", "batcher.cli", "run", str(job), *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def messages_sent(sim: RunningSimulator) -> int:
+    counts = sim.sim.ledger.snapshot()["requests"].get("POST /v1/messages", {})
+    return sum(counts.values())
+
+
+def results_by_id(out: Path) -> dict[str, dict]:
+    rows = read_results(out).to_pylist()
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an id appears twice in the results"
+    return {r["id"]: r for r in rows}
+
+
+def test_mixed_manifest_good_rows_answered_bad_rows_named(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
+    rows = good_rows(tmp_path, 6)
+    (tmp_path / "images" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "images" / "text.png").write_text("this is not a picture\n")
+    whole = (tmp_path / "images" / "good000.jpg").read_bytes()
+    (tmp_path / "images" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    bad = {
+        "missing": {"id": "missing", "image": "images/nope.jpg", "kind": "photo"},
+        "empty": {"id": "empty", "image": "images/empty.jpg", "kind": "photo"},
+        "truncated": {"id": "truncated", "image": "images/truncated.jpg", "kind": "photo"},
+        "text-as-png": {"id": "text-as-png", "image": "images/text.png", "kind": "photo"},
+        "no-kind": {"id": "no-kind", "image": rows[0]["image"]},
+    }
+    job = write_job(tmp_path, rows[:3] + list(bad.values()) + rows[3:])
+
+    done = batcher(job, simulator)
+    assert done.returncode == 3, done.stderr
+    results = results_by_id(tmp_path / "out")
+    assert set(results) == {r["id"] for r in rows} | set(bad)
+    for row in rows:
+        got = results[row["id"]]
+        assert got["status"] == "ok" and f"nonce={row['id']}" in got["text"]
+        assert got["images"][0]["media_type"] == "image/jpeg" and got["input_tokens"] > 0
+    expected = {"missing": "not_found", "empty": "empty_file", "truncated": "truncated",
+                "text-as-png": "not_an_image", "no-kind": "template_error"}
+    for row_id, error_type in expected.items():
+        assert results[row_id]["status"] == "error"
+        assert results[row_id]["error_type"] == error_type, results[row_id]["error_message"]
+        assert results[row_id]["error_message"]
+    assert messages_sent(simulator) == len(rows)
+
+    again = batcher(job, simulator)
+    assert again.returncode == 3, again.stderr
+    assert messages_sent(simulator) == len(rows), "a rerun sent rows that were done"
+    assert len(results_by_id(tmp_path / "out")) == len(rows) + len(bad)
+
+
+def test_growing_manifest_sends_only_new_rows(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
+    rows = good_rows(tmp_path, 4)
+    job = write_job(tmp_path, rows)
+    assert batcher(job, simulator).returncode == 0
+    more = rows + good_rows(tmp_path, 3, start=4)
+    write_job(tmp_path, more)
+    done = batcher(job, simulator)
+    assert done.returncode == 0, done.stderr
+    assert messages_sent(simulator) == 7
+    assert set(results_by_id(tmp_path / "out")) == {r["id"] for r in more}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("max_tokens = 60", "max_tokens = 60\ncolour = 1"), "request.colour: unknown key"),
+        (("max_tokens = 60", 'max_tokens = "many"'), "request.max_tokens"),
+        (('manifest = "manifest.jsonl"', 'manifest = "nope.jsonl"'), "nope.jsonl"),
+        (('image_column = "image"', 'image_column = "picture"'), "input.image_column"),
+        (('model = "claude-haiku-5-5"', 'model = "claude-imaginary-9"'), "request.model"),
+        (('model = "claude-haiku-5-5"', 'model = "claude-haiku-5-5"\ntemperature = 0.5'),
+         "request.temperature"),
+    ],
+)
+def test_config_errors_are_one_line_exit_2_nothing_sent(tmp_path: Path, simulator, edit, message) -> None:  # type: ignore[no-untyped-def]
+    job = write_job(tmp_path, good_rows(tmp_path, 2))
+    job.write_text(job.read_text().replace(*edit))
+    done = batcher(job, simulator)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(job) in lines[0]
+    assert messages_sent(simulator) == 0
+
+
+def test_duplicate_ids_are_named_and_nothing_is_sent(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
+    rows = good_rows(tmp_path, 3)
+    rows.append(dict(rows[1]))
+    done = batcher(write_job(tmp_path, rows), simulator)
+    assert done.returncode == 2 and "duplicate ids: row-001" in done.stderr
+    assert messages_sent(simulator) == 0
+
+
+def test_retired_model_stops_before_sending(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    sim = make_simulator(SimConfig(today=dt.date(2026, 12, 1)))
+    job = write_job(tmp_path, good_rows(tmp_path, 2))
+    job.write_text(job.read_text().replace("claude-haiku-5-5", "claude-sonnet-4-5"))
+    done = batcher(job, sim)
+    assert done.returncode == 2 and "request.model" in done.stderr
+    assert messages_sent(sim) == 0
+
+
+def test_no_key_and_bad_key_are_fatal(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
+    sim = make_simulator(SimConfig(api_key="the-right-key"))
+    job = write_job(tmp_path, good_rows(tmp_path, 2))
+    no_key = batcher(job, sim, key=None)
+    assert no_key.returncode == 1 and "ANTHROPIC_API_KEY" in no_key.stderr
+    wrong = batcher(job, sim, key="the-wrong-key")
+    assert wrong.returncode == 1 and "authentication_error" in wrong.stderr
+    assert "the-wrong-key" not in wrong.stderr + wrong.stdout
+    assert messages_sent(sim) == 0
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert b"the-wrong-key" not in path.read_bytes(), path
+
+
+def test_a_second_run_exits_at_once_touching_nothing(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
+    sim = make_simulator(SimConfig(latency=Latency(base_s=0.5)))
+    job = write_job(tmp_path, good_rows(tmp_path, 8), concurrency=1)
+    first = batcher(job, sim, wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        while messages_sent(sim) == 0 and sim.sim.ledger.in_flight == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*"))
+        second = batcher(job, sim)
+        assert second.returncode == 4 and "in use by another batcher run" in second.stderr
+        after = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*")
+                       if p.name in dict(before))
+        assert [n for n, _ in after] == [n for n, _ in before]
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+
+
+def test_sigint_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
+    sim = make_simulator(SimConfig(latency=Latency(base_s=0.3)))
+    rows = good_rows(tmp_path, 20)
+    job = write_job(tmp_path, rows, concurrency=2)
+    proc = batcher(job, sim, wait=False)
+    deadline = time.monotonic() + 30
+    while messages_sent(sim) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    partial = results_by_id(tmp_path / "out")
+    assert 0 < len(partial) < len(rows)
+    done = batcher(job, sim)
+    assert done.returncode == 0, done.stderr
+    assert set(results_by_id(tmp_path / "out")) == {r["id"] for r in rows}
+    charges = sim.sim.ledger.snapshot()["charges_by_nonce"]
+    assert max(charges.values()) == 1, "a graceful stop must not pay for any row twice"
+
+
+def test_rows_out_of_retries_are_left_for_the_next_run(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
+    sim = make_simulator(SimConfig(faults=Faults(overloaded=1.0)))
+    rows = good_rows(tmp_path, 3)
+    job = write_job(tmp_path, rows, max_attempts=2)
+    first = batcher(job, sim)
+    assert first.returncode == 75, first.stderr
+    assert messages_sent(sim) == 6  # 3 rows x 2 attempts, then left for the next run
+    assert not (tmp_path / "out" / "results").exists() or read_results(tmp_path / "out").num_rows == 0
+    sim.sim.config.faults.overloaded = 0.0
+    sim.sim.reconfigure()
+    second = batcher(job, sim)
+    assert second.returncode == 0, second.stderr
+    assert all(r["status"] == "ok" for r in results_by_id(tmp_path / "out").values())
+
+
+def test_kill_9_twice_then_every_id_exactly_once(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
+    concurrency = 4
+    sim = make_simulator(SimConfig(latency=Latency(base_s=0.05, jitter_s=0.1)))
+    rows = good_rows(tmp_path, 60)
+    job = write_job(tmp_path, rows, concurrency=concurrency, part_rows=7)
+    for kill_after in (10, 30):
+        proc = batcher(job, sim, wait=False)
+        deadline = time.monotonic() + 60
+        while messages_sent(sim) < kill_after:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        # every part on disk at any moment is a whole, readable file
+        results_by_id(tmp_path / "out")
+    done = batcher(job, sim)
+    assert done.returncode == 0, done.stderr
+    results = results_by_id(tmp_path / "out")
+    assert set(results) == {r["id"] for r in rows}
+    assert all(r["status"] == "ok" for r in results.values())
+    charges = sim.sim.ledger.snapshot()["charges_by_nonce"]
+    assert set(charges) == {r["id"] for r in rows}
+    twice = sum(n - 1 for n in charges.values())
+    # only the requests in flight at each kill can have been paid for twice
+    assert twice <= 2 * concurrency, charges
