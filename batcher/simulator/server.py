@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Final
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from batcher.simulator.app import create_app
 from batcher.simulator.config import SimConfig
@@ -47,8 +48,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _uvicorn_config(sim: Simulator, host: str, port: int, log_level: str) -> uvicorn.Config:
+    return uvicorn_config(create_app(sim), host, port, log_level)
+
+
+def uvicorn_config(app: ASGIApp, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
+    """How the simulator is served (also what a benchmark's baseline app must be served with)."""
     config = uvicorn.Config(
-        create_app(sim),
+        app,
         host=host,
         port=port,
         log_level=log_level,
@@ -78,13 +84,26 @@ def serve_forever(config: SimConfig, host: str = "127.0.0.1", port: int = 0,
                   on_ready: Callable[[str], None] | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both, then returns);
     ``on_ready(base_url)`` is called once it listens."""
+    serve_app_forever(create_app(Simulator(config)), host, port, on_ready)
+
+
+def serve_app_forever(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
+                      on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve any ASGI app the way the simulator is served (a benchmark's baseline uses this)."""
     port = port or free_port(host)
-    sim = Simulator(config)
-    server = uvicorn.Server(_uvicorn_config(sim, host, port, "warning"))
+    server = uvicorn.Server(uvicorn_config(app, host, port, "warning"))
     if on_ready is not None:
         threading.Thread(target=_announce, args=(server, host, port, on_ready), daemon=True).start()
     with _exit_quietly_on_signals(server):
         server.run()
+
+
+def _announce(server: uvicorn.Server, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.01)
+    on_ready(f"http://{host}:{port}")
 
 
 @contextlib.contextmanager
@@ -161,11 +180,15 @@ def running(config: SimConfig | None = None) -> Iterator[RunningSimulator]:
 # --- as a subprocess -----------------------------------------------------------------------------
 
 
-def start_subprocess(args: Sequence[str] = (), *, timeout_s: float = _START_TIMEOUT_S
-                     ) -> tuple[str, subprocess.Popen[str]]:
+def start_subprocess(args: Sequence[str] = (), *, timeout_s: float = _START_TIMEOUT_S,
+                     command: Sequence[str] | None = None) -> tuple[str, subprocess.Popen[str]]:
     """Run ``batcher simulate ARGS`` in a child process; returns (base URL, process) once it
-    listens. Stop it with :func:`stop_subprocess` (SIGINT, as Ctrl-C would)."""
-    cmd = [sys.executable, "-m", "batcher.cli", "simulate", *args]
+    listens. Stop it with :func:`stop_subprocess` (SIGINT, as Ctrl-C would).
+
+    ``command`` runs something else that prints :func:`announce_line` once it listens (a
+    benchmark's baseline server).
+    """
+    cmd = [*(command or (sys.executable, "-m", "batcher.cli", "simulate")), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
@@ -198,7 +221,8 @@ def _read_url(proc: subprocess.Popen[str], stdout: IO[str], timeout_s: float) ->
     stderr = ""
     if proc.poll() is not None and proc.stderr is not None:
         stderr = proc.stderr.read()
-    raise SimulatorStartError(f"`batcher simulate` did not print its URL within {timeout_s:g} s "
+    what = " ".join(str(a) for a in proc.args[1:4])  # type: ignore[index]
+    raise SimulatorStartError(f"`{what}` did not print its URL within {timeout_s:g} s "
                               f"(exit code {proc.poll()}): {stderr.strip()[-2000:]}")
 
 
