@@ -29,7 +29,7 @@ import anyio
 from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
 from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
-from batcher.models import ModelProfile
+from batcher.models import ModelProfile, ModelRegistry
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_ROW_ERRORS = 0, 1, 2, 3
 EXIT_ALREADY_RUNNING, EXIT_BUDGET, EXIT_INCOMPLETE = 4, 5, 75
@@ -57,14 +57,15 @@ class RunRequest:
 def run(request: RunRequest) -> int:
     """Run a job; returns the exit code. Every refusal is one line on stderr."""
     try:
-        job, profile = _load(request)
-        return anyio.run(_run_async, request, job, profile)
+        job, registry, profile = _load(request)
+        return anyio.run(_run_async, request, job, registry, profile)
     except RunRefused as exc:
         print(f"batcher: {exc}", file=request.err)
         return exc.code
 
 
-def _load(request: RunRequest) -> tuple[JobConfig, ModelProfile]:
+def _load(request: RunRequest) -> tuple[JobConfig, ModelRegistry, ModelProfile | None]:
+    """The job, its model table, and the model's profile (None: not in the table, probe it)."""
     try:
         job = load_job(request.job_path)
         registry = job_registry(job)
@@ -72,18 +73,43 @@ def _load(request: RunRequest) -> tuple[JobConfig, ModelProfile]:
         raise RunRefused(str(exc), EXIT_CONFIG) from None
     profile = registry.get(job.request.model)
     if profile is None:
-        raise RunRefused(
-            f"{job.path}: request.model: {job.request.model!r} is not a model batcher knows "
-            "(see `batcher models`; add it under [models] in the job file)", EXIT_CONFIG)
+        return job, registry, None
     today = request.today or dt.date.today()
     if profile.is_retired(today):
         raise RunRefused(f"{job.path}: request.model: {profile.id} retired on {profile.retires}; "
                          "choose a current model (see `batcher models`)", EXIT_CONFIG)
+    _check(job, profile)
+    return job, registry, profile
+
+
+def _check(job: JobConfig, profile: ModelProfile) -> None:
     try:
         check_against_model(job, profile)
     except ConfigError as exc:
         raise RunRefused(str(exc), EXIT_CONFIG) from None
-    return job, profile
+
+
+async def _profile_for(client: Client, job: JobConfig, registry: ModelRegistry, state,  # type: ignore[no-untyped-def]
+                       info: dict, err: TextIO) -> ModelProfile:  # type: ignore[type-arg]
+    """A model missing from the table: probed once through count_tokens, kept in the job state."""
+    from batcher import probe
+
+    model_id = job.request.model
+    key = f"model_probe:{model_id}"
+    cached = state.get_meta(key)
+    if cached is not None:
+        return probe.from_meta(cached, registry)
+    try:
+        profile, matched = await probe.probe_model(client, model_id, info, registry)
+    except errors.APIError as exc:
+        raise RunRefused(f"{job.path}: request.model: {model_id} is not in batcher's model table "
+                         f"and probing it failed: {exc}", EXIT_FATAL) from None
+    state.set_meta(key, probe.to_meta(profile))
+    how = "matches a known size" if matched else "unlike any known size: using the smallest"
+    print(f"batcher: {model_id} is not in configs/models.toml; probed through count_tokens: "
+          f"native {profile.native_edge} px / {profile.image_token_budget} tokens ({how}); "
+          "costs at the highest known price until you set [models." + model_id + ".prices]", file=err)
+    return profile
 
 
 def _open_manifest(job: JobConfig):  # type: ignore[no-untyped-def]
@@ -99,15 +125,19 @@ def _open_manifest(job: JobConfig):  # type: ignore[no-untyped-def]
     return manifest
 
 
-async def _check_model_online(client: Client, job: JobConfig, profile: ModelProfile, err: TextIO) -> None:
+async def _model_info(client: Client, job: JobConfig) -> dict:  # type: ignore[type-arg]
     """``GET /v1/models/{id}`` once: the API's word on whether the model exists today."""
     try:
-        info = await client.get_model(profile.id)
+        return await client.get_model(job.request.model)
     except errors.NotFoundError:
-        raise RunRefused(f"{job.path}: request.model: the API does not know {profile.id!r} "
+        raise RunRefused(f"{job.path}: request.model: the API does not know {job.request.model!r} "
                          "(unknown or retired)", EXIT_CONFIG) from None
     except errors.APIError as exc:
         raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
+
+
+def _check_model_online(job: JobConfig, profile: ModelProfile, info: dict, err: TextIO) -> None:  # type: ignore[type-arg]
+    """What the Models API says the model can do, against what the job asks of it."""
     caps = info.get("capabilities") or {}
     if _cap_off(caps, "image_input"):
         raise RunRefused(f"{job.path}: request.model: {profile.id} does not accept images", EXIT_CONFIG)
@@ -129,7 +159,8 @@ def _cap_off(caps: dict, name: str) -> bool:  # type: ignore[type-arg]
     return value is False
 
 
-async def _run_async(request: RunRequest, job: JobConfig, profile: ModelProfile) -> int:
+async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistry,
+                     known: ModelProfile | None) -> int:
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
     from batcher.progress import report, status_line
@@ -157,7 +188,10 @@ async def _run_async(request: RunRequest, job: JobConfig, profile: ModelProfile)
     try:
         async with Client(key, base_url, max_connections=job.run.concurrency,
                           timeout_s=job.run.request_timeout_s) as client:
-            await _check_model_online(client, job, profile, request.err)
+            info = await _model_info(client, job)
+            profile = known or await _profile_for(client, job, registry, state, info, request.err)
+            _check(job, profile)
+            _check_model_online(job, profile, info, request.err)
             report_ = state.sync_rows(manifest.rows())
             if report_.duplicates:
                 names = ", ".join(report_.duplicates[:20])
