@@ -127,9 +127,10 @@ class Buckets:
 
     def admit(self, cost: MessageCost) -> Admission:
         """Take the request's cost from every bucket, or nothing and raise the API's 429."""
-        wants = ((self.requests, 1.0, "requests"), (self.input, float(cost.input_tokens), "input-tokens"),
-                 (self.output, float(cost.max_tokens), "output-tokens"))
         with self._lock:
+            wants = ((self.requests, 1.0, "requests"),
+                     (self.input, float(cost.input_tokens), "input-tokens"),
+                     (self.output, float(cost.max_tokens), "output-tokens"))
             now = self._clock()
             waits: list[tuple[float, str, Bucket, float]] = []
             for bucket, amount, kind in wants:
