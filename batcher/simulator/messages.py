@@ -72,7 +72,9 @@ async def create(request: Request, sim: Simulator) -> Response:
         # An injected failure produced no output: give back the output tokens admit() took.
         sim.buckets.settle(admission, 0)
         raise
-    if any(image.raw is not None for image in checked.images):  # mean colours decode pixels
+    # Mean colours decode pixels: worth a thread hop only when there are many bytes to decode
+    # (small images decode in well under the hop's own cost; file sources are not in the body).
+    if sum(len(image.raw) for image in checked.images if image.raw is not None) > _HEAVY_BODY_BYTES:
         processed = await anyio.to_thread.run_sync(answer, checked, sim)
     else:
         processed = answer(checked, sim)

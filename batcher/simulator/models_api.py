@@ -19,6 +19,7 @@ from batcher import facts
 from batcher.models import ModelProfile
 from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError, invalid
+from batcher.simulator.files import parse_limit
 
 _EPOCH = dt.date(1970, 1, 1)
 #: Capabilities the profiles do not track; the simulator reports them unsupported.
@@ -70,18 +71,6 @@ def _live(sim: Simulator) -> list[ModelProfile]:
     return [p for p in sim.registry.all() if not p.is_retired(today)]
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 20
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise invalid("limit", "Input should be a valid integer") from None
-    if not 1 <= limit <= 1000:
-        raise invalid("limit", "Input should be between 1 and 1000")
-    return limit
-
-
 def page(models: list[ModelProfile], limit: int, after_id: str | None,
          before_id: str | None) -> dict[str, Any]:
     """One page of ``models`` as the API pages a list (cursors are model ids)."""
@@ -113,7 +102,7 @@ async def list_models(request: Request, sim: Simulator) -> Response:
     from batcher.simulator.app import JSON
 
     query = request.query_params
-    limit = _limit(query.get("limit"))
+    limit = parse_limit(query.get("limit"))
     return JSON(page(_live(sim), limit, query.get("after_id"), query.get("before_id")))
 
 
