@@ -275,3 +275,37 @@ def test_kill_9_twice_then_every_id_exactly_once(tmp_path: Path, make_simulator)
     twice = sum(n - 1 for n in charges.values())
     # only the requests in flight at each kill can have been paid for twice
     assert twice <= 2 * concurrency, charges
+
+
+def test_retry_errors_sends_final_errors_again_and_keeps_one_row_per_id(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
+    rows = good_rows(tmp_path, 2)
+    rows.append({"id": "late", "image": "images/late.jpg", "kind": "photo"})
+    job = write_job(tmp_path, rows)
+    assert batcher(job, simulator).returncode == 3
+    assert results_by_id(tmp_path / "out")["late"]["error_type"] == "not_found"
+    Image.new("RGB", (300, 300), (1, 2, 3)).save(tmp_path / "images" / "late.jpg")
+    assert batcher(job, simulator).returncode == 3  # final errors stay as they are by default
+    assert messages_sent(simulator) == 2
+    fixed = batcher(job, simulator, "--retry-errors")
+    assert fixed.returncode == 0, fixed.stderr
+    results = results_by_id(tmp_path / "out")
+    assert results["late"]["status"] == "ok" and len(results) == 3
+    assert messages_sent(simulator) == 3
+
+
+def test_status_reports_counts_errors_tokens_and_spend(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
+    rows = good_rows(tmp_path, 3)
+    rows.append({"id": "gone", "image": "images/gone.jpg", "kind": "photo"})
+    job = write_job(tmp_path, rows)
+    run = batcher(job, simulator)
+    assert run.returncode == 3
+    assert "rows ok 3 | error 1" in run.stderr and str(tmp_path / "out" / "results") in run.stdout
+    cmd = [sys.executable, "-m", "batcher.cli", "status", str(tmp_path / "out")]
+    shown = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "4 rows in the manifest" in shown.stdout and "not_found" in shown.stdout
+    as_json = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True,
+                                        timeout=60).stdout)
+    assert as_json["by_status"] == {"ok": 3, "error": 1}
+    assert as_json["input_tokens"] == simulator.sim.ledger.snapshot()["input_tokens"]
+    assert as_json["cost_usd"] > 0
