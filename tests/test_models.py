@@ -103,3 +103,20 @@ def test_a_broken_user_config_is_one_clear_error(tmp_path: Path, monkeypatch) ->
     monkeypatch.setenv("BATCHER_MODELS", str(user))
     with pytest.raises(ModelConfigError, match="not valid TOML"):
         load_registry()
+
+
+def test_models_command_lists_every_profile() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from batcher.cli import main
+
+    result = CliRunner().invoke(main, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert {r["id"] for r in rows} >= set(NOTES_MODELS)
+    opus = next(r for r in rows if r["id"] == "claude-opus-4-8")
+    assert (opus["native_edge"], opus["image_token_budget"], opus["images_per_request"]) == (2576, 4784, 600)
+    text = CliRunner().invoke(main, ["models"]).output
+    assert "claude-sonnet-4-5" in text and "retires 2026-11-30" in text
