@@ -56,6 +56,35 @@ def status(out: Path, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--exact-sample", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Count N rows exactly through the API's free count_tokens (needs a key) and "
+                   "calibrate the text estimate on them.")
+def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
+    """What a job will cost and take, from the manifest and image headers; nothing is sent.
+
+    Exit codes: 0 done; 2 usage or config error; 1 the sample could not be counted.
+    """
+    import json
+
+    from batcher.config import ConfigError
+    from batcher.estimate import EstimateError, estimate_job, format_estimate, load
+    from batcher.manifest import ManifestError
+
+    try:
+        job_cfg, profile = load(job)
+        result = estimate_job(job_cfg, profile, exact_sample_rows=exact_sample)
+    except (ConfigError, ManifestError) as exc:
+        click.echo(f"batcher: {exc}", err=True)
+        sys.exit(2)
+    except EstimateError as exc:
+        click.echo(f"batcher: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(result.to_json(), sort_keys=True) if as_json else format_estimate(result))
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=0, type=int, help="Port (default: a free one).")
 @click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")

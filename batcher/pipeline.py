@@ -27,6 +27,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from batcher.api import errors
 from batcher.api.bodies import ImagePart, RequestSettings, answer_text, betas_for, messages_body
 from batcher.api.client import Client
+from batcher.budget import BUDGET_STOP
 from batcher.config import JobConfig
 from batcher.cost import usage_cost
 from batcher.models import ModelProfile
@@ -110,6 +111,8 @@ class Pipeline:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     rng: random.Random = field(default_factory=random.Random)
     on_result: Callable[[Result], None] | None = None
+    #: ``[limits] budget_usd``: a batcher.budget.BudgetGate; None sends without a cap
+    budget: Any = None
 
     def __post_init__(self) -> None:
         from batcher.images.sizing import ImageOptions
@@ -244,6 +247,11 @@ class Pipeline:
                        fatal: list[BaseException]) -> None:
         async with rows, results:
             async for prepared in rows:
+                # The budget hook: hold the row's worst case before sending; none left, stop.
+                held = self.budget.reserve(prepared) if self.budget is not None else 0.0
+                if held is None:
+                    self.stop(BUDGET_STOP)
+                    continue
                 try:
                     outcome = await self._send(prepared)
                 except errors.APIError as exc:
@@ -252,6 +260,8 @@ class Pipeline:
                         self.abandon(f"fatal: {exc}")
                         return
                     raise
+                if self.budget is not None:
+                    self.budget.settle(held, outcome)
                 await results.send(outcome)
 
     async def _send(self, p: Prepared) -> Outcome:

@@ -28,6 +28,7 @@ import anyio
 
 from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
+from batcher.budget import BUDGET_STOP
 from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
 from batcher.models import ModelProfile, ModelRegistry
 
@@ -205,6 +206,7 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
                                     pool=pool)
                 pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
                                                             max_wait_s=job.run.max_retry_wait_s)
+                pipeline.budget = _budget_gate(job, profile, state)
                 code = EXIT_OK
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_watch_signals, pipeline)
@@ -220,6 +222,10 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
             print(f"results: {out_dir / 'results'}", file=request.out_stream)
             if code:
                 return code
+            if counters.stop_reason == BUDGET_STOP:
+                print(f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
+                      "(raise [limits] budget_usd to go on)", file=request.err)
+                return EXIT_BUDGET
             if counters.stop_reason is not None or counters.left_for_next_run:
                 return EXIT_INCOMPLETE
             # The job's state, not just this run's rows: a rerun with nothing left to do still
@@ -232,6 +238,15 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
     finally:
         state.close()
         lock.release()
+
+
+def _budget_gate(job: JobConfig, profile: ModelProfile, state, *, batch: bool = False):  # type: ignore[no-untyped-def]
+    """The budget hook for a job with ``[limits] budget_usd``; spend of earlier runs counts."""
+    if job.limits.budget_usd is None:
+        return None
+    from batcher.budget import gate_for
+
+    return gate_for(job, profile, state.summary().cost_usd, batch=batch)
 
 
 async def _watch_signals(pipeline) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,70 @@
+"""Client-side token estimates: what a request body will cost in input tokens, before sending it.
+
+Image tokens are exact: the patch rule over the size batcher sends (``ModelProfile.image_tokens``).
+Text tokens are an estimate: the tokenizer is the API's, so batcher counts about four UTF-8 bytes a
+token, scaled by the model's ``text_token_factor`` (the newer tokenizer counts ~30% more), and a few
+tokens of framing per message and per image block. ``batcher estimate --exact-sample N`` measures
+the real figure through the free ``count_tokens`` endpoint when the difference matters.
+
+The numbers are integers throughout, so two estimates of the same body never differ by rounding.
+The simulator keeps its own copy of the rule (``batcher/simulator/tokens.py``): the client never
+imports the simulator, and tests compare the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from batcher.models import ModelProfile
+
+#: Tokens of framing for each message (role marker, turn separators).
+MESSAGE_OVERHEAD: Final = 3
+#: Tokens of framing for each image block, beyond its visual tokens.
+IMAGE_BLOCK_OVERHEAD: Final = 3
+#: UTF-8 bytes per token on the older tokenizer (text_token_factor 1.0), in hundredths of a token.
+_BYTES_PER_TOKEN_X100: Final = 400
+
+
+def factor_hundredths(profile: ModelProfile) -> int:
+    """The model's ``text_token_factor`` as a whole number of hundredths."""
+    return round(profile.text_token_factor * 100)
+
+
+def estimate_text_tokens(text: str, profile: ModelProfile) -> int:
+    """Estimated tokens for ``text`` on ``profile``'s tokenizer (0 for empty text)."""
+    if not text:
+        return 0
+    n_bytes = len(text.encode("utf-8"))
+    return -(-n_bytes * factor_hundredths(profile) // _BYTES_PER_TOKEN_X100)
+
+
+def estimate_body_tokens(body: Mapping[str, Any], profile: ModelProfile,
+                         image_tokens: Callable[[int, dict[str, Any]], int]) -> tuple[int, int]:
+    """(text-and-framing tokens, image tokens) of a messages body.
+
+    ``image_tokens(n, block)`` answers the visual tokens of the n-th image block (0-based, in body
+    order): the caller knows the sizes the images are sent at, the body (a URL, a file id) may not.
+    """
+    text = 0
+    images = 0
+    system = body.get("system")
+    if isinstance(system, str):
+        text += estimate_text_tokens(system, profile)
+    elif isinstance(system, list):
+        text += sum(estimate_text_tokens(str(b.get("text", "")), profile) for b in system)
+    n_image = 0
+    for message in body.get("messages") or []:
+        text += MESSAGE_OVERHEAD
+        content = message.get("content")
+        if isinstance(content, str):
+            text += estimate_text_tokens(content, profile)
+            continue
+        for block in content or []:
+            if block.get("type") == "image":
+                text += IMAGE_BLOCK_OVERHEAD
+                images += image_tokens(n_image, block)
+                n_image += 1
+            elif block.get("type") == "text":
+                text += estimate_text_tokens(str(block.get("text", "")), profile)
+    return text, images
