@@ -1,0 +1,322 @@
+"""Parquet sink: atomic parts, crash recovery at every step, exactly one row per id, stable schema."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from batcher.records import ImageSent, Result, Row
+from batcher.sink import (
+    RESULT_COLUMNS,
+    Sink,
+    coerce,
+    column_names,
+    part_name,
+    read_results,
+    result_schema,
+    temp_name,
+)
+from batcher.state import JobState
+
+FIELDS = {"title": "string", "text": "string", "score": "double", "n": "int64", "ok": "bool"}
+
+
+class Crash(Exception):
+    """Stands for the process dying at a step: nothing after it runs, nothing is cleaned up."""
+
+
+def _crash_at(step: str):  # type: ignore[no-untyped-def]
+    def hook(name: str) -> None:
+        if name == step:
+            raise Crash(step)
+    return hook
+
+
+def _result(i: int, text: str = "ok", status: str = "ok") -> Result:
+    return Result(
+        id=f"r{i:04d}", status=status, text=f"{text} {i}", model="claude-x", stop_reason="end_turn",
+        input_tokens=100 + i, output_tokens=7, attempts=1, latency_s=0.25, request_id=f"req_{i}",
+        error_type=None if status == "ok" else "invalid_request_error",
+        images=[ImageSent(source=f"img/{i}.jpg", width=640, height=480, bytes=1000 + i,
+                          media_type="image/jpeg", transport="base64", tokens=400)],
+        warnings=["small image"] if i % 2 else [], cost_usd=0.001,
+        fields={"title": f"t{i}", "text": f"manifest text {i}", "score": i / 2, "n": str(i), "ok": "true"},
+    )
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "out"
+
+
+def _record(state: JobState, ids: range, **kw) -> None:  # type: ignore[no-untyped-def]
+    state.sync_rows([Row(id=f"r{i:04d}", images=[], prompt="", fields={}, index=i) for i in ids])
+    for i in ids:
+        state.record(_result(i, **kw))
+
+
+def _ids(out: Path) -> Counter[str]:
+    return Counter(read_results(out).column("id").to_pylist())
+
+
+def _assert_parts_readable(out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    results = out / "results"
+    assert not list(results.glob(".*")), "temp files left behind"
+    for part in results.glob("part-*.parquet"):
+        pq.ParquetFile(part).read()
+
+
+# --- pure helpers ------------------------------------------------------------------------------------
+
+
+def test_column_names_prefix_collisions() -> None:
+    names = column_names({"title": "string", "id": "string", "text": "string", "manifest_text": "int64"})
+    assert names == {"title": "title", "id": "manifest_id", "text": "manifest_text",
+                     "manifest_text": "manifest_manifest_text"}
+
+
+@pytest.mark.parametrize(("value", "kind", "expected"), [
+    ("x", "string", "x"), (3, "string", "3"), (True, "string", "true"), (None, "int64", None),
+    ("12", "int64", 12), (4.0, "int64", 4), (4.5, "int64", None), ("abc", "int64", None),
+    ("1.5", "double", 1.5), (2, "double", 2.0), ("nan?", "double", None),
+    ("true", "bool", True), ("0", "bool", False), ("maybe", "bool", None), (False, "bool", False),
+])
+def test_coerce(value: object, kind: str, expected: object) -> None:
+    assert coerce(value, kind) == expected
+
+
+def test_schema_fixed_and_documented_order() -> None:
+    schema = result_schema(FIELDS)
+    assert schema.names[:len(RESULT_COLUMNS)] == [n for n, _ in RESULT_COLUMNS]
+    assert schema.names[len(RESULT_COLUMNS):] == ["title", "manifest_text", "score", "n", "ok"]
+    assert str(schema.field("images").type).startswith("list<item: struct<source: string, width: int64")
+
+
+def test_importing_storage_modules_does_not_import_pyarrow() -> None:
+    code = ("import sys, batcher.sink, batcher.state, batcher.manifest, batcher.records;"
+            "print('pyarrow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --- export -------------------------------------------------------------------------------------------
+
+
+def test_export_parts_schema_and_values(out: Path) -> None:
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS)
+        _record(state, range(25))
+        assert sink.export(max_rows=10) == 25
+        assert sink.export() == 0  # nothing new: no empty part
+        _record(state, range(25, 30))
+        assert sink.export() == 5
+        parts = sorted((out / "results").glob("part-*.parquet"))
+        assert [p.name for p in parts] == [part_name(i) for i in (1, 2, 3, 4)]
+        import pyarrow.parquet as pq
+
+        schemas = {str(pq.read_schema(p)) for p in parts}
+        assert len(schemas) == 1 and pq.read_schema(parts[0]).equals(sink.schema)
+        table = read_results(out)
+        assert table.num_rows == 30 and set(_ids(out).values()) == {1}
+        import pyarrow.compute as pc
+
+        row = table.filter(pc.equal(table.column("id"), "r0003")).to_pylist()[0]
+        assert row["text"] == "ok 3" and row["manifest_text"] == "manifest text 3"
+        assert row["score"] == 1.5 and row["n"] == 3 and row["ok"] is True
+        assert row["images"] == [{"source": "img/3.jpg", "width": 640, "height": 480, "bytes": 1003,
+                                  "media_type": "image/jpeg", "transport": "base64", "tokens": 400,
+                                  "file_id": None}]
+        assert row["warnings"] == ["small image"] and row["finished_at"].tzinfo is not None
+        assert state.summary().exported_rows == 30 and state.summary().parts == 4
+
+
+def test_read_results_empty(out: Path) -> None:
+    assert read_results(out).num_rows == 0
+    assert read_results(out).schema.names == [n for n, _ in RESULT_COLUMNS]
+
+
+def test_fields_fixed_by_first_sink(out: Path) -> None:
+    with JobState.open(out) as state:
+        Sink(out, state, {"title": "string", "n": "int64"})
+        later = Sink(out, state, {"title": "string", "n": "string", "extra": "string"})
+        assert later.fields == {"title": "string", "n": "int64"}
+        assert any("extra" in w for w in later.warnings) and any("n" in w for w in later.warnings)
+        assert Sink(out, state).fields == {"title": "string", "n": "int64"}
+
+
+# --- crashes at each step ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["written", "committed", "renamed"])
+def test_crash_at_each_export_step_then_recover(out: Path, step: str) -> None:
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS, on_step=_crash_at(step))
+        _record(state, range(10))
+        with pytest.raises(Crash):
+            sink.export()
+        # Whatever the step, a reader only ever sees complete parts.
+        visible = _ids(out)
+        assert set(visible.values()) <= {1}
+    with JobState.open(out) as state:  # the next run
+        sink = Sink(out, state, FIELDS)
+        report = sink.recover()
+        if step == "written":
+            assert report.deleted_files == [temp_name(part_name(1))]
+        elif step == "committed":
+            assert report.renamed == [part_name(1)]
+        sink.export()
+        _record(state, range(10, 15))
+        sink.export()
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(15)})
+    _assert_parts_readable(out)
+
+
+def test_recorded_part_with_no_file_is_exported_again(out: Path) -> None:
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS)
+        _record(state, range(6))
+        sink.export(max_rows=3)
+        (out / "results" / part_name(2)).unlink()  # e.g. lost with its folder entry
+        report = Sink(out, state, FIELDS).recover()
+        assert report.dropped_parts == [part_name(2)] and report.requeued_rows == 3
+        sink.export()
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(6)})
+
+
+def test_part_whose_transaction_was_lost_is_deleted(out: Path) -> None:
+    """Power loss can keep a renamed file but roll back the commit that recorded it."""
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS)
+        _record(state, range(4))
+        sink.export()
+        # Forge the rollback: the state forgets the part, the file stays.
+        state.drop_part(1)
+        report = Sink(out, state, FIELDS).recover()
+        assert report.deleted_files == [part_name(1)]
+        sink.export()
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(4)})
+
+
+_KILLED_EXPORT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[3])
+    from tests.test_sink import FIELDS, _record
+    from batcher.sink import Sink
+    from batcher.state import JobState
+    out, step = sys.argv[1], sys.argv[2]
+    state = JobState.open(out)
+    state.lock()
+    def die(name):
+        if name == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    _record(state, range(int(sys.argv[4]), 40))
+    Sink(out, state, FIELDS, on_step=die).export(max_rows=15)
+""")
+
+
+@pytest.mark.parametrize("step", ["committed", "rewrite-written"])
+def test_sigkill_mid_export_then_recover(out: Path, step: str) -> None:
+    from tests.conftest import REPO
+
+    start = 0
+    if step == "rewrite-written":
+        # Start with exported rows, half of which the killed run answers again: a dirty part to rewrite.
+        with JobState.open(out) as state:
+            _record(state, range(10), text="first")
+            Sink(out, state, FIELDS).export()
+        start = 5
+    proc = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(out), step, str(REPO), str(start)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with JobState.open(out) as state:
+        state.lock()
+        sink = Sink(out, state, FIELDS)
+        sink.recover()
+        sink.export()
+        table = read_results(out)
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(40)})
+    assert set(table.column("text").to_pylist()) == (
+        {f"first {i}" for i in range(start)} | {f"ok {i}" for i in range(start, 40)})
+    _assert_parts_readable(out)
+
+
+# --- retried rows replace their old version -----------------------------------------------------------
+
+
+def test_rerecorded_row_rewrites_its_old_part(out: Path) -> None:
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS)
+        _record(state, range(6), status="error", text="bad")
+        sink.export(max_rows=3)  # parts 1 (r0-r2) and 2 (r3-r5)
+        state.record(_result(1, text="retried"))
+        for i in (3, 4, 5):  # every row of part 2 retried: part 2 disappears
+            state.record(_result(i, text="retried"))
+        sink.export()
+        table = read_results(out)
+        names = sorted(p.name for p in (out / "results").glob("part-*.parquet"))
+        assert names == [part_name(1), part_name(3)]
+        assert [p.rows for p in state.parts()] == [2, 4] and not any(p.dirty for p in state.parts())
+    by_id = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    assert by_id == {"r0000": "bad 0", "r0001": "retried 1", "r0002": "bad 2",
+                     "r0003": "retried 3", "r0004": "retried 4", "r0005": "retried 5"}
+    assert table.num_rows == 6
+
+
+def test_crash_during_rewrite_then_recover(out: Path) -> None:
+    with JobState.open(out) as state:
+        _record(state, range(4), status="error", text="bad")
+        Sink(out, state, FIELDS).export()
+        state.record(_result(2, text="retried"))
+        with pytest.raises(Crash):
+            Sink(out, state, FIELDS, on_step=_crash_at("rewrite-written")).export()
+        assert _ids(out)["r0002"] == 1  # the old version only: the new one is not out yet
+        report = Sink(out, state, FIELDS).recover()
+        assert report.deleted_files == [temp_name(part_name(1))] and report.rewritten == [part_name(1)]
+        Sink(out, state, FIELDS).export()
+        table = read_results(out)
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(4)})
+    assert "retried 2" in table.column("text").to_pylist()
+
+
+def test_row_rerecorded_while_its_part_is_written(out: Path) -> None:
+    """A record() landing between reading a row and committing its part (export in a thread)."""
+    with JobState.open(out) as state:
+        _record(state, range(5), status="error", text="bad")
+
+        fired = []
+
+        def rerecord(name: str) -> None:
+            if name == "written" and not fired:
+                fired.append(name)
+                state.record(_result(2, text="late"))
+
+        Sink(out, state, FIELDS, on_step=rerecord).export()
+        table = read_results(out)
+        assert not any(p.dirty for p in state.parts())
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(5)})
+    assert "late 2" in table.column("text").to_pylist()
+
+
+def test_transient_results_exported_then_replaced(out: Path) -> None:
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS)
+        state.sync_rows([Row(id="r0000", images=[], prompt="", fields={}, index=0)])
+        failed = _result(0, status="error", text="gave up")
+        failed.error_type = "overloaded_error"
+        state.record(failed, final=False)
+        sink.export()
+        assert list(state.remaining(False)) == ["r0000"]
+        assert read_results(out).column("error_type").to_pylist() == ["overloaded_error"]
+        state.record(_result(0, text="fine"))
+        sink.export()
+        assert list(state.remaining(False)) == []
+    table = read_results(out)
+    assert table.column("status").to_pylist() == ["ok"] and table.column("text").to_pylist() == ["fine 0"]
