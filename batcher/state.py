@@ -7,7 +7,9 @@ the full :class:`~batcher.records.Result` as JSON), which Parquet parts hold whi
 
 Resume is by explicit done-markers: a row needs work unless its ``results`` status says otherwise
 (:func:`needs_work`, pure). Statuses: ``done`` (answered ok), ``error`` (final error), ``transient``
-(failed in a way worth retrying next run), ``inflight`` (sent, no outcome yet: redone after a crash).
+(failed in a way worth retrying next run), ``inflight`` (sent online, no outcome yet: redone after a
+crash), ``batched`` (inside a submitted Message Batch: not sent again; whoever collects the batch
+settles it with ``record`` or, for expired/errored requests, ``record_transient``).
 
 Durability contract. The database is in WAL mode with ``synchronous=NORMAL`` and every public write
 commits before it returns (there is no write buffer, so there is nothing to flush). In WAL mode a
@@ -48,8 +50,8 @@ from batcher.records import Result, Row, custom_id_for
 SCHEMA_VERSION = 1
 STATE_FILE = "state.sqlite"
 LOCK_FILE = ".lock"
-STATUSES = ("done", "error", "transient", "inflight")
-Status = Literal["done", "error", "transient", "inflight"]
+STATUSES = ("done", "error", "transient", "inflight", "batched")
+Status = Literal["done", "error", "transient", "inflight", "batched"]
 #: Rows per executemany/IN-list chunk: bounded memory, well under SQLite's 32766 variables.
 CHUNK = 2000
 MAX_NAMED_DUPLICATES = 20
@@ -76,13 +78,14 @@ def needs_work(status: str | None, retry_errors: bool) -> bool:
     """Whether a row with this status must be (re)sent: the one resume rule.
 
     Never seen (None), transiently failed, or in flight when the last run died: yes. Done: never
-    again. A final error: only when the user asks with ``--retry-errors``.
+    again. Inside a submitted batch: not while the batch holds it. A final error: only when the user
+    asks with ``--retry-errors``.
     """
     if status is None or status in ("transient", "inflight"):
         return True
     if status == "error":
         return retry_errors
-    if status == "done":
+    if status in ("done", "batched"):
         return False
     raise ValueError(f"unknown row status {status!r}")
 
@@ -247,7 +250,7 @@ CREATE TABLE rows(
 CREATE INDEX rows_by_pass ON rows(last_seen_pass, manifest_index);
 CREATE TABLE results(
   id TEXT PRIMARY KEY,
-  status TEXT NOT NULL CHECK (status IN ('done', 'error', 'transient', 'inflight')),
+  status TEXT NOT NULL CHECK (status IN ('done', 'error', 'transient', 'inflight', 'batched')),
   error_type TEXT, error_message TEXT, attempts INTEGER NOT NULL DEFAULT 0,
   input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
   cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
@@ -309,6 +312,7 @@ class JobState:
         self._mutex = threading.RLock()
         self._tx_depth = 0
         self._run_lock: RunLock | None = None
+        self._own_pass: int | None = None
 
     # -- opening --
 
@@ -352,7 +356,12 @@ class JobState:
         return self._run_lock
 
     def close(self) -> None:
+        """Close the database (ending the pass this object began, if any) and release the lock."""
         with self._mutex:
+            if self._own_pass is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self.end_pass(self._own_pass)
+                self._own_pass = None
             self._conn.close()
         if self._run_lock is not None:
             self._run_lock.release()
@@ -398,6 +407,7 @@ class JobState:
         with self._tx() as c:
             cur = c.execute("INSERT INTO passes(started_at, last_write_at) VALUES (?, ?)", (now, now))
         assert cur.lastrowid is not None
+        self._own_pass = cur.lastrowid
         return cur.lastrowid
 
     def end_pass(self, pass_id: int) -> None:
@@ -539,6 +549,21 @@ class JobState:
         sql = ("INSERT INTO results(id, status, updated_at) VALUES (?, 'inflight', ?) "
                "ON CONFLICT(id) DO UPDATE SET status = 'inflight', updated_at = excluded.updated_at "
                "WHERE results.status = 'transient'")
+        now = time.time()
+        for chunk in _chunks(row_ids, CHUNK):
+            with self._tx() as c:
+                c.executemany(sql, [(i, now) for i in chunk])
+
+    def mark_batched(self, row_ids: Iterable[str]) -> None:
+        """Mark rows as submitted in a Message Batch, so no later run sends them again meanwhile.
+
+        Call it in the same breath as :meth:`put_batch` (issue 7: batch ids are recorded before
+        anything else happens). Done rows keep their status; an error row retried in a batch
+        becomes ``batched`` (its old result stays exported until the new one is recorded).
+        """
+        sql = ("INSERT INTO results(id, status, updated_at) VALUES (?, 'batched', ?) "
+               "ON CONFLICT(id) DO UPDATE SET status = 'batched', updated_at = excluded.updated_at "
+               "WHERE results.status != 'done'")
         now = time.time()
         for chunk in _chunks(row_ids, CHUNK):
             with self._tx() as c:

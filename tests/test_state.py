@@ -52,6 +52,7 @@ def state(tmp_path: Path):  # type: ignore[no-untyped-def]
     ("transient", False, True), ("transient", True, True),
     ("inflight", False, True), ("inflight", True, True),
     ("done", False, False), ("done", True, False),
+    ("batched", False, False), ("batched", True, False),
     ("error", False, False), ("error", True, True),
 ])
 def test_needs_work(status: str | None, retry: bool, expected: bool) -> None:
@@ -141,6 +142,20 @@ def test_mark_inflight_keeps_finished_rows(state: JobState) -> None:
     state.record_transient("c", "api_error", "500", 2)
     state.mark_inflight(["a", "b", "c"])
     assert [state.status_of(i) for i in "abc"] == ["done", "error", "inflight"]
+
+
+def test_mark_batched_holds_rows_until_settled(state: JobState) -> None:
+    state.sync_rows(_rows(["a", "b", "c", "d"]))
+    state.record(_ok("a"))
+    state.record(_err("b"))
+    state.put_batch("msgbatch_1", [state.custom_id(i) for i in "abcd"])
+    state.mark_batched(["a", "b", "c", "d"])
+    assert [state.status_of(i) for i in "abcd"] == ["done", "batched", "batched", "batched"]
+    assert list(state.remaining(True)) == []
+    state.record(_ok("c"))
+    state.record_transient("d", "expired", "the batch expired", 1)
+    assert list(state.remaining(False)) == ["d"]
+    assert state.get_result("b") is not None  # the old error stays until a new outcome
 
 
 def test_growing_manifest_new_rows_and_removed_rows(state: JobState) -> None:
@@ -326,3 +341,14 @@ def test_time_spent_over_passes(state: JobState, monkeypatch: pytest.MonkeyPatch
     s = state.summary()
     assert s.runs == 2 and s.time_spent_s == pytest.approx(10 + 1)
     assert os.path.exists(state.out_dir / "state.sqlite")
+
+
+def test_close_ends_only_its_own_pass(tmp_path: Path) -> None:
+    runner = JobState.open(tmp_path / "out")
+    pass_id = runner.sync_rows(_rows(["a"])).pass_id
+    JobState.open(tmp_path / "out").close()  # e.g. `batcher status` while the run goes on
+    finished = "SELECT finished_at FROM passes WHERE pass_id = ?"
+    assert runner._conn.execute(finished, (pass_id,)).fetchone()[0] is None
+    runner.close()
+    with JobState.open(tmp_path / "out") as again:
+        assert again._conn.execute(finished, (pass_id,)).fetchone()[0] is not None
