@@ -121,6 +121,29 @@ def coerce(value: Any, kind: str) -> Any:
     raise ValueError(f"unknown manifest field type {kind!r}")
 
 
+def plan_compaction(parts: list[PartRecord], target_rows: int) -> list[list[PartRecord]]:
+    """Groups of consecutive small, clean, final parts to merge; each group of two or more.
+
+    A part of ``target_rows`` or more, or one that is dirty or pending, ends a group; a group is
+    closed once it reaches ``target_rows``.
+    """
+    groups: list[list[PartRecord]] = []
+    current: list[PartRecord] = []
+    size = 0
+    for part in parts:
+        if part.dirty or part.state != "final" or part.rows >= target_rows:
+            groups.append(current)
+            current, size = [], 0
+            continue
+        if current and size + part.rows > target_rows:
+            groups.append(current)
+            current, size = [], 0
+        current.append(part)
+        size += part.rows
+    groups.append(current)
+    return [g for g in groups if len(g) >= 2]
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -334,6 +357,53 @@ class Sink:
         os.replace(tmp, final)
         fsync_dir(self.dir)
         self.state.part_cleaned(part.part_id, part.dirty, kept)
+
+    # -- merging small parts --
+
+    def compact(self, target_rows: int = DEFAULT_PART_ROWS) -> int:
+        """Merge runs of small parts (frequent exports leave many) into parts of ~``target_rows``.
+
+        Each merge: the new part is written to a temp file and fsynced; one transaction moves the
+        rows to it and forgets the old parts; the old files are unlinked, then the new one renamed
+        in. A concurrent reader may briefly miss those rows, never see them twice; a crash anywhere
+        is settled by :meth:`recover` like an export. Returns the number of parts removed.
+        """
+        self._rewrite_dirty()
+        removed = 0
+        for group in plan_compaction(self.state.parts(), target_rows):
+            removed += self._merge(group)
+        return removed
+
+    def _merge(self, group: list[PartRecord]) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        part_id = self.state.allocate_part()
+        name = part_name(part_id)
+        tmp = self.dir / temp_name(name)
+        written = 0
+        with pq.ParquetWriter(tmp, self.schema) as writer:
+            for old in group:
+                with pq.ParquetFile(self.dir / old.name) as pf:
+                    for batch in pf.iter_batches(batch_size=WRITE_CHUNK):
+                        ids = batch.column("id").to_pylist()
+                        members = self.state.part_members(old.part_id, ids)
+                        kept = batch.filter(pa.array([i in members for i in ids]))
+                        writer.write_table(pa.Table.from_batches([kept]).cast(self.schema))
+                        written += kept.num_rows
+        _fsync_file(tmp)
+        self._step("merge-written")
+        fresh = self.state.merge_parts(part_id, name, [p.part_id for p in group], written)
+        for old in group:
+            (self.dir / old.name).unlink()
+        fsync_dir(self.dir)
+        self._step("merge-unlinked")
+        os.replace(tmp, self.dir / name)
+        fsync_dir(self.dir)
+        self.state.finalize_part(part_id)
+        if not fresh:
+            self._rewrite_dirty()
+        return len(group)
 
     # -- crash recovery --
 

@@ -700,6 +700,23 @@ class JobState:
                 c.execute("UPDATE parts SET dirty = 1 WHERE part_id = ?", (part_id,))
         return claimed == len(members)
 
+    def merge_parts(self, part_id: int, name: str, old_parts: Sequence[int], written: int) -> bool:
+        """Record a merged part: move the old parts' rows to it and forget them, in ONE transaction.
+
+        Returns False (and the new part is born dirty) when fewer rows moved than were written:
+        some were re-recorded meanwhile, so the merged file holds stale copies.
+        """
+        marks = ",".join("?" * len(old_parts))
+        with self._tx() as c:
+            c.execute("INSERT INTO parts(part_id, name, rows, state, dirty, created_at) "
+                      "VALUES (?, ?, ?, 'pending', 0, ?)", (part_id, name, written, time.time()))
+            moved = c.execute(f"UPDATE results SET part_id = ? WHERE part_id IN ({marks})",
+                              (part_id, *old_parts)).rowcount
+            c.execute(f"DELETE FROM parts WHERE part_id IN ({marks})", tuple(old_parts))
+            if moved != written:
+                c.execute("UPDATE parts SET dirty = 1, rows = ? WHERE part_id = ?", (moved, part_id))
+        return moved == written
+
     def finalize_part(self, part_id: int) -> None:
         with self._tx() as c:
             c.execute("UPDATE parts SET state = 'final' WHERE part_id = ?", (part_id,))

@@ -320,3 +320,54 @@ def test_transient_results_exported_then_replaced(out: Path) -> None:
         assert list(state.remaining(False)) == []
     table = read_results(out)
     assert table.column("status").to_pylist() == ["ok"] and table.column("text").to_pylist() == ["fine 0"]
+
+
+# --- compaction ---------------------------------------------------------------------------------------
+
+
+def _part(part_id: int, rows: int, dirty: int = 0, state: str = "final"):  # type: ignore[no-untyped-def]
+    from batcher.state import PartRecord
+
+    return PartRecord(part_id=part_id, name=part_name(part_id), rows=rows, state=state,  # type: ignore[arg-type]
+                      dirty=dirty)
+
+
+def test_plan_compaction_groups_small_clean_parts() -> None:
+    from batcher.sink import plan_compaction
+
+    parts = [_part(1, 10), _part(2, 10), _part(3, 100), _part(4, 5), _part(5, 5, dirty=1),
+             _part(6, 40), _part(7, 40), _part(8, 30), _part(9, 1, state="pending")]
+    groups = plan_compaction(parts, target_rows=100)
+    assert [[p.part_id for p in g] for g in groups] == [[1, 2], [6, 7]]
+    assert plan_compaction([_part(1, 10)], 100) == []
+
+
+def test_compact_merges_small_parts_exactly_once(out: Path) -> None:
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS)
+        _record(state, range(20))
+        sink.export(max_rows=3)  # 7 parts
+        state.record(_result(4, text="retried"))  # part 2 dirty: rewritten before merging
+        assert sink.compact(target_rows=10) == 6
+        names = sorted(p.name for p in (out / "results").glob("part-*.parquet"))
+        # [3, 2, 3 | 3, 3, 3 | 2] -> groups of 8 and 9 rows; the last part is left alone.
+        assert [p.rows for p in state.parts()] == [2, 8, 9] and len(names) == 3
+        sink.export()
+        table = read_results(out)
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(20)})
+    assert "retried 4" in table.column("text").to_pylist()
+    _assert_parts_readable(out)
+
+
+@pytest.mark.parametrize("step", ["merge-written", "merge-unlinked"])
+def test_crash_during_compaction_then_recover(out: Path, step: str) -> None:
+    with JobState.open(out) as state:
+        _record(state, range(12))
+        Sink(out, state, FIELDS).export(max_rows=2)
+        with pytest.raises(Crash):
+            Sink(out, state, FIELDS, on_step=_crash_at(step)).compact(target_rows=100)
+        assert set(_ids(out).values()) <= {1}
+        Sink(out, state, FIELDS).recover()
+        Sink(out, state, FIELDS).export()
+    assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(12)})
+    _assert_parts_readable(out)
