@@ -17,6 +17,9 @@ follow the state, never the other way round:
   state does not know (temps, or a part whose transaction was lost) are deleted; dirty parts are
   rewritten.
 
+Frequent exports leave many small parts; :meth:`Sink.compact` merges runs of them with the same
+temp/transaction/rename discipline (call it at the end of a run).
+
 Schema (the same for every part; :func:`result_schema`): ``id, status, text, model, stop_reason,
 input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, attempts,
 latency_s, request_id, error_type, error_message, images (list<struct<source, width, height, bytes,
