@@ -256,5 +256,37 @@ def prepare_cmd(paths: tuple[Path, ...], model: str, out_dir: Path | None, as_js
     sys.exit(summary.exit_code)
 
 
+@main.group("files")
+def files_group() -> None:
+    """A job's Files API uploads (``[images] transport = "files"``): list them, delete them."""
+
+
+@files_group.command("list")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+def files_list(out: Path, as_json: bool) -> None:
+    """The job's uploads, from its state: file id, bytes, when uploaded, when they expire."""
+    from batcher.files import list_command
+
+    sys.exit(list_command(out, as_json=as_json))
+
+
+@files_group.command("delete")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--beta", default="files-api-2025-04-14", show_default=True,
+              help="The anthropic-beta header the Files API needs (the job's images.files_beta).")
+@click.option("--rpm", type=float, default=100.0, show_default=True,
+              help="Files API requests a minute to stay under.")
+def files_delete(out: Path, beta: str, rpm: float) -> None:
+    """Delete the job's uploads through the API (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) and forget them.
+
+    A file the API no longer has counts as deleted. Exit codes: 0 all gone; 3 some could not be
+    deleted; 1 fatal (no key, auth); 2 no job state in OUT; 4 a run is using the job.
+    """
+    from batcher.files import delete_command
+
+    sys.exit(delete_command(out, beta=beta, rpm=rpm))
+
+
 if __name__ == "__main__":
     main()

@@ -83,6 +83,9 @@ class ImagesConfig(_Section):
         default=None, ge=facts.FILES_EXPIRES_MIN_S, le=facts.FILES_EXPIRES_MAX_S
     )
     delete_files_at_end: bool = False
+    #: the Files API's own budget: requests a minute, and uploads in flight at once
+    files_rpm: float = Field(default=facts.FILES_RPM, gt=0)
+    files_concurrency: int = Field(default=4, gt=0, le=64)
 
 
 class LimitsConfig(_Section):

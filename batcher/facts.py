@@ -104,6 +104,9 @@ FILES_EXPIRES_MIN_S: Final = 3600
 FILES_EXPIRES_MAX_S: Final = 7_776_000
 #: The Files API's ceiling for one uploaded file.
 FILE_MAX_BYTES: Final = 500 * 1024 * 1024
+#: The Files API's own request budget during its beta (uploads, lists, deletes): about this many
+#: requests a minute, separate from the messages limits.
+FILES_RPM: Final = 100
 SAMPLING_PARAMS: Final = ("temperature", "top_p", "top_k")
 
 # --- errors and retries -----------------------------------------------------------------------

@@ -83,6 +83,8 @@ class Prepared:
     parts: list[ImagePart]
     sent: list[ImageSent]
     warnings: list[str]
+    #: transport "files": the prepared image behind each file part (by part index), for re-uploads
+    uploaded: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +115,8 @@ class Pipeline:
     on_result: Callable[[Result], None] | None = None
     #: ``[limits] budget_usd``: a batcher.budget.BudgetGate; None sends without a cap
     budget: Any = None
+    #: transport "files": a batcher.files.FileUploader (made from the job when not given)
+    uploader: Any = None
 
     def __post_init__(self) -> None:
         from batcher.images.sizing import ImageOptions
@@ -128,6 +132,10 @@ class Pipeline:
             top_p=req.top_p, top_k=req.top_k, effort=req.effort, stop_sequences=req.stop_sequences,
         )
         self.stopping = anyio.Event()
+        if self.uploader is None and self.job.images.transport == "files":
+            from batcher.files import FileUploader
+
+            self.uploader = FileUploader.for_job(self.job, self.client, self.state)
 
     # --- the whole run ----------------------------------------------------------------------
 
@@ -183,6 +191,7 @@ class Pipeline:
 
     async def _prepare(self, rows: ObjectReceiveStream[Row], out: ObjectSendStream[Prepared],
                        results: ObjectSendStream[Outcome]) -> None:
+        from batcher.files import UploadError
         from batcher.images.errors import ImageError
 
         async with rows, out, results:
@@ -192,6 +201,9 @@ class Pipeline:
                 except ImageError as exc:
                     await results.send(self._image_failure(row, exc))
                     continue
+                except UploadError as exc:
+                    await results.send(self._upload_failure(row, exc))
+                    continue
                 await out.send(prepared)
 
     async def _prepare_row(self, row: Row) -> Prepared:
@@ -200,6 +212,7 @@ class Pipeline:
         parts: list[ImagePart] = []
         sent: list[ImageSent] = []
         warnings: list[str] = []
+        uploaded: dict[int, Any] = {}
         transport = self.job.images.transport
         for n, source in enumerate(row.images, start=1):
             if transport == "url" and _is_url(source):
@@ -214,14 +227,68 @@ class Pipeline:
             except ImageError as exc:
                 exc.image_index = n  # type: ignore[attr-defined]
                 raise
-            import base64
-
-            parts.append(ImagePart("base64", base64.b64encode(image.data).decode("ascii"), image.media_type))
+            warnings.extend(image.warnings)
             sent.append(ImageSent(source=source, width=image.width, height=image.height,
                                   bytes=len(image.data), media_type=image.media_type,
                                   transport="base64", tokens=image.tokens))
-            warnings.extend(image.warnings)
-        return Prepared(row, parts, sent, warnings)
+            if transport == "files":
+                uploaded[len(parts)] = image
+                parts.append(await self._file_part(image, sent[-1], n))
+                continue
+            import base64
+
+            parts.append(ImagePart("base64", base64.b64encode(image.data).decode("ascii"), image.media_type))
+        return Prepared(row, parts, sent, warnings, uploaded)
+
+    # --- transport "files" (batcher.files) ------------------------------------------------------
+
+    async def _file_part(self, image: Any, sent: ImageSent, index: int,
+                         stale: str | None = None) -> ImagePart:
+        """Refer to ``image`` by file id, uploading it if this job has not (or its id is gone)."""
+        from batcher.files import UploadError
+
+        try:
+            file_id = await self.uploader.file_id(image, sent.source, stale=stale)
+        except UploadError as exc:
+            exc.image_index = index  # type: ignore[attr-defined]
+            raise
+        sent.transport, sent.file_id = "file", file_id
+        return ImagePart("file", file_id, image.media_type)
+
+    def _upload_failure(self, row: Row, exc: Exception) -> Outcome:
+        """An image could not be uploaded: the row is left for the next run or, if final, an error."""
+        if getattr(exc, "fatal", False):
+            self.abandon(f"fatal: {exc}")
+        if getattr(exc, "retryable", False) or getattr(exc, "fatal", False):
+            index = getattr(exc, "image_index", 1)
+            return Transient(row.id, "upload_failed", f"image {index} ({row.images[index - 1]}): {exc}", 0)
+        return self._image_failure(row, exc)
+
+    async def _send_with_files(self, p: Prepared) -> Outcome:
+        """``_send``, and once more after uploading again any file id the API answered 404 for."""
+        from batcher.files import UploadError, stale_file_ids
+
+        outcome = await self._send(p)
+        if (not p.uploaded or not isinstance(outcome, Result) or outcome.status != "error"
+                or outcome.error_type != "not_found_error"):
+            return outcome
+        ids = {i: p.parts[i].value for i in p.uploaded}
+        stale = set(stale_file_ids(outcome.error_message or "", list(ids.values())))
+        if not stale:
+            return outcome
+        parts = list(p.parts)
+        try:
+            for i, image in p.uploaded.items():
+                if ids[i] in stale:
+                    parts[i] = await self._file_part(image, p.sent[i], i + 1, stale=ids[i])
+        except UploadError as exc:
+            return self._upload_failure(p.row, exc)
+        again = await self._send(Prepared(p.row, parts, p.sent, p.warnings, p.uploaded))
+        if isinstance(again, Result):
+            again.attempts = (again.attempts or 0) + (outcome.attempts or 0)
+        else:
+            again.attempts += outcome.attempts or 0
+        return again
 
     async def _download(self, url: str) -> bytes:
         from batcher.images.errors import ImageError
@@ -253,7 +320,7 @@ class Pipeline:
                     self.stop(BUDGET_STOP)
                     continue
                 try:
-                    outcome = await self._send(prepared)
+                    outcome = await self._send_with_files(prepared)
                 except errors.APIError as exc:
                     if exc.fatal:
                         fatal.append(exc)

@@ -218,6 +218,11 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
                         code = EXIT_FATAL
                     tg.cancel_scope.cancel()
             counters = pipeline.counters
+            if pipeline.uploader is not None and not code:
+                from batcher.files import finish_run
+
+                await finish_run(pipeline.uploader, counters, request.err,
+                                 delete_at_end=job.images.delete_files_at_end)
             print(status_line(counters, to_do), file=request.err)
             print(f"results: {out_dir / 'results'}", file=request.out_stream)
             if code:
