@@ -43,6 +43,7 @@ image_workers = 1
 transport = "files"
 delete_files_at_end = {delete_at_end}
 files_rpm = 6000  # the simulator has no Files budget here; the default (100) would take 12 s for 30
+{extra}
 """
 
 
@@ -56,12 +57,13 @@ def make_images(folder: Path, n: int) -> list[str]:
     return names
 
 
-def write_job(tmp: Path, rows: list[dict], *, concurrency: int = 16, delete_at_end: bool = False) -> Path:
+def write_job(tmp: Path, rows: list[dict], *, concurrency: int = 16, delete_at_end: bool = False,
+              extra: str = "") -> Path:
     with (tmp / "manifest.jsonl").open("w") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
     job = tmp / "job.toml"
-    job.write_text(JOB.format(concurrency=concurrency, delete_at_end=str(delete_at_end).lower()))
+    job.write_text(JOB.format(concurrency=concurrency, delete_at_end=str(delete_at_end).lower(), extra=extra))
     return job
 
 
@@ -134,11 +136,22 @@ def test_300_rows_over_30_images_upload_30_and_a_rerun_uploads_nothing(
 def test_fifty_concurrent_rows_on_one_image_upload_it_once(
         tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     (image,) = make_images(tmp_path / "images", 1)
-    job = write_job(tmp_path, rows_over([image], 50), concurrency=50)
+    job = write_job(tmp_path, rows_over([image], 50), concurrency=50, extra="files_expire_s = 7200")
     code, err = run_job(job, simulator, monkeypatch)
     assert code == 0, err
     assert list(ledger(simulator)["uploads_by_hash"].values()) == [1]
     assert file_images(simulator) == 50
+    # images.files_expire_s reaches the API, and its expiry is what the state records.
+    (stored,) = simulator.sim.files.live()
+    assert stored.expires_at is not None
+    state = JobState.open(tmp_path / "out")
+    try:
+        (record,) = state.list_files()
+    finally:
+        state.close()
+    assert record.file_id == stored.id
+    assert record.expires_at == pytest.approx(stored.expires_at.timestamp(), abs=1)
+    assert record.expires_at - record.uploaded_at == pytest.approx(7200, abs=5)
 
 
 def test_deleted_and_expired_file_ids_are_uploaded_again_once(
@@ -204,6 +217,38 @@ def test_an_upload_failure_fails_only_the_rows_that_need_that_image(
         else:
             assert row["status"] == "ok", row
     assert file_images(simulator) == 4 and len(ledger(simulator)["uploads_by_hash"]) == 2
+
+
+def test_an_upload_out_of_retries_leaves_its_rows_for_the_next_run(
+        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batcher.api import errors
+
+    images = make_images(tmp_path / "images", 2)
+    job = write_job(tmp_path, rows_over(images, 2), concurrency=4)
+    real_upload = Client.upload_file
+    tries: Counter[str] = Counter()
+
+    async def overloaded_for_img001(self: Client, data: bytes, filename: str, *args: Any, **kw: Any) -> Any:
+        if filename.startswith("img001"):
+            tries[filename] += 1
+            # retry-after 0: the retries happen at once, so the test stays fast.
+            raise errors.from_response(529, {"error": {"type": "overloaded_error", "message": "busy"}},
+                                       {"retry-after": "0"})
+        return await real_upload(self, data, filename, *args, **kw)
+
+    monkeypatch.setattr(Client, "upload_file", overloaded_for_img001)
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 75, err
+    assert tries and all(n % 5 == 0 for n in tries.values())  # UPLOAD_POLICY's attempts, per flight
+    out = results(tmp_path / "out")
+    assert set(out) == {"r000-q0", "r000-q1"}  # the img001 rows are not final: not in the results
+
+    monkeypatch.setattr(Client, "upload_file", real_upload)
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 0, err
+    out = results(tmp_path / "out")
+    assert len(out) == 4 and {r["status"] for r in out.values()} == {"ok"}
+    assert set(ledger(simulator)["uploads_by_hash"].values()) == {1}
 
 
 def test_files_list_delete_and_delete_at_end(tmp_path: Path, simulator: Any,
