@@ -10,7 +10,9 @@ earlier uploads. Within a run:
   ``facts.FILES_RPM`` requests a minute in the beta), so uploads pass a continuously refilled
   bucket and a small concurrency limiter, and retry with :func:`batcher.retry.retrying`;
 - **stale ids are replaced**: a file id past (or near) its ``expires_at``, or one a messages call
-  answered 404 for, is uploaded again and the state updated.
+  answered 404 for, is uploaded again and the state updated. "Near" is five minutes online and a
+  batch's whole life (24 h) in batch mode, capped at half of ``images.files_expire_s``: a batch job
+  that sets a shorter expiry than a batch may take risks 404s inside its batches.
 
 Errors::
 
@@ -44,6 +46,8 @@ from batcher.state import FileRecord
 #: A recorded file this close to its expiry is uploaded again rather than referred to: a request
 #: that names it may be queued or retried for a while before the API reads it.
 EXPIRY_MARGIN_S: Final = 300.0
+#: In batch mode the API may read a request up to a batch's whole life after it was submitted.
+BATCH_EXPIRY_MARGIN_S: Final = facts.BATCH_EXPIRY_HOURS * 3600.0 + EXPIRY_MARGIN_S
 #: Seconds of the rate budget the bucket may hold at once (a burst of rpm/10 requests).
 BURST_WINDOW_S: Final = 6.0
 #: Uploads retry less patiently than rows: a row waiting on an upload holds a pipeline slot.
@@ -213,12 +217,15 @@ class FileUploader:
 
     def __init__(self, client: Any, state: Any, *, beta: str = facts.FILES_BETA,
                  expires_in_s: int | None = None, budget: FilesBudget | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 margin_s: float = EXPIRY_MARGIN_S, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.state = state
         self.beta = beta
         self.expires_in_s = expires_in_s
         self.budget = budget or FilesBudget()
+        #: how long before its expiry a file stops being referred to; never more than half the
+        #: life the job asks for, or every row would upload its image again
+        self.margin_s = min(margin_s, expires_in_s / 2) if expires_in_s else margin_s
         self.clock = clock
         self.stats = UploadStats()
         self._flights: dict[str, _Flight] = {}
@@ -227,8 +234,10 @@ class FileUploader:
     def for_job(cls, job: Any, client: Any, state: Any) -> FileUploader:
         """The uploader a job's ``[images]`` table asks for."""
         imgs = job.images
+        margin = BATCH_EXPIRY_MARGIN_S if job.run.mode == "batch" else EXPIRY_MARGIN_S
         return cls(client, state, beta=imgs.files_beta, expires_in_s=imgs.files_expire_s,
-                   budget=FilesBudget(rpm=imgs.files_rpm, concurrency=imgs.files_concurrency))
+                   budget=FilesBudget(rpm=imgs.files_rpm, concurrency=imgs.files_concurrency),
+                   margin_s=margin)
 
     async def file_id(self, image: _Image, source: str, *, stale: str | None = None) -> str:
         """The file id to refer to ``image`` by; ``stale``: an id the API no longer knows.
@@ -238,7 +247,8 @@ class FileUploader:
         """
         while True:
             record = self.state.get_file(image.sha256)
-            if record is not None and record.file_id != stale and is_usable(record, self.clock()):
+            usable = record is not None and is_usable(record, self.clock(), self.margin_s)
+            if record is not None and record.file_id != stale and usable:
                 self.stats.reused += 1
                 return record.file_id
             flight = self._flights.get(image.sha256)

@@ -280,3 +280,24 @@ async def test_delete_files_forgets_them_and_counts_404_as_gone(simulator: Any, 
     assert state.list_files() == []
     assert simulator.sim.files.live() == []
     assert simulator.sim.ledger.snapshot()["files_bytes_stored"] == 0
+
+
+def test_the_expiry_margin_follows_the_mode_and_never_exceeds_half_the_life(state: Any) -> None:
+    from batcher.files import BATCH_EXPIRY_MARGIN_S, EXPIRY_MARGIN_S
+
+    assert FileUploader(None, state).margin_s == EXPIRY_MARGIN_S
+    assert FileUploader(None, state, margin_s=BATCH_EXPIRY_MARGIN_S).margin_s == BATCH_EXPIRY_MARGIN_S
+    assert FileUploader(None, state, expires_in_s=3600, margin_s=BATCH_EXPIRY_MARGIN_S).margin_s == 1800
+
+
+@pytest.mark.anyio
+async def test_an_image_uploaded_with_a_short_life_is_reused_in_batch_mode(simulator: Any,
+                                                                          state: Any) -> None:
+    from batcher.files import BATCH_EXPIRY_MARGIN_S
+
+    image = jpeg((123, 45, 67))
+    async with Client("k", simulator.base_url) as client:
+        uploader = FileUploader(client, state, expires_in_s=3600, margin_s=BATCH_EXPIRY_MARGIN_S,
+                                budget=fast_budget())
+        ids = {await uploader.file_id(image, "x.jpg") for _ in range(3)}
+    assert len(ids) == 1 and uploads(simulator) == {image.sha256: 1}
