@@ -60,18 +60,23 @@ async def report(counters: Counters, remaining: int | None, *, stream: TextIO | 
 
 async def _live(counters: Counters, remaining: int | None, stream: TextIO,
                 extra: Callable[[], str]) -> None:
-    from rich.console import Console
+    """A bar (rows done of remaining, ETA) with the live numbers on a line of their own below."""
+    from rich.console import Console, Group
+    from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.text import Text
 
     console = Console(file=stream)
-    columns = [TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("rows", total=remaining, info="")
+    bar = Progress(TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console)
+    task = bar.add_task("rows", total=remaining)
+    with Live(console=console, transient=True, refresh_per_second=4) as live:
         while True:
-            info = (f"ok {counters.ok:,} err {counters.error:,} | {_rate(counters):.1f} req/s | "
-                    f"in flight {counters.in_flight} | 429s {counters.rate_limited} | "
-                    f"tok {counters.input_tokens:,}/{counters.output_tokens:,} | ${counters.cost_usd:.4f}")
+            bar.update(task, completed=counters.finished)
+            info = (f"ok {counters.ok:,}  error {counters.error:,}  |  {_rate(counters):.1f} req/s  |  "
+                    f"in flight {counters.in_flight}  |  429s {counters.rate_limited}  |  "
+                    f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
+                    f"${counters.cost_usd:.4f}")
             more = extra()
-            bar.update(task, completed=counters.finished, info=info + (f" | {more}" if more else ""))
+            live.update(Group(bar, Text(info), *([Text(more)] if more else [])))
             await anyio.sleep(0.25)
