@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import datetime as dt
 import mimetypes
+import os
 import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Protocol
@@ -188,6 +189,87 @@ class FilesBudget:
         raise AssertionError("unreachable: tenacity reraises the last error")
 
 
+# --- prepared once per run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceKey:
+    """A local image file as it is now, and how many images share its request (sizing depends on it)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    images_in_request: int
+
+
+class PrepareMemo:
+    """Images this run has prepared, by source file: several questions about one image prepare it once.
+
+    The upload is shared by hash already; this saves the decode and encode before it. A file that
+    changes on disk (size, mtime or inode) is a new key. Rows asking for an image being prepared
+    wait for that preparation (rows about one image often come together). Bounded in bytes, least
+    recently used out. URLs are not remembered (what they name may change).
+    """
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self._items: dict[SourceKey, Any] = {}
+        self._preparing: dict[SourceKey, anyio.Event] = {}
+
+    async def prepare(self, source: str, images_in_request: int,
+                      fn: Callable[[str, int], Awaitable[Any]]) -> Any:
+        """``await fn(source, images_in_request)``, or what it answered for this file before.
+
+        A failure is not remembered: each row that needs the image meets its error itself.
+        """
+        key = self.key(source, images_in_request)
+        while key is not None and (busy := self._preparing.get(key)) is not None:
+            await busy.wait()
+        image = self.get(key)
+        if image is not None:
+            return image
+        if key is None:
+            return await fn(source, images_in_request)
+        done = self._preparing[key] = anyio.Event()
+        try:
+            image = await fn(source, images_in_request)
+        finally:
+            del self._preparing[key]
+            done.set()
+        self.put(key, image)
+        return image
+
+    @staticmethod
+    def key(source: str, images_in_request: int) -> SourceKey | None:
+        if source.startswith(("http://", "https://")):
+            return None
+        try:
+            st = os.stat(source)
+        except OSError:
+            return None  # the pool reports the file's own error
+        return SourceKey(source, st.st_size, st.st_mtime_ns, st.st_ino, images_in_request)
+
+    def get(self, key: SourceKey | None) -> Any:
+        image = self._items.pop(key, None) if key is not None else None
+        if image is not None:
+            self._items[key] = image  # most recently used last
+            self.hits += 1
+        return image
+
+    def put(self, key: SourceKey | None, image: Any) -> None:
+        size = len(image.data)
+        if key is None or key in self._items or size > self.max_bytes:
+            return
+        self._items[key] = image
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            oldest = next(iter(self._items))
+            self.bytes -= len(self._items.pop(oldest).data)
+
+
 # --- uploads --------------------------------------------------------------------------------------------
 
 
@@ -228,6 +310,8 @@ class FileUploader:
         self.margin_s = min(margin_s, expires_in_s / 2) if expires_in_s else margin_s
         self.clock = clock
         self.stats = UploadStats()
+        #: prepared images by source file, for the pipeline's prepare stage
+        self.prepared = PrepareMemo()
         self._flights: dict[str, _Flight] = {}
 
     @classmethod
@@ -336,7 +420,8 @@ async def finish_run(uploader: FileUploader, counters: Any, err: Any, *, delete_
     s = uploader.stats
     if s.uploads or s.reused:
         print(f"files: {s.uploads:,} uploaded ({s.bytes:,} bytes, {s.replaced:,} replacing gone ids), "
-              f"{s.reused:,} references to earlier uploads", file=err)
+              f"{s.reused:,} references to earlier uploads, {uploader.prepared.hits:,} images "
+              "prepared once for several rows", file=err)
     finished = counters.stop_reason is None and not counters.left_for_next_run
     if not (delete_at_end and finished):
         return

@@ -219,11 +219,13 @@ class Pipeline:
                 parts.append(ImagePart("url", source))
                 sent.append(ImageSent(source=source, transport="url"))
                 continue
+            # transport "files": an image several rows ask about is prepared once (batcher.files)
+            memo = self.uploader.prepared if transport == "files" else None
             try:
-                image = await self.pool.prepare(
-                    source if not _is_url(source) else await self._download(source),
-                    self.profile, self.image_options, images_in_request=len(row.images),
-                )
+                if memo is not None:
+                    image = await memo.prepare(source, len(row.images), self._prepare_image)
+                else:
+                    image = await self._prepare_image(source, len(row.images))
             except ImageError as exc:
                 exc.image_index = n  # type: ignore[attr-defined]
                 raise
@@ -239,6 +241,12 @@ class Pipeline:
 
             parts.append(ImagePart("base64", base64.b64encode(image.data).decode("ascii"), image.media_type))
         return Prepared(row, parts, sent, warnings, uploaded)
+
+    async def _prepare_image(self, source: str, images_in_request: int) -> Any:
+        return await self.pool.prepare(
+            source if not _is_url(source) else await self._download(source),
+            self.profile, self.image_options, images_in_request=images_in_request,
+        )
 
     # --- transport "files" (batcher.files) ------------------------------------------------------
 

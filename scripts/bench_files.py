@@ -147,6 +147,9 @@ def run_once(folder: Path, transport: str, base_url: str) -> tuple[Tally, float,
         runner.Client = real  # type: ignore[misc]
     if code != 0:
         sys.exit(f"the {transport} run failed (exit {code}):\n{err.getvalue()}")
+    for line in err.getvalue().splitlines():
+        if line.startswith("files: "):
+            print(f"  {line}")
     return tally, elapsed, code
 
 

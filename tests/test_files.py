@@ -301,3 +301,82 @@ async def test_an_image_uploaded_with_a_short_life_is_reused_in_batch_mode(simul
                                 budget=fast_budget())
         ids = {await uploader.file_id(image, "x.jpg") for _ in range(3)}
     assert len(ids) == 1 and uploads(simulator) == {image.sha256: 1}
+
+
+def test_prepare_memo_keys_on_the_file_as_it_is_and_stays_within_its_bytes(tmp_path: Path) -> None:
+    import os
+
+    from batcher.files import PrepareMemo
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 10)
+    memo = PrepareMemo(max_bytes=250)
+    key = memo.key(str(path), 1)
+    assert key is not None and memo.key(str(path), 2) != key
+    assert memo.key("https://example.com/a.jpg", 1) is None
+    assert memo.key(str(tmp_path / "missing.jpg"), 1) is None
+    image = jpeg((1, 1, 1))
+    image.data = b"d" * 100
+    memo.put(key, image)
+    assert memo.get(key) is image and memo.hits == 1
+    os.utime(path, ns=(1, 1))  # touched: a different file as far as the memo knows
+    assert memo.get(memo.key(str(path), 1)) is None
+    # Least recently used out when the bytes run over.
+    others = [tmp_path / f"{n}.jpg" for n in range(2)]
+    for other in others:
+        other.write_bytes(b"y")
+    memo.get(key)
+    memo.put(memo.key(str(others[0]), 1), image)
+    memo.put(memo.key(str(others[1]), 1), image)
+    assert memo.bytes == 200
+    assert memo.get(key) is None and memo.get(memo.key(str(others[1]), 1)) is image
+
+
+@pytest.mark.anyio
+async def test_rows_on_one_image_share_its_preparation_but_not_its_failure(tmp_path: Path) -> None:
+    from batcher.files import PrepareMemo
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x")
+    memo = PrepareMemo()
+    calls: list[str] = []
+    image = jpeg((5, 5, 5))
+
+    async def prepare(source: str, n: int) -> Img:
+        calls.append(source)
+        await anyio.sleep(0.01)
+        return image
+
+    got: list[Img] = []
+
+    async def one() -> None:
+        got.append(await memo.prepare(str(path), 1, prepare))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(one)
+    assert len(calls) == 1 and len(got) == 10 and all(g is image for g in got) and memo.hits == 9
+
+    async def broken(source: str, n: int) -> Img:
+        calls.append(source)
+        await anyio.sleep(0.01)
+        raise ValueError("cannot decode")
+
+    failures: list[Exception] = []
+
+    other = tmp_path / "b.jpg"
+    other.write_bytes(b"y")
+
+    async def bad() -> None:
+        try:
+            await memo.prepare(str(other), 1, broken)
+        except ValueError as exc:
+            failures.append(exc)
+
+    calls.clear()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(bad)
+    # One at a time, each row meets the error itself; nothing is remembered for the file.
+    assert len(calls) == 3 and len(failures) == 3
+    assert memo.get(memo.key(str(other), 1)) is None

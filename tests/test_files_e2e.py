@@ -106,6 +106,9 @@ def test_300_rows_over_30_images_upload_30_and_a_rerun_uploads_nothing(
     assert file_images(simulator) == 300
     assert all(seen["source"] == "file" for seen in ledger(simulator)["images"])
     assert "files: 30 uploaded" in err
+    # Each image was prepared once for its ten rows.
+    reused = int(err.split(" images prepared once")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert reused == 270
 
     out = results(tmp_path / "out")
     assert len(out) == 300 and {r["status"] for r in out.values()} == {"ok"}
