@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batcher import facts
 from batcher.models import ModelConfigError, ModelProfile, ModelRegistry, load_registry
@@ -95,6 +95,18 @@ class LimitsConfig(_Section):
     rpm: float | None = Field(default=None, gt=0)
     itpm: float | None = Field(default=None, gt=0)
     otpm: float | None = Field(default=None, gt=0)
+
+    @field_validator("tier")
+    @classmethod
+    def _known_tier(cls, tier: str | None) -> str | None:
+        # A typo here would otherwise surface only once the run starts sending.
+        if tier is not None:
+            from batcher.ratelimit import load_presets
+
+            tiers = load_presets()[1]
+            if tier not in tiers:
+                raise ValueError(f"{tier!r} is not a known tier ({', '.join(tiers)})")
+        return tier
 
 
 class JobConfig(_Section):

@@ -31,7 +31,7 @@ from batcher.budget import BUDGET_STOP
 from batcher.config import JobConfig
 from batcher.cost import usage_cost
 from batcher.models import ModelProfile
-from batcher.ratelimit import RateGate
+from batcher.ratelimit import Limiter, request_cost
 from batcher.records import ImageSent, Result, Row
 from batcher.retry import RetryPolicy, retrying
 
@@ -109,7 +109,8 @@ class Pipeline:
     sink: Any  # batcher.sink.Sink
     pool: Any  # batcher.images.pool.ImagePool
     counters: Counters = field(default_factory=Counters)
-    gate: RateGate = field(default_factory=RateGate)
+    #: the job's shared rate-limit picture (batcher.ratelimit); made from the job when not given
+    limiter: Limiter | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     rng: random.Random = field(default_factory=random.Random)
     on_result: Callable[[Result], None] | None = None
@@ -342,6 +343,10 @@ class Pipeline:
     async def _send(self, p: Prepared) -> Outcome:
         body = messages_body(self.profile, self.settings, p.parts, p.row.prompt)
         betas = betas_for(p.parts, self.job.images.files_beta)
+        if self.limiter is None:
+            self.limiter = Limiter.for_job(self.job)
+        limiter = self.limiter
+        cost = request_cost(body, self.profile, [s.tokens for s in p.sent], self.settings.max_tokens)
         attempts = 0
         started = time.monotonic()
         try:
@@ -350,17 +355,19 @@ class Pipeline:
                     attempts += 1
                     if attempts > 1:
                         self.counters.retries += 1
-                    await self.gate.wait()
-                    self.counters.requests += 1
-                    self.counters.in_flight += 1
-                    try:
-                        resp = await self.client.messages(body, betas)
-                    except errors.RateLimitError as exc:
-                        self.counters.rate_limited += 1
-                        self.gate.pause(exc.retry_after)
-                        raise
-                    finally:
-                        self.counters.in_flight -= 1
+                    async with limiter.slot(cost) as slot:
+                        self.counters.requests += 1
+                        self.counters.in_flight += 1
+                        try:
+                            resp = await self.client.messages(body, betas)
+                        except errors.RateLimitError:
+                            self.counters.rate_limited += 1
+                            raise
+                        finally:
+                            self.counters.in_flight -= 1
+                        slot.answered(resp.headers, resp.body.get("usage"))
+                    if self.state is not None and limiter.snapshot_due():
+                        self.state.set_meta("rate_limits", limiter.snapshot())
         except errors.APIError as exc:
             if exc.fatal:
                 raise

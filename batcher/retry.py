@@ -54,9 +54,14 @@ def retrying(policy: RetryPolicy, rng: random.Random | None = None) -> tenacity.
         exc = state.outcome.exception() if state.outcome else None
         return wait_for(exc, state.attempt_number, policy, rng) if exc else 0.0
 
+    def waited_too_long(state: tenacity.RetryCallState) -> bool:
+        # Only the sleeps between attempts count: time a row spends queued for its turn under the
+        # rate limits is not retry time (at 500 workers on a tier-1 key that queue is long).
+        return state.idle_for + state.upcoming_sleep > policy.max_wait_s
+
     return tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_retryable),
         wait=wait,
-        stop=tenacity.stop_after_attempt(policy.max_attempts) | tenacity.stop_before_delay(policy.max_wait_s),
+        stop=tenacity.stop_after_attempt(policy.max_attempts) | tenacity.stop_any(waited_too_long),
         reraise=True,
     )

@@ -21,6 +21,7 @@ import datetime as dt
 import signal
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -210,7 +211,8 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
                 code = EXIT_OK
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_watch_signals, pipeline)
-                    tg.start_soon(report, pipeline.counters, to_do)
+                    tg.start_soon(partial(report, pipeline.counters, to_do, extra=lambda: (
+                        pipeline.limiter.describe() if pipeline.limiter else "")))
                     try:
                         await pipeline.run(state.pending(manifest.rows(), request.retry_errors))
                     except FatalRunError as exc:

@@ -20,6 +20,7 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
         return 1
     try:
         summary = state.summary()
+        rate_limits = state.get_meta("rate_limits")
     finally:
         state.close()
     if as_json:
@@ -37,6 +38,11 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
           f"cache read {s.cache_read_input_tokens:,}  cache write {s.cache_creation_input_tokens:,}")
     print(f"  spend      ${s.cost_usd:.4f}")
     print(f"  time       {s.time_spent_s:,.1f} s of runs, {s.request_time_s:,.1f} s of requests")
+    if rate_limits:
+        from batcher.ratelimit import describe
+
+        print(f"  limits     {describe(rate_limits)}; {rate_limits.get('rate_limited', 0)} 429(s) "
+              "in the last run")
     print(f"  results    {s.exported_rows:,} rows in {s.parts} Parquet part(s) under {out / 'results'}")
     if s.files:
         print(f"  files      {s.files:,} uploaded, {s.file_bytes:,} bytes stored")
