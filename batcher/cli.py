@@ -85,6 +85,22 @@ def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
 
 
 @main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.option("--cancel", is_flag=True,
+              help="Cancel the job's live batches through the API (needs the key); the next "
+                   "`batcher run` collects what they answered and sends the rest again.")
+def batches(out: Path, as_json: bool, cancel: bool) -> None:
+    """A batch-mode job's Message Batches: id, status, requests and their outcomes.
+
+    Exit codes: 0 done; 2 no job state in OUT; 1 no key for --cancel.
+    """
+    from batcher.batches import batches_command
+
+    sys.exit(batches_command(out, as_json=as_json, cancel=cancel, err=sys.stderr, stdout=sys.stdout))
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=0, type=int, help="Port (default: a free one).")
 @click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")

@@ -68,6 +68,15 @@ class RunConfig(_Section):
     part_rows: int = Field(default=5000, gt=0)
     #: processes that prepare images (0: one per core)
     image_workers: int = Field(default=0, ge=0)
+    #: mode "batch": wait for the batches to end (true), or submit and exit 75 so that the next
+    #: `batcher run` (a cron tick) collects them (false)
+    wait: bool = True
+    #: mode "batch": seconds between polls of a running batch, doubling from the first to the most
+    poll_initial_s: float = Field(default=1.0, gt=0)
+    poll_max_s: float = Field(default=60.0, gt=0)
+    #: mode "batch": requests and bytes per batch, at most the API's limits
+    batch_max_requests: int = Field(default=facts.BATCH_MAX_REQUESTS, gt=0, le=facts.BATCH_MAX_REQUESTS)
+    batch_max_bytes: int = Field(default=facts.BATCH_DEFAULT_BYTES, ge=1024 * 1024, le=facts.BATCH_MAX_BYTES)
 
 
 class ImagesConfig(_Section):

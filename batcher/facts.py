@@ -100,6 +100,9 @@ CUSTOM_ID_PATTERN: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 BATCH_MAX_REQUESTS: Final = 100_000
 BATCH_MAX_BYTES: Final = 256 * 1024 * 1024
 BATCH_EXPIRY_HOURS: Final = 24
+#: batcher's own default size for one batch's body: well under the API's limit, because the whole
+#: body is held in memory and a failed upload is sent again whole.
+BATCH_DEFAULT_BYTES: Final = 64 * 1024 * 1024
 FILES_EXPIRES_MIN_S: Final = 3600
 FILES_EXPIRES_MAX_S: Final = 7_776_000
 #: The Files API's ceiling for one uploaded file.

@@ -202,6 +202,8 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
             sink = Sink(out_dir, state, manifest.field_types())
             sink.recover()
             to_do = state.count_remaining(request.retry_errors)
+            if job.run.mode == "batch":
+                return await _run_batches(request, job, profile, client, state, sink, manifest, to_do)
             async with ImagePool(workers=job.run.image_workers or None) as pool:
                 pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
                                     pool=pool)
@@ -245,6 +247,27 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
     finally:
         state.close()
         lock.release()
+
+
+async def _run_batches(request: RunRequest, job: JobConfig, profile: ModelProfile, client: Client,  # type: ignore[no-untyped-def]
+                       state, sink, manifest, to_do: int) -> int:
+    """``[run] mode = "batch"``: the Message Batches API (see :mod:`batcher.batches`)."""
+    from batcher.batches import run_batch_mode
+    from batcher.progress import status_line
+
+    gate = _budget_gate(job, profile, state, batch=True)
+    code, counters = await run_batch_mode(job=job, profile=profile, client=client, state=state, sink=sink,
+                                          manifest=manifest, retry_errors=request.retry_errors,
+                                          err=request.err, to_do=to_do, budget=gate)
+    print(status_line(counters, to_do), file=request.err)
+    if code == EXIT_BUDGET and gate is not None:
+        print(f"batcher: stopped by the budget: {gate.budget.line()} "
+              "(raise [limits] budget_usd to go on)", file=request.err)
+    elif code == EXIT_INCOMPLETE:
+        print("batcher: batches still running or rows to resubmit: `batcher run` again collects "
+              "them (see `batcher batches OUT`)", file=request.err)
+    print(f"results: {state.out_dir / 'results'}", file=request.out_stream)
+    return code
 
 
 def _budget_gate(job: JobConfig, profile: ModelProfile, state, *, batch: bool = False):  # type: ignore[no-untyped-def]

@@ -1,0 +1,572 @@
+"""``[run] mode = "batch"``: the job through the Message Batches API, at the batch price.
+
+A run, from the job state outward:
+
+1. **Collect.** Every batch the state knows that is not yet collected is polled once; an ended one
+   has its results read and recorded (the same :class:`~batcher.records.Result` as online, with
+   ``mode = "batch"`` and the cost at the batch price), then it is marked ``collected``.
+2. **Submit.** Rows that need work and are not in a live batch are prepared exactly as online
+   (the pipeline's own read and prepare stages: same sizing, same transports, same row errors)
+   and grouped into batches within ``[run] batch_max_requests`` / ``batch_max_bytes`` (at most
+   the API's 100,000 requests and 256 MB). Each batch's id and custom_ids are written to the state
+   the moment the API answers, before anything else; its rows are then marked ``inflight``.
+3. **Wait** (``[run] wait = true``, the default): poll the live batches, politely (first after
+   ``poll_initial_s``, doubling to ``poll_max_s``), collecting each as it ends and resubmitting
+   the rows that came back ``expired``, ``canceled`` or with a retryable error (each at most
+   ``max_attempts`` times a run). ``wait = false`` submits and exits 75: the next ``batcher run``
+   (a cron tick) collects; that is what a cron job wants.
+
+A later run never resubmits a row that is in a live batch. A crash between the API creating a
+batch and the state recording it (the time of one HTTP answer) leaves that batch unknown: its
+rows are sent again. ``custom_id`` is the row id where the API allows it, else a hash
+(:func:`batcher.records.custom_id_for`); the state maps it back.
+
+Per-request outcomes: ``succeeded`` → ``ok``; ``errored`` with a request the API refuses
+(``invalid_request_error`` and other 4xx) → a final ``error`` row, as online; ``errored`` with a
+retryable error, ``expired``, ``canceled`` → left for resubmission.
+
+Cancelling: the first SIGINT/SIGTERM stops submitting and cancels the job's live batches (what
+they already answered is collected by the next run; the rest is resubmitted then); a second one
+exits at once. ``batcher batches OUT --cancel`` cancels them from another shell. To leave batches
+running and exit, use ``wait = false``.
+
+Budget (``[limits] budget_usd``): each row's worst case is held at the batch price when it joins
+a batch and settled when its batch is collected; a row that does not fit stops submission (exit 5).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import orjson
+
+from batcher import facts
+from batcher.api import errors
+from batcher.api.bodies import answer_text, betas_for, messages_body
+from batcher.budget import BUDGET_STOP
+from batcher.cost import usage_cost
+from batcher.records import ImageSent, Result, Row
+
+#: A batch whose results are recorded; anything else the state holds is live.
+COLLECTED = "collected"
+#: A batch the API no longer knows (404): its rows are sent again.
+LOST = "lost"
+DONE_STATUSES = frozenset({COLLECTED, LOST})
+#: Bytes of ``{"requests":[...]}`` around the requests themselves.
+_ENVELOPE_BYTES = 64
+_META_PREFIX = "batch/"
+
+
+class BatchRunError(Exception):
+    """The batch run cannot go on (a batch the API refused outright, no way to poll)."""
+
+
+# --- pure decisions ------------------------------------------------------------------------------
+
+
+def next_delay(delay: float, maximum: float) -> float:
+    """The next poll interval: double, up to ``maximum``."""
+    return min(maximum, delay * 2)
+
+
+_STATUS_OF_TYPE = {kind: status for status, kind in sorted(facts.ERROR_TYPES.items(), reverse=True)}
+
+
+def classify(result: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """``(kind, error_type, message)`` of one batch result: kind is ``ok``, ``error`` or ``again``.
+
+    ``again`` is a row to resubmit (expired, canceled, or an error worth retrying); ``error`` is
+    final, as the same error would be online.
+    """
+    kind = result.get("type")
+    if kind == "succeeded":
+        return "ok", None, None
+    if kind in ("expired", "canceled"):
+        return "again", kind, f"the batch request was {kind} before it was processed"
+    error = ((result.get("error") or {}).get("error")) or {}
+    error_type = str(error.get("type") or "api_error")
+    message = str(error.get("message") or error_type)
+    status = _STATUS_OF_TYPE.get(error_type, 500)
+    exc = errors.from_response(status, {"type": "error", "error": error}, {})
+    if exc.retryable or exc.fatal:
+        return "again", error_type, message
+    return "error", error_type, message
+
+
+@dataclass
+class Pending:
+    """A prepared row waiting for its batch."""
+
+    row_id: str
+    custom_id: str
+    params: dict[str, Any]
+    size: int
+    betas: list[str]
+    held_usd: float
+    #: what the results row needs once the answer comes back, possibly in a later run
+    memo: dict[str, Any]
+
+
+@dataclass
+class BatchBuilder:
+    """Prepared rows grouped into batches within a request count and a byte size."""
+
+    max_requests: int
+    max_bytes: int
+    items: list[Pending] = field(default_factory=list)
+    size: int = _ENVELOPE_BYTES
+
+    def fits(self, item: Pending) -> bool:
+        return (len(self.items) < self.max_requests
+                and self.size + item.size + 1 <= self.max_bytes)
+
+    def add(self, item: Pending) -> None:
+        self.items.append(item)
+        self.size += item.size + 1
+
+    def take(self) -> list[Pending]:
+        items, self.items, self.size = self.items, [], _ENVELOPE_BYTES
+        return items
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchRun:
+    """One ``batcher run`` of a batch-mode job. ``pipeline`` supplies reading and preparing."""
+
+    job: Any  # JobConfig
+    profile: Any  # ModelProfile
+    client: Any  # api.client.Client
+    state: Any  # state.JobState
+    sink: Any  # sink.Sink
+    pipeline: Any  # pipeline.Pipeline (its _feed/_prepare stages, counters, stop)
+    rows: Callable[[], Iterable[Row]]
+    err: TextIO
+    budget: Any = None  # budget.BudgetGate at the batch price
+    clock: Callable[[], float] = time.monotonic
+    #: submissions of each row in this run (bounded by run.max_attempts)
+    tries: Counter[str] = field(default_factory=Counter)
+    submitted_batches: int = 0
+    collected_batches: int = 0
+    fatal: str | None = None
+    #: a batch could not be created: submit nothing more this run
+    halted: bool = False
+
+    @property
+    def counters(self) -> Any:
+        return self.pipeline.counters
+
+    # -- the whole run --
+
+    async def run(self) -> None:
+        run = self.job.run
+        self._restore_holds()
+        await self.collect()
+        delay = run.poll_initial_s
+        while self.fatal is None:
+            if not self.pipeline.stopping.is_set():
+                await self.submit()
+            live = self.live()
+            if not live or not run.wait:
+                return
+            if self.interrupted():
+                await self.cancel_live()
+                return
+            await self._sleep(delay)
+            delay = next_delay(delay, run.poll_max_s)
+            await self.collect()
+
+    def interrupted(self) -> bool:
+        """Stopped by a signal (not by the budget or a batch the API refused): stop waiting."""
+        return (self.pipeline.stopping.is_set() and not self.halted
+                and self.counters.stop_reason != BUDGET_STOP)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking at once if the run is told to stop meanwhile."""
+        if self.pipeline.stopping.is_set():
+            await anyio.sleep(seconds)
+            return
+        with anyio.move_on_after(seconds):
+            await self.pipeline.stopping.wait()
+
+    def live(self) -> list[Any]:
+        return [b for b in self.state.list_batches() if b.status not in DONE_STATUSES]
+
+    def live_custom_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for batch in self.live():
+            ids.update(self.state.batch_custom_ids(batch.batch_id))
+        return ids
+
+    # -- budget holds survive the run that made them --
+
+    def _restore_holds(self) -> None:
+        if self.budget is None:
+            return
+        for batch in self.live():
+            self.budget.budget.reserved_usd += float(self._memo(batch.batch_id).get("held_usd", 0.0))
+
+    def _memo(self, batch_id: str) -> dict[str, Any]:
+        return self.state.get_meta(_META_PREFIX + batch_id, {}) or {}
+
+    # -- submit --
+
+    async def submit(self) -> None:
+        """Prepare every row that needs work (and is in no live batch) into new batches."""
+        live = self.live_custom_ids()
+        limit = self.job.run.max_attempts
+
+        def wanted() -> Iterable[Row]:
+            for row in self.state.pending(self.rows(), self.pipeline_retry_errors):
+                if row.custom_id in live:
+                    continue
+                if self.tries[row.id] >= limit:
+                    continue  # left for the next run, as online rows out of attempts are
+                yield row
+
+        p = self.pipeline
+        builder = BatchBuilder(self.job.run.batch_max_requests, self.job.run.batch_max_bytes)
+        prep_n = max(2, 2 * p.pool.workers)
+        to_prepare_send, to_prepare = anyio.create_memory_object_stream[Row](prep_n)
+        prepared_send, prepared = anyio.create_memory_object_stream[Any](prep_n)
+        results_send, results = anyio.create_memory_object_stream[Any](prep_n * 2)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._write_outcomes, results)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(p._feed, wanted(), to_prepare_send, results_send.clone())
+                    async with to_prepare, prepared_send:
+                        for _ in range(prep_n):
+                            tg.start_soon(p._prepare, to_prepare.clone(), prepared_send.clone(),
+                                          results_send.clone())
+                    tg.start_soon(self._group, prepared, builder)
+            finally:
+                results_send.close()
+        self.sink.export(max_rows=self.job.run.part_rows)
+
+    @property
+    def pipeline_retry_errors(self) -> bool:
+        return bool(getattr(self.pipeline, "retry_errors", False))
+
+    async def _group(self, prepared: Any, builder: BatchBuilder) -> None:
+        async with prepared:
+            async for item in prepared:
+                if self.halted or self.pipeline.stopping.is_set():
+                    continue  # not recorded: the next run prepares it again
+                pending = self._pending(item)
+                if pending is None:
+                    continue
+                if builder.items and not builder.fits(pending):
+                    await self._flush(builder.take())
+                builder.add(pending)
+                if len(builder.items) >= builder.max_requests:
+                    await self._flush(builder.take())
+            if builder.items and not self.halted:
+                await self._flush(builder.take())
+
+    def _pending(self, p: Any) -> Pending | None:
+        """A prepared row as a batch request, its worst case held; None if the budget is spent."""
+        held = 0.0
+        if self.budget is not None:
+            got = self.budget.reserve(p)
+            if got is None:
+                self.pipeline.stop(BUDGET_STOP)
+                return None
+            held = got
+        params = messages_body(self.profile, self.pipeline.settings, p.parts, p.row.prompt)
+        request = {"custom_id": p.row.custom_id, "params": params}
+        memo = {"images": [_sent_dict(s) for s in p.sent], "warnings": list(p.warnings),
+                "fields": dict(p.row.fields), "held_usd": held}
+        return Pending(p.row.id, p.row.custom_id, params, len(orjson.dumps(request)),
+                       betas_for(p.parts, self.job.images.files_beta), held, memo)
+
+    async def _flush(self, items: list[Pending]) -> None:
+        """Create one batch and record it before anything else; shielded, so a signal cannot
+        leave a batch the API made but the state does not know."""
+        if not items:
+            return
+        requests = [{"custom_id": i.custom_id, "params": i.params} for i in items]
+        betas = sorted({b for i in items for b in i.betas})
+        with anyio.CancelScope(shield=True):
+            try:
+                info = await self._retrying(lambda: self.client.create_batch(requests, betas))
+            except errors.APIError as exc:
+                self._release(items)
+                self._give_up(f"cannot create a batch of {len(items)} requests: {exc}", exc)
+                return
+            batch_id = str(info["id"])
+            self.state.put_batch(batch_id, [i.custom_id for i in items],
+                                 status=str(info.get("processing_status", "in_progress")),
+                                 counts=info.get("request_counts") or {})
+        self.state.set_meta(_META_PREFIX + batch_id, {
+            "held_usd": sum(i.held_usd for i in items),
+            "rows": {i.custom_id: i.memo for i in items}})
+        self.state.mark_inflight(i.row_id for i in items)
+        for item in items:
+            self.tries[item.row_id] += 1
+        self.submitted_batches += 1
+        self.counters.requests += len(items)
+        print(f"batcher: submitted batch {batch_id} ({len(items):,} requests)", file=self.err, flush=True)
+
+    def _release(self, items: list[Pending]) -> None:
+        if self.budget is not None:
+            for item in items:
+                self.budget.budget.settle(item.held_usd, 0.0)
+
+    def _give_up(self, message: str, exc: errors.APIError | None = None) -> None:
+        print(f"batcher: {message}", file=self.err, flush=True)
+        self.halted = True
+        if exc is not None and exc.fatal:
+            self.fatal = message
+        self.pipeline.stop(message)
+
+    async def _retrying(self, call: Callable[[], Any]) -> Any:
+        from batcher.retry import retrying
+
+        async for attempt in retrying(self.pipeline.policy, self.pipeline.rng):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: tenacity reraises")
+
+    async def _write_outcomes(self, outcomes: Any) -> None:
+        """Rows that failed before any batch (bad row, bad image, upload): recorded as online."""
+        from batcher.pipeline import Transient
+
+        async with outcomes:
+            async for outcome in outcomes:
+                if isinstance(outcome, Transient):
+                    self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
+                                                outcome.attempts)
+                    continue
+                outcome.mode = "batch"
+                self.state.record(outcome)
+                self.counters.add(outcome)
+
+    # -- collect --
+
+    async def collect(self) -> None:
+        """Poll every live batch once; record the results of those that have ended."""
+        for batch in self.live():
+            if self.fatal is not None:
+                return
+            try:
+                info = await self._retrying(lambda b=batch: self.client.get_batch(b.batch_id))
+            except errors.NotFoundError:
+                self.state.update_batch(batch.batch_id, status=LOST)
+                print(f"batcher: batch {batch.batch_id} is gone from the API; its rows will be sent "
+                      "again", file=self.err)
+                continue
+            except errors.APIError as exc:
+                if exc.fatal:
+                    self._give_up(f"cannot poll batch {batch.batch_id}: {exc}", exc)
+                    return
+                continue  # the next poll tries again
+            status = str(info.get("processing_status"))
+            self.state.update_batch(batch.batch_id, status=status, counts=info.get("request_counts"))
+            if status == "ended":
+                await self._collect_one(batch.batch_id)
+
+    async def _collect_one(self, batch_id: str) -> None:
+        try:
+            lines = await self._retrying(lambda: self.client.batch_results(batch_id))
+        except errors.APIError as exc:
+            if exc.fatal:
+                self._give_up(f"cannot read the results of batch {batch_id}: {exc}", exc)
+            return
+        memo = self._memo(batch_id)
+        rows = memo.get("rows", {})
+        spent = 0.0
+        for line in lines:
+            spent += self._record_line(line, rows)
+        if self.budget is not None:
+            self.budget.budget.settle(float(memo.get("held_usd", 0.0)), spent)
+        self.state.update_batch(batch_id, status=COLLECTED)
+        self.collected_batches += 1
+        self.sink.export(max_rows=self.job.run.part_rows)
+
+    def _record_line(self, line: dict[str, Any], memos: dict[str, Any]) -> float:
+        """Record one result line; returns its cost (0 when it was recorded by an earlier run)."""
+        custom_id = str(line.get("custom_id"))
+        row_id = self.state.id_for_custom_id(custom_id)
+        if row_id is None:
+            return 0.0  # not this job's (cannot happen unless the state was replaced)
+        result = line.get("result") or {}
+        kind, error_type, message = classify(result)
+        attempts = self.state.prior_attempts(row_id) + 1
+        memo = memos.get(custom_id, {})
+        if kind == "again":
+            self.state.record_transient(row_id, error_type or "batch_error", message or "", attempts)
+            return 0.0
+        out = self._result(row_id, result, kind, error_type, message, attempts, memo)
+        earlier = self.state.get_result(row_id)
+        if earlier is not None and out.request_id and earlier.request_id == out.request_id:
+            return 0.0  # collected before a crash: recording it again would count its cost twice
+        self.state.record(out)
+        self.counters.add(out)
+        return out.cost_usd or 0.0
+
+    def _result(self, row_id: str, result: dict[str, Any], kind: str, error_type: str | None,
+                message: str | None, attempts: int, memo: dict[str, Any]) -> Result:
+        images = [ImageSent(**i) for i in memo.get("images", [])]
+        common = {"id": row_id, "attempts": attempts, "images": images, "mode": "batch",
+                  "warnings": list(memo.get("warnings", [])), "fields": dict(memo.get("fields", {}))}
+        if kind == "error":
+            error = result.get("error") or {}
+            return Result(status="error", model=self.profile.id, error_type=error_type,
+                          error_message=message, request_id=error.get("request_id"), **common)
+        msg = result.get("message") or {}
+        usage = msg.get("usage") or {}
+        text, tool_input = answer_text(msg)
+        return Result(
+            status="ok", text=text, tool_input=tool_input, model=msg.get("model", self.profile.id),
+            stop_reason=msg.get("stop_reason"), input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            cache_read_input_tokens=usage.get("cache_read_input_tokens"),
+            cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
+            request_id=msg.get("id"), cost_usd=usage_cost(self.profile, usage, batch=True), **common)
+
+    # -- cancel --
+
+    async def cancel_live(self) -> int:
+        """Ask the API to cancel every live batch; returns how many it accepted."""
+        return await cancel_batches(self.client, self.state, self.err)
+
+
+async def cancel_batches(client: Any, state: Any, err: TextIO) -> int:
+    """Cancel a job's live batches (what they answered already is collected by the next run)."""
+    cancelled = 0
+    for batch in state.list_batches():
+        if batch.status in DONE_STATUSES or batch.status in ("ended", "canceling"):
+            continue
+        try:
+            info = await client.cancel_batch(batch.batch_id)
+        except errors.APIError as exc:
+            print(f"batcher: cannot cancel batch {batch.batch_id}: {exc}", file=err)
+            continue
+        state.update_batch(batch.batch_id, status=str(info.get("processing_status", "canceling")))
+        cancelled += 1
+        print(f"batcher: cancelled batch {batch.batch_id}", file=err)
+    return cancelled
+
+
+def _sent_dict(sent: ImageSent) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(sent)
+
+
+# --- wiring for the runner ------------------------------------------------------------------------
+
+
+async def run_batch_mode(*, job: Any, profile: Any, client: Any, state: Any, sink: Any, manifest: Any,
+                         retry_errors: bool, err: TextIO, to_do: int, budget: Any) -> tuple[int, Any]:
+    """Run a batch-mode job inside ``batcher run``; returns ``(exit code, counters)``.
+
+    Exit codes as online: 0 all ok; 3 some rows ended in error; 5 the budget stopped submission;
+    1 fatal; 75 batches still running (``wait = false`` or interrupted) or rows left to resubmit.
+    """
+    from batcher.images.pool import ImagePool
+    from batcher.pipeline import Pipeline
+    from batcher.progress import report
+    from batcher.runner import _watch_signals
+
+    async with ImagePool(workers=job.run.image_workers or None) as pool:
+        pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink, pool=pool)
+        pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
+                                                    max_wait_s=job.run.max_retry_wait_s)
+        pipeline.retry_errors = retry_errors  # type: ignore[attr-defined]
+        batch_run = BatchRun(job=job, profile=profile, client=client, state=state, sink=sink,
+                             pipeline=pipeline, rows=manifest.rows, err=err, budget=budget)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, pipeline)
+            tg.start_soon(lambda: report(pipeline.counters, to_do, stream=err,
+                                         extra=lambda: f"batches live {len(batch_run.live())}"))
+            with anyio.CancelScope() as scope:
+                pipeline._cancel_work = scope
+                await batch_run.run()
+            tg.cancel_scope.cancel()
+    sink.export(max_rows=job.run.part_rows)
+    return exit_code(batch_run, state), pipeline.counters
+
+
+def exit_code(batch_run: BatchRun, state: Any) -> int:
+    from batcher.runner import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
+
+    if batch_run.fatal is not None:
+        return EXIT_FATAL
+    if batch_run.counters.stop_reason == BUDGET_STOP:
+        return EXIT_BUDGET
+    if batch_run.live() or state.count_remaining(False):
+        return EXIT_INCOMPLETE
+    return EXIT_ROW_ERRORS if state.summary().by_status.get("error") else EXIT_OK
+
+
+# --- ``batcher batches OUT`` ------------------------------------------------------------------------
+
+
+def list_lines(out: Path) -> list[str]:
+    """One line per batch of the job: id, status, requests, counts, age."""
+    from batcher.state import JobState
+
+    with JobState.open(out) as state:
+        batches = state.list_batches()
+    now = time.time()
+    lines = []
+    for b in batches:
+        counts = " ".join(f"{k} {v:,}" for k, v in b.counts.items() if v)
+        age = math.floor((now - b.created_at) / 60)
+        lines.append(f"{b.batch_id}  {b.status:<11} {b.request_count:>7,} requests  "
+                     f"{counts or '-'}  ({age} min ago)")
+    return lines
+
+
+def batches_json(out: Path) -> list[dict[str, Any]]:
+    from dataclasses import asdict
+
+    from batcher.state import JobState
+
+    with JobState.open(out) as state:
+        return [asdict(b) for b in state.list_batches()]
+
+
+def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdout: TextIO) -> int:
+    """``batcher batches OUT [--json] [--cancel]``; returns the exit code."""
+    import json
+
+    from batcher.state import STATE_FILE, JobState
+
+    if not (out / STATE_FILE).is_file():
+        print(f"batcher: {out}: no job state here (is it a job's output folder?)", file=err)
+        return 2
+    if cancel:
+        from batcher.api.client import Client, MissingKeyError, settings_from_env
+
+        try:
+            key, base_url = settings_from_env()
+        except MissingKeyError as exc:
+            print(f"batcher: {exc}", file=err)
+            return 1
+
+        async def go() -> int:
+            with JobState.open(out) as state:
+                async with Client(key, base_url, max_connections=4) as client:
+                    return await cancel_batches(client, state, err)
+
+        done = anyio.run(go)
+        print(f"batcher: {done} batch(es) cancelled; `batcher run` collects what they answered "
+              "and sends the rest again", file=err)
+    if as_json:
+        print(json.dumps(batches_json(out), sort_keys=True), file=stdout)
+    else:
+        lines = list_lines(out)
+        print("\n".join(lines) if lines else f"{out}: no batches", file=stdout)
+    return 0
