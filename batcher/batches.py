@@ -23,7 +23,9 @@ rows are sent again. ``custom_id`` is the row id where the API allows it, else a
 
 Per-request outcomes: ``succeeded`` → ``ok``; ``errored`` with a request the API refuses
 (``invalid_request_error`` and other 4xx) → a final ``error`` row, as online; ``errored`` with a
-retryable error, ``expired``, ``canceled`` → left for resubmission.
+retryable error, ``expired``, ``canceled`` → left for resubmission. A batch row's ``attempts`` is
+how many times it went into a batch, over all runs; ``latency_s`` is empty (a batch has no
+per-request latency) and ``request_id`` is the message id (or the error's request id).
 
 Cancelling: the first SIGINT/SIGTERM stops submitting and cancels the job's live batches (what
 they already answered is collected by the next run; the rest is resubmitted then); a second one
@@ -160,6 +162,8 @@ class BatchRun:
     fatal: str | None = None
     #: a batch could not be created: submit nothing more this run
     halted: bool = False
+    #: submit passes made in this run
+    passes: int = 0
 
     @property
     def counters(self) -> Any:
@@ -224,9 +228,12 @@ class BatchRun:
         """Prepare every row that needs work (and is in no live batch) into new batches."""
         live = self.live_custom_ids()
         limit = self.job.run.max_attempts
+        # --retry-errors sends final errors again once a run, not on every pass of the wait loop
+        retry_errors = self.pipeline_retry_errors and not self.passes
+        self.passes += 1
 
         def wanted() -> Iterable[Row]:
-            for row in self.state.pending(self.rows(), self.pipeline_retry_errors):
+            for row in self.state.pending(self.rows(), retry_errors):
                 if row.custom_id in live:
                     continue
                 if self.tries[row.id] >= limit:

@@ -157,6 +157,10 @@ def test_good_and_bad_rows_in_batches_same_shape_as_online(tmp_path: Path, make_
     # A rerun sends nothing.
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS and batches_created(sim) == 3, err
+    # --retry-errors sends the row the API refused once more (and it is refused again), once.
+    code, err = run_in_process(job, sim, monkeypatch, "--retry-errors")
+    assert code == EXIT_ROW_ERRORS and batches_created(sim) == 4, err
+    assert results(tmp_path / "out")["too-long"]["attempts"] == 2  # submissions, over all runs
 
     # The same job online: the same columns, the same outcome per row, twice the price.
     online = write_job(tmp_path, 7, mode="online", bad=True, output="out-online", model="claude-haiku-4-5")
