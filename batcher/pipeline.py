@@ -12,7 +12,6 @@ memory stays bounded however long the manifest is. Every row ends in exactly one
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import Counter
@@ -431,4 +430,4 @@ def eta_s(counters: Counters, remaining: int) -> float | None:
     elapsed = time.monotonic() - counters.started
     if counters.finished == 0 or elapsed <= 0:
         return None
-    return math.ceil(remaining * elapsed / counters.finished)
+    return round(remaining * elapsed / counters.finished)
