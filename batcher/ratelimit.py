@@ -557,20 +557,20 @@ class Limiter:
 
 
 def describe(snapshot: Mapping[str, Any]) -> str:
-    """One short line: the limits, what the API says remains, in flight, 429s."""
+    """One short line: the limits and where they come from, what the API says is left, in flight."""
     limits = snapshot.get("limits") or {}
     left = snapshot.get("api_remaining") or {}
-    names = {"requests": "rpm", "input-tokens": "itpm", "output-tokens": "otpm"}
-    shown = [f"{_short(limits[k])} {names[k]}" for k in KINDS if limits.get(k)]
-    parts = [("limits " + " ".join(shown)) if shown else "no limits",
-             f"({snapshot.get('source', '?')})"]
-    if left:
-        parts.append("left " + " ".join(f"{_short(v)} {names[k].removesuffix('pm')}"
-                                        for k, v in left.items() if v is not None))
-    parts.append(f"window {snapshot.get('in_flight', 0)}/{snapshot.get('in_flight_limit', '?')}")
+    per_minute = {"requests": "rpm", "input-tokens": "itpm", "output-tokens": "otpm"}
+    units = {"requests": "req", "input-tokens": "in", "output-tokens": "out"}
+    shown = [f"{_short(limits[k])} {per_minute[k]}" for k in KINDS if limits.get(k)]
+    parts = [f"{', '.join(shown) if shown else 'no limits'} ({snapshot.get('source', '?')})"]
+    remaining = [f"{_short(left[k])} {units[k]}" for k in KINDS if left.get(k) is not None]
+    if remaining:
+        parts.append("API left " + ", ".join(remaining))
+    parts.append(f"in flight {snapshot.get('in_flight', 0)}/{snapshot.get('in_flight_limit', '?')}")
     if snapshot.get("paused_s"):
         parts.append(f"paused {snapshot['paused_s']:g}s")
-    return " ".join(parts)
+    return " | ".join(parts)
 
 
 def _short(value: float) -> str:

@@ -285,11 +285,11 @@ def test_server_errors_keep_the_request_charge_and_return_the_output() -> None:
 def test_an_api_without_limits_is_followed_and_the_picture_described() -> None:
     clock = FakeClock()
     lim = limiter(clock, Limits(50, 30_000, 8_000))
-    assert "limits 50 rpm 30k itpm 8000 otpm (test)" in lim.describe()
+    assert lim.describe() == "50 rpm, 30k itpm, 8000 otpm (test) | in flight 0/64"
     ticket = lim.acquire_now(Cost(10, 10))
     lim.answered(ticket, {"content-type": "application/json"}, {})
     assert lim.buckets == {} and lim.source == "API sends no limits"
-    assert describe(lim.snapshot()).startswith("no limits")
+    assert describe(lim.snapshot()).startswith("no limits (API sends no limits)")
 
 
 # --- seeds and costs ------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_a_job_that_sets_nothing_sits_on_the_limit_without_storms(tmp_path: Path
     shown = subprocess.run([sys.executable, "-m", "batcher.cli", "status", str(tmp_path / "out")],
                            env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
-    assert "limits     limits 120 rpm 200k itpm 20k otpm (API headers)" in shown.stdout, shown.stdout
+    assert "limits     120 rpm, 200k itpm, 20k otpm (API headers) | API left" in shown.stdout, shown.stdout
 
 
 def test_an_unknown_tier_is_refused_before_anything_is_sent(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
