@@ -118,6 +118,8 @@ class Pipeline:
     #: transport "files": a batcher.files.FileUploader (made from the job when not given)
     uploader: Any = None
 
+    _fatal: list[BaseException] = field(default_factory=list)
+
     def __post_init__(self) -> None:
         from batcher.images.sizing import ImageOptions
 
@@ -144,7 +146,8 @@ class Pipeline:
         to_prepare_send, to_prepare = anyio.create_memory_object_stream[Row](concurrency)
         to_request_send, to_request = anyio.create_memory_object_stream[Prepared](concurrency)
         results_send, results = anyio.create_memory_object_stream[Outcome](concurrency * 2)
-        fatal: list[BaseException] = []
+        # Any stage may find that nothing else can succeed (a 401 on an upload or a message).
+        fatal = self._fatal = []
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._write, results)
             try:
@@ -266,6 +269,7 @@ class Pipeline:
     def _upload_failure(self, row: Row, exc: Exception) -> Outcome:
         """An image could not be uploaded: the row is left for the next run or, if final, an error."""
         if getattr(exc, "fatal", False):
+            self._fatal.append(exc)
             self.abandon(f"fatal: {exc}")
         if getattr(exc, "retryable", False) or getattr(exc, "fatal", False):
             index = getattr(exc, "image_index", 1)

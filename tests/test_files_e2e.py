@@ -292,3 +292,21 @@ def test_files_list_delete_and_delete_at_end(tmp_path: Path, simulator: Any,
         assert state.list_files() == []
     finally:
         state.close()
+
+
+def test_a_401_on_an_upload_stops_the_job_as_fatal(
+        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batcher.api import errors
+
+    images = make_images(tmp_path / "images", 3)
+    job = write_job(tmp_path, rows_over(images, 2), concurrency=2)
+
+    async def key_revoked(self: Client, *args: Any, **kw: Any) -> Any:
+        raise errors.from_response(401, {"type": "error", "error": {"type": "authentication_error",
+                                                                    "message": "invalid x-api-key"}}, {})
+
+    monkeypatch.setattr(Client, "upload_file", key_revoked)
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 1, err
+    assert "authentication_error" in err
+    assert sum(ledger(simulator)["requests"].get("POST /v1/messages", {}).values()) == 0
