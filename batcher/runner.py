@@ -201,6 +201,8 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
                 raise RunRefused(f"{job.manifest_path}: duplicate ids: {names}{more}", EXIT_CONFIG)
             sink = Sink(out_dir, state, manifest.field_types())
             sink.recover()
+            for warning in sink.warnings:
+                print(f"batcher: warning: {warning}", file=request.err)
             to_do = state.count_remaining(request.retry_errors)
             if job.run.mode == "batch":
                 return await _run_batches(request, job, profile, client, state, sink, manifest, to_do)
@@ -222,6 +224,8 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
                         code = EXIT_FATAL
                     tg.cancel_scope.cancel()
             counters = pipeline.counters
+            # Exports every few seconds leave many small parts; merge them once the run is over.
+            sink.compact(target_rows=job.run.part_rows)
             if pipeline.uploader is not None and not code:
                 from batcher.files import finish_run
 
