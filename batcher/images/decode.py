@@ -149,6 +149,19 @@ def pillow_limits(options: ImageOptions, *, lenient: bool = False) -> Iterator[N
             Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
+@contextmanager
+def _file_errors(label: str) -> Iterator[None]:
+    """Opening or reading a file: the OS's errors as the row's typed image errors."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NotFound(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageIOError(f"{label}: is a directory, not an image file") from None
+    except OSError as exc:
+        raise ImageIOError(f"{label}: cannot read: {exc.strerror or exc}") from None
+
+
 def read_source(source: Path | str | bytes) -> tuple[bytes, str]:
     """The file's bytes and a label for messages; missing, empty and unreadable files are errors."""
     if isinstance(source, bytes | bytearray | memoryview):
@@ -157,14 +170,8 @@ def read_source(source: Path | str | bytes) -> tuple[bytes, str]:
     else:
         path = Path(source)
         label = str(path)
-        try:
+        with _file_errors(label):
             data = path.read_bytes()
-        except FileNotFoundError:
-            raise NotFound(f"{label}: no such file") from None
-        except IsADirectoryError:
-            raise ImageIOError(f"{label}: is a directory, not an image file") from None
-        except OSError as exc:
-            raise ImageIOError(f"{label}: cannot read: {exc.strerror or exc}") from None
     if not data:
         raise EmptyFile(f"{label}: the file is empty (0 bytes)")
     return data, label
@@ -173,14 +180,8 @@ def read_source(source: Path | str | bytes) -> tuple[bytes, str]:
 def open_header(path: Path | str) -> tuple[BinaryIO, str]:
     """An open file for header-only reads (``probe_size``), with the same errors as :func:`read_source`."""
     label = str(path)
-    try:
+    with _file_errors(label):
         fp = Path(path).open("rb")  # noqa: SIM115 - the caller closes it after reading the header
-    except FileNotFoundError:
-        raise NotFound(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise ImageIOError(f"{label}: is a directory, not an image file") from None
-    except OSError as exc:
-        raise ImageIOError(f"{label}: cannot read: {exc.strerror or exc}") from None
     if os.fstat(fp.fileno()).st_size == 0:
         fp.close()
         raise EmptyFile(f"{label}: the file is empty (0 bytes)")
