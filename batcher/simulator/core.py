@@ -2,15 +2,21 @@
 
 ``Simulator`` owns the config, the model registry, the ledger, the rate-limit buckets, the fault
 injector and the Files and Batches stores. Route handlers receive it; nothing in here speaks HTTP.
+
+The model registry is the packaged ``configs/models.toml`` alone (:func:`api_registry`): it stands
+for what the API knows, so a user's overrides (``$BATCHER_MODELS``, ``~/.config/batcher/models.toml``)
+and a job's ``[models]`` table, which describe what the *client* believes, never reach it. A client
+misconfigured by them must fail against the simulator as it would against the API.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
+import tomllib
 from dataclasses import dataclass, field
 
-from batcher.models import ModelProfile, ModelRegistry, load_registry
+from batcher.models import ModelProfile, ModelRegistry, build_registry, packaged_models_path
 from batcher.simulator.config import SimConfig
 from batcher.simulator.errors import ApiError
 from batcher.simulator.ledger import Ledger
@@ -21,6 +27,12 @@ _ids = itertools.count(1)
 def new_id(prefix: str) -> str:
     """An id in the API's style (``msg_01...``), unique within the process."""
     return f"{prefix}_01{secrets.token_hex(8)}{next(_ids):06d}"
+
+
+def api_registry() -> ModelRegistry:
+    """The models the API knows: the packaged table only, no user or job override layers."""
+    with packaged_models_path().open("rb") as fh:
+        return build_registry(tomllib.load(fh))
 
 
 @dataclass
@@ -35,7 +47,7 @@ class MessageCost:
 @dataclass
 class Simulator:
     config: SimConfig = field(default_factory=SimConfig)
-    registry: ModelRegistry = field(default_factory=load_registry)
+    registry: ModelRegistry = field(default_factory=api_registry)
     ledger: Ledger = field(default_factory=Ledger)
 
     def __post_init__(self) -> None:

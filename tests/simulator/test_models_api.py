@@ -11,6 +11,7 @@ import pytest
 from batcher import facts
 from batcher.models import load_registry
 from batcher.simulator.config import SimConfig
+from batcher.simulator.core import Simulator, api_registry
 
 HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION}
 BEFORE, AFTER = dt.date(2026, 11, 30), dt.date(2026, 12, 1)  # claude-sonnet-4-5 retires in between
@@ -28,7 +29,7 @@ def base_url(make_simulator: Any) -> str:
 def test_the_list_holds_every_live_model_in_registry_order(base_url: str) -> None:
     page = get(base_url, "/v1/models", limit=1000).json()
     ids = [m["id"] for m in page["data"]]
-    assert ids == [p.id for p in load_registry().all()]
+    assert ids == [p.id for p in api_registry().all()]
     assert (page["first_id"], page["last_id"], page["has_more"]) == (ids[0], ids[-1], False)
 
 
@@ -81,7 +82,7 @@ def test_capabilities_follow_the_profile(base_url: str) -> None:
     assert old["thinking"]["types"]["enabled"] == {"supported": True}
     opus = get(base_url, "/v1/models/claude-opus-4-8").json()
     assert (opus["max_input_tokens"], opus["max_tokens"]) == (1_000_000, 128_000)
-    for profile in load_registry().all():
+    for profile in api_registry().all():
         created = get(base_url, f"/v1/models/{profile.id}").json()["created_at"]
         # a model without a published date shows the epoch
         expected = profile.created_at.isoformat() if profile.created_at else "1970-01-01"
@@ -98,3 +99,39 @@ def test_unknown_and_retired_models_are_404(make_simulator: Any) -> None:
     listed = [m["id"] for m in get(after.base_url, "/v1/models", limit=1000).json()["data"]]
     assert "claude-sonnet-4-5" not in listed and "claude-haiku-5-5" in listed
     assert get(before.base_url, "/v1/models/claude-made-up").status_code == 404
+
+
+USER_OVERRIDES = """
+[models.claude-haiku-5-5]
+sampling_params = true
+images_per_request = 5000
+[models.claude-made-up-1]
+prices = { input = 1, output = 1 }
+"""
+
+
+@pytest.mark.parametrize("where", ["BATCHER_MODELS", "XDG_CONFIG_HOME"])
+def test_user_model_overrides_never_reach_the_simulator(
+        where: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, make_simulator: Any) -> None:
+    # A client misconfigured by its user's table must fail against the simulator as against the API.
+    if where == "BATCHER_MODELS":
+        user = tmp_path / "mine.toml"
+        monkeypatch.setenv("BATCHER_MODELS", str(user))
+    else:
+        (tmp_path / "batcher").mkdir()
+        user = tmp_path / "batcher" / "models.toml"
+        monkeypatch.delenv("BATCHER_MODELS", raising=False)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    user.write_text(USER_OVERRIDES)
+    client_view = load_registry()  # the client does read it
+    assert "claude-made-up-1" in client_view and client_view["claude-haiku-5-5"].sampling_params
+    sim = Simulator()
+    assert "claude-made-up-1" not in sim.registry
+    assert sim.registry["claude-haiku-5-5"].sampling_params is False
+    assert sim.registry["claude-haiku-5-5"].images_per_request == 600
+    base_url = make_simulator(SimConfig(today=BEFORE)).base_url
+    assert get(base_url, "/v1/models/claude-made-up-1").status_code == 404
+    refused = httpx.post(f"{base_url}/v1/messages", headers=HEADERS, json={
+        "model": "claude-haiku-5-5", "max_tokens": 10, "temperature": 0.5,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert refused.status_code == 400 and "temperature" in refused.json()["error"]["message"]

@@ -10,9 +10,9 @@ import anthropic
 import pytest
 
 from batcher import facts
-from batcher.models import load_registry
 from batcher.simulator import tokens
 from batcher.simulator.config import SimConfig
+from batcher.simulator.core import api_registry
 from batcher.simulator.server import RunningSimulator
 from tests.simulator.test_validate import b64_image, image_bytes
 
@@ -84,7 +84,7 @@ async def test_count_tokens(client: anthropic.AsyncAnthropic) -> None:
 
 async def test_models_list_and_retrieve(client: anthropic.AsyncAnthropic) -> None:
     ids = [model.id async for model in client.models.list(limit=4)]  # pages by after_id
-    assert ids == [p.id for p in load_registry().all() if not p.is_retired(dt.datetime.now(dt.UTC).date())]
+    assert ids == [p.id for p in api_registry().all() if not p.is_retired(dt.datetime.now(dt.UTC).date())]
     info = await client.models.retrieve("claude-haiku-4-5-20251001")
     assert info.id == "claude-haiku-4-5" and info.max_input_tokens == 200_000
     assert info.capabilities is not None and info.capabilities.image_input.supported
