@@ -8,6 +8,13 @@ memory stays bounded however long the manifest is. Every row ends in exactly one
 - ``state.record_transient(...)``: it ran out of retries in this run and is left for the next;
 - nothing, when the run is stopped (signal, fatal error, budget) before it was answered: the
   next run sends it again. Only requests in flight when a run dies are ever paid twice.
+
+Stopping takes effect at once for everything not yet on the wire: queued rows are dropped, waits
+for the rate limits and between retries end, and only requests already sent are awaited.
+
+Read-ahead is bounded by what the limits let through, not by ``concurrency``: the request stage
+holds at most about twice the limiter's in-flight window of prepared rows (each carries its
+images), so ``concurrency = 500`` on a slow key does not prepare 500 images that wait for minutes.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from batcher.budget import BUDGET_STOP
 from batcher.config import JobConfig
 from batcher.cost import usage_cost
 from batcher.models import ModelProfile
-from batcher.ratelimit import Limiter, request_cost
+from batcher.ratelimit import GaveUp, Limiter, request_cost
 from batcher.records import ImageSent, Result, Row
 from batcher.retry import RetryPolicy, retrying
 
@@ -119,6 +126,10 @@ class Pipeline:
     uploader: Any = None
 
     _fatal: list[BaseException] = field(default_factory=list)
+    #: prepared rows the request stage holds (waiting for the limits or in flight)
+    _holding: int = 0
+    _hold_changed: anyio.Event | None = None
+    _preparers: int = 2
 
     def __post_init__(self) -> None:
         from batcher.images.sizing import ImageOptions
@@ -143,8 +154,13 @@ class Pipeline:
 
     async def run(self, rows: Iterable[Row]) -> Counters:
         concurrency = self.job.run.concurrency
+        if self.limiter is None:
+            self.limiter = Limiter.for_job(self.job)
+        self._hold_changed = anyio.Event()
+        preparers = self._preparers = max(2, 2 * self.pool.workers)
         to_prepare_send, to_prepare = anyio.create_memory_object_stream[Row](concurrency)
-        to_request_send, to_request = anyio.create_memory_object_stream[Prepared](concurrency)
+        # Prepared rows are heavy (base64 images): only a few wait between the stages.
+        to_request_send, to_request = anyio.create_memory_object_stream[Prepared](preparers)
         results_send, results = anyio.create_memory_object_stream[Outcome](concurrency * 2)
         # Any stage may find that nothing else can succeed (a 401 on an upload or a message).
         fatal = self._fatal = []
@@ -155,7 +171,7 @@ class Pipeline:
                     self._cancel_work = tg.cancel_scope
                     tg.start_soon(self._feed, rows, to_prepare_send, results_send.clone())
                     async with to_prepare, to_request_send:
-                        for _ in range(max(2, 2 * self.pool.workers)):
+                        for _ in range(preparers):
                             tg.start_soon(self._prepare, to_prepare.clone(), to_request_send.clone(),
                                           results_send.clone())
                     async with to_request:
@@ -172,6 +188,11 @@ class Pipeline:
         if self.counters.stop_reason is None:
             self.counters.stop_reason = reason
         self.stopping.set()
+        # Waits for the limits look at ``stopping`` when woken; the request stage's hold too.
+        if self.limiter is not None:
+            self.limiter.wake()
+        if self._hold_changed is not None:
+            self._hold_changed.set()
 
     def abandon(self, reason: str) -> None:
         """Stop now: requests in flight are dropped (the next run sends them again)."""
@@ -199,6 +220,8 @@ class Pipeline:
 
         async with rows, out, results:
             async for row in rows:
+                if self.stopping.is_set():
+                    continue  # drain: a stopped run prepares nothing more
                 try:
                     prepared = await self._prepare_row(row)
                 except ImageError as exc:
@@ -325,23 +348,59 @@ class Pipeline:
     async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Outcome],
                        fatal: list[BaseException]) -> None:
         async with rows, results:
-            async for prepared in rows:
-                # The budget hook: hold the row's worst case before sending; none left, stop.
-                held = self.budget.reserve(prepared) if self.budget is not None else 0.0
-                if held is None:
-                    self.stop(BUDGET_STOP)
-                    continue
+            while True:
+                await self._wait_to_hold()
+                # Counted before the wait for a row, so idle workers cannot all pass the gate.
+                self._holding += 1
                 try:
-                    outcome = await self._send_with_files(prepared)
-                except errors.APIError as exc:
-                    if exc.fatal:
-                        fatal.append(exc)
-                        self.abandon(f"fatal: {exc}")
+                    try:
+                        prepared = await rows.receive()
+                    except anyio.EndOfStream:
                         return
-                    raise
-                if self.budget is not None:
-                    self.budget.settle(held, outcome)
+                    outcome = await self._request_one(prepared, fatal)
+                finally:
+                    self._holding -= 1
+                    assert self._hold_changed is not None
+                    self._hold_changed.set()
+                if outcome is None:
+                    if fatal:
+                        return
+                    continue
                 await results.send(outcome)
+
+    async def _wait_to_hold(self) -> None:
+        """Take a prepared row only while the limits could send it soon (see the module doc)."""
+        assert self.limiter is not None and self._hold_changed is not None
+        while not self.stopping.is_set() and self._holding >= hold_limit(
+                self.limiter.in_flight_limit(), self.limiter.latency_s is not None, self._preparers):
+            if self._hold_changed.is_set():
+                self._hold_changed = anyio.Event()
+            # The window also grows as the limiter learns, without a row finishing: look again.
+            with anyio.move_on_after(0.5):
+                await self._hold_changed.wait()
+
+    async def _request_one(self, prepared: Prepared, fatal: list[BaseException]) -> Outcome | None:
+        """One row's request; None: not sent (stopping, budget) or the job is over (fatal)."""
+        if self.stopping.is_set():
+            return None
+        # The budget hook: hold the row's worst case before sending; none left, stop.
+        held = self.budget.reserve(prepared) if self.budget is not None else 0.0
+        if held is None:
+            self.stop(BUDGET_STOP)
+            return None
+        try:
+            outcome = await self._send_with_files(prepared)
+        except errors.APIError as exc:
+            if exc.fatal:
+                fatal.append(exc)
+                self.abandon(f"fatal: {exc}")
+                return None
+            raise
+        except GaveUp:
+            outcome = None
+        if self.budget is not None:
+            self.budget.settle(held, outcome)
+        return outcome
 
     async def _send(self, p: Prepared) -> Outcome:
         body = messages_body(self.profile, self.settings, p.parts, p.row.prompt)
@@ -353,12 +412,12 @@ class Pipeline:
         attempts = 0
         started = time.monotonic()
         try:
-            async for attempt in retrying(self.policy, self.rng):
+            async for attempt in retrying(self.policy, self.rng, sleep=self._retry_sleep):
                 with attempt:
                     attempts += 1
                     if attempts > 1:
                         self.counters.retries += 1
-                    async with limiter.slot(cost) as slot:
+                    async with limiter.slot(cost, self.stopping) as slot:
                         self.counters.requests += 1
                         self.counters.in_flight += 1
                         try:
@@ -378,6 +437,13 @@ class Pipeline:
                 return Transient(p.row.id, exc.error_type, str(exc), attempts)
             return self._failed(p, exc, attempts, time.monotonic() - started)
         return self._answered(p, resp.body, resp.request_id, attempts, time.monotonic() - started)
+
+    async def _retry_sleep(self, seconds: float) -> None:
+        """The wait before a retry, cut short (the row is dropped) when the run stops."""
+        with anyio.move_on_after(seconds):
+            await self.stopping.wait()
+        if self.stopping.is_set():
+            raise GaveUp
 
     def _answered(self, p: Prepared, message: dict[str, Any], request_id: str | None, attempts: int,
                   latency: float) -> Result:
@@ -423,6 +489,15 @@ class Pipeline:
         # state.record is durable on return; the last part is written even when cancelled.
         with anyio.CancelScope(shield=True):
             self.sink.export(max_rows=every_rows)
+
+
+def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int:
+    """How many prepared rows the request stage may hold: what the limiter would have in flight,
+    as many again queued to go the moment a slot frees, and one. Before the first answer the
+    window is only the ceiling (no latency yet), so hold what the preparers make meanwhile."""
+    if not latency_known:
+        return min(in_flight_limit, 2 * preparers + 1)
+    return 2 * in_flight_limit + 1
 
 
 def _is_url(source: str | Path) -> bool:

@@ -75,6 +75,10 @@ RATIO_BOUNDS: Final = (0.5, 2.0)
 SNAPSHOT_EVERY_S: Final = 5.0
 
 
+class GaveUp(Exception):
+    """A wait for the limits ended because the run is stopping; nothing was sent."""
+
+
 class RateLimitConfigError(ValueError):
     """A tier name or preset file that cannot be used; the message names it."""
 
@@ -414,17 +418,29 @@ class Limiter:
 
     # -- the one wait --
 
-    async def acquire(self, cost: Cost) -> Ticket:
-        """Wait (first come, first served) until ``cost`` fits, then take it."""
+    async def acquire(self, cost: Cost, give_up: anyio.Event | None = None) -> Ticket:
+        """Wait (first come, first served) until ``cost`` fits, then take it.
+
+        ``give_up`` set (the run is stopping) ends the wait with :class:`GaveUp`: a request that
+        has not been sent yet is dropped rather than sent after the user asked to stop.
+        """
         taken = self.cost_of(cost)
         async with self._turn:
             while (wait := self.delay(taken, self.clock())) > 0:
+                if give_up is not None and give_up.is_set():
+                    raise GaveUp
                 if self._changed is None:
                     self._changed = anyio.Event()
                 # Any answer may raise a limit or free a slot: wake up and look again.
                 with anyio.move_on_after(wait):
                     await self._changed.wait()
+            if give_up is not None and give_up.is_set():
+                raise GaveUp
             return self._take(taken, cost)
+
+    def wake(self) -> None:
+        """Make every waiter look again now (e.g. at its ``give_up`` event)."""
+        self._notify()
 
     def acquire_now(self, cost: Cost) -> Ticket:
         """Take ``cost`` now, whatever :meth:`delay` says (for callers that did their own waiting)."""
@@ -440,13 +456,13 @@ class Limiter:
         return Ticket(taken, cost.input_tokens, now)
 
     @contextlib.asynccontextmanager
-    async def slot(self, cost: Cost) -> AsyncIterator[Slot]:
+    async def slot(self, cost: Cost, give_up: anyio.Event | None = None) -> AsyncIterator[Slot]:
         """``async with limiter.slot(cost) as s: resp = await send(); s.answered(headers, usage)``.
 
         Leaving by an API error settles it as that error; leaving otherwise (cancelled) keeps
         the charge (the request may have reached the API) and frees the slot.
         """
-        ticket = await self.acquire(cost)
+        ticket = await self.acquire(cost, give_up)
         held = Slot(self, ticket)
         try:
             yield held

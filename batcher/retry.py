@@ -8,6 +8,7 @@ tenacity for the request stage. A row that runs out of attempts or of waiting ti
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import tenacity
@@ -46,8 +47,12 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, errors.APIError) and exc.retryable and not exc.fatal
 
 
-def retrying(policy: RetryPolicy, rng: random.Random | None = None) -> tenacity.AsyncRetrying:
-    """A tenacity controller for one row's request: retryable errors only, bounded both ways."""
+def retrying(policy: RetryPolicy, rng: random.Random | None = None,
+             sleep: Callable[[float], Awaitable[None]] | None = None) -> tenacity.AsyncRetrying:
+    """A tenacity controller for one row's request: retryable errors only, bounded both ways.
+
+    ``sleep`` replaces the wait between attempts (the pipeline's ends early when the run stops).
+    """
     rng = rng or random.Random()
 
     def wait(state: tenacity.RetryCallState) -> float:
@@ -64,4 +69,5 @@ def retrying(policy: RetryPolicy, rng: random.Random | None = None) -> tenacity.
         wait=wait,
         stop=tenacity.stop_after_attempt(policy.max_attempts) | tenacity.stop_any(waited_too_long),
         reraise=True,
+        **({"sleep": sleep} if sleep is not None else {}),
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batcher.simulator.config import Faults, Latency, SimConfig
+from batcher.simulator.config import Faults, Latency, RateLimits, SimConfig
 from batcher.simulator.server import RunningSimulator
 from batcher.sink import read_results
 
@@ -232,6 +232,29 @@ def test_sigint_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, make_simula
     assert set(results_by_id(tmp_path / "out")) == {r["id"] for r in rows}
     charges = sim.sim.ledger.snapshot()["charges_by_nonce"]
     assert max(charges.values()) == 1, "a graceful stop must not pay for any row twice"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_at_once_under_a_slow_rate_limit(tmp_path: Path, make_simulator, signum) -> None:  # type: ignore[no-untyped-def]
+    # One request a second and concurrency 16: rows queue for the limits. A stop must not send
+    # them all first (that took a minute here), only let the requests already sent finish.
+    sim = make_simulator(SimConfig(limits=RateLimits(rpm=60, burst_window_s=2.0),
+                                   latency=Latency(base_s=0.2)))
+    rows = good_rows(tmp_path, 40)
+    job = write_job(tmp_path, rows, concurrency=16)
+    proc = batcher(job, sim, wait=False)
+    deadline = time.monotonic() + 30
+    while messages_sent(sim) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    signalled_at, sent_then = time.monotonic(), messages_sent(sim)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - signalled_at
+    assert proc.returncode == 75, err
+    assert took < 5.0, f"exited {took:.1f}s after the signal"
+    assert messages_sent(sim) <= sent_then + 2, "requests were sent after the signal"
+    assert len(results_by_id(tmp_path / "out")) == messages_sent(sim)
 
 
 def test_rows_out_of_retries_are_left_for_the_next_run(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
