@@ -14,7 +14,11 @@ Interface the messages handler relies on:
   rest of what ``admit`` took for output.
 - ``Buckets.admit_files()``: one Files API request against its own budget (``files_rpm``), or
   raise ``ApiError(429, ...)``.
-- ``Buckets.headers()``: ``anthropic-ratelimit-*`` headers (ASGI byte pairs) for every response.
+- ``Buckets.headers()``: ``anthropic-ratelimit-*`` headers (ASGI byte pairs) for every response:
+  all twelve, ``{requests,input-tokens,output-tokens,tokens}-{limit,remaining,reset}``, always, as
+  the API sends them. An unlimited (unconfigured) kind reports :data:`UNLIMITED` as its limit and
+  its remaining, with ``reset`` now: a client that learns its limits from the headers is then
+  effectively unlimited, as it should be, rather than told nothing.
 - ``Buckets.configure(limits)``: new limits, live; current levels are kept (clamped).
 
 A request that needs more than a bucket can ever hold (``max_tokens`` above the output bucket's
@@ -42,6 +46,11 @@ from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
 
 Clock = Callable[[], float]
+
+#: The limit (and remaining) reported for a kind no limit is configured for: a billion a minute,
+#: far above any tier (the largest published are a few thousand RPM and a few million ITPM), so a
+#: client pacing itself by it never waits, yet a finite, well-formed number it can parse.
+UNLIMITED: Final = 1_000_000_000
 
 _DOCS: Final = "For details, refer to: https://docs.claude.com/en/api/rate-limits."
 #: What the API calls each limit in its 429 message.
@@ -173,16 +182,15 @@ class Buckets:
             self.files.level -= 1.0
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        """``anthropic-ratelimit-{kind}-{limit,remaining,reset}`` for every limited kind.
+        """``anthropic-ratelimit-{kind}-{limit,remaining,reset}`` for every kind, always.
 
         ``remaining`` is rounded down to a whole unit; ``reset`` is the RFC 3339 time (whole
         seconds, rounded up) at which the bucket would be full again. ``tokens-*`` shows whichever
         of the input and output buckets is the most restrictive right now (the smaller share
-        left), as the API does.
+        left), as the API does; a limited one over an unlimited one. An unlimited kind reports
+        :data:`UNLIMITED`, all of it remaining, full now.
         """
         with self._lock:
-            if self.requests is None and self.input is None and self.output is None:
-                return []
             now = self._clock()
             wall = self._wall()
             out: list[tuple[bytes, bytes]] = []
@@ -191,9 +199,11 @@ class Buckets:
                 if bucket is not None:
                     bucket.refill(now)
                     out.extend(_triple(kind, bucket, wall))
+                else:
+                    out.extend(_unlimited(kind, wall))
             tight = _most_restrictive(self.input, self.output)
-            if tight is not None:
-                out.extend(_triple("tokens", tight, wall))
+            out.extend(_triple("tokens", tight, wall) if tight is not None
+                       else _unlimited("tokens", wall))
             return out
 
 
@@ -233,6 +243,12 @@ def _triple(kind: str, bucket: Bucket, wall: float) -> list[tuple[bytes, bytes]]
     ]
 
 
+def _unlimited(kind: str, wall: float) -> list[tuple[bytes, bytes]]:
+    names = _header_names(kind)
+    return [(names[0], _UNLIMITED_BYTES), (names[1], _UNLIMITED_BYTES),
+            (names[2], _rfc3339(math.ceil(wall)))]
+
+
 @lru_cache(maxsize=8)
 def _header_names(kind: str) -> tuple[bytes, bytes, bytes]:
     return tuple(facts.ratelimit_header(kind, f).encode() for f in ("limit", "remaining", "reset"))  # type: ignore[return-value]
@@ -240,6 +256,9 @@ def _header_names(kind: str) -> tuple[bytes, bytes, bytes]:
 
 def _number(value: float) -> bytes:
     return str(int(value) if float(value).is_integer() else value).encode()
+
+
+_UNLIMITED_BYTES: Final = _number(UNLIMITED)
 
 
 @lru_cache(maxsize=1024)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from batcher.simulator.buckets import Buckets, retry_after_s
+from batcher.simulator.buckets import UNLIMITED, Buckets, retry_after_s
 from batcher.simulator.config import RateLimits
 from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
@@ -54,12 +54,26 @@ def header_map(buckets: Buckets) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in buckets.headers()}
 
 
-def test_unlimited_admits_everything_and_sends_no_headers(clock: FakeClock) -> None:
+ALL_HEADERS = {f"anthropic-ratelimit-{k}-{f}" for k in ("requests", "input-tokens",
+                                                         "output-tokens", "tokens")
+               for f in ("limit", "remaining", "reset")}
+
+
+def assert_unlimited(h: dict[str, str], kind: str, clock: FakeClock) -> None:
+    assert h[f"anthropic-ratelimit-{kind}-limit"] == str(UNLIMITED)
+    assert h[f"anthropic-ratelimit-{kind}-remaining"] == str(UNLIMITED)
+    assert _parse(h[f"anthropic-ratelimit-{kind}-reset"]) == _at(math.ceil(clock.wall()))
+
+
+def test_unlimited_admits_everything_and_reports_a_huge_limit(clock: FakeClock) -> None:
     buckets = make(clock)
     for _ in range(10_000):
         buckets.admit(cost(10**6, 10**6))
     buckets.admit_files()
-    assert buckets.headers() == []
+    h = header_map(buckets)
+    assert set(h) == ALL_HEADERS  # as the API: every kind, every time
+    for kind in ("requests", "input-tokens", "output-tokens", "tokens"):
+        assert_unlimited(h, kind, clock)
 
 
 def test_burst_window_bounds_a_burst_then_refill_paces_it(clock: FakeClock) -> None:
@@ -179,7 +193,7 @@ def test_live_reconfigure_keeps_levels_clamped(clock: FakeClock) -> None:
     buckets.configure(RateLimits(rpm=180, itpm=60, burst_window_s=1))  # new bucket starts full
     assert header_map(buckets)["anthropic-ratelimit-input-tokens-remaining"] == "1"
     buckets.configure(RateLimits())  # unlimited again
-    assert buckets.headers() == []
+    assert header_map(buckets)["anthropic-ratelimit-requests-limit"] == str(UNLIMITED)
     buckets.admit(cost(10**9, 10**9))
 
 
@@ -234,11 +248,19 @@ def test_headers_report_limit_remaining_and_reset(clock: FakeClock) -> None:
     assert h["anthropic-ratelimit-tokens-reset"] == h["anthropic-ratelimit-input-tokens-reset"]
 
 
-def test_headers_omit_unlimited_kinds(clock: FakeClock) -> None:
-    h = header_map(make(clock, otpm=1000))
-    assert set(h) == {f"anthropic-ratelimit-{k}-{f}" for k in ("output-tokens", "tokens")
-                      for f in ("limit", "remaining", "reset")}
+def test_unlimited_kinds_report_the_unlimited_default(clock: FakeClock) -> None:
+    buckets = make(clock, otpm=1000, burst_window_s=60)
+    buckets.admit(cost(10**6, 10))  # input is unlimited; output full but for 10
+    h = header_map(buckets)
+    assert set(h) == ALL_HEADERS
+    assert_unlimited(h, "requests", clock)
+    assert_unlimited(h, "input-tokens", clock)
+    assert h["anthropic-ratelimit-output-tokens-remaining"] == "990"
+    # tokens-*: the limited bucket, not the unlimited one, even when the limited one is fuller
     assert h["anthropic-ratelimit-tokens-limit"] == "1000"
+    assert h["anthropic-ratelimit-tokens-remaining"] == "990"
+    clock.advance(60)
+    assert header_map(buckets)["anthropic-ratelimit-tokens-limit"] == "1000"
 
 
 def test_headers_are_ascii_byte_pairs(clock: FakeClock) -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from batcher import facts
+from batcher.simulator.buckets import UNLIMITED
 from batcher.simulator.config import RateLimits, SimConfig
 from batcher.simulator.server import RunningSimulator
 
@@ -85,10 +86,18 @@ def test_every_v1_response_carries_the_ratelimit_headers(make_simulator: Any) ->
         assert "anthropic-ratelimit-requests-limit" not in client.get("/_ledger").headers
 
 
-def test_an_unlimited_simulator_sends_no_ratelimit_headers(simulator: RunningSimulator) -> None:
-    response = httpx.post(f"{simulator.base_url}/v1/messages", json=body(), headers=HEADERS)
-    assert response.status_code == 200
-    assert not [h for h in response.headers if h.startswith("anthropic-ratelimit-")]
+def test_an_unlimited_simulator_reports_a_huge_limit_on_every_response(
+        simulator: RunningSimulator) -> None:
+    with httpx.Client(base_url=simulator.base_url, headers=HEADERS, timeout=10) as client:
+        responses = [client.post("/v1/messages", json=body()),
+                     client.post("/v1/messages", json={"model": "claude-haiku-5-5"}),  # 400
+                     client.post("/v1/messages/count_tokens", json=counted())]
+    assert [r.status_code for r in responses] == [200, 400, 200]
+    for response in responses:
+        assert_ratelimit_headers(response)
+        for kind in KINDS:
+            assert response.headers[facts.ratelimit_header(kind, "limit")] == str(UNLIMITED)
+            assert response.headers[facts.ratelimit_header(kind, "remaining")] == str(UNLIMITED)
 
 
 def test_input_tokens_bind_when_the_prompt_is_large(make_simulator: Any) -> None:
