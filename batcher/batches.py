@@ -410,6 +410,10 @@ class BatchRun:
         kind, error_type, message = classify(result)
         attempts = self.state.prior_attempts(row_id) + 1
         memo = memos.get(custom_id, {})
+        if kind == "error" and error_type == "not_found_error" and self._forget_gone_files(memo, message):
+            # A file id the API no longer knows (expired, deleted): the next submit pass uploads
+            # the image again, as online mode does within the request.
+            kind, error_type = "again", "file_gone"
         if kind == "again":
             self.state.record_transient(row_id, error_type or "batch_error", message or "", attempts)
             return 0.0
@@ -420,6 +424,21 @@ class BatchRun:
         self.state.record(out)
         self.counters.add(out)
         return out.cost_usd or 0.0
+
+    def _forget_gone_files(self, memo: dict[str, Any], message: str | None) -> bool:
+        """Mark the uploads a 404 names as expired, so they are uploaded again; True if any."""
+        from dataclasses import replace
+
+        from batcher.files import stale_file_ids
+
+        ids = [i["file_id"] for i in memo.get("images", []) if i.get("file_id")]
+        gone = set(stale_file_ids(message or "", ids))
+        if not gone:
+            return False
+        for record in self.state.list_files():
+            if record.file_id in gone:
+                self.state.put_file(replace(record, expires_at=0.0))
+        return True
 
     def _result(self, row_id: str, result: dict[str, Any], kind: str, error_type: str | None,
                 message: str | None, attempts: int, memo: dict[str, Any]) -> Result:
@@ -502,7 +521,16 @@ async def run_batch_mode(*, job: Any, profile: Any, client: Any, state: Any, sin
                 await batch_run.run()
             tg.cancel_scope.cancel()
     sink.export(max_rows=job.run.part_rows)
-    return exit_code(batch_run, state), pipeline.counters
+    code = exit_code(batch_run, state)
+    if pipeline.uploader is not None and batch_run.fatal is None:
+        from batcher.files import finish_run
+        from batcher.runner import EXIT_OK, EXIT_ROW_ERRORS
+
+        # Files stay while any batch may still refer to them, or rows are left to send.
+        await finish_run(pipeline.uploader, pipeline.counters, err,
+                         delete_at_end=job.images.delete_files_at_end
+                         and code in (EXIT_OK, EXIT_ROW_ERRORS))
+    return code, pipeline.counters
 
 
 def exit_code(batch_run: BatchRun, state: Any) -> int:

@@ -302,3 +302,67 @@ def test_batches_cancel_from_another_shell(tmp_path: Path, make_simulator, monke
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert len(results(tmp_path / "out")) == 3 and batches_created(sim) == 2
+
+
+# --- batch mode with the Files transport -----------------------------------------------------------
+
+
+def _files_batch_job(tmp: Path, questions: int, *, delete_at_end: bool) -> Path:
+    (tmp / "images").mkdir(exist_ok=True)
+    rows = []
+    for i in range(4):
+        Image.new("RGB", (400 + 10 * i, 300), (i * 50 % 256, 90, 140)).save(tmp / "images" / f"f{i}.jpg")
+        for q in range(questions):
+            rows.append({"id": f"img{i}-q{q}", "image": f"images/f{i}.jpg",
+                         "prompt": f"Question {q}. nonce=img{i}-q{q}"})
+    with (tmp / "manifest.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    extra = ("[images]\ntransport = \"files\"\nfiles_rpm = 6000\n"
+             f"delete_files_at_end = {str(delete_at_end).lower()}\n")
+    job = tmp / "files-batch.toml"
+    job.write_text(JOB.format(mode="batch", extra=extra, output="out", model="claude-haiku-5-5"))
+    return job
+
+
+def test_batch_mode_with_files_uploads_each_image_once_and_deletes_them_at_the_end(
+        tmp_path: Path, make_simulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
+    job = _files_batch_job(tmp_path, 3, delete_at_end=True)
+    code, err = run_in_process(job, sim, monkeypatch)
+    assert code == EXIT_OK, err
+    ledger = sim.sim.ledger.snapshot()
+    assert sorted(ledger["uploads_by_hash"].values()) == [1, 1, 1, 1]
+    out = results(tmp_path / "out")
+    assert len(out) == 12 and {r["status"] for r in out.values()} == {"ok"}
+    assert {r["mode"] for r in out.values()} == {"batch"}
+    assert {r["images"][0]["transport"] for r in out.values()} == {"file"}
+    assert "files: 4 uploaded" in err and "files: deleted 4" in err
+    with JobState.open(tmp_path / "out") as state:
+        assert state.list_files() == []
+    assert sim.sim.files.live() == []
+
+
+def test_batch_mode_uploads_again_a_file_id_the_api_no_longer_knows(
+        tmp_path: Path, make_simulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
+    job = _files_batch_job(tmp_path, 1, delete_at_end=False)
+    code, err = run_in_process(job, sim, monkeypatch)
+    assert code == EXIT_OK, err
+    with JobState.open(tmp_path / "out") as state:
+        before = {f.sha256: f.file_id for f in state.list_files()}
+    gone_hash, gone_id = sorted(before.items())[0]
+    assert sim.sim.files.delete(gone_id)
+    # More questions over the same images: the batch answers 404 for the rows on the gone file;
+    # they are uploaded again and resubmitted in the same run, and answered.
+    _files_batch_job(tmp_path, 3, delete_at_end=False)
+    code, err = run_in_process(job, sim, monkeypatch)
+    assert code == EXIT_OK, err
+    uploads = sim.sim.ledger.snapshot()["uploads_by_hash"]
+    assert uploads == {h: 2 if h == gone_hash else 1 for h in before}
+    out = results(tmp_path / "out")
+    assert len(out) == 12 and {r["status"] for r in out.values()} == {"ok"}, {
+        k: r["error_message"] for k, r in out.items() if r["status"] != "ok"}
+    with JobState.open(tmp_path / "out") as state:
+        after = {f.sha256: f.file_id for f in state.list_files()}
+    assert after[gone_hash] != gone_id
+    assert batches_created(sim) >= 3  # the first run's, the second run's, and the resubmission
