@@ -18,12 +18,21 @@ one call under a lock and restores them, so calls in one process never see each 
 
 Speed: a JPEG is decoded through DCT scaling (``Image.draft``) at the smallest power-of-two scale
 that still covers the target, then resized, and only then turned upright, so the rotation moves the
-small image. Palette and 1-bit images are converted before resampling; CMYK goes through its ICC
+small image.
+
+Orientation is applied exactly once. Pillow turns some formats upright itself: a TIFF since Pillow
+6.2 on ``load()`` (dropping the tag), and since Pillow 11 its header already reports the upright size;
+pillow-heif hands over HEIF images upright with the orientation reset to 1. Rather than trust a version
+table, :func:`pillow_orientation` finds out once per process and format what this Pillow does (a tiny
+oriented image saved and reopened); each image is then checked too: a TIFF's header size against its
+stored width and length tags, and after ``load()`` whether Pillow consumed the tag. Only what Pillow
+left undone is done here. Palette and 1-bit images are converted before resampling; CMYK goes through its ICC
 profile when it has one; 16-bit and float images are scaled to 8 bits, never clipped.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -34,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from batcher.images.errors import (
     DecodeError,
@@ -68,12 +77,32 @@ _TRANSPOSE: dict[int, Image.Transpose] = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+#: The transposes that exchange width and height.
+_SWAPPING = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
+                       Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270})
+ORIENTATION_TAG = ExifTags.Base.Orientation
+#: TIFF's stored width and length tags (the header size Pillow may have swapped).
+_TIFF_WIDTH, _TIFF_LENGTH = 256, 257
 #: Reduce by whole factors (box filter) first while the image is over this many times the target,
 #: then LANCZOS: visually the same as LANCZOS all the way (Pillow's documented trade-off), much faster.
 REDUCING_GAP = 3.0
 
 _limits_lock = threading.Lock()
 _heif_registered = False
+
+
+@dataclass(frozen=True)
+class PillowOrientation:
+    """What this Pillow does by itself with one format's orientation tag."""
+
+    #: ``Image.open`` already reports the upright size (5..8 swap width and height before loading).
+    header_upright: bool = False
+    #: ``load()`` turns the pixels upright (and removes the tag).
+    load_transposes: bool = False
+
+
+#: Pillow leaves the orientation to the caller (JPEG, PNG, WebP, AVIF... in every version so far).
+LEAVES_IT = PillowOrientation()
 
 
 @dataclass
@@ -83,21 +112,29 @@ class Opened:
     image: Image.Image
     label: str
     format: str
+    #: The orientation tag as read before loading (1..8; 1 when absent).
     orientation: int
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def stored_size(self) -> tuple[int, int]:
-        return self.image.size
+    #: ``image.size`` is already upright (Pillow swapped the header size itself).
+    header_upright: bool = False
+    #: Pillow is expected to turn the pixels upright in ``load()`` (what it did is checked then).
+    pillow_transposes: bool = False
 
     @property
     def swaps_axes(self) -> bool:
         return self.orientation in (5, 6, 7, 8)
 
     @property
-    def upright_size(self) -> tuple[int, int]:
+    def stored_size(self) -> tuple[int, int]:
+        """The size of the pixels as stored, before any orientation."""
         w, h = self.image.size
-        return (h, w) if self.swaps_axes else (w, h)
+        return (h, w) if self.swaps_axes and self.header_upright else (w, h)
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """The size once the orientation is applied (what the model sees)."""
+        w, h = self.image.size
+        return (h, w) if self.swaps_axes and not self.header_upright else (w, h)
 
 
 @dataclass
@@ -214,7 +251,58 @@ def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions, *,
             # is this file's error, rather than inside the tolerant orientation read below.
             image.load()
         orientation, notes = _orientation(image)
-        return Opened(image, label, str(image.format), orientation, notes)
+        fmt = str(image.format)
+        behaviour = pillow_orientation(fmt) if orientation != 1 else LEAVES_IT
+        return Opened(image, label, fmt, orientation, notes,
+                      header_upright=_header_upright(image, orientation, behaviour),
+                      pillow_transposes=behaviour.load_transposes)
+
+
+@functools.cache
+def pillow_orientation(fmt: str) -> PillowOrientation:
+    """What this Pillow does itself with ``fmt``'s orientation, found out once per process.
+
+    A 3x2 image tagged with orientation 6 is saved in ``fmt`` and reopened: whether the size reads
+    2x3 before and after ``load()`` tells both answers. Where that cannot be learnt (no writer for the
+    format, or the plugin resolves the orientation while opening and reports 1, as pillow-heif does),
+    the answer falls back to what Pillow is known to do: TIFFs turned upright on load since 6.2, their
+    header size upright since 11.0; every other format left to the caller.
+    """
+    try:
+        exif = Image.Exif()
+        exif[ORIENTATION_TAG] = 6
+        buffer = io.BytesIO()
+        Image.new("RGB", (3, 2), (128, 128, 128)).save(buffer, fmt, exif=exif)
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            if Image.Image.getexif(image).get(ORIENTATION_TAG) == 6:
+                header = image.size == (2, 3)
+                image.load()
+                return PillowOrientation(header_upright=header, load_transposes=image.size == (2, 3))
+    except Exception:  # no writer, or no EXIF support, for this format: use what is known
+        pass
+    return _known_orientation(fmt)
+
+
+def _known_orientation(fmt: str) -> PillowOrientation:
+    if fmt != "TIFF":
+        return LEAVES_IT
+    major = int(Image.__version__.split(".")[0])
+    return PillowOrientation(header_upright=major >= 11, load_transposes=True)
+
+
+def _header_upright(image: Image.Image, orientation: int, behaviour: PillowOrientation) -> bool:
+    """Whether ``image.size`` is already upright. A TIFF says so itself: its stored width and length
+    tags, against the size Pillow reports (this also covers an orientation that only XMP gives, which
+    Pillow applies on load without swapping the header size)."""
+    if orientation not in (5, 6, 7, 8):
+        return False
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None:
+        stored = tags.get(_TIFF_WIDTH), tags.get(_TIFF_LENGTH)
+        if all(isinstance(v, int) for v in stored) and stored[0] != stored[1]:
+            return image.size == (stored[1], stored[0])
+    return behaviour.header_upright
 
 
 def _unidentified(fp: BinaryIO, label: str) -> ImageError:
@@ -254,21 +342,35 @@ def decode_to_size(opened: Opened, target: tuple[int, int]) -> Decoded:
     """
     image = opened.image
     tw, th = target
-    stored_target = (th, tw) if opened.swaps_axes else (tw, th)
     with translate_errors(opened.label):
         box = None
-        if opened.format in ("JPEG", "MPO") and stored_target != image.size:
-            drafted = image.draft(image.mode, stored_target)
-            if drafted is not None:
-                box = drafted[1]
+        if opened.format in ("JPEG", "MPO") and not opened.pillow_transposes:
+            stored_target = (th, tw) if opened.swaps_axes else (tw, th)
+            if stored_target != image.size:
+                drafted = image.draft(image.mode, stored_target)
+                if drafted is not None:
+                    box = drafted[1]
         image.load()
+        transpose = None if _pillow_applied(opened, image) else _TRANSPOSE.get(opened.orientation)
+        frame = (th, tw) if transpose in _SWAPPING else (tw, th)  # the target in the loaded pixels' frame
         few = _few_colours(image, opened.format)
         image, icc = _to_standard_mode(image, opened.warnings)
-        if image.size != stored_target or box is not None:
-            image = image.resize(stored_target, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
-        if opened.orientation in _TRANSPOSE:
-            image = image.transpose(_TRANSPOSE[opened.orientation])
+        if image.size != frame or box is not None:
+            image = image.resize(frame, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+        if transpose is not None:
+            image = image.transpose(transpose)
         return Decoded(image, icc, few)
+
+
+def _pillow_applied(opened: Opened, image: Image.Image) -> bool:
+    """Whether ``load()`` turned the pixels upright itself: it then removes the tag it applied."""
+    if opened.orientation == 1:
+        return False
+    try:
+        now = Image.Image.getexif(image).get(ORIENTATION_TAG, 1)
+    except Exception:  # unreadable now means unread by Pillow's own transpose too
+        return False
+    return now != opened.orientation
 
 
 def _few_colours(image: Image.Image, fmt: str) -> bool:

@@ -82,6 +82,23 @@ def oriented_jpeg(upright: Image.Image, orientation: int, quality: int = 92) -> 
     return encode(stored, "JPEG", quality=quality, exif=exif)
 
 
+def oriented(upright: Image.Image, orientation: int, fmt: str, **params: object) -> bytes:
+    """``upright`` stored in ``fmt`` rotated/flipped, with the EXIF (for TIFF: IFD) orientation tag
+    saying how to undo it."""
+    op = STORE_FOR_ORIENTATION[orientation]
+    stored = upright if op is None else upright.transpose(op)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, fmt, exif=exif, **params)
+
+
+def xmp_orientation(orientation: int) -> bytes:
+    """An XMP packet that gives only an orientation (``tiff:Orientation``)."""
+    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+            b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="'
+            + str(orientation).encode() + b'"/></rdf:RDF></x:xmpmeta>')
+
+
 def cmyk_icc_profile(paper_lab: tuple[float, float, float] = (60.0, 60.0, 30.0)) -> bytes:
     """A minimal, valid ICC v2 CMYK printer profile (Lab PCS, lut8 A2B0, 2 grid points).
 
