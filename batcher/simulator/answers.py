@@ -17,6 +17,8 @@ description above, so a test can still see which row an answer belongs to.
 Prompt caching (:class:`PromptCache`): a ``cache_control`` breakpoint whose prefix holds at least
 the model's ``min_cacheable_tokens`` is written the first time and read while the same prefix
 (same model, same content up to the breakpoint) is within its TTL; a read refreshes the TTL.
+Cache reads do not count toward the input-tokens-per-minute limit (writes do), as on current models:
+:meth:`PromptCache.peek` tells the live endpoint what a prompt would read before it is admitted.
 """
 
 from __future__ import annotations
@@ -330,6 +332,15 @@ class PromptCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.entries: dict[bytes, float] = {}
+
+    def peek(self, checked: Checked) -> int:
+        """Tokens of this prompt that :meth:`use` would read from the cache now; changes nothing
+        (a request refused by the rate limits neither writes nor refreshes an entry)."""
+        points = _breakpoints(checked)
+        if not points:
+            return 0
+        now = self.clock()
+        return max((cum for key, cum, _ in points if self.entries.get(key, 0.0) > now), default=0)
 
     def use(self, checked: Checked) -> tuple[int, int, int]:
         """(read, written for 5 minutes, written for 1 hour) tokens of this prompt."""

@@ -10,8 +10,14 @@ Interface the messages handler relies on:
 - ``Buckets.admit(cost) -> Admission``: take 1 request, ``cost.input_tokens`` and
   ``cost.max_tokens`` of output from the buckets, all or nothing, or raise ``ApiError(429, ...)``
   (``rate_limit_error``) with a ``retry-after`` header naming the limit that was hit.
-- ``Buckets.settle(admission, output_tokens)``: the answer used ``output_tokens``; give back the
-  rest of what ``admit`` took for output.
+- ``Buckets.settle(admission, output_tokens, input_tokens=None)``: the answer used
+  ``output_tokens``; give back the rest of what ``admit`` took for output. ``input_tokens``, when
+  given, is what the answer actually counts toward ITPM (the prompt less its cache reads): the
+  difference from what ``admit`` took is given back or taken (a cache entry written or expired
+  between admission and answer).
+
+``MessageCost.input_tokens`` is what a request counts toward ITPM: its prompt less the tokens it
+reads from the prompt cache (cache reads do not count toward ITPM on current models; writes do).
 - ``Buckets.admit_files()``: one Files API request against its own budget (``files_rpm``), or
   raise ``ApiError(429, ...)``.
 - ``Buckets.headers()``: ``anthropic-ratelimit-*`` headers (ASGI byte pairs) for every response:
@@ -104,6 +110,7 @@ class Admission:
 
     cost: MessageCost
     output_taken: float = 0.0
+    input_taken: float = 0.0
     settled: bool = False
 
 
@@ -157,18 +164,26 @@ class Buckets:
             for bucket, amount, _kind in wants:
                 if bucket is not None:
                     bucket.level -= amount
-            return Admission(cost, output_taken=float(cost.max_tokens) if self.output else 0.0)
+            return Admission(cost, output_taken=float(cost.max_tokens) if self.output else 0.0,
+                             input_taken=float(cost.input_tokens) if self.input else 0.0)
 
-    def settle(self, admission: Admission, output_tokens: int) -> None:
-        """Give back the output tokens ``admit`` took beyond what the answer used (once)."""
+    def settle(self, admission: Admission, output_tokens: int,
+               input_tokens: int | None = None) -> None:
+        """Give back the output tokens ``admit`` took beyond what the answer used, and square
+        the input bucket with ``input_tokens`` when given (once)."""
         with self._lock:
             if admission.settled:
                 return
             admission.settled = True
+            now = self._clock()
             unused = admission.output_taken - output_tokens
             if self.output is not None and unused > 0:
-                self.output.refill(self._clock())
+                self.output.refill(now)
                 self.output.level = min(self.output.capacity, self.output.level + unused)
+            if self.input is not None and input_tokens is not None and admission.input_taken:
+                self.input.refill(now)
+                delta = admission.input_taken - input_tokens  # > 0: give back; < 0: take more
+                self.input.level = min(self.input.capacity, self.input.level + delta)
 
     def admit_files(self) -> None:
         """One Files API request against its own budget, or the API's 429."""

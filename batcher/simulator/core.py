@@ -39,6 +39,7 @@ def api_registry() -> ModelRegistry:
 class MessageCost:
     """What a messages request costs, known before it is answered."""
 
+    #: what it counts toward ITPM: the prompt less what it reads from the prompt cache
     input_tokens: int
     max_tokens: int
     megapixels: float

@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from batcher.simulator.answers import Processed, answer
+from batcher.simulator.answers import Processed, answer, prompt_cache
 from batcher.simulator.core import MessageCost, Simulator
 from batcher.simulator.validate import check_body, parse_betas
 
@@ -64,7 +64,9 @@ async def create(request: Request, sim: Simulator) -> Response:
         checked = await anyio.to_thread.run_sync(lambda: check_body(body, sim, betas=betas))
     else:
         checked = check_body(body, sim, betas=betas)
-    cost = MessageCost(checked.input_tokens, checked.max_tokens, checked.megapixels)
+    # Cache reads do not count toward ITPM: admit the prompt less what the cache holds of it.
+    cached = prompt_cache(sim).peek(checked)
+    cost = MessageCost(checked.input_tokens - cached, checked.max_tokens, checked.megapixels)
     admission = sim.buckets.admit(cost)
     try:
         fate = await sim.faults.before(cost)
@@ -79,7 +81,8 @@ async def create(request: Request, sim: Simulator) -> Response:
     else:
         processed = answer(checked, sim)
     await sim.faults.delay(cost, processed.output_tokens)
-    sim.buckets.settle(admission, processed.output_tokens)
+    read = processed.message["usage"]["cache_read_input_tokens"]
+    sim.buckets.settle(admission, processed.output_tokens, processed.input_tokens - read)
     record(sim, processed)
     payload = orjson.dumps(processed.message)
     if fate.drop:

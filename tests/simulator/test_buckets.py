@@ -174,6 +174,18 @@ def test_settle_refunds_unused_output_once(clock: FakeClock) -> None:
     refused(buckets, cost(0, 1))
 
 
+def test_settle_squares_input_with_what_the_answer_counted(clock: FakeClock) -> None:
+    buckets = make(clock, itpm=6000, burst_window_s=1)  # holds 100 input tokens
+    admission = buckets.admit(cost(60))
+    buckets.settle(admission, 0, input_tokens=20)  # a cache read after all: 40 come back
+    assert header_map(buckets)["anthropic-ratelimit-input-tokens-remaining"] == "80"
+    admission = buckets.admit(cost(20))
+    buckets.settle(admission, 0, input_tokens=50)  # the cache entry expired: 30 more taken
+    assert header_map(buckets)["anthropic-ratelimit-input-tokens-remaining"] == "30"
+    buckets.settle(admission, 0, input_tokens=0)  # once only
+    assert header_map(buckets)["anthropic-ratelimit-input-tokens-remaining"] == "30"
+
+
 def test_settle_never_overfills(clock: FakeClock) -> None:
     buckets = make(clock, otpm=6000, burst_window_s=1)
     admission = buckets.admit(cost(0, 100))

@@ -258,9 +258,11 @@ def test_cached_prefixes_expire_after_their_ttl(simulator: RunningSimulator) -> 
     cache = PromptCache(clock=lambda: now[0])
     text = {"type": "text", "text": "word " * 2000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
     checked = check_body(ask(text), simulator.sim, betas=frozenset())
+    assert cache.peek(checked) == 0 and not cache.entries  # peeking writes nothing
     read, w5, w1 = cache.use(checked)
     assert (read, w5) == (0, 0) and w1 > 0
     now[0] = 3599.0
+    assert cache.peek(checked) == w1
     assert cache.use(checked) == (w1, 0, 0)
     now[0] = 3599.0 + 3601.0
     assert cache.use(checked) == (0, 0, w1)

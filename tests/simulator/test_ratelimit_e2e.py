@@ -116,6 +116,40 @@ def test_input_tokens_bind_when_the_prompt_is_large(make_simulator: Any) -> None
         assert remaining < n
 
 
+def test_cache_reads_do_not_count_toward_itpm(simulator: RunningSimulator) -> None:
+    system = [{"type": "text", "text": "Caption the image in one line. " * 80,
+               "cache_control": {"type": "ephemeral"}}]
+
+    def cached(nonce: str) -> dict[str, Any]:
+        return {**body(f"nonce={nonce}"), "system": system}
+
+    with httpx.Client(base_url=simulator.base_url, headers=HEADERS, timeout=10) as client:
+        n = client.post("/v1/messages/count_tokens",
+                        json={k: v for k, v in cached("a").items() if k != "max_tokens"}
+                        ).json()["input_tokens"]
+        # holds 1.5 prompts, refills a tenth of that a second: a second full prompt cannot fit
+        capacity = 1.5 * n
+        update = {"limits": {"itpm": capacity * 6, "burst_window_s": 10}}
+        assert client.post("/_control", json=update).status_code == 200
+        first = client.post("/v1/messages", json=cached("a"))
+        assert first.status_code == 200
+        written = first.json()["usage"]["cache_creation_input_tokens"]
+        assert written > n / 2  # the prefix is most of the prompt
+        # the prefix is now cached: each read costs only the uncached rest against ITPM
+        later = [client.post("/v1/messages", json=cached(f"r{i}")) for i in range(3)]
+        assert [r.status_code for r in later] == [200, 200, 200]
+        usage = later[-1].json()["usage"]
+        assert usage["cache_read_input_tokens"] == written
+        uncached = n - written
+        left = int(later[-1].headers["anthropic-ratelimit-input-tokens-remaining"])
+        # what is left is the 1.5 prompts less one full prompt and three uncached rests, plus
+        # what refilled in the meantime (well under a second's worth)
+        floor = capacity - n - 3 * uncached
+        assert floor <= left <= floor + capacity / 10
+        # a prompt without the cached prefix is still charged in full
+        assert client.post("/v1/messages", json=body("word " * n)).status_code == 429
+
+
 def test_unused_output_is_given_back(make_simulator: Any) -> None:
     # holds 1000, refills 100 a second: back-to-back requests see no noticeable refill
     for client in limited(make_simulator, otpm=6_000, burst_window_s=10):
