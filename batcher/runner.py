@@ -138,17 +138,22 @@ async def _model_info(client: Client, job: JobConfig) -> dict:  # type: ignore[t
         raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
 
 
-def _check_model_online(job: JobConfig, profile: ModelProfile, info: dict, err: TextIO) -> None:  # type: ignore[type-arg]
-    """What the Models API says the model can do, against what the job asks of it."""
+def _check_model_online(job: JobConfig, info: dict) -> None:  # type: ignore[type-arg]
+    """What the Models API says the model can do, against what the job asks of it (before
+    anything else is sent: a model the job cannot use is not probed either)."""
     caps = info.get("capabilities") or {}
+    model = info.get("id") or job.request.model
     if _cap_off(caps, "image_input"):
-        raise RunRefused(f"{job.path}: request.model: {profile.id} does not accept images", EXIT_CONFIG)
+        raise RunRefused(f"{job.path}: request.model: {model} does not accept images", EXIT_CONFIG)
     if job.run.mode == "batch" and _cap_off(caps, "batch"):
-        raise RunRefused(f"{job.path}: run.mode: {profile.id} is not available in the Batch API", EXIT_CONFIG)
+        raise RunRefused(f"{job.path}: run.mode: {model} is not available in the Batch API", EXIT_CONFIG)
     max_tokens = info.get("max_tokens")
     if isinstance(max_tokens, int) and job.request.max_tokens > max_tokens:
         raise RunRefused(f"{job.path}: request.max_tokens: {job.request.max_tokens} is above "
-                         f"{profile.id}'s maximum of {max_tokens}", EXIT_CONFIG)
+                         f"{model}'s maximum of {max_tokens}", EXIT_CONFIG)
+
+
+def _warn_deprecated(profile: ModelProfile, err: TextIO) -> None:
     if profile.lifecycle == "deprecated" and profile.retires:
         print(f"batcher: warning: {profile.id} is deprecated and retires on {profile.retires}; "
               "requests fail after that date", file=err)
@@ -174,6 +179,10 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
         key, base_url = settings_from_env()
     except MissingKeyError as exc:
         raise RunRefused(str(exc), EXIT_FATAL) from None
+    # The API's word on the model before anything is written: a job it refuses leaves no trace.
+    async with Client(key, base_url, max_connections=1, timeout_s=job.run.request_timeout_s) as client:
+        info = await _model_info(client, job)
+    _check_model_online(job, info)
     out_dir = job.output_dir(request.out)
     try:
         # The lock before anything else under OUT: a second runner touches nothing.
@@ -190,10 +199,9 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
     try:
         async with Client(key, base_url, max_connections=job.run.concurrency,
                           timeout_s=job.run.request_timeout_s) as client:
-            info = await _model_info(client, job)
             profile = known or await _profile_for(client, job, registry, state, info, request.err)
             _check(job, profile)
-            _check_model_online(job, profile, info, request.err)
+            _warn_deprecated(profile, request.err)
             report_ = state.sync_rows(manifest.rows())
             if report_.duplicates:
                 names = ", ".join(report_.duplicates[:20])
