@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from batcher.simulator.core import Simulator
 
 URL_DEFAULT_SIZE: Final = (1024, 768)
+#: The only values a model that refuses sampling parameters accepts (see ``_sampling``).
+SAMPLING_DEFAULTS: Final = {"temperature": 1.0, "top_p": 1.0}
 
 CREATE_FIELDS: Final = frozenset({
     "model", "messages", "cache_control", "container", "inference_geo", "max_tokens", "metadata",
@@ -335,19 +337,24 @@ class _Walk:
             raise invalid(_at(path, "user_id"), "String should have at most 512 characters")
 
     def _sampling(self, body: dict[str, Any], path: str) -> None:
-        """Types and ranges; and the newest models' refusal of non-default values."""
+        """Types and ranges; and the newest models' refusal of non-default values.
+
+        On a model that refuses sampling parameters ("a non-default temperature, top_p or top_k
+        is a 400"), only each one's default passes: ``temperature`` 1.0 (the documented default)
+        and ``top_p`` 1.0 (no nucleus cut-off, what an omitted ``top_p`` means); ``top_k`` has no
+        neutral value and is refused whatever it is. The OpenAPI document's deprecation note lets
+        ``top_p >= 0.99`` through "for backwards compatibility"; the simulator does not, since it
+        must never be more lenient than the API, and a client should omit these anyway.
+        """
         refuse = not self.profile.sampling_params
         model = self.profile.id
-        if "temperature" in body:
-            value = _num(body["temperature"], _at(path, "temperature"), 0, 1)
-            # The API keeps accepting 1.0 (the default) for backwards compatibility.
-            if refuse and value != 1.0:
-                raise invalid(_at(path, "temperature"), f"temperature is not supported on {model}; "
-                                                         "omit it")
-        if "top_p" in body:
-            value = _num(body["top_p"], _at(path, "top_p"), 0, 1)
-            if refuse and value < 0.99:
-                raise invalid(_at(path, "top_p"), f"top_p is not supported on {model}; omit it")
+        for key in ("temperature", "top_p"):
+            if key in body:
+                value = _num(body[key], _at(path, key), 0, 1)
+                if refuse and value != SAMPLING_DEFAULTS[key]:
+                    raise invalid(_at(path, key), f"{key} is not supported on {model} (only its "
+                                                  f"default, {SAMPLING_DEFAULTS[key]:g}, is "
+                                                  f"accepted); omit it")
         if "top_k" in body:
             value = _int(body["top_k"], _at(path, "top_k"))
             if value < 0:

@@ -161,8 +161,13 @@ def test_sampling_parameters(sim: Simulator) -> None:
     fails(sim, body(temperature=0.2), "temperature", contains="not supported on claude-haiku-5-5")
     fails(sim, body(top_p=0.5), "top_p", contains="not supported")
     fails(sim, body(top_k=5), "top_k", contains="not supported")
-    # the API still accepts the defaults, for backwards compatibility
-    assert check_body(body(temperature=1.0, top_p=0.99), sim, betas=frozenset())
+    # only the defaults pass, for backwards compatibility; nothing near them
+    assert check_body(body(temperature=1.0, top_p=1.0), sim, betas=frozenset())
+    assert check_body(body(temperature=1, top_p=1), sim, betas=frozenset())
+    for near in (0.99, 0.995, 0.999999):
+        fails(sim, body(top_p=near), "top_p", contains="only its default, 1, is accepted")
+    fails(sim, body(temperature=0.999), "temperature", contains="not supported")
+    fails(sim, body(top_k=0), "top_k", contains="not supported")
     assert check_body(body(model=OLD, temperature=0.2, top_p=0.5, top_k=5), sim, betas=frozenset())
     fails(sim, body(model=OLD, temperature=1.5), "temperature", contains="between 0 and 1")
     fails(sim, body(model=OLD, temperature="hot"), "temperature", contains="valid number")
