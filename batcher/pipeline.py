@@ -179,6 +179,9 @@ class Pipeline:
                             tg.start_soon(self._request, to_request.clone(), results_send.clone(), fatal)
             finally:
                 results_send.close()
+        # The last picture of the limits, for `batcher status` (snapshots are otherwise ~5 s apart).
+        if self.state is not None and self.limiter is not None:
+            self.state.set_meta("rate_limits", self.limiter.snapshot())
         if fatal:
             raise FatalRunError(str(fatal[0])) from fatal[0]
         return self.counters
@@ -473,11 +476,15 @@ class Pipeline:
         pending, last_export = 0, time.monotonic()
         async with outcomes:
             async for outcome in outcomes:
+                # A row's attempts count across runs (as in batch mode): 1 is one request ever.
                 if isinstance(outcome, Transient):
-                    self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
-                                                outcome.attempts)
+                    self.state.record_transient(
+                        outcome.row_id, outcome.error_type, outcome.message,
+                        outcome.attempts + self.state.prior_attempts(outcome.row_id))
                     self.counters.left_for_next_run += 1
                     continue
+                if outcome.attempts:
+                    outcome.attempts += self.state.prior_attempts(outcome.id)
                 self.state.record(outcome)
                 self.counters.add(outcome)
                 if self.on_result is not None:

@@ -36,6 +36,8 @@ def status_line(counters: Counters, remaining: int | None, extra: str = "") -> s
         f"${counters.cost_usd:.4f}",
         f"ETA {_fmt_s(eta)}" if eta is not None else "ETA ?",
     ]
+    if counters.warnings:
+        parts.append("warnings " + ", ".join(f"{k} {n:,}" for k, n in counters.warnings.most_common()))
     return " | ".join(parts) + (f" | {extra}" if extra else "")
 
 

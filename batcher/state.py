@@ -235,6 +235,8 @@ class Summary:
     files: int
     file_bytes: int
     removed_rows: int
+    #: warnings on the current manifest's results (e.g. small_image), by kind
+    warnings: dict[str, int] = field(default_factory=dict)
 
 
 # --- the state ----------------------------------------------------------------------------------
@@ -755,6 +757,7 @@ class JobState:
         pass_id = self.current_pass()
         by_status: dict[str, int] = {}
         errors: dict[str, int] = {}
+        warnings: dict[str, int] = {}
         rows = 0
         if pass_id is not None:
             for status, n in self._query(
@@ -762,6 +765,10 @@ class JobState:
                     "ON s.id = r.id WHERE r.last_seen_pass = ? GROUP BY 1", (pass_id,)):
                 by_status["ok" if status == "done" else status] = n
                 rows += n
+            warnings = dict(self._query(
+                "SELECT w.value, count(*) FROM rows r JOIN results s ON s.id = r.id, "
+                "json_each(s.result_json, '$.warnings') w WHERE r.last_seen_pass = ? "
+                "AND s.result_json IS NOT NULL GROUP BY 1 ORDER BY 2 DESC", (pass_id,)))
             errors = dict(self._query(
                 "SELECT s.error_type, count(*) FROM rows r JOIN results s ON s.id = r.id "
                 "WHERE r.last_seen_pass = ? AND s.status IN ('error', 'transient') "
@@ -781,7 +788,7 @@ class JobState:
                        output_tokens=tout, cache_read_input_tokens=cread,
                        cache_creation_input_tokens=cwrite, cost_usd=cost, time_spent_s=spent,
                        request_time_s=latency, runs=runs, exported_rows=exported, parts=parts,
-                       files=files, file_bytes=file_bytes, removed_rows=removed)
+                       files=files, file_bytes=file_bytes, removed_rows=removed, warnings=warnings)
 
 
 def _batch(row: tuple[Any, ...]) -> BatchRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,12 +12,12 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
     from batcher.state import STATE_FILE, JobState, StateError
 
     if not (out / STATE_FILE).is_file():
-        print(f"batcher: {out}: no job state here (is it a job's output folder?)")
+        print(f"batcher: {out}: no job state here (is it a job's output folder?)", file=sys.stderr)
         return 2
     try:
         state = JobState.open(out)
     except StateError as exc:
-        print(f"batcher: {exc}")
+        print(f"batcher: {exc}", file=sys.stderr)
         return 1
     try:
         summary = state.summary()
@@ -34,6 +35,9 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
         print("  errors by type:")
         for kind, n in sorted(s.errors_by_type.items(), key=lambda kv: -kv[1]):
             print(f"    {kind:<22} {n:>8,}")
+    if s.warnings:
+        shown = ", ".join(f"{kind} {n:,}" for kind, n in s.warnings.items())
+        print(f"  warnings   {shown} (per row in the results' warnings column)")
     print(f"  tokens     in {s.input_tokens:,}  out {s.output_tokens:,}  "
           f"cache read {s.cache_read_input_tokens:,}  cache write {s.cache_creation_input_tokens:,}")
     print(f"  spend      ${s.cost_usd:.4f}")

@@ -58,6 +58,9 @@ class MemoryState:
     def record(self, result: Any) -> None:
         self.results[result.id] = result
 
+    def prior_attempts(self, row_id: str) -> int:
+        return 0
+
     def record_transient(self, row_id: str, *args: Any) -> None:
         self.transient.append(row_id)
 

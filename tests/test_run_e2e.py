@@ -269,7 +269,9 @@ def test_rows_out_of_retries_are_left_for_the_next_run(tmp_path: Path, make_simu
     sim.sim.reconfigure()
     second = batcher(job, sim)
     assert second.returncode == 0, second.stderr
-    assert all(r["status"] == "ok" for r in results_by_id(tmp_path / "out").values())
+    out = results_by_id(tmp_path / "out").values()
+    assert all(r["status"] == "ok" for r in out)
+    assert [r["attempts"] for r in out] == [3, 3, 3]  # attempts count across runs: 2 + 1
 
 
 def test_kill_9_twice_then_every_id_exactly_once(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
@@ -319,16 +321,24 @@ def test_retry_errors_sends_final_errors_again_and_keeps_one_row_per_id(tmp_path
 def test_status_reports_counts_errors_tokens_and_spend(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     rows = good_rows(tmp_path, 3)
     rows.append({"id": "gone", "image": "images/gone.jpg", "kind": "photo"})
+    # under 200 px a side: sent, with a warning counted (the seed says accuracy drops)
+    Image.new("RGB", (150, 120), (10, 200, 30)).save(tmp_path / "images" / "tiny.png")
+    rows.append({"id": "tiny", "image": "images/tiny.png", "kind": "icon"})
     job = write_job(tmp_path, rows)
     run = batcher(job, simulator)
     assert run.returncode == 3
-    assert "rows ok 3 | error 1" in run.stderr and str(tmp_path / "out" / "results") in run.stdout
+    assert "rows ok 4 | error 1" in run.stderr and str(tmp_path / "out" / "results") in run.stdout
+    assert "warnings small_image 1" in run.stderr.strip().splitlines()[-1]
     cmd = [sys.executable, "-m", "batcher.cli", "status", str(tmp_path / "out")]
     shown = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
-    assert "4 rows in the manifest" in shown.stdout and "not_found" in shown.stdout
+    assert "5 rows in the manifest" in shown.stdout and "not_found" in shown.stdout
+    assert "warnings   small_image 1" in shown.stdout
+    # the limits as the run ended (in flight 0), not as they were at its first answer
+    assert "in flight 0/" in shown.stdout
     as_json = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True,
                                         timeout=60).stdout)
-    assert as_json["by_status"] == {"ok": 3, "error": 1}
+    assert as_json["by_status"] == {"ok": 4, "error": 1}
+    assert as_json["warnings"] == {"small_image": 1}
     assert as_json["input_tokens"] == simulator.sim.ledger.snapshot()["input_tokens"]
     assert as_json["cost_usd"] > 0
