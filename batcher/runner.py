@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import sqlite3
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -64,6 +65,29 @@ def run(request: RunRequest) -> int:
     except RunRefused as exc:
         print(f"batcher: {exc}", file=request.err)
         return exc.code
+    except KeyboardInterrupt:
+        # Outside the pipeline (reading the manifest, merging parts): nothing half-done is kept.
+        print("batcher: interrupted; `batcher run` again resumes", file=request.err)
+        return EXIT_INCOMPLETE
+    except (OSError, sqlite3.Error, BaseExceptionGroup) as exc:
+        cause = _io_cause(exc)
+        if cause is None:
+            raise
+        print(f"batcher: stopped: {type(cause).__name__}: {cause}; every answer recorded so far is "
+              "kept, and `batcher run` again resumes", file=request.err)
+        return EXIT_FATAL
+
+
+def _io_cause(exc: BaseException) -> BaseException | None:
+    """The disk or database error behind ``exc`` (a task group wraps it), or None."""
+    if isinstance(exc, OSError | sqlite3.Error):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _io_cause(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _load(request: RunRequest) -> tuple[JobConfig, ModelRegistry, ModelProfile | None]:
