@@ -156,6 +156,8 @@ class Estimate:
     cost_usd_input_online: float = 0.0
     cost_usd_input_batch: float = 0.0
     time_s: float | None = None
+    #: which limits ``time_s`` is at: learned by the job's last run, or its [limits] / tier
+    limits_source: str | None = None
     budget_usd: float | None = None
     sample: Sample | None = None
     failures: dict[str, int] = field(default_factory=dict)
@@ -256,10 +258,39 @@ def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile,
         est.images_unsized += sum(1 for size in sizes if size is None)
         est.add(profile, row_tokens(profile, settings, row.prompt, per_image), len(per_image),
                 settings.max_tokens)
-    lim = job.limits
+    (rpm, itpm, otpm), est.limits_source = limits_for(job)
     est.time_s = run_time_s(est.rows - est.rows_failing, est.input_tokens, est.output_tokens_max,
-                            lim.rpm, lim.itpm, lim.otpm)
+                            rpm, itpm, otpm)
     return est
+
+
+def limits_for(job: JobConfig) -> tuple[tuple[float | None, float | None, float | None], str]:
+    """The per-minute limits a run of ``job`` would meet: those its last run learned from the
+    API's headers when there is one, else the job's [limits] over its tier (as the run starts)."""
+    from batcher.ratelimit import seed_limits
+
+    learned = _saved_state(job, "rate_limits")
+    limits = (learned or {}).get("limits") or {}
+    if learned and learned.get("source") == "API headers" and any(limits.values()):
+        return (limits.get("requests"), limits.get("input-tokens"), limits.get("output-tokens")), \
+            "the limits the job's last run learned from the API"
+    lim = job.limits
+    seed, source = seed_limits(lim.tier, lim.rpm, lim.itpm, lim.otpm)
+    return (seed.rpm, seed.itpm, seed.otpm), f"{source} limits (the run learns the real ones)"
+
+
+def _saved_state(job: JobConfig, key: str) -> Any:
+    """A value the job's earlier runs kept in its state (None without a state); opens nothing new."""
+    from batcher.state import STATE_FILE, JobState, StateError
+
+    out = job.output_dir(None)
+    if not (out / STATE_FILE).is_file():
+        return None
+    try:
+        with JobState.open(out) as state:
+            return state.get_meta(key)
+    except StateError:
+        return None
 
 
 # --- an exact sample through count_tokens --------------------------------------------------------
@@ -333,9 +364,9 @@ def format_estimate(est: Estimate) -> str:
                  f"({_usd(est.cost_usd_input_batch)} of it input; most batches end within an hour, "
                  "all within 24 h)")
     if est.time_s is not None:
-        lines.append(f"  time online   {_duration(est.time_s):>14}  at the job's [limits]")
+        lines.append(f"  time online   {_duration(est.time_s):>14}  at {est.limits_source}")
     else:
-        lines.append("  time online   ?  (set [limits] rpm/itpm/otpm for an estimate)")
+        lines.append("  time online   ?  (no limits known: set [limits] rpm/itpm/otpm)")
     if est.budget_usd is not None:
         worst = est.cost_usd_batch if est.mode == "batch" else est.cost_usd_online
         verdict = "fits" if worst <= est.budget_usd else "may stop the run before the end"
@@ -359,10 +390,18 @@ def load(job_path: Any) -> tuple[JobConfig, ModelProfile]:
     from batcher.config import ConfigError, check_against_model, job_registry, load_job
 
     job = load_job(job_path)
-    profile = job_registry(job).get(job.request.model)
+    registry = job_registry(job)
+    profile = registry.get(job.request.model)
     if profile is None:
-        raise ConfigError(f"{job.path}: request.model: {job.request.model!r} is not a model batcher "
-                          "knows (see `batcher models`)")
+        # A model the table lacks: the profile its first run probed through count_tokens.
+        from batcher.probe import from_meta
+
+        probed = _saved_state(job, f"model_probe:{job.request.model}")
+        if probed is None:
+            raise ConfigError(f"{job.path}: request.model: {job.request.model!r} is not in batcher's "
+                              "model table (see `batcher models`); `batcher run` probes it once, "
+                              "after which it can be estimated, or add it under [models]")
+        profile = from_meta(probed, registry)
     check_against_model(job, profile)
     return job, profile
 

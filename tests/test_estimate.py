@@ -191,7 +191,10 @@ def test_the_command_json_and_a_failing_row(tmp_path: Path) -> None:
     assert est["output_tokens_max"] == 40 * (est["rows"] - 1)
     half = est["cost_usd_online"] * HAIKU.prices.batch_discount
     assert est["cost_usd_batch"] == pytest.approx(half, rel=1e-5)
-    assert est["time_s"] == pytest.approx(60.0 * (est["rows"] - 1) / 60)
+    # rpm = 60 is the job's; input and output start at the lowest tier's (30k / 8k a minute)
+    assert est["time_s"] == pytest.approx(run_time_s(est["rows"] - 1, est["input_tokens"],
+                                                     est["output_tokens_max"], 60, 30_000, 8_000))
+    assert est["limits_source"].startswith("job [limits] over tier-1")
 
     text = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job_path)],
                           capture_output=True, text=True, timeout=60)
@@ -200,3 +203,28 @@ def test_the_command_json_and_a_failing_row(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(tmp_path / "nope.toml")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nope.toml" in bad.stderr
+
+
+def test_the_time_is_at_the_tier_a_job_names_or_the_lowest(tmp_path: Path) -> None:
+    job, profile = load(mixed_job(tmp_path / "t2", "claude-haiku-5-5", extra='\n[limits]\ntier = "tier-2"\n'))
+    est = estimate_job(job, profile)
+    assert est.limits_source is not None and est.limits_source.startswith("tier-2")
+    assert est.time_s == run_time_s(est.rows, est.input_tokens, est.output_tokens_max, 1000, 450_000, 90_000)
+    job, profile = load(mixed_job(tmp_path / "none", "claude-haiku-5-5"))
+    est = estimate_job(job, profile)
+    assert est.limits_source is not None and est.limits_source.startswith("tier-1")
+    assert est.time_s == run_time_s(est.rows, est.input_tokens, est.output_tokens_max, 50, 30_000, 8_000)
+
+
+def test_after_a_run_the_time_is_at_the_limits_the_api_reported(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
+                                                                monkeypatch) -> None:
+    from batcher.simulator.config import RateLimits
+
+    job_path = mixed_job(tmp_path, "claude-haiku-5-5")
+    _run_job(job_path, make_simulator(SimConfig(limits=RateLimits(rpm=600, itpm=2_000_000,
+                                                                  otpm=400_000))), monkeypatch)
+    job, profile = load(job_path)
+    est = estimate_job(job, profile)
+    assert est.limits_source is not None and "learned from the API" in est.limits_source
+    assert est.time_s == run_time_s(est.rows, est.input_tokens, est.output_tokens_max,
+                                    600, 2_000_000, 400_000)

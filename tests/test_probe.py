@@ -70,6 +70,16 @@ def test_run_probes_an_unknown_model_once_and_sends_at_its_size(tmp_path: Path, 
     counted = sum(simulator.sim.ledger.snapshot()["requests"]["POST /v1/messages/count_tokens"].values())
     assert counted == 3
 
+    # `batcher estimate` uses the probed profile too: its image tokens are what the API counted.
+    import json
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["image_tokens"] == simulator.sim.ledger.snapshot()["image_tokens"]
+
 
 def test_a_model_the_api_does_not_know_is_refused(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     job = write_job(tmp_path, good_rows(tmp_path, 1))
