@@ -194,6 +194,7 @@ def _fault_shares(items: tuple[str, ...], stall_s: float, seed: int) -> Faults:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
 def models_cmd(as_json: bool) -> None:
     """List the model profiles batcher knows (configs/models.toml plus your overrides)."""
+    import dataclasses
     import json
 
     from batcher.models import ModelConfigError, load_registry
@@ -211,8 +212,13 @@ def models_cmd(as_json: bool) -> None:
                 "images_per_request": p.images_per_request, "native_edge": p.native_edge,
                 "image_token_budget": p.image_token_budget,
                 "max_image_b64_bytes": p.max_image_b64_bytes,
+                "budget_confirmed": p.budget_confirmed, "display_name": p.display_name,
+                # every price, USD per million tokens: input, output, cache read and writes,
+                # the batch discount and the long-prompt tier where the model has one
+                "prices": dataclasses.asdict(p.prices),
                 "price_input": p.prices.input, "price_output": p.prices.output,
-                "sampling_params": p.sampling_params,
+                "sampling_params": p.sampling_params, "capabilities": dict(p.capabilities),
+                "source": p.source,
             }))
         else:
             life = p.lifecycle + (f" (retires {p.retires})" if p.retires else "")

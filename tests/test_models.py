@@ -118,5 +118,10 @@ def test_models_command_lists_every_profile() -> None:
     assert {r["id"] for r in rows} >= set(NOTES_MODELS)
     opus = next(r for r in rows if r["id"] == "claude-opus-4-8")
     assert (opus["native_edge"], opus["image_token_budget"], opus["images_per_request"]) == (2576, 4784, 600)
+    # every price the profile holds, as NOTES gives them (Haiku 5.5: long prompts over 100k)
+    haiku = next(r for r in rows if r["id"] == "claude-haiku-5-5")["prices"]
+    assert (haiku["input"], haiku["output"], haiku["batch_discount"]) == (0.10, 0.50, 0.5)
+    assert haiku["long_prompt"] == {"above_tokens": 100_000, "input": 0.50, "output": 2.50}
+    assert haiku["cache_write_5m"] == pytest.approx(0.125) and haiku["cache_write_1h"] == pytest.approx(0.2)
     text = CliRunner().invoke(main, ["models"]).output
     assert "claude-sonnet-4-5" in text and "retires 2026-11-30" in text
