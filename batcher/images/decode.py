@@ -9,8 +9,10 @@ Every file is hostile until decoded:
   ``not_an_image``. Identifying a refused format only parses its header; its decoder never runs.
 * More pixels than ``options.max_pixels`` is ``too_many_pixels`` before any pixel is decoded; Pillow's
   own bomb warning is an error too.
-* A truncated file is ``truncated``. With ``options.allow_truncated`` the caller decodes it again
-  leniently (Pillow then fills what is missing) and never sends its bytes as they are.
+* A truncated file is ``truncated``: when Pillow says so, and when the file's structure ends early
+  even if Pillow decodes it (checked by :mod:`batcher.images.structure`). With
+  ``options.allow_truncated`` the caller decodes it again leniently (Pillow then fills what is
+  missing) and never sends its bytes as they are.
 
 Pillow keeps the bomb limit and the truncation switch in globals: :func:`pillow_limits` sets them for
 one call under a lock and restores them, so calls in one process never see each other's options

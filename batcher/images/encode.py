@@ -3,9 +3,13 @@
 The rule, in order:
 
 1. **As it is.** A file already compliant is sent byte for byte: JPEG, PNG, GIF or WebP (not MPO,
-   whose extra frames are dead weight), the bytes really of that type, already at the target size,
-   upright (no EXIF rotation to apply), a single frame, in a mode every decoder handles, within the
-   byte limit, and decoded completely without error (see :func:`passthrough_media_type`).
+   whose extra frames are dead weight, nor a JPEG with an MP index Pillow could not read), the bytes
+   really of that type, already at the target size, upright (no EXIF rotation to apply), a single
+   frame (no APNG animation control, not even one Pillow rejects and reads as a still image), in a
+   mode every decoder handles, within the byte limit, decoded completely without error, and ending
+   exactly where its structure does (PNG at IEND, GIF at its trailer, WebP at its RIFF size, JPEG at
+   EOI: see :mod:`batcher.images.structure`), so no cut-off or padded file goes out as it is (see
+   :func:`passthrough_media_type`).
 2. **PNG** when the image has real transparency (alpha below 255 somewhere) or is a graphic (a
    paletted or bilevel source, or one with at most 256 colours): lossless, and small for flat colour.
 3. **JPEG** otherwise (photos), quality ``options.jpeg_quality`` (85) with optimised Huffman tables.
@@ -60,8 +64,10 @@ def passthrough_media_type(opened: Opened, data: bytes, target: tuple[int, int],
                            options: ImageOptions, stored_mode: str) -> str | None:
     """The media type to send ``data`` as it is under, or None if it must be re-encoded.
 
-    ``stored_mode`` is the mode the header declared (before any conversion). The caller must still
-    decode the file completely before sending it: a truncated file is never passed through.
+    ``stored_mode`` is the mode the header declared (before any conversion). The caller must have
+    checked that the bytes end where their structure does (:func:`batcher.images.structure.examine`)
+    and must still decode the file completely before sending it: a truncated file is never passed
+    through.
     """
     media_type = MEDIA_TYPES.get(opened.format)
     if media_type is None or facts.sniff_media_type(data[:16]) != media_type:
@@ -73,6 +79,10 @@ def passthrough_media_type(opened: Opened, data: bytes, target: tuple[int, int],
     if not fits_b64(len(data), options):
         return None
     if getattr(opened.image, "is_animated", False):
+        return None
+    if "mp" in opened.image.info:
+        # A JPEG with an MP index that Pillow could not read (it then decodes the first image as a
+        # plain JPEG): the other images are still in the bytes, dead weight as in any MPO.
         return None
     return media_type
 

@@ -108,6 +108,73 @@ def test_truncated_png(haiku: ModelProfile) -> None:
     assert fail(data[: len(data) * 2 // 3], haiku).error_type == "truncated"
 
 
+@pytest.mark.parametrize("cut", range(1, 21))
+def test_png_missing_its_last_bytes_is_truncated_not_passed_through(haiku: ModelProfile, cut: int) -> None:
+    """Pillow decodes a PNG without IEND, the last IDAT's CRC or part of the adler32 without a word."""
+    data = builders.encode(builders.photo((300, 200)), "PNG")
+    assert prepare_file(data, haiku).passthrough  # complete and compliant: sent as it is
+    err = fail(data[:-cut], haiku)
+    assert err.error_type == "truncated" and "IEND" in str(err)
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_gif_missing_its_trailer_is_truncated(haiku: ModelProfile, cut: int) -> None:
+    data = builders.encode(builders.photo((300, 200)), "GIF")
+    assert prepare_file(data, haiku).passthrough
+    assert fail(data[:-cut], haiku).error_type == "truncated"
+
+
+def test_large_truncated_png_is_truncated_even_when_re_encoded(haiku: ModelProfile) -> None:
+    data = builders.encode(builders.photo((2000, 1500)), "PNG")
+    assert fail(data[:-12], haiku).error_type == "truncated"
+
+
+@pytest.mark.parametrize(("fmt", "cut"), [("PNG", 12), ("PNG", 20), ("GIF", 1)])
+def test_truncated_png_gif_accepted_on_request_are_re_encoded(haiku: ModelProfile, fmt: str,
+                                                              cut: int) -> None:
+    original = builders.photo((300, 200))
+    data = builders.encode(original, fmt)
+    prepared = prepare_file(data[:-cut], haiku, ImageOptions(allow_truncated=True))
+    assert not prepared.passthrough and prepared.data != data[:-cut]
+    assert "truncated_accepted" in prepared.warnings
+    assert (prepared.width, prepared.height) == (300, 200)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 500])
+def test_truncated_webp_is_truncated(haiku: ModelProfile, tmp_path: Path, cut: int) -> None:
+    data = builders.encode(builders.photo((300, 200)), "WEBP")
+    err = fail(data[:-cut], haiku)
+    assert err.error_type == "truncated" and "RIFF" in str(err)
+    # libwebp cannot read it leniently either: still truncated, never a bare decode_error
+    assert fail(data[:-cut], haiku, ImageOptions(allow_truncated=True)).error_type == "truncated"
+    path = tmp_path / "cut.webp"
+    path.write_bytes(data[:-cut])
+    with pytest.raises(errors.Truncated):
+        probe_size(path)
+
+
+@pytest.mark.parametrize("no_jp2", [False, True])
+@pytest.mark.parametrize("cut", [1, 10, 100])
+def test_truncated_jpeg2000_is_truncated(haiku: ModelProfile, no_jp2: bool, cut: int) -> None:
+    data = builders.encode(builders.photo((300, 200)), "JPEG2000", no_jp2=no_jp2)
+    assert prepare_file(data, haiku).media_type in ("image/jpeg", "image/png")
+    assert fail(data[:-cut], haiku).error_type == "truncated"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP", "JPEG"])
+def test_bytes_after_the_end_are_re_encoded_not_sent(haiku: ModelProfile, fmt: str) -> None:
+    data = builders.encode(builders.photo((300, 200)), fmt) + b"\0\0trailing"
+    prepared = prepare_file(data, haiku)
+    assert not prepared.passthrough and (prepared.width, prepared.height) == (300, 200)
+
+
+def test_png_with_a_wrong_crc_is_re_encoded_not_sent(haiku: ModelProfile) -> None:
+    data = bytearray(builders.encode(builders.photo((300, 200)), "PNG"))
+    data[data.rindex(b"IEND") - 8] ^= 0xFF  # the last IDAT's CRC (Pillow does not check it)
+    prepared = prepare_file(bytes(data), haiku)
+    assert not prepared.passthrough
+
+
 def test_decompression_bomb_is_an_error(haiku: ModelProfile) -> None:
     # a tiny file that declares 20000x20000 pixels (a 1-bit PNG of zeros compresses to almost nothing)
     data = builders.encode(Image.new("1", (20_000, 20_000)), "PNG")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import zlib
 
 import pytest
 from PIL import Image, ImageChops, ImageCms, ImageStat
@@ -215,6 +216,31 @@ def test_mpo_sends_its_primary_image(haiku: ModelProfile) -> None:
     out = reopen(prepared)
     assert prepared.media_type == "image/jpeg"
     assert close(out.convert("RGB").getpixel((320, 240)), (250, 0, 0), 12)
+
+
+def test_mpo_with_a_broken_mp_index_is_not_passed_through(haiku: ModelProfile) -> None:
+    """Pillow reads it as a plain JPEG (with a warning); its second image is still in the bytes."""
+    left, right = Image.new("RGB", (300, 200), (250, 0, 0)), Image.new("RGB", (300, 200), (0, 0, 250))
+    data = bytearray(builders.encode(left, "MPO", save_all=True, append_images=[right]))
+    index = data.index(b"MPF\0")
+    data[index + 4] = 0x20  # the MP index's byte-order mark: unreadable
+    prepared = prepare_file(bytes(data), haiku)
+    assert prepared.source_format == "JPEG" and not prepared.passthrough
+    assert close(reopen(prepared).convert("RGB").getpixel((150, 100)), (250, 0, 0), 12)
+
+
+def test_invalid_apng_is_not_passed_through(haiku: ModelProfile) -> None:
+    """An APNG whose frame count Pillow rejects reads as a still PNG; other decoders may animate it."""
+    frames = [Image.new("RGB", (300, 200), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    data = bytearray(builders.encode(frames[0], "PNG", save_all=True, append_images=frames[1:]))
+    actl = data.index(b"acTL")
+    data[actl + 4: actl + 8] = (0).to_bytes(4, "big")  # num_frames 0: invalid
+    data[actl + 12: actl + 16] = zlib.crc32(bytes(data[actl: actl + 12])).to_bytes(4, "big")
+    with pytest.warns(UserWarning, match="Invalid APNG"):
+        assert not getattr(Image.open(io.BytesIO(bytes(data))), "is_animated", False)
+    prepared = prepare_file(bytes(data), haiku)
+    assert not prepared.passthrough
+    assert getattr(reopen(prepared), "n_frames", 1) == 1
 
 
 def test_noisy_huge_image_fits_5_mb_of_base64(huge_model: ModelProfile) -> None:
