@@ -1,7 +1,8 @@
 """Benchmark: batcher's image preparation against a plain Pillow pipeline, side by side in one run.
 
-Both prepare the same 12 MP photo-like JPEGs (gradients, shapes and grain, 4000x3000, a third of them
-with an EXIF rotation) for ``claude-haiku-5-5``, at the same output size (the model's native size):
+Both prepare the same 12 MP photo-like JPEGs (gradients, shapes and grain, 4000x3000, half of them
+with an EXIF rotation: 6, 3 and 8 in turn, see ``ORIENTATIONS``) for ``claude-haiku-5-5``, at the same
+output size (the model's native size):
 
 * plain: what a user would write, one process: full decode, ``ImageOps.exif_transpose``, RGB,
   LANCZOS to the size, JPEG q85;
