@@ -78,7 +78,7 @@ class Gate:
             return
         self.sim.ledger.enter()
         try:
-            problem = self._check_headers(scope)
+            problem = self._check_headers(scope) or self.sim.faults.fatal(scope["method"], path)
             if problem is not None:
                 await error_response(problem, request_id)(scope, receive, send_wrapped)
             else:

@@ -36,7 +36,13 @@ class Latency:
 
 @dataclass
 class Faults:
-    """Probabilities, per messages request, of each injected failure (drawn from ``seed``)."""
+    """Probabilities, per messages request, of each injected failure (drawn from ``seed``); and
+    the fatal faults, which start after a number of paid requests and then never stop.
+
+    A fatal ``*_after`` of ``N`` lets ``N`` paid requests (``POST /v1/messages`` and
+    ``POST /v1/messages/batches`` that pass authentication) through, counted from when the setting
+    was last set, and fails every one after; ``None`` never. See :mod:`batcher.simulator.faults`.
+    """
 
     overloaded: float = 0.0  # 529 overloaded_error
     server_error: float = 0.0  # 500 api_error
@@ -45,6 +51,12 @@ class Faults:
     stall: float = 0.0  # no answer for stall_s (past any sane client timeout)
     stall_s: float = 30.0
     seed: int = 0
+    #: 401 authentication_error, then on every /v1 request of any kind: the key was revoked
+    auth_error_after: int | None = None
+    #: 402 billing_error on every paid request
+    billing_error_after: int | None = None
+    #: 429 rate_limit_error with ``error.details.error_code = "enforced_spend_limit_reached"``
+    spend_limit_after: int | None = None
 
 
 @dataclass

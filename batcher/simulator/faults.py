@@ -18,11 +18,38 @@ Interface the messages handler relies on:
 - ``FaultInjector.dropped(body: bytes) -> Response``: a response that sends its headers (with the
   full ``content-length``) and half of ``body``, then cuts the connection: an httpx client sees
   ``httpx.RemoteProtocolError``, not an HTTP error.
+- ``FaultInjector.fatal(method, path) -> ApiError | None``: called by the app for every
+  authenticated ``/v1`` request, before any handler or rate limit; the fatal fault it is due for.
+
+Fatal faults stop a job for good, so they are not drawn: each starts after a set number of paid
+requests and then stays, as a revoked key or an empty account does. A paid request is a
+``POST /v1/messages`` or ``POST /v1/messages/batches`` that passed authentication (whatever its
+answer); ``*_after = N`` lets ``N`` of them through, counted from when the setting was last set
+(at start or through ``/_control``), and fails the ``N+1``-th and every one after. ``None`` (the
+default) never. Checked in this order, the first due one answers:
+
+- ``auth_error_after``: 401 ``authentication_error`` ("invalid x-api-key"); from the request
+  that trips it on, *every* ``/v1`` request is refused, paid or not (the key was revoked).
+- ``billing_error_after``: 402 ``billing_error`` (credit balance too low) on paid requests.
+- ``spend_limit_after``: 429 ``rate_limit_error`` on paid requests, with
+  ``error.details = {"error_code": "enforced_spend_limit_reached"}`` and no ``retry-after`` or
+  ``x-should-retry``: only the body's ``error_code`` tells a client it must stop (a monthly cap).
+
+Through ``/_control``::
+
+    {"faults": {"auth_error_after": 5}}      # 5 more paid requests, then 401 on all of /v1
+    {"faults": {"billing_error_after": 0}}   # the next paid request is a 402
+    {"faults": {"spend_limit_after": 3}}     # 3 more, then the spend-limit 429
+    {"faults": {"spend_limit_after": null}}  # off again
+
+Every injected fault, drawn or fatal, is counted in the ledger's ``faults`` by kind
+(``auth_error``, ``billing_error``, ``spend_limit`` for the fatal ones).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import random
 from collections import Counter
@@ -33,6 +60,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from batcher import facts
 from batcher.simulator.config import Faults, Latency
 from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
@@ -42,6 +70,10 @@ if TYPE_CHECKING:
 
 #: Fault kinds in draw order; each is a share field of :class:`Faults`.
 KINDS: Final = ("overloaded", "server_error", "gateway_timeout", "stall", "drop")
+#: Fatal fault kinds in check order; each has a ``{kind}_after`` field of :class:`Faults`.
+FATAL_KINDS: Final = ("auth_error", "billing_error", "spend_limit")
+#: The requests that cost money: what a fatal fault's ``*_after`` counts.
+PAID_ROUTES: Final = frozenset({("POST", "/v1/messages"), ("POST", "/v1/messages/batches")})
 #: Offset between the fault and jitter generators' seeds (any constant keeps them independent).
 _JITTER_SEED_OFFSET: Final = 0x5EED
 
@@ -95,11 +127,22 @@ class FaultInjector:
         #: faults injected so far, by kind (also counted in the ledger when there is one)
         self.injected: Counter[str] = Counter()
         self._seed: int | None = None
+        #: paid requests seen so far, and the count at which each fatal setting was last set
+        self.paid = 0
+        self._fatal_base = dict.fromkeys(FATAL_KINDS, 0)
+        self._fatal_set: dict[str, int | None] = dict.fromkeys(FATAL_KINDS)
         self.configure(faults, latency)
 
     def configure(self, faults: Faults, latency: Latency) -> None:
-        """Apply new settings live; re-seed only when the seed changed."""
+        """Apply new settings live; re-seed only when the seed changed, and restart a fatal
+        fault's count only when its setting changed."""
         _check(faults, latency)
+        for kind in FATAL_KINDS:
+            after = getattr(faults, f"{kind}_after")
+            if after != self._fatal_set[kind]:
+                self._fatal_set[kind] = after
+                self._fatal_base[kind] = self.paid
+        self._any_fatal = any(after is not None for after in self._fatal_set.values())
         # Copies: a config edited in place takes effect only through configure(), checked.
         self.faults = dataclasses.replace(faults)
         self.latency = dataclasses.replace(latency)
@@ -148,6 +191,29 @@ class FaultInjector:
             raise ApiError(504, "Request timed out", error_type="timeout_error")
         return Fate(drop=True)
 
+    def fatal(self, method: str, path: str) -> ApiError | None:
+        """The fatal fault this authenticated ``/v1`` request is due for, if any (and count a
+        paid one); see the module docstring."""
+        paid = (method, path) in PAID_ROUTES
+        index = self.paid
+        if paid:
+            self.paid += 1
+        if not self._any_fatal:
+            return None
+        for kind in FATAL_KINDS:
+            after = self._fatal_set[kind]
+            if after is None:
+                continue
+            if paid:
+                due = index - self._fatal_base[kind] >= after
+            else:
+                # only a revoked key refuses unpaid requests, once a paid one has tripped it
+                due = kind == "auth_error" and self.paid - self._fatal_base[kind] > after
+            if due:
+                self._count(kind)
+                return _fatal_error(kind)
+        return None
+
     async def delay(self, cost: MessageCost, output_tokens: int) -> None:
         """Sleep as long as the latency model says (not at all when that is 0)."""
         seconds = self.seconds(cost, output_tokens)
@@ -164,8 +230,29 @@ class FaultInjector:
             self.ledger.fault(kind)
 
 
+def _fatal_error(kind: str) -> ApiError:
+    if kind == "auth_error":
+        return ApiError(401, "invalid x-api-key", error_type="authentication_error")
+    if kind == "billing_error":
+        return ApiError(402, "Your credit balance is too low to access the Anthropic API. Please "
+                             "go to Plans & Billing to upgrade or purchase credits.",
+                        error_type="billing_error")
+    today = dt.datetime.now(dt.UTC).date()
+    regain = (today.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    return ApiError(429, f"You have reached your specified API usage limits. You will regain "
+                         f"access on {regain.isoformat()} at 00:00 UTC.",
+                    error_type="rate_limit_error",
+                    details={"error_code": facts.SPEND_LIMIT_CODE})
+
+
 def _check(faults: Faults, latency: Latency) -> None:
     """Refuse settings no draw can follow, before anything changes."""
+    for kind in FATAL_KINDS:
+        after = getattr(faults, f"{kind}_after")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)
+                                  or after < 0):
+            raise ApiError(400, f"faults.{kind}_after: must be a whole number of requests (0 or "
+                                f"more) or null, got {after!r}")
     shares = {kind: getattr(faults, kind) for kind in KINDS}
     for kind, share in shares.items():
         if not 0.0 <= share <= 1.0:

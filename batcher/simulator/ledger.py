@@ -42,7 +42,8 @@ class Ledger:
     images_resized: int = 0
     #: (monotonic time, status) of every /v1/messages answer, for throughput and 429 shares
     message_log: list[tuple[float, int]] = field(default_factory=list)
-    #: faults injected on purpose, by kind (overloaded, server_error, gateway_timeout, stall, drop)
+    #: faults injected on purpose, by kind (overloaded, server_error, gateway_timeout, stall, drop;
+    #: and the fatal auth_error, billing_error, spend_limit)
     faults: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -30,6 +30,9 @@ def control(simulator: RunningSimulator, changes: Any) -> httpx.Response:
     ({"batches": {"duration_s": -1}}, "batches.duration_s"),
     ({"batches": {"expire_share": 2}}, "batches.expire_share"),
     ({"limits": {"nope": 1}}, "limits.nope"),
+    ({"faults": {"auth_error_after": -1}}, "faults.auth_error_after"),
+    ({"faults": {"billing_error_after": 2.5}}, "faults.billing_error_after"),
+    ({"faults": {"spend_limit_after": "soon"}}, "faults.spend_limit_after"),
 ])
 def test_a_bad_value_is_a_400_naming_the_key(simulator: RunningSimulator, changes: Any,
                                              key: str) -> None:

@@ -248,3 +248,93 @@ async def test_requests_wait_side_by_side_not_in_turn(make_simulator: Any) -> No
                 tg.start_soon(one, client)
     assert statuses == [200] * 8
     assert time.monotonic() - started < 1.5  # 8 x 0.4 s one after another would be 3.2 s
+
+
+# --- fatal faults --------------------------------------------------------------------------------
+
+
+def _error(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == error_type
+    assert body["request_id"] == response.headers["request-id"]
+    return body["error"]
+
+
+def _batch(client: httpx.Client) -> httpx.Response:
+    return client.post("/v1/messages/batches",
+                       json={"requests": [{"custom_id": "b1", "params": BODY}]})
+
+
+def test_a_revoked_key_refuses_everything_after_n_paid_requests(make_simulator: Any) -> None:
+    sim = make_simulator(SimConfig(faults=Faults(auth_error_after=2)))
+    with httpx.Client(base_url=sim.base_url, headers=HEADERS, timeout=10) as client:
+        assert client.get("/v1/models").status_code == 200  # not paid: does not count
+        assert client.post("/v1/messages", json=BODY).status_code == 200
+        assert client.post("/v1/messages", json={"model": "claude-haiku-5-5"}).status_code == 400
+        assert client.get("/v1/models").status_code == 200  # not tripped yet
+        error = _error(client.post("/v1/messages", json=BODY), 401, "authentication_error")
+        assert error["message"] == "invalid x-api-key"
+        # revoked: every /v1 route now, paid or not; outside /v1 still answers
+        for response in (client.post("/v1/messages", json=BODY), client.get("/v1/models"),
+                         client.get("/v1/files", headers={"anthropic-beta": facts.FILES_BETA}),
+                         _batch(client)):
+            _error(response, 401, "authentication_error")
+        book = client.get("/_ledger").json()
+    assert book["faults"] == {"auth_error": 5}
+    assert book["requests"]["POST /v1/messages"] == {"200": 1, "400": 1, "401": 2}
+    assert book["charges_by_nonce"] == {"f1": 1}  # nothing refused was billed
+
+
+def test_billing_error_after_n_paid_requests_and_off_again(make_simulator: Any) -> None:
+    sim = make_simulator(SimConfig(faults=Faults(billing_error_after=1)))
+    with httpx.Client(base_url=sim.base_url, headers=HEADERS, timeout=10) as client:
+        assert client.post("/v1/messages", json=BODY).status_code == 200
+        for response in (client.post("/v1/messages", json=BODY), _batch(client)):
+            error = _error(response, 402, "billing_error")
+            assert "credit balance is too low" in error["message"]
+        assert client.get("/v1/models").status_code == 200  # only paid requests are refused
+        assert client.post("/_control", json={"faults": {"billing_error_after": None}}).json() \
+            == {"ok": True}
+        assert client.post("/v1/messages", json=BODY).status_code == 200
+        book = client.get("/_ledger").json()
+    assert book["faults"] == {"billing_error": 2}
+
+
+def test_the_spend_limit_429_tells_its_error_code_and_nothing_else(make_simulator: Any) -> None:
+    sim = make_simulator()
+    with httpx.Client(base_url=sim.base_url, headers=HEADERS, timeout=10) as client:
+        for _ in range(3):  # counted from when the setting is made, not from the start
+            assert client.post("/v1/messages", json=BODY).status_code == 200
+        assert client.post("/_control", json={"faults": {"spend_limit_after": 1}}).status_code \
+            == 200
+        assert client.post("/v1/messages", json=BODY).status_code == 200
+        response = client.post("/v1/messages", json=BODY)
+        error = _error(response, 429, "rate_limit_error")
+        assert error["details"] == {"error_code": "enforced_spend_limit_reached"}
+        assert "API usage limits" in error["message"]
+        # nothing but the body says to stop: no retry-after, no x-should-retry
+        assert "retry-after" not in response.headers
+        assert "x-should-retry" not in response.headers
+        _error(_batch(client), 429, "rate_limit_error")
+        # setting the same value again does not restart the count
+        assert client.post("/_control", json={"faults": {"spend_limit_after": 1}}).status_code \
+            == 200
+        _error(client.post("/v1/messages", json=BODY), 429, "rate_limit_error")
+
+
+def test_fatal_faults_are_checked_in_order_and_counted_once_a_request() -> None:
+    injector = FaultInjector(Faults(auth_error_after=1, billing_error_after=0,
+                                    spend_limit_after=0), Latency())
+    first = injector.fatal("POST", "/v1/messages")
+    assert first is not None and first.status == 402  # auth is not due yet; billing is
+    second = injector.fatal("POST", "/v1/messages")
+    assert second is not None and second.status == 401
+    assert injector.paid == 2 and injector.injected == {"billing_error": 1, "auth_error": 1}
+    assert FaultInjector(Faults(), Latency()).fatal("POST", "/v1/messages") is None
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_bad_fatal_settings_are_refused(bad: Any) -> None:
+    with pytest.raises(ApiError, match=r"faults\.billing_error_after"):
+        FaultInjector(Faults(billing_error_after=bad), Latency())
