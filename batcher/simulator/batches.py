@@ -18,9 +18,12 @@ How a batch moves, on the simulator's batch clock (``SimConfig.batches``):
   (:func:`batcher.simulator.messages.process`, without rate limits, faults or latency) with the
   ``anthropic-beta`` values of the create call: an answer is ``succeeded`` and billed (and marked
   in the ledger as billed at the batch price); an ``ApiError`` is ``errored`` and free.
-- Work is done lazily, when a batch is looked at (retrieve, list, cancel, results, delete):
-  whatever the clock says is due by then is processed, on a worker thread so the event loop keeps
-  serving. Nothing runs in the background, so a simulator that is never polled does no work.
+- Work is done in the background, as the API does it: while any batch is unfinished a ticker
+  thread wakes every :data:`TICK_S` seconds and processes whatever the clock says is due, so a
+  batch advances (and is billed in the ledger) whether or not anyone polls it. Looking at a batch
+  (retrieve, list, cancel, results, delete) also processes what is due first, on a worker thread
+  so the event loop keeps serving, so an answer never lags the clock by a tick. The ticker stops
+  by itself once every batch has ended, and for good on :meth:`BatchStore.close`.
 - ``request_counts`` follow the API's documentation: every request counts as ``processing`` until
   the whole batch ends, then the tallies appear at once.
 - Cancelling (``in_progress`` only; 400 once ended) moves the batch to ``canceling`` for a tenth of
@@ -34,6 +37,7 @@ How a batch moves, on the simulator's batch clock (``SimConfig.batches``):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import random
 import threading
@@ -54,8 +58,12 @@ from batcher.simulator.files import cursors, page, rfc3339
 if TYPE_CHECKING:
     from batcher.simulator.core import Simulator
 
+_log = logging.getLogger(__name__)
+
 #: Share of a batch's duration that cancellation takes to wind down.
 _CANCEL_SHARE: Final = 0.1
+#: Seconds between two looks of the background ticker at the unfinished batches.
+TICK_S: Final = 0.05
 #: Bodies larger than this are parsed on a worker thread.
 _HEAVY_BODY_BYTES: Final = 1024 * 1024
 _OUTCOMES: Final = ("succeeded", "errored", "canceled", "expired")
@@ -178,6 +186,9 @@ class BatchStore:
         self._batches: dict[str, Batch] = {}
         self._seqs: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: the background ticker while any batch is unfinished (see the module docstring)
+        self._ticker: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def create(self, requests: list[BatchRequest], betas: frozenset[str]) -> Batch:
         """Start a batch of already checked requests."""
@@ -195,7 +206,38 @@ class BatchStore:
                           order=processing_order(n, rng), expiring=expiring)
             self._batches[batch.id] = batch
             self._seqs[batch.id] = seq
+            if self._ticker is None and not self._closed.is_set():
+                self._ticker = threading.Thread(target=self._tick, name="batcher-sim-batches",
+                                                daemon=True)
+                self._ticker.start()
         return batch
+
+    def close(self) -> None:
+        """Stop the background ticker for good (the simulator is shutting down)."""
+        self._closed.set()
+        with self._lock:
+            ticker = self._ticker
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(timeout=5)
+
+    def _tick(self) -> None:
+        """Advance every unfinished batch that has work, until none is left (or closed)."""
+        while not self._closed.wait(TICK_S):
+            with self._lock:
+                pending = [b for b in self._batches.values() if not b.ended]
+                if not pending:
+                    self._ticker = None  # under the lock: create() starts a new one if needed
+                    return
+            for batch in pending:
+                if self._closed.is_set():
+                    break
+                try:
+                    if self.has_work(batch):
+                        self.advance(batch)
+                except Exception:  # the next look at the batch raises it where it is seen
+                    _log.exception("batch %s: background processing failed", batch.id)
+        with self._lock:
+            self._ticker = None
 
     def get(self, batch_id: str) -> Batch | None:
         with self._lock:

@@ -63,6 +63,10 @@ class Simulator:
         self.files = FileStore(self)
         self.batches = BatchStore(self)
 
+    def close(self) -> None:
+        """Stop what runs in the background (the Message Batches ticker)."""
+        self.batches.close()
+
     def reconfigure(self) -> None:
         """Let the parts pick up a config changed at run time (``POST /_control``)."""
         self.buckets.configure(self.config.limits)

@@ -84,7 +84,11 @@ def serve_forever(config: SimConfig, host: str = "127.0.0.1", port: int = 0,
                   on_ready: Callable[[str], None] | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both, then returns);
     ``on_ready(base_url)`` is called once it listens."""
-    serve_app_forever(create_app(Simulator(config)), host, port, on_ready)
+    sim = Simulator(config)
+    try:
+        serve_app_forever(create_app(sim), host, port, on_ready)
+    finally:
+        sim.close()
 
 
 def serve_app_forever(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
@@ -130,14 +134,6 @@ def _exit_quietly_on_signals(server: uvicorn.Server) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _announce(server: uvicorn.Server, host: str, port: int, on_ready: Callable[[str], None]) -> None:
-    while not server.started:
-        if server.should_exit:
-            return
-        time.sleep(0.01)
-    on_ready(f"http://{host}:{port}")
-
-
 @dataclass
 class RunningSimulator:
     """A simulator serving on a background thread of this process."""
@@ -150,6 +146,7 @@ class RunningSimulator:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=_GRACEFUL_S + 5)
+        self.sim.close()
 
 
 def start_in_thread(config: SimConfig | None = None, host: str = "127.0.0.1") -> RunningSimulator:

@@ -92,6 +92,42 @@ def results(client: httpx.Client, batch: dict[str, Any]) -> list[dict[str, Any]]
     return [orjson.loads(line) for line in response.content.splitlines() if line]
 
 
+# --- processing in the background ----------------------------------------------------------------
+
+
+def test_a_batch_advances_when_only_the_ledger_is_read(fast: RunningSimulator,
+                                                       client: httpx.Client) -> None:
+    create(client, good(4))
+    deadline = time.monotonic() + 5.0
+    while True:  # nobody looks at the batch: the API processes it in the background all the same
+        book = client.get("/_ledger").json()
+        if len(book["charges_by_nonce"]) == 4:
+            break
+        assert time.monotonic() < deadline, book
+        time.sleep(0.05)
+    assert book["charges_by_nonce"] == {f"row{i}": 1 for i in range(4)}
+    [batch] = fast.sim.batches.all()
+    assert batch.ended
+    deadline = time.monotonic() + 2.0
+    while fast.sim.batches._ticker is not None:  # nothing unfinished: the ticker stops itself
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # and a new batch starts it again
+    create(client, good(1, prefix="again"))
+    assert wait_ended(client, fast.sim.batches.all()[0].id)["request_counts"]["succeeded"] == 1
+
+
+def test_closing_the_store_stops_the_ticker(fast: RunningSimulator, client: httpx.Client,
+                                            clock: FakeClock) -> None:
+    create(client, good(2))  # on a frozen clock: never due, so the ticker keeps looking
+    ticker = fast.sim.batches._ticker
+    assert ticker is not None and ticker.is_alive()
+    fast.sim.close()
+    assert not ticker.is_alive()
+    clock.now += 10  # a look still processes what is due, ticker or not
+    assert client.get(BATCHES).json()["data"][0]["processing_status"] == "ended"
+
+
 # --- a batch from creation to results --------------------------------------------------------------
 
 

@@ -120,3 +120,18 @@ def test_stopping_does_not_wait_out_a_stalled_request() -> None:
         started = time.monotonic()
     assert time.monotonic() - started < 4.5  # the graceful wait is bounded, not 60 s
     assert not sim.thread.is_alive()
+
+
+def test_no_simulator_module_defines_a_name_twice() -> None:
+    # A second top-level def silently replaces the first (server.py once had two _announce).
+    import ast
+    from collections import Counter
+    from pathlib import Path
+
+    import batcher.simulator
+
+    for path in sorted(Path(batcher.simulator.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = Counter(node.name for node in tree.body
+                        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
+        assert [n for n, k in names.items() if k > 1] == [], path.name
