@@ -8,6 +8,7 @@ logged, printed or written anywhere.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,12 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     return key, env.get("ANTHROPIC_BASE_URL", "").strip() or facts.DEFAULT_BASE_URL
 
 
+#: Connections a shard of the pool may open per request it may carry (see ``Client._pool``).
+POOL_HEADROOM = 2
+#: Requests in flight one shard of the pool carries at most (see ``Client.__init__``).
+SHARD_CONNECTIONS = 8
+
+
 class Client:
     """``async with Client(key, base_url, max_connections=n) as client: await client.messages(body)``."""
 
@@ -54,17 +61,32 @@ class Client:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not api_key:
             raise MissingKeyError("no API key")
-        self._http = httpx.AsyncClient(
+        # The pool is split into shards of at most SHARD_CONNECTIONS: httpcore's pool does work
+        # in proportion to its connections on every request (encode/httpcore#1035,
+        # pydantic/httpx2#974), which at 64 connections cost more than the request itself.
+        # A request takes the least busy shard, so a small job uses one shard and few sockets.
+        shards = max(1, math.ceil(max_connections / SHARD_CONNECTIONS))
+        per_shard = math.ceil(max_connections / shards)
+        self._pools = [self._pool(api_key, base_url, per_shard, timeout_s, connect_timeout_s, transport)
+                       for _ in range(shards)]
+        self._busy = [0] * shards
+        self._fetcher: httpx.AsyncClient | None = None
+
+    @staticmethod
+    def _pool(api_key: str, base_url: str, connections: int, timeout_s: float,
+              connect_timeout_s: float, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"x-api-key": api_key, "anthropic-version": facts.API_VERSION,
                      "user-agent": "batcher"},
-            # One pool for the whole job, as large as the number of requests we allow in flight.
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
+            # Requests in flight on a shard never exceed ``connections``, but a connection stays
+            # busy a moment after its answer is read; with no spare, requests queue inside the
+            # pool, whose queue hands a freed connection to every waiter (pydantic/httpx2#1075).
+            limits=httpx.Limits(max_connections=POOL_HEADROOM * connections,
+                                max_keepalive_connections=POOL_HEADROOM * connections),
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             transport=transport,
         )
-        self._fetcher: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Client:
         return self
@@ -73,7 +95,8 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
         if self._fetcher is not None:
             await self._fetcher.aclose()
 
@@ -111,13 +134,17 @@ class Client:
             content = orjson.dumps(json)
             headers["content-type"] = "application/json"
         started = time.monotonic()
+        shard = self._busy.index(min(self._busy))
+        self._busy[shard] += 1
         try:
-            resp = await self._http.request(method, path, content=content, headers=headers,
-                                            params=params, files=files, data=data)
+            resp = await self._pools[shard].request(method, path, content=content, headers=headers,
+                                                    params=params, files=files, data=data)
         except httpx.TimeoutException as exc:
             raise errors.APITimeoutError(f"{method} {path}: timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise errors.APIConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._busy[shard] -= 1
         elapsed = time.monotonic() - started
         body: Any = resp.content if raw and resp.is_success else _parse(resp)
         if not resp.is_success:
