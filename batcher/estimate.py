@@ -28,7 +28,7 @@ from typing import Any
 from batcher.api.bodies import ImagePart, RequestSettings, messages_body
 from batcher.config import JobConfig
 from batcher.cost import usage_cost
-from batcher.images.sizing import ImageOptions, image_tokens, target_size
+from batcher.images.sizing import ImageOptions, image_tokens, job_image_options, target_size
 from batcher.models import ModelProfile
 from batcher.records import Row
 from batcher.tokens import estimate_body_tokens
@@ -49,12 +49,6 @@ def settings_for(job: JobConfig) -> RequestSettings:
     return RequestSettings(max_tokens=req.max_tokens, system=req.system, temperature=req.temperature,
                            top_p=req.top_p, top_k=req.top_k, effort=req.effort,
                            stop_sequences=req.stop_sequences)
-
-
-def image_options_for(job: JobConfig) -> ImageOptions:
-    imgs = job.images
-    return ImageOptions(max_edge=imgs.max_edge, max_image_tokens=imgs.max_image_tokens,
-                        max_b64_bytes=imgs.max_b64_bytes, allow_truncated=imgs.allow_truncated)
 
 
 def unsized_image_tokens(profile: ModelProfile, options: ImageOptions) -> int:
@@ -241,7 +235,7 @@ def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile,
     from batcher.images.errors import ImageError
 
     settings = settings_for(job)
-    options = image_options_for(job)
+    options = job_image_options(job)
     est = Estimate(model=profile.id, mode=job.run.mode, budget_usd=job.limits.budget_usd)
     for n, row in enumerate(rows, start=1):
         if progress is not None and n % PROGRESS_EVERY == 0:
@@ -317,7 +311,7 @@ async def exact_sample(rows: Any, job: JobConfig, profile: ModelProfile, n: int,
     from batcher.images.prepare import prepare_file
 
     settings = settings_for(job)
-    options = image_options_for(job)
+    options = job_image_options(job)
     sample = Sample(rows=0, input_tokens_exact=0, input_tokens_estimated=0, image_tokens=0)
     for row in rows:
         if sample.rows >= n:

@@ -132,13 +132,9 @@ class Pipeline:
     _preparers: int = 2
 
     def __post_init__(self) -> None:
-        from batcher.images.sizing import ImageOptions
+        from batcher.images.sizing import job_image_options
 
-        imgs = self.job.images
-        self.image_options = ImageOptions(
-            max_edge=imgs.max_edge, max_image_tokens=imgs.max_image_tokens,
-            max_b64_bytes=imgs.max_b64_bytes, allow_truncated=imgs.allow_truncated,
-        )
+        self.image_options = job_image_options(self.job)
         req = self.job.request
         self.settings = RequestSettings(
             max_tokens=req.max_tokens, system=req.system, temperature=req.temperature,
