@@ -231,40 +231,59 @@ def models_cmd(as_json: bool) -> None:
 
 @main.command("prepare")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", default="claude-haiku-5-5", show_default=True,
-              help="Model whose native size the images are prepared for.")
+@click.option("--job", "job_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Prepare exactly as this job would: its model and every [images] option "
+                   "(explicit options below override them).")
+@click.option("--model", "-m", default=None,
+              help="Model whose native size the images are prepared for "
+                   "(default: the job's, else claude-haiku-5-5).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write each prepared image here as <stem>.<ext> (repeated stems: <stem>-2, -3...).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
 @click.option("--max-edge", type=int, default=None, help="Cap the long side (px) below the model's.")
 @click.option("--max-image-tokens", type=int, default=None,
               help="Cap visual tokens per image below the model's budget.")
-@click.option("--allow-truncated", is_flag=True, help="Send what decodes of truncated files.")
+@click.option("--max-b64-bytes", type=int, default=None,
+              help="Base64 bytes an image may take (default 5 MB; up to the model's limit).")
+@click.option("--allow-truncated/--no-allow-truncated", default=None,
+              help="Send what decodes of truncated files (default: the job's, else no).")
+@click.option("--images-per-request", type=int, default=1, show_default=True,
+              help="Size each image as one of N in a request (over 20: each fits 2000 px).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
-def prepare_cmd(paths: tuple[Path, ...], model: str, out_dir: Path | None, as_json: bool,
-                max_edge: int | None, max_image_tokens: int | None, allow_truncated: bool,
-                workers: int | None) -> None:
+def prepare_cmd(paths: tuple[Path, ...], job_path: Path | None, model: str | None,
+                out_dir: Path | None, as_json: bool, max_edge: int | None,
+                max_image_tokens: int | None, max_b64_bytes: int | None,
+                allow_truncated: bool | None, images_per_request: int, workers: int | None) -> None:
     """Run a job's image preprocessing on files or directories and report every input.
 
-    Exit status: 0 if every input was prepared, 3 if any failed, 2 for bad options.
+    Exit status: 0 if every input was prepared, 3 if any failed, 2 for bad options or a bad job.
     """
     import anyio
 
-    from batcher.images.command import expand_inputs, human_line, json_line, run_prepare
+    from batcher.config import ConfigError
+    from batcher.images.command import (
+        UnknownModelError,
+        expand_inputs,
+        human_line,
+        json_line,
+        prepare_settings,
+        run_prepare,
+    )
     from batcher.images.errors import ImageConfigError
-    from batcher.images.sizing import ImageOptions, check_options
-    from batcher.models import ModelConfigError, load_registry
+    from batcher.models import ModelConfigError
 
+    flags = {"max_edge": max_edge, "max_image_tokens": max_image_tokens,
+             "max_b64_bytes": max_b64_bytes, "allow_truncated": allow_truncated}
     try:
-        profile = load_registry().get(model)
+        profile, options = prepare_settings(job_path=job_path, model=model, options=flags,
+                                            images_in_request=images_per_request)
+    except ConfigError as exc:
+        click.echo(f"batcher: {exc}", err=True)
+        sys.exit(2)
     except ModelConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if profile is None:
-        raise click.BadParameter(f"unknown model {model!r} (see `batcher models`)", param_hint="--model")
-    options = ImageOptions(max_edge=max_edge, max_image_tokens=max_image_tokens,
-                           allow_truncated=allow_truncated)
-    try:
-        check_options(profile, options)
+    except UnknownModelError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
     except ImageConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -273,7 +292,7 @@ def prepare_cmd(paths: tuple[Path, ...], model: str, out_dir: Path | None, as_js
 
     inputs = expand_inputs(paths)
     summary = anyio.run(lambda: run_prepare(inputs, profile, options, out_dir=out_dir, emit=emit,
-                                            workers=workers))
+                                            workers=workers, images_in_request=images_per_request))
     click.echo(summary.line(), err=True)
     sys.exit(summary.exit_code)
 

@@ -6,30 +6,88 @@ stop. With an output directory each prepared image is written there as ``<stem><
 ``.png``, ``.gif``, ``.webp``, from the media type actually sent). Two inputs with the same stem never
 overwrite each other: the first (in input order) gets ``<stem>``, later ones ``<stem>-2``,
 ``<stem>-3``... regardless of extension, so the names are the same on every run.
+
+The model and options are a job's when one is given (:func:`prepare_settings`: the job's model and
+``[images]`` through the same mapping the run uses), then whatever options are given explicitly, and
+each image is sized as if its request carried ``images_in_request`` images (above 20 each fits
+2000 px, the API's many-image rule).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from batcher.images.errors import ImageError, ImageIOError
+from batcher.images.errors import ImageConfigError, ImageError, ImageIOError
 from batcher.images.pool import ImagePool
 from batcher.images.prepare import PreparedImage
-from batcher.images.sizing import ImageOptions
-from batcher.models import ModelProfile
+from batcher.images.sizing import ImageOptions, check_options, job_image_options
+from batcher.models import ModelProfile, load_registry
 
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}
 #: Exit status when at least one input failed (0: all prepared).
 EXIT_SOME_FAILED = 3
 #: Images in flight per worker: enough to keep every worker busy, few enough to bound memory.
 IN_FLIGHT_PER_WORKER = 4
+#: The model without a job or ``--model``.
+DEFAULT_MODEL = "claude-haiku-5-5"
+
+
+class UnknownModelError(LookupError):
+    """``--model`` names a model neither batcher's table nor the job's ``[models]`` has."""
+
+
+def prepare_settings(*, job_path: Path | None, model: str | None, options: Mapping[str, Any],
+                     images_in_request: int = 1) -> tuple[ModelProfile, ImageOptions]:
+    """The model and :class:`ImageOptions` to prepare with: the job's, then the explicit values.
+
+    ``options`` maps :class:`ImageOptions` fields to explicit values (None: not given, the job's or
+    the default stands). Without ``model`` the job's model is used and the job is checked against it
+    exactly as ``batcher estimate`` does (a model the table lacks: the profile its runs probed).
+
+    Raises :class:`batcher.config.ConfigError` (naming the job file and the key) for a bad job or a
+    job option the chosen model cannot take, :class:`UnknownModelError` for ``model``,
+    :class:`ImageConfigError` (naming the option) for an explicit value that cannot be used, and
+    :class:`batcher.models.ModelConfigError` for a bad model table.
+    """
+    job = None
+    if job_path is None:
+        profile = load_registry().get(model or DEFAULT_MODEL)
+    elif model is None:
+        from batcher.estimate import load
+
+        job, profile = load(job_path)
+    else:
+        from batcher.config import job_registry, load_job
+
+        job = load_job(job_path)
+        profile = job_registry(job).get(model)
+    if profile is None:
+        raise UnknownModelError(f"unknown model {model or DEFAULT_MODEL!r} (see `batcher models`)")
+    base = job_image_options(job) if job is not None else ImageOptions()
+    given = {key: value for key, value in options.items() if value is not None}
+    merged = replace(base, **given)
+    try:
+        check_options(profile, merged)
+    except ImageConfigError as exc:
+        key = str(exc).split(":", 1)[0].removeprefix("images.")
+        if job is None or key in given:
+            raise
+        from batcher.config import ConfigError
+
+        raise ConfigError(f"{job.path}: {exc}") from None
+    if images_in_request < 1:
+        raise ImageConfigError(f"--images-per-request: must be at least 1, got {images_in_request}")
+    if images_in_request > profile.images_per_request:
+        raise ImageConfigError(f"--images-per-request: {images_in_request} is above {profile.id}'s limit "
+                               f"of {profile.images_per_request} images a request")
+    return profile, merged
 
 
 @dataclass
@@ -111,8 +169,11 @@ def human_line(row: dict[str, Any]) -> str:
 
 async def run_prepare(paths: Sequence[Path], profile: ModelProfile, options: ImageOptions, *,
                       out_dir: Path | None, emit: Callable[[dict[str, Any]], None],
-                      workers: int | None = None) -> Summary:
-    """Prepare every input through the pool; ``emit`` gets one row per input, in input order."""
+                      workers: int | None = None, images_in_request: int = 1) -> Summary:
+    """Prepare every input through the pool; ``emit`` gets one row per input, in input order.
+
+    Each image is sized as one of ``images_in_request`` images in a request (the many-image rule).
+    """
     stems = output_stems(paths)
     summary = Summary(total=len(paths))
     done: dict[int, dict[str, Any]] = {}
@@ -131,7 +192,8 @@ async def run_prepare(paths: Sequence[Path], profile: ModelProfile, options: Ima
 
         async def one(index: int, path: Path) -> None:
             try:
-                row = await _prepare_one(pool, path, stems[index], profile, options, out_dir)
+                row = await _prepare_one(pool, path, stems[index], profile, options, out_dir,
+                                         images_in_request)
             finally:
                 in_flight.release()
             _count(summary, row)
@@ -146,9 +208,10 @@ async def run_prepare(paths: Sequence[Path], profile: ModelProfile, options: Ima
 
 
 async def _prepare_one(pool: ImagePool, path: Path, stem: str, profile: ModelProfile,
-                       options: ImageOptions, out_dir: Path | None) -> dict[str, Any]:
+                       options: ImageOptions, out_dir: Path | None,
+                       images_in_request: int) -> dict[str, Any]:
     try:
-        prepared = await pool.prepare(path, profile, options)
+        prepared = await pool.prepare(path, profile, options, images_in_request=images_in_request)
     except ImageError as exc:
         return error_row(path, exc)
     written = None

@@ -74,3 +74,85 @@ def test_human_output(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["prepare", str(tmp_path / "a.jpg"), str(tmp_path / "zz.jpg")])
     assert result.exit_code == 3
     assert "ok   " in result.stdout and "FAIL " in result.stdout and "not_found" in result.stdout
+
+
+def write_job(tmp_path: Path, images: str = "", model: str = "claude-opus-4-8") -> Path:
+    job = tmp_path / "job.toml"
+    job.write_text(f'[input]\nmanifest = "m.csv"\nprompt = "Describe"\n\n'
+                   f'[request]\nmodel = "{model}"\nmax_tokens = 100\n\n[images]\n{images}\n')
+    return job
+
+
+def big_photo(tmp_path: Path) -> Path:
+    path = tmp_path / "big.jpg"
+    path.write_bytes(builders.encode(builders.photo((3840, 2160)), "JPEG"))
+    return path
+
+
+def test_job_gives_the_model_and_its_image_caps(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "max_image_tokens = 400")
+    code, rows = run("--job", str(job), str(big_photo(tmp_path)))
+    # Opus 4.8's native size for this photo is 2576x1449; the job's 400-token cap gives 728x409.
+    assert code == 0 and (rows[0]["width"], rows[0]["height"], rows[0]["tokens"]) == (728, 409, 390)
+
+
+def test_flags_override_the_job(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "max_image_tokens = 400\nmax_edge = 300")
+    photo = big_photo(tmp_path)
+    code, rows = run("--job", str(job), "--max-image-tokens", "1000", "--max-edge", "2576", str(photo))
+    assert code == 0 and (rows[0]["width"], rows[0]["height"], rows[0]["tokens"]) == (1148, 645, 984)
+    # --model replaces the job's model (Haiku: 1456x819 natively), the job's other caps still apply.
+    code, rows = run("--job", str(job), "--model", "claude-haiku-5-5", "--max-edge", "1000", str(photo))
+    assert code == 0 and (rows[0]["width"], rows[0]["height"]) == (728, 409)
+
+
+def test_job_allow_truncated_holds_unless_overridden(tmp_path: Path) -> None:
+    data = builders.encode(builders.photo((800, 600)), "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    job = write_job(tmp_path, "allow_truncated = true")
+    assert run("--job", str(job), str(cut))[1][0]["ok"]
+    code, rows = run("--job", str(job), "--no-allow-truncated", str(cut))
+    assert code == 3 and rows[0]["error_type"] == "truncated"
+
+
+def test_many_images_per_request_fit_2000_px(tmp_path: Path) -> None:
+    photo = big_photo(tmp_path)
+    alone = run("--model", "claude-opus-4-8", str(photo))[1][0]
+    assert (alone["width"], alone["height"]) == (2576, 1449)
+    code, rows = run("--model", "claude-opus-4-8", "--images-per-request", "21", str(photo))
+    assert code == 0 and (rows[0]["width"], rows[0]["height"]) == (2000, 1125)
+    twenty = run("--model", "claude-opus-4-8", "--images-per-request", "20", str(photo))[1][0]
+    assert (twenty["width"], twenty["height"]) == (2576, 1449)
+
+
+def test_max_b64_bytes_is_checked_against_the_model(tmp_path: Path) -> None:
+    photo = big_photo(tmp_path)
+    result = CliRunner().invoke(main, ["prepare", "--max-b64-bytes", str(10**12), str(photo)])
+    assert result.exit_code == 2 and "max_b64_bytes" in result.output
+    code, rows = run("--model", "claude-opus-4-8", "--max-b64-bytes", str(10 * 1024**2), str(photo))
+    assert code == 0 and rows[0]["ok"]
+    assert run("--images-per-request", "0", str(photo))[0] == 2
+    assert run("--images-per-request", "100000", str(photo))[0] == 2
+
+
+def test_a_bad_job_is_one_line_naming_the_file_and_key_exit_2(tmp_path: Path) -> None:
+    photo = big_photo(tmp_path)
+    cases = {
+        "max_edgee = 5": "images.max_edgee: unknown key",
+        "max_b64_bytes = 99999999999": "images.max_b64_bytes",
+        "max_b64_bytes = 100": "images.max_b64_bytes",
+    }
+    for images, key in cases.items():
+        job = write_job(tmp_path, images)
+        result = CliRunner().invoke(main, ["prepare", "--job", str(job), str(photo)])
+        assert result.exit_code == 2, images
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and str(job) in lines[0] and key in lines[0], lines
+        assert result.stdout == ""
+    nope = tmp_path / "nope.toml"
+    missing = CliRunner().invoke(main, ["prepare", "--job", str(nope), str(photo)])
+    assert missing.exit_code == 2 and missing.stderr.strip() == f"batcher: {nope}: no such job file"
+    unknown = write_job(tmp_path, model="claude-nope")
+    result = CliRunner().invoke(main, ["prepare", "--job", str(unknown), str(photo)])
+    assert result.exit_code == 2 and "request.model" in result.stderr
