@@ -41,6 +41,9 @@ from batcher.ratelimit import GaveUp, Limiter, request_cost
 from batcher.records import ImageSent, Result, Row
 from batcher.retry import RetryPolicy, retrying
 
+#: Seconds requests in flight get to come back after a fatal answer before they are dropped.
+FATAL_GRACE_S = 10.0
+
 
 class FatalRunError(Exception):
     """Nothing else this run sends can succeed (401, 402, spend limit): stop, keep what is done."""
@@ -193,6 +196,16 @@ class Pipeline:
         if self._hold_changed is not None:
             self._hold_changed.set()
 
+    def fatal_stop(self, exc: BaseException) -> None:
+        """Nothing more can succeed (401, 402, spend limit): send nothing new, and give the
+        requests already sent a short grace to come back, since an answer the API has billed but
+        that is never recorded would be paid for again by the next run."""
+        self._fatal.append(exc)
+        self.stop(f"fatal: {exc}")
+        scope = getattr(self, "_cancel_work", None)
+        if scope is not None:
+            scope.deadline = min(scope.deadline, anyio.current_time() + FATAL_GRACE_S)
+
     def abandon(self, reason: str) -> None:
         """Stop now: requests in flight are dropped (the next run sends them again)."""
         self.stop(reason)
@@ -291,8 +304,7 @@ class Pipeline:
     def _upload_failure(self, row: Row, exc: Exception) -> Outcome:
         """An image could not be uploaded: the row is left for the next run or, if final, an error."""
         if getattr(exc, "fatal", False):
-            self._fatal.append(exc)
-            self.abandon(f"fatal: {exc}")
+            self.fatal_stop(exc)
         if getattr(exc, "retryable", False) or getattr(exc, "fatal", False):
             index = getattr(exc, "image_index", 1)
             return Transient(row.id, "upload_failed", f"image {index} ({row.images[index - 1]}): {exc}", 0)
@@ -362,9 +374,7 @@ class Pipeline:
                     assert self._hold_changed is not None
                     self._hold_changed.set()
                 if outcome is None:
-                    if fatal:
-                        return
-                    continue
+                    continue  # not sent: with the run stopping, the rest drains the same way
                 await results.send(outcome)
 
     async def _wait_to_hold(self) -> None:
@@ -391,8 +401,7 @@ class Pipeline:
             outcome = await self._send_with_files(prepared)
         except errors.APIError as exc:
             if exc.fatal:
-                fatal.append(exc)
-                self.abandon(f"fatal: {exc}")
+                self.fatal_stop(exc)
                 return None
             raise
         except GaveUp:

@@ -257,6 +257,37 @@ def test_a_signal_stops_at_once_under_a_slow_rate_limit(tmp_path: Path, make_sim
     assert len(results_by_id(tmp_path / "out")) == messages_sent(sim)
 
 
+@pytest.mark.parametrize(("fault", "said"), [
+    ("auth_error_after", "authentication_error"),
+    ("billing_error_after", "billing_error"),
+    ("spend_limit_after", "enforced_spend_limit_reached"),
+])
+def test_a_fatal_answer_mid_run_stops_the_job_and_keeps_what_is_done(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
+                                                                     fault: str, said: str) -> None:
+    # The key is revoked, the credit runs out, the monthly spend limit is hit: after 5 answers
+    # nothing else can succeed. Stop at once (no retries, no storm), exit 1, keep the 5.
+    sim = make_simulator(SimConfig(faults=Faults(**{fault: 5})))
+    rows = good_rows(tmp_path, 30)
+    job = write_job(tmp_path, rows, concurrency=2)
+    done = batcher(job, sim)
+    assert done.returncode == 1, done.stderr
+    stopped = [ln for ln in done.stderr.splitlines() if ln.startswith("batcher: stopped")]
+    assert len(stopped) == 1 and said in stopped[0], done.stderr
+    assert "Traceback" not in done.stderr
+    statuses = sim.sim.ledger.snapshot()["requests"]["POST /v1/messages"]
+    assert statuses.get("200") == 5
+    assert sum(statuses.values()) - 5 <= 2, statuses  # only what was already in flight
+    kept = results_by_id(tmp_path / "out")
+    assert len(kept) == 5 and {r["status"] for r in kept.values()} == {"ok"}
+    # Fixed (a new key, more credit): the rerun sends only the rest.
+    sim.sim.config.faults = Faults()
+    sim.sim.reconfigure()
+    again = batcher(job, sim)
+    assert again.returncode == 0, again.stderr
+    assert set(results_by_id(tmp_path / "out")) == {r["id"] for r in rows}
+    assert max(sim.sim.ledger.snapshot()["charges_by_nonce"].values()) == 1
+
+
 def test_rows_out_of_retries_are_left_for_the_next_run(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(faults=Faults(overloaded=1.0)))
     rows = good_rows(tmp_path, 3)

@@ -55,7 +55,9 @@ class APIResponseError(APIError):
 class APIStatusError(APIError):
     def __init__(self, status: int, error_type: str, message: str, *, request_id: str | None,
                  headers: Mapping[str, str], error_code: str | None = None) -> None:
-        super().__init__(f"{status} {error_type}: {message}")
+        # The error code names what a bare type would not (a 429 that is a spend limit, not a rate).
+        code = f" ({error_code})" if error_code else ""
+        super().__init__(f"{status} {error_type}{code}: {message}")
         self.status = status
         self.error_type = error_type
         self.message = message
