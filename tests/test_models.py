@@ -125,3 +125,11 @@ def test_models_command_lists_every_profile() -> None:
     assert haiku["cache_write_5m"] == pytest.approx(0.125) and haiku["cache_write_1h"] == pytest.approx(0.2)
     text = CliRunner().invoke(main, ["models"]).output
     assert "claude-sonnet-4-5" in text and "retires 2026-11-30" in text
+
+
+def test_bytes_an_image_follow_the_context_window() -> None:
+    # NOTES: 10 MB of base64 a image on the 1M-context models; the 200k ones keep the portable 5 MB
+    for p in load_registry().all():
+        expected = 10_485_760 if p.context_window >= 1_000_000 else 5_242_880
+        assert p.max_image_b64_bytes == expected, p.id
+        assert p.images_per_request == (600 if p.context_window >= 1_000_000 else 100), p.id
