@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -125,7 +125,9 @@ def batches(out: Path, as_json: bool, cancel: bool) -> None:
               help="Extra seconds per output token.")
 @click.option("--fault", "faults", multiple=True, metavar="KIND=P",
               help="Inject faults, repeatable: overloaded, server_error, gateway_timeout, drop, "
-                   "stall (share 0..1 of messages requests).")
+                   "stall (share 0..1 of messages requests); fatal ones auth_error_after, "
+                   "billing_error_after, spend_limit_after (=N: N paid requests pass, then "
+                   "every one fails).")
 @click.option("--stall-seconds", type=float, default=30.0, show_default=True,
               help="How long a stalled request hangs before its 504.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and jitter.")
@@ -139,6 +141,7 @@ def simulate(host: str, port: int, api_key: str | None, platform: str, today: st
     """Serve a local simulator of the Anthropic API until Ctrl-C.
 
     Prints its base URL on one line once it listens; SIGINT or SIGTERM stop it (exit code 0).
+    A setting it refuses is one line on stderr, exit code 2.
     """
     import datetime as dt
 
@@ -147,9 +150,13 @@ def simulate(host: str, port: int, api_key: str | None, platform: str, today: st
     from batcher.simulator.server import announce_line, serve_forever
 
     try:
-        today_date = dt.date.fromisoformat(today) if today else None
-    except ValueError:
-        raise click.BadParameter(f"{today!r} is not YYYY-MM-DD", param_hint="--today") from None
+        try:
+            today_date = dt.date.fromisoformat(today) if today else None
+        except ValueError:
+            raise click.BadParameter(f"{today!r} is not YYYY-MM-DD", param_hint="--today") from None
+        fault_config = _fault_shares(faults, stall_seconds, seed)
+    except click.BadParameter as exc:
+        _refuse_setting(exc.format_message())
     config = SimConfig(
         api_key=api_key,
         platform=platform,  # type: ignore[arg-type]
@@ -158,7 +165,7 @@ def simulate(host: str, port: int, api_key: str | None, platform: str, today: st
                           files_rpm=files_rpm),
         latency=Latency(base_s=latency, jitter_s=jitter, per_megapixel_s=per_megapixel,
                         per_output_token_s=per_output_token),
-        faults=_fault_shares(faults, stall_seconds, seed),
+        faults=fault_config,
         batches=BatchClock(duration_s=batch_seconds, seed=seed),
     )
 
@@ -169,20 +176,40 @@ def simulate(host: str, port: int, api_key: str | None, platform: str, today: st
     try:
         serve_forever(config, host, port, on_ready=ready)
     except ApiError as exc:  # settings the simulator refuses (a negative limit, shares over 1)
-        raise click.UsageError(exc.message) from None
+        _refuse_setting(exc.message)
+
+
+def _refuse_setting(message: str) -> NoReturn:
+    """A ``batcher simulate`` setting refused: one line on stderr, exit code 2 (a usage error)."""
+    click.echo(f"batcher: simulate: {message}", err=True)
+    sys.exit(2)
 
 
 def _fault_shares(items: tuple[str, ...], stall_s: float, seed: int) -> Faults:
-    """``--fault KIND=P`` options as a Faults config."""
+    """``--fault KIND=P`` (a drawn share) and ``--fault KIND_after=N`` (a fatal fault after N
+    paid requests) options as a Faults config."""
     from batcher.simulator.config import Faults
-    from batcher.simulator.faults import KINDS
+    from batcher.simulator.faults import FATAL_KINDS, KINDS
 
+    fatal = tuple(f"{kind}_after" for kind in FATAL_KINDS)
     config = Faults(stall_s=stall_s, seed=seed)
     for item in items:
         kind, _, share = item.partition("=")
+        if kind in fatal:
+            try:
+                after = int(share)
+            except ValueError:
+                after = -1
+            if after < 0:
+                raise click.BadParameter(
+                    f"{item!r}: expected {kind}=N, N a whole number of paid requests (0 or more)",
+                    param_hint="--fault")
+            setattr(config, kind, after)
+            continue
         if kind not in KINDS:
-            raise click.BadParameter(f"unknown fault kind {kind!r} (one of {', '.join(KINDS)})",
-                                     param_hint="--fault")
+            raise click.BadParameter(
+                f"unknown fault kind {kind!r} (one of {', '.join((*KINDS, *fatal))})",
+                param_hint="--fault")
         try:
             setattr(config, kind, float(share))
         except ValueError:

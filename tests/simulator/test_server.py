@@ -93,18 +93,61 @@ def test_fault_options_reach_the_server() -> None:
         assert stop_subprocess(proc) == 0
 
 
+def test_a_fatal_fault_option_reaches_the_server() -> None:
+    url, proc = start_subprocess(["--fault", "spend_limit_after=2"])
+    try:
+        with httpx.Client(base_url=url, headers=HEADERS, timeout=10) as client:
+            for _ in range(2):
+                assert client.post("/v1/messages", json=BODY).status_code == 200
+            third = client.post("/v1/messages", json=BODY)
+            assert third.status_code == 429, third.text
+            error = third.json()["error"]
+            assert error["type"] == "rate_limit_error"
+            assert error["details"]["error_code"] == "enforced_spend_limit_reached"
+            assert client.get("/_ledger").json()["faults"] == {"spend_limit": 1}
+    finally:
+        assert stop_subprocess(proc) == 0
+
+
+@pytest.mark.parametrize(("today", "status"), [("2026-11-30", 200), ("2026-12-01", 404)])
+def test_the_today_option_decides_which_models_have_retired(today: str, status: int) -> None:
+    url, proc = start_subprocess(["--today", today])
+    try:
+        response = httpx.get(f"{url}/v1/models/claude-sonnet-4-5", headers=HEADERS, timeout=10)
+        assert response.status_code == status, response.text
+    finally:
+        assert stop_subprocess(proc) == 0
+
+
+def test_the_platform_option_refuses_file_sources_on_bedrock() -> None:
+    url, proc = start_subprocess(["--platform", "bedrock"])
+    block = {"type": "image", "source": {"type": "file", "file_id": "file_abc"}}
+    body = {**BODY, "messages": [{"role": "user", "content": [block]}]}
+    try:
+        response = httpx.post(f"{url}/v1/messages", json=body, timeout=10,
+                              headers={**HEADERS, "anthropic-beta": facts.FILES_BETA})
+        assert response.status_code == 400, response.text
+        assert "bedrock" in response.json()["error"]["message"]
+    finally:
+        assert stop_subprocess(proc) == 0
+
+
 @pytest.mark.parametrize(("args", "says"), [
     (["--fault", "meteor=0.1"], "unknown fault kind 'meteor'"),
     (["--fault", "drop"], "expected KIND=SHARE"),
     (["--fault", "drop=0.7", "--fault", "overloaded=0.7"], "add up to 1.4"),
+    (["--fault", "spend_limit_after=x"], "expected spend_limit_after=N"),
+    (["--fault", "auth_error_after=-1"], "expected auth_error_after=N"),
+    (["--fault", "billing_error_after=1.5"], "expected billing_error_after=N"),
     (["--rpm", "0"], "limits.rpm: must be positive"),
     (["--today", "yesterday"], "is not YYYY-MM-DD"),
 ])
-def test_bad_settings_are_usage_errors(args: list[str], says: str) -> None:
+def test_bad_settings_are_one_line_usage_errors(args: list[str], says: str) -> None:
     proc = _spawn(*args)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2
     assert says in err
+    assert len(err.strip().splitlines()) == 1, err
     assert "listening" not in out
 
 
