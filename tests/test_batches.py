@@ -98,8 +98,8 @@ def write_job(tmp: Path, n_good: int, *, mode: str = "batch", extra: str = "", b
         rows += [
             {"id": "missing", "image": "images/nope.jpg", "prompt": "Caption it."},
             {"id": "not-image", "image": "images/text.png", "prompt": "Caption it."},
-            # over the 200k context of claude-haiku-4-5: the API refuses this row alone
-            {"id": "too-long", "image": "images/g0.jpg", "prompt": "word " * 170_000},
+            # over the 200k context of claude-haiku-4-5 (a token a word): the API refuses this row alone
+            {"id": "too-long", "image": "images/g0.jpg", "prompt": "word " * 210_000},
             {"id": "id with spaces/and slashes", "image": "images/g1.jpg", "prompt": "Caption. nonce=odd"},
         ]
     with (tmp / "manifest.jsonl").open("w") as fh:

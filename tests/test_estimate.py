@@ -34,11 +34,20 @@ HAIKU = REGISTRY["claude-haiku-5-5"]
 OPUS = REGISTRY["claude-opus-4-8"]
 
 
-@pytest.mark.parametrize("profile", [HAIKU, OPUS], ids=lambda p: p.id)
-@pytest.mark.parametrize("text", ["", "a", "Describe this image.", "naïve café — 日本語のテキスト" * 7])
-def test_text_estimate_follows_the_simulators_rule(profile, text: str) -> None:  # type: ignore[no-untyped-def]
-    assert estimate_text_tokens(text, profile) == sim_tokens.text_tokens(
-        text, sim_tokens.factor_hundredths(profile))
+PROSE = ("Write a one-line caption for this photograph. Name the main subject, the setting and the "
+         "light, and leave out anything you cannot see in the picture itself. ") * 12
+
+
+@pytest.mark.parametrize("profile", [HAIKU, OPUS, REGISTRY["claude-haiku-4-5"]], ids=lambda p: p.id)
+def test_on_prose_the_text_estimate_is_near_the_simulators_tokenizer(profile) -> None:  # type: ignore[no-untyped-def]
+    # the simulator has its own tokenizer (tests/simulator/test_tokens.py), not the client's rule:
+    # the byte estimate is near it on prose (a BPE tokenizer takes ~4.5 bytes a token there, the
+    # estimate 4), and not equal to it
+    f100 = sim_tokens.factor_hundredths(profile)
+    estimated, counted = estimate_text_tokens(PROSE, profile), sim_tokens.text_tokens(PROSE, f100)
+    assert estimated != counted
+    assert abs(estimated - counted) <= 0.2 * counted
+    assert estimate_text_tokens("", profile) == sim_tokens.text_tokens("", f100) == 0
 
 
 @pytest.mark.parametrize(("size", "tokens"), [((200, 200), 64), ((1000, 1000), 1296), ((1092, 1092), 1521),
@@ -170,10 +179,73 @@ def test_an_exact_sample_is_counted_by_the_api(tmp_path: Path, make_simulator, m
     job, profile = load(mixed_job(tmp_path, "claude-haiku-5-5"))
     est = estimate_job(job, profile, exact_sample_rows=3)
     assert est.sample is not None and est.sample.rows == 3
-    assert est.sample.input_tokens_exact == est.sample.input_tokens_estimated
+    # the first three rows, one image each, as the simulator's tokenizer counts them: the sample's
+    # exact figure is the API's count, not the estimate again
+    f100 = sim_tokens.factor_hundredths(profile)
+    framing = sim_tokens.MESSAGE_OVERHEAD + sim_tokens.IMAGE_BLOCK_OVERHEAD
+    text = sum(sim_tokens.text_tokens("You write alt text.", f100) + framing + sim_tokens.text_tokens(
+        f"Describe this picture in one line. nonce=one-{i}", f100) for i in range(3))
+    assert est.sample.image_tokens == sum(sent_image_tokens(profile, ImageOptions(), size, 1)
+                                          for size in MIXED_SIZES[:3])
+    assert est.sample.input_tokens_exact == est.sample.image_tokens + text
+    assert est.sample.input_tokens_exact != est.sample.input_tokens_estimated
     counted = sim.sim.ledger.snapshot()["requests"]["POST /v1/messages/count_tokens"]
     assert counted == {"200": 3}
     assert "POST /v1/messages" not in sim.sim.ledger.snapshot()["requests"]
+
+
+TEXT_HEAVY_JOB = """
+[input]
+manifest = "manifest.jsonl"
+id_column = "id"
+image_column = "image"
+prompt = "Caption this {{id}} for the catalogue, following the house style above."
+
+[request]
+model = "{model}"
+max_tokens = 40
+system = {system}
+
+[run]
+output = "out"
+concurrency = 4
+"""
+
+HOUSE_STYLE = (
+    "You write alt text for a museum's online catalogue. Follow the house style exactly:\n"
+    "1. One sentence, at most 25 words; no 'image of' or 'picture of'.\n"
+    "2. Name the object first, then its material, then its colour (e.g. 'Bronze bowl, green patina').\n"
+    "3. Dates as YYYY or YYYY-YYYY, sizes in cm (e.g. 12.5 x 30 cm), never inches.\n"
+    "4. Quote any visible inscription verbatim, in \"double quotes\".\n"
+    "5. If unsure, say so: 'possibly', 'appears to be'. Do not guess a maker or a provenance.\n"
+) * 4
+
+
+def test_an_exact_sample_brings_the_text_estimate_closer(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
+                                                         monkeypatch) -> None:
+    # a long system prompt, small images: text is most of the input, so the text estimate matters
+    tmp_path.mkdir(exist_ok=True)
+    rows = []
+    for i in range(8):
+        Image.new("RGB", (200, 200), (20 * i, 90, 160)).save(tmp_path / f"obj{i}.jpg")
+        rows.append({"id": f"object-{i}", "image": f"obj{i}.jpg"})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job_path = tmp_path / "job.toml"
+    job_path.write_text(TEXT_HEAVY_JOB.format(model="claude-haiku-5-5", system=json.dumps(HOUSE_STYLE)))
+    job, profile = load(job_path)
+    plain = estimate_job(job, profile)
+    sim = make_simulator(SimConfig())
+    ledger = _run_job(job_path, sim, monkeypatch)
+    assert plain.image_tokens == ledger["image_tokens"]
+    assert ledger["input_tokens"] - ledger["image_tokens"] > 3 * ledger["image_tokens"]
+    calibrated = estimate_job(job, profile, exact_sample_rows=3)
+    assert calibrated.sample is not None and calibrated.sample.text_ratio != 1.0
+    assert calibrated.image_tokens == plain.image_tokens
+    error_plain = abs(plain.input_tokens - ledger["input_tokens"])
+    error_calibrated = abs(calibrated.input_tokens - ledger["input_tokens"])
+    assert error_calibrated < error_plain
+    assert error_calibrated <= 0.01 * ledger["input_tokens"]
+    assert calibrated.cost_usd_online != plain.cost_usd_online
 
 
 def test_the_command_json_and_a_failing_row(tmp_path: Path) -> None:

@@ -152,8 +152,9 @@ def _content(checked: Checked, described: str) -> tuple[list[dict[str, Any]], st
     else:
         text = described
     text, stop_reason, stop_sequence = _cut(text, checked.stop_sequences, checked.max_tokens, f100)
-    return ([{"type": "text", "text": text, "citations": None}], stop_reason, stop_sequence,
-            tokens.text_tokens(text, f100))
+    # a cut answer used its whole budget (the token the cut fell inside was generated too)
+    used = checked.max_tokens if stop_reason == "max_tokens" else tokens.text_tokens(text, f100)
+    return [{"type": "text", "text": text, "citations": None}], stop_reason, stop_sequence, used
 
 
 def _cut(text: str, stop_sequences: list[str], max_tokens: int, f100: int
@@ -163,8 +164,7 @@ def _cut(text: str, stop_sequences: list[str], max_tokens: int, f100: int
     stop_at, stop_seq = min(hits) if hits else (len(text), None)
     kept = text[:stop_at]
     if tokens.text_tokens(kept, f100) > max_tokens:
-        limit = tokens.max_bytes_for_tokens(max_tokens, f100)
-        return kept.encode()[:limit].decode("utf-8", "ignore"), "max_tokens", None
+        return tokens.cut_to_tokens(kept, max_tokens, f100), "max_tokens", None
     if stop_seq is not None:
         return kept, "stop_sequence", stop_seq
     return kept, "end_turn", None

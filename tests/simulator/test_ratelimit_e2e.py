@@ -125,13 +125,14 @@ def test_cache_reads_do_not_count_toward_itpm(simulator: RunningSimulator) -> No
 
     with httpx.Client(base_url=simulator.base_url, headers=HEADERS, timeout=10) as client:
         n = client.post("/v1/messages/count_tokens",
-                        json={k: v for k, v in cached("a").items() if k != "max_tokens"}
+                        json={k: v for k, v in cached("a0").items() if k != "max_tokens"}
                         ).json()["input_tokens"]
         # holds 1.5 prompts, refills a tenth of that a second: a second full prompt cannot fit
         capacity = 1.5 * n
         update = {"limits": {"itpm": capacity * 6, "burst_window_s": 10}}
         assert client.post("/_control", json=update).status_code == 200
-        first = client.post("/v1/messages", json=cached("a"))
+        # every nonce the same shape ("a0", "r0", ...): the uncached rest costs the same each time
+        first = client.post("/v1/messages", json=cached("a0"))
         assert first.status_code == 200
         written = first.json()["usage"]["cache_creation_input_tokens"]
         assert written > n / 2  # the prefix is most of the prompt

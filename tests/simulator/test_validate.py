@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from batcher import facts
+from batcher.simulator import tokens
 from batcher.simulator.config import SimConfig
 from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError
@@ -351,5 +352,6 @@ def test_betas() -> None:
 
 
 def test_prompt_too_long(sim: Simulator) -> None:
-    long = "x" * (4 * 200_001)
+    long = "word " * 200_000  # a unit a word, and one for the trailing space: 200,001 > 200k
+    assert tokens.text_tokens(long, 100) == 200_001
     fails(sim, body({"type": "text", "text": long}, model=OLD), "prompt is too long")
