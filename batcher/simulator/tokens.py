@@ -58,20 +58,22 @@ from batcher.models import ModelProfile
 MESSAGE_OVERHEAD: Final = 3
 IMAGE_BLOCK_OVERHEAD: Final = 3
 
-#: The pre-tokenizer: one alternative (and one group) per kind of piece, tried in this order.
+#: The pre-tokenizer: one alternative per kind of piece, tried in this order.
 _PIECE: Final = re.compile(
-    r"('(?:[stdm]|ll|ve|re)(?![A-Za-z]))"  # 1 contraction
-    r"|( ?[A-Za-z]+)"                      # 2 ASCII word, its leading space folded in
-    r"|([0-9]{1,3})"                       # 3 digits, up to three
-    r"|( ?[!-/:-@\[-`{-~]+)"               # 4 ASCII punctuation run
-    r"|( ?[^\x00-\x7f]+)"                  # 5 non-ASCII run
-    r"|([ \t\n\r\f\v]+)"                   # 6 ASCII whitespace run
-    r"|([\s\S])"                           # 7 anything else, one character
+    r"'(?:[stdm]|ll|ve|re)(?![A-Za-z])"  # contraction
+    r"| ?[A-Za-z]+"                      # ASCII word, its leading space folded in
+    r"|[0-9]{1,3}"                       # digits, up to three
+    r"| ?[!-/:-@\[-`{-~]+"               # ASCII punctuation run
+    r"| ?[^\x00-\x7f]+"                  # non-ASCII run
+    r"|[ \t\n\r\f\v]+"                   # ASCII whitespace run
+    r"|[\s\S]"                           # anything else, one character
 )
-_WORD, _PUNCT, _OTHER_ASCII, _SPACE = 2, 4, 5, 6
+_SPACE: Final = frozenset(" \t\n\r\f\v")
 #: Words up to this many letters are one unit; longer ones add a unit for each started 5 letters.
 _WORD_WHOLE: Final = 8
 _WORD_STEP: Final = 5
+#: Texts up to this many characters are cached (system prompts and tool definitions repeat).
+_CACHED_CHARS: Final = 16_384
 
 
 def factor_hundredths(profile: ModelProfile) -> int:
@@ -79,30 +81,28 @@ def factor_hundredths(profile: ModelProfile) -> int:
     return round(profile.text_token_factor * 100)
 
 
-def _piece_units(kind: int | None, piece: str) -> int:
-    """Units of one pre-tokenizer piece of kind ``kind`` (a group number of ``_PIECE``)."""
-    if kind == _WORD:
-        n = len(piece) - (piece[0] == " ")
-        if not (piece.islower() or piece.istitle()):
-            return -(-n // 3)
-        return 1 if n <= _WORD_WHOLE else 1 + -(-(n - _WORD_WHOLE) // _WORD_STEP)
-    if kind == _PUNCT:
-        return -(-(len(piece) - (piece[0] == " ")) // 3)
-    if kind == _OTHER_ASCII:
+def _piece_units(piece: str) -> int:
+    """Units of one pre-tokenizer piece, told apart by its last character (never the space)."""
+    n = len(piece)
+    if n <= 3 and piece.isascii():  # whatever its kind, a short ASCII piece is one unit
+        return 1
+    last = piece[-1]
+    if not last.isascii():
         return -(-len(piece.lstrip(" ").encode("utf-8")) // 3)
-    if kind == _SPACE:
-        return -(-len(piece) // 8)
-    return 1
-
-
-#: Texts up to this many characters are cached (system prompts and tool definitions repeat).
-_CACHED_CHARS: Final = 16_384
+    if last.isalpha():
+        n -= piece[0] == " "
+        if piece.islower() or piece.istitle():
+            return 1 if n <= _WORD_WHOLE else 1 + -(-(n - _WORD_WHOLE) // _WORD_STEP)
+        return -(-n // 3)
+    if last in _SPACE:
+        return -(-n // 8)
+    return -(-(n - (piece[0] == " ")) // 3)  # punctuation (digits and the rest are short)
 
 
 def _units(text: str) -> int:
     units = 0
-    for match in _PIECE.finditer(text):
-        units += _piece_units(match.lastindex, match.group())
+    for piece in _PIECE.findall(text):
+        units += 1 if len(piece) <= 3 and piece.isascii() else _piece_units(piece)
     return units
 
 
@@ -134,7 +134,7 @@ def cut_to_tokens(text: str, max_tokens: int, f100: int) -> str:
     units = 0
     kept = text
     for match in _PIECE.finditer(text):
-        cost = _piece_units(match.lastindex, match.group())
+        cost = _piece_units(match.group())
         if units + cost > budget:
             start, piece = match.start(), match.group()
             k = len(piece) - 1
