@@ -298,8 +298,15 @@ def count_body(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k in COUNT_FIELDS}
 
 
-async def exact_sample(rows: Any, job: JobConfig, profile: ModelProfile, n: int, client: Any) -> Sample:
-    """Prepare the first ``n`` sendable rows as the run would and have the API count them.
+def sample_stride(sendable_rows: int, n: int) -> int:
+    """Take every k-th sendable row so ``n`` of them spread over the whole manifest (its first rows
+    are often unlike the rest: a manifest sorted by source, image count or prompt)."""
+    return max(1, sendable_rows // max(1, n))
+
+
+async def exact_sample(rows: Any, job: JobConfig, profile: ModelProfile, n: int, client: Any,
+                       stride: int = 1) -> Sample:
+    """Prepare ``n`` sendable rows, every ``stride``-th, as the run would; the API counts them.
 
     Images go as base64 whatever the job's transport: ``count_tokens`` counts the same pixels.
     """
@@ -313,10 +320,14 @@ async def exact_sample(rows: Any, job: JobConfig, profile: ModelProfile, n: int,
     settings = settings_for(job)
     options = job_image_options(job)
     sample = Sample(rows=0, input_tokens_exact=0, input_tokens_estimated=0, image_tokens=0)
+    sendable = -1
     for row in rows:
         if sample.rows >= n:
             break
         if row.error is not None or any(_is_url(s) for s in row.images):
+            continue
+        sendable += 1
+        if sendable % stride:
             continue
         try:
             prepared = [await anyio.to_thread.run_sync(prepare_file, s, profile, options, len(row.images))
@@ -413,13 +424,14 @@ def estimate_job(job: JobConfig, profile: ModelProfile, *, exact_sample_rows: in
     if exact_sample_rows > 0:
         import anyio
 
-        sample = anyio.run(_sample, manifest, job, profile, exact_sample_rows)
+        stride = sample_stride(est.rows - est.rows_failing, exact_sample_rows)
+        sample = anyio.run(_sample, manifest, job, profile, exact_sample_rows, stride)
         if sample.rows:
             est.calibrate(profile, sample, job.request.max_tokens)
     return est
 
 
-async def _sample(manifest: Any, job: JobConfig, profile: ModelProfile, n: int) -> Sample:
+async def _sample(manifest: Any, job: JobConfig, profile: ModelProfile, n: int, stride: int) -> Sample:
     from batcher.api import errors
     from batcher.api.client import Client, MissingKeyError, settings_from_env
 
@@ -429,6 +441,6 @@ async def _sample(manifest: Any, job: JobConfig, profile: ModelProfile, n: int) 
         raise EstimateError(f"--exact-sample: {exc}") from None
     try:
         async with Client(key, base_url, max_connections=2, timeout_s=120.0) as client:
-            return await exact_sample(manifest.rows(), job, profile, n, client)
+            return await exact_sample(manifest.rows(), job, profile, n, client, stride)
     except errors.APIError as exc:
         raise EstimateError(f"--exact-sample: count_tokens failed: {exc}") from None

@@ -179,14 +179,15 @@ def test_an_exact_sample_is_counted_by_the_api(tmp_path: Path, make_simulator, m
     job, profile = load(mixed_job(tmp_path, "claude-haiku-5-5"))
     est = estimate_job(job, profile, exact_sample_rows=3)
     assert est.sample is not None and est.sample.rows == 3
-    # the first three rows, one image each, as the simulator's tokenizer counts them: the sample's
-    # exact figure is the API's count, not the estimate again
+    # three rows spread over the 11 (every third: one-0, one-3, one-6), one image each, as the
+    # simulator's tokenizer counts them: the sample's exact figure is the API's count
+    picked = (0, 3, 6)
     f100 = sim_tokens.factor_hundredths(profile)
     framing = sim_tokens.MESSAGE_OVERHEAD + sim_tokens.IMAGE_BLOCK_OVERHEAD
     text = sum(sim_tokens.text_tokens("You write alt text.", f100) + framing + sim_tokens.text_tokens(
-        f"Describe this picture in one line. nonce=one-{i}", f100) for i in range(3))
-    assert est.sample.image_tokens == sum(sent_image_tokens(profile, ImageOptions(), size, 1)
-                                          for size in MIXED_SIZES[:3])
+        f"Describe this picture in one line. nonce=one-{i}", f100) for i in picked)
+    assert est.sample.image_tokens == sum(sent_image_tokens(profile, ImageOptions(), MIXED_SIZES[i], 1)
+                                          for i in picked)
     assert est.sample.input_tokens_exact == est.sample.image_tokens + text
     assert est.sample.input_tokens_exact != est.sample.input_tokens_estimated
     counted = sim.sim.ledger.snapshot()["requests"]["POST /v1/messages/count_tokens"]
@@ -300,3 +301,9 @@ def test_after_a_run_the_time_is_at_the_limits_the_api_reported(tmp_path: Path, 
     assert est.limits_source is not None and "learned from the API" in est.limits_source
     assert est.time_s == run_time_s(est.rows, est.input_tokens, est.output_tokens_max,
                                     600, 2_000_000, 400_000)
+
+
+def test_the_sample_spreads_over_the_manifest() -> None:
+    from batcher.estimate import sample_stride
+
+    assert sample_stride(11, 3) == 3 and sample_stride(2, 5) == 1 and sample_stride(10_000, 20) == 500
