@@ -212,6 +212,11 @@ def check_against_model(job: JobConfig, profile: ModelProfile) -> None:
                     f"{where}: request.{param}: {profile.id} refuses sampling parameters "
                     "(the API answers 400); remove it"
                 )
+    if profile.sampling_one_of and req.temperature is not None and req.top_p is not None:
+        raise ConfigError(
+            f"{where}: request.top_p: {profile.id} takes temperature or top_p, not both "
+            "(the API answers 400); remove one"
+        )
     if req.effort is not None and not profile.can("effort"):
         raise ConfigError(f"{where}: request.effort: {profile.id} does not take an effort level")
     if not profile.can("image_input"):

@@ -69,6 +69,8 @@ class ModelProfile:
     budget_confirmed: bool
     max_image_b64_bytes: int
     sampling_params: bool
+    #: temperature and top_p may not both be set (a 400 on every model that takes them today)
+    sampling_one_of: bool
     forced_tool_use: bool
     text_token_factor: float
     min_cacheable_tokens: int
@@ -111,7 +113,7 @@ _INT_FIELDS = (
     "context_window", "max_output_tokens", "images_per_request", "native_edge",
     "image_token_budget", "max_image_b64_bytes", "min_cacheable_tokens",
 )
-_BOOL_FIELDS = ("budget_confirmed", "sampling_params", "forced_tool_use")
+_BOOL_FIELDS = ("budget_confirmed", "sampling_params", "sampling_one_of", "forced_tool_use")
 _KNOWN_FIELDS = frozenset(
     (*_INT_FIELDS, *_BOOL_FIELDS, "display_name", "ids", "lifecycle", "retires", "created_at",
      "text_token_factor", "capabilities", "prices")

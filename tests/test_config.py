@@ -84,6 +84,8 @@ def test_model_rules_name_the_key(tmp_path: Path) -> None:
     check_against_model(parse_job({**job.model_dump(exclude={"path", "base_dir"}),
                                    "request": {"model": "claude-haiku-4-5", "max_tokens": 10,
                                                "temperature": 0.2}}, path), haiku4)
+    bad({"request": {"model": "claude-haiku-4-5", "temperature": 0.2, "top_p": 0.9}}, haiku4,
+        "request.top_p: claude-haiku-4-5 takes temperature or top_p, not both")
     bad({"request": {"max_tokens": 10**6}}, haiku5, "request.max_tokens: 1000000 is above")
     bad({"images": {"max_edge": 2000}}, haiku5, "images.max_edge: 2000 is above")
     bad({"images": {"max_image_tokens": 5000}}, haiku5, "images.max_image_tokens")

@@ -355,6 +355,10 @@ class _Walk:
                     raise invalid(_at(path, key), f"{key} is not supported on {model} (only its "
                                                   f"default, {SAMPLING_DEFAULTS[key]:g}, is "
                                                   f"accepted); omit it")
+        if (not refuse and self.profile.sampling_one_of and "temperature" in body
+                and "top_p" in body):
+            raise invalid("", "`temperature` and `top_p` cannot both be specified for this model. "
+                              "Please use only one.")
         if "top_k" in body:
             value = _int(body["top_k"], _at(path, "top_k"))
             if value < 0:

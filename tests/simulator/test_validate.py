@@ -169,7 +169,13 @@ def test_sampling_parameters(sim: Simulator) -> None:
         fails(sim, body(top_p=near), "top_p", contains="only its default, 1, is accepted")
     fails(sim, body(temperature=0.999), "temperature", contains="not supported")
     fails(sim, body(top_k=0), "top_k", contains="not supported")
-    assert check_body(body(model=OLD, temperature=0.2, top_p=0.5, top_k=5), sim, betas=frozenset())
+    assert check_body(body(model=OLD, temperature=0.2, top_k=5), sim, betas=frozenset())
+    assert check_body(body(model=OLD, top_p=0.5, top_k=5), sim, betas=frozenset())
+    # the 4.x models that take them refuse temperature and top_p together (a 400 on the API)
+    with pytest.raises(ApiError) as both:
+        check_body(body(model=OLD, temperature=0.2, top_p=0.5), sim, betas=frozenset())
+    assert both.value.status == 400 and both.value.message == (
+        "`temperature` and `top_p` cannot both be specified for this model. Please use only one.")
     fails(sim, body(model=OLD, temperature=1.5), "temperature", contains="between 0 and 1")
     fails(sim, body(model=OLD, temperature="hot"), "temperature", contains="valid number")
 
