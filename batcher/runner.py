@@ -192,21 +192,28 @@ def _cap_off(caps: dict, name: str) -> bool:  # type: ignore[type-arg]
 
 async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistry,
                      known: ModelProfile | None) -> int:
+    manifest = _open_manifest(job)
+    try:
+        key, base_url = settings_from_env()
+    except MissingKeyError as exc:
+        raise RunRefused(str(exc), EXIT_FATAL) from None
+    # One client for the whole run, its pool sized to the concurrency.
+    async with Client(key, base_url, max_connections=job.run.concurrency,
+                      timeout_s=job.run.request_timeout_s) as client:
+        # The API's word on the model before anything is written: a refused job leaves no trace.
+        info = await _model_info(client, job)
+        _check_model_online(job, info)
+        return await _run_with_client(request, job, registry, known, manifest, client, info)
+
+
+async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelRegistry,  # type: ignore[no-untyped-def]
+                           known: ModelProfile | None, manifest, client: Client, info: dict) -> int:  # type: ignore[type-arg]
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
     from batcher.progress import report, status_line
     from batcher.sink import Sink
     from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
 
-    manifest = _open_manifest(job)
-    try:
-        key, base_url = settings_from_env()
-    except MissingKeyError as exc:
-        raise RunRefused(str(exc), EXIT_FATAL) from None
-    # The API's word on the model before anything is written: a job it refuses leaves no trace.
-    async with Client(key, base_url, max_connections=1, timeout_s=job.run.request_timeout_s) as client:
-        info = await _model_info(client, job)
-    _check_model_online(job, info)
     out_dir = job.output_dir(request.out)
     try:
         # The lock before anything else under OUT: a second runner touches nothing.
@@ -221,61 +228,59 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
         lock.release()
         raise RunRefused(str(exc), EXIT_FATAL) from None
     try:
-        async with Client(key, base_url, max_connections=job.run.concurrency,
-                          timeout_s=job.run.request_timeout_s) as client:
-            profile = known or await _profile_for(client, job, registry, state, info, request.err)
-            _check(job, profile)
-            _warn_deprecated(profile, request.err)
-            report_ = state.sync_rows(manifest.rows())
-            if report_.duplicates:
-                names = ", ".join(report_.duplicates[:20])
-                more = f" and {report_.duplicate_count - 20} more" if report_.duplicate_count > 20 else ""
-                raise RunRefused(f"{job.manifest_path}: duplicate ids: {names}{more}", EXIT_CONFIG)
-            sink = Sink(out_dir, state, manifest.field_types())
-            sink.recover()
-            for warning in sink.warnings:
-                print(f"batcher: warning: {warning}", file=request.err)
-            to_do = state.count_remaining(request.retry_errors)
-            if job.run.mode == "batch":
-                return await _run_batches(request, job, profile, client, state, sink, manifest, to_do)
-            async with ImagePool(workers=job.run.image_workers or None) as pool:
-                pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
-                                    pool=pool)
-                pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
-                                                            max_wait_s=job.run.max_retry_wait_s)
-                pipeline.budget = _budget_gate(job, profile, state)
-                code = EXIT_OK
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_watch_signals, pipeline)
-                    tg.start_soon(partial(report, pipeline.counters, to_do, extra=lambda: (
-                        pipeline.limiter.describe() if pipeline.limiter else "")))
-                    try:
-                        await pipeline.run(state.pending(manifest.rows(), request.retry_errors))
-                    except FatalRunError as exc:
-                        print(f"batcher: stopped: {exc}", file=request.err)
-                        code = EXIT_FATAL
-                    tg.cancel_scope.cancel()
-            counters = pipeline.counters
-            # Exports every few seconds leave many small parts; merge them once the run is over.
-            sink.compact(target_rows=job.run.part_rows)
-            if pipeline.uploader is not None and not code:
-                from batcher.files import finish_run
+        profile = known or await _profile_for(client, job, registry, state, info, request.err)
+        _check(job, profile)
+        _warn_deprecated(profile, request.err)
+        report_ = state.sync_rows(manifest.rows())
+        if report_.duplicates:
+            names = ", ".join(report_.duplicates[:20])
+            more = f" and {report_.duplicate_count - 20} more" if report_.duplicate_count > 20 else ""
+            raise RunRefused(f"{job.manifest_path}: duplicate ids: {names}{more}", EXIT_CONFIG)
+        sink = Sink(out_dir, state, manifest.field_types())
+        sink.recover()
+        for warning in sink.warnings:
+            print(f"batcher: warning: {warning}", file=request.err)
+        to_do = state.count_remaining(request.retry_errors)
+        if job.run.mode == "batch":
+            return await _run_batches(request, job, profile, client, state, sink, manifest, to_do)
+        async with ImagePool(workers=job.run.image_workers or None) as pool:
+            pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
+                                pool=pool)
+            pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
+                                                        max_wait_s=job.run.max_retry_wait_s)
+            pipeline.budget = _budget_gate(job, profile, state)
+            code = EXIT_OK
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, pipeline)
+                tg.start_soon(partial(report, pipeline.counters, to_do, extra=lambda: (
+                    pipeline.limiter.describe() if pipeline.limiter else "")))
+                try:
+                    await pipeline.run(state.pending(manifest.rows(), request.retry_errors))
+                except FatalRunError as exc:
+                    print(f"batcher: stopped: {exc}", file=request.err)
+                    code = EXIT_FATAL
+                tg.cancel_scope.cancel()
+        counters = pipeline.counters
+        # Exports every few seconds leave many small parts; merge them once the run is over.
+        sink.compact(target_rows=job.run.part_rows)
+        if pipeline.uploader is not None and not code:
+            from batcher.files import finish_run
 
-                await finish_run(pipeline.uploader, counters, request.err,
-                                 delete_at_end=job.images.delete_files_at_end)
-            print(status_line(counters, to_do), file=request.err)
-            print(f"results: {out_dir / 'results'}", file=request.out_stream)
-            if code:
-                return code
-            if counters.stop_reason == BUDGET_STOP:
-                print(f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
-                      "(raise [limits] budget_usd to go on)", file=request.err)
-                return EXIT_BUDGET
-            if counters.stop_reason is not None or counters.left_for_next_run:
-                return EXIT_INCOMPLETE
-            # The job's state, not just this run's rows: a rerun with nothing left to do still
-            # says that some rows ended in error.
-            return EXIT_ROW_ERRORS if state.summary().by_status.get("error") else EXIT_OK
+            await finish_run(pipeline.uploader, counters, request.err,
+                             delete_at_end=job.images.delete_files_at_end)
+        print(status_line(counters, to_do), file=request.err)
+        print(f"results: {out_dir / 'results'}", file=request.out_stream)
+        if code:
+            return code
+        if counters.stop_reason == BUDGET_STOP:
+            print(f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
+                  "(raise [limits] budget_usd to go on)", file=request.err)
+            return EXIT_BUDGET
+        if counters.stop_reason is not None or counters.left_for_next_run:
+            return EXIT_INCOMPLETE
+        # The job's state, not just this run's rows: a rerun with nothing left to do still
+        # says that some rows ended in error.
+        return EXIT_ROW_ERRORS if state.summary().by_status.get("error") else EXIT_OK
     except errors.APIError as exc:
         if exc.fatal:
             raise RunRefused(f"stopped: {exc}", EXIT_FATAL) from None
