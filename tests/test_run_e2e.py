@@ -288,6 +288,25 @@ def test_a_fatal_answer_mid_run_stops_the_job_and_keeps_what_is_done(tmp_path: P
     assert max(sim.sim.ledger.snapshot()["charges_by_nonce"].values()) == 1
 
 
+def test_faults_on_the_wire_still_give_every_row_exactly_one_answer(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
+    # 529s, 500s and connections cut mid-answer: every row retried to one answer, none lost, and
+    # the only rows the API billed twice are those whose answer was cut after it was billed.
+    sim = make_simulator(SimConfig(faults=Faults(overloaded=0.1, server_error=0.05, drop=0.05, seed=7)))
+    rows = good_rows(tmp_path, 40)
+    job = write_job(tmp_path, rows, concurrency=8, max_attempts=10)
+    done = batcher(job, sim)
+    assert done.returncode == 0, done.stderr
+    out = results_by_id(tmp_path / "out")
+    assert set(out) == {r["id"] for r in rows} and {r["status"] for r in out.values()} == {"ok"}
+    assert all(f"nonce={rid}" in r["text"] for rid, r in out.items())  # each its own answer
+    ledger = sim.sim.ledger.snapshot()
+    faults = ledger["faults"]
+    assert faults.get("overloaded", 0) + faults.get("server_error", 0) > 0 and faults.get("drop", 0) > 0
+    twice = sum(1 for n in ledger["charges_by_nonce"].values() if n > 1)
+    assert twice <= faults.get("drop", 0)
+    assert sum(r["attempts"] for r in out.values()) > len(rows)  # the retries are counted
+
+
 def test_rows_out_of_retries_are_left_for_the_next_run(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(faults=Faults(overloaded=1.0)))
     rows = good_rows(tmp_path, 3)
