@@ -408,7 +408,7 @@ class BatchRun:
             return 0.0  # not this job's (cannot happen unless the state was replaced)
         result = line.get("result") or {}
         kind, error_type, message = classify(result)
-        attempts = self.state.prior_attempts(row_id) + 1
+        attempts = 1  # this submission; the state adds the row's earlier ones
         memo = memos.get(custom_id, {})
         if kind == "error" and error_type == "not_found_error" and self._forget_gone_files(memo, message):
             # A file id the API no longer knows (expired, deleted): the next submit pass uploads

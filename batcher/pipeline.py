@@ -175,11 +175,11 @@ class Pipeline:
                                           results_send.clone())
                     async with to_request:
                         for _ in range(concurrency):
-                            tg.start_soon(self._request, to_request.clone(), results_send.clone(), fatal)
+                            tg.start_soon(self._request, to_request.clone(), results_send.clone())
             finally:
                 results_send.close()
         # The last picture of the limits, for `batcher status` (snapshots are otherwise ~5 s apart).
-        if self.state is not None and self.limiter is not None:
+        if self.state is not None:
             self.state.set_meta("rate_limits", self.limiter.snapshot())
         if fatal:
             raise FatalRunError(str(fatal[0])) from fatal[0]
@@ -356,8 +356,7 @@ class Pipeline:
                       error_message=f"{where}: {exc}", fields=dict(row.fields),
                       images=[ImageSent(source=s) for s in row.images])
 
-    async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Outcome],
-                       fatal: list[BaseException]) -> None:
+    async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Outcome]) -> None:
         async with rows, results:
             while True:
                 await self._wait_to_hold()
@@ -368,7 +367,7 @@ class Pipeline:
                         prepared = await rows.receive()
                     except anyio.EndOfStream:
                         return
-                    outcome = await self._request_one(prepared, fatal)
+                    outcome = await self._request_one(prepared)
                 finally:
                     self._holding -= 1
                     assert self._hold_changed is not None
@@ -388,7 +387,7 @@ class Pipeline:
             with anyio.move_on_after(0.5):
                 await self._hold_changed.wait()
 
-    async def _request_one(self, prepared: Prepared, fatal: list[BaseException]) -> Outcome | None:
+    async def _request_one(self, prepared: Prepared) -> Outcome | None:
         """One row's request; None: not sent (stopping, budget) or the job is over (fatal)."""
         if self.stopping.is_set():
             return None
@@ -481,15 +480,11 @@ class Pipeline:
         pending, last_export = 0, time.monotonic()
         async with outcomes:
             async for outcome in outcomes:
-                # A row's attempts count across runs (as in batch mode): 1 is one request ever.
                 if isinstance(outcome, Transient):
-                    self.state.record_transient(
-                        outcome.row_id, outcome.error_type, outcome.message,
-                        outcome.attempts + self.state.prior_attempts(outcome.row_id))
+                    self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
+                                                outcome.attempts)
                     self.counters.left_for_next_run += 1
                     continue
-                if outcome.attempts:
-                    outcome.attempts += self.state.prior_attempts(outcome.id)
                 self.state.record(outcome)
                 self.counters.add(outcome)
                 if self.on_result is not None:

@@ -517,31 +517,36 @@ class JobState:
         ``final=False`` stores an error result that the next run retries (status ``transient``) but
         still exports it, so the results show every row. Re-recording an exported row replaces it:
         the part holding the old version is marked dirty and the sink rewrites it without the row.
+
+        ``result.attempts`` is this outcome's; like usage, attempts accumulate over every run, and
+        ``result`` is updated to the row's total (what the results show).
         """
-        params = {
-            "id": result.id, "status": status_for(result, final), "error_type": result.error_type,
-            "error_message": result.error_message, "attempts": result.attempts,
-            "input_tokens": result.input_tokens or 0, "output_tokens": result.output_tokens or 0,
-            "cache_read": result.cache_read_input_tokens or 0,
-            "cache_write": result.cache_creation_input_tokens or 0,
-            "cost_usd": result.cost_usd or 0.0, "latency_s": result.latency_s or 0.0,
-            "result_json": result.to_json(), "now": time.time(),
-        }
         with self._tx() as c:
-            old = c.execute("SELECT part_id FROM results WHERE id = ?", (result.id,)).fetchone()
+            old = c.execute("SELECT part_id, attempts FROM results WHERE id = ?", (result.id,)).fetchone()
+            result.attempts = (result.attempts or 0) + (old[1] if old else 0)
+            params = {
+                "id": result.id, "status": status_for(result, final), "error_type": result.error_type,
+                "error_message": result.error_message, "attempts": result.attempts,
+                "input_tokens": result.input_tokens or 0, "output_tokens": result.output_tokens or 0,
+                "cache_read": result.cache_read_input_tokens or 0,
+                "cache_write": result.cache_creation_input_tokens or 0,
+                "cost_usd": result.cost_usd or 0.0, "latency_s": result.latency_s or 0.0,
+                "result_json": result.to_json(), "now": time.time(),
+            }
             c.execute(_RECORD_SQL, params)
             if old and old[0] is not None:
                 c.execute("UPDATE parts SET dirty = dirty + 1 WHERE part_id = ?", (old[0],))
             self._touch_pass(c)
 
     def record_transient(self, row_id: str, error_type: str, message: str, attempts: int) -> None:
-        """Leave a row for the next run (nothing exported); a result it already had stays exported."""
+        """Leave a row for the next run (nothing exported); a result it already had stays exported.
+        ``attempts`` (this run's) add to the row's total, as in :meth:`record`."""
         with self._tx() as c:
             c.execute(
                 "INSERT INTO results(id, status, error_type, error_message, attempts, updated_at) "
                 "VALUES (?, 'transient', ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = 'transient', "
                 "error_type = excluded.error_type, error_message = excluded.error_message, "
-                "attempts = excluded.attempts, updated_at = excluded.updated_at",
+                "attempts = results.attempts + excluded.attempts, updated_at = excluded.updated_at",
                 (row_id, error_type, message, attempts, time.time()))
             self._touch_pass(c)
 

@@ -51,15 +51,15 @@ class MemoryState:
     def __init__(self) -> None:
         self.results: dict[str, Any] = {}
         self.transient: list[str] = []
+        self.meta: dict[str, Any] = {}
+        self.last_recorded = 0.0
 
     def set_meta(self, key: str, value: Any) -> None:
-        pass
+        self.meta[key] = value
 
     def record(self, result: Any) -> None:
         self.results[result.id] = result
-
-    def prior_attempts(self, row_id: str) -> int:
-        return 0
+        self.last_recorded = time.time()
 
     def record_transient(self, row_id: str, *args: Any) -> None:
         self.transient.append(row_id)
@@ -134,3 +134,14 @@ async def test_stop_ends_retry_waits_at_once(make_simulator) -> None:  # type: i
         took = time.monotonic() - stopped_at
     assert took < 1.5, f"stop waited {took:.1f}s for backoffs to end"
     assert not state.results  # rows given up on are not errors: the next run sends them
+
+
+async def test_the_limits_are_saved_as_the_run_ended(simulator) -> None:  # type: ignore[no-untyped-def]
+    # batcher status shows this snapshot; taken only every 5 s during a run, a short run would
+    # otherwise keep the picture of its first answer.
+    pool, state = CountingPool(), MemoryState()
+    async with Client("k", simulator.base_url, max_connections=4) as client:
+        await _pipeline(client, 4, pool, state).run(_rows(12))
+    assert len(state.results) == 12
+    snapshot = state.meta["rate_limits"]
+    assert snapshot["at"] >= round(state.last_recorded, 3) - 0.001 and snapshot["in_flight"] == 0

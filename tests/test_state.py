@@ -135,6 +135,17 @@ def test_sync_record_and_remaining(state: JobState) -> None:
     assert state.get_result("c") is None  # a transient mark without a result stores none
 
 
+def test_attempts_add_up_over_runs_like_usage(state: JobState) -> None:
+    state.sync_rows(_rows(["c"]))
+    state.record_transient("c", "overloaded_error", "529", attempts=4)
+    state.record_transient("c", "overloaded_error", "529", attempts=2)
+    assert state.prior_attempts("c") == 6
+    answer = _ok("c")
+    state.record(answer)
+    stored = state.get_result("c")
+    assert answer.attempts == 7 and stored is not None and stored.attempts == 7
+
+
 def test_mark_inflight_keeps_finished_rows(state: JobState) -> None:
     state.sync_rows(_rows(["a", "b", "c"]))
     state.record(_ok("a"))
