@@ -228,8 +228,10 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
         lock.release()
         raise RunRefused(str(exc), EXIT_FATAL) from None
     try:
-        profile = known or await _profile_for(client, job, registry, state, info, request.err)
-        _check(job, profile)
+        profile = known
+        if profile is None:  # a known profile was checked against the job by _load
+            profile = await _profile_for(client, job, registry, state, info, request.err)
+            _check(job, profile)
         _warn_deprecated(profile, request.err)
         report_ = state.sync_rows(manifest.rows())
         if report_.duplicates:

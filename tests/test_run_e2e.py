@@ -82,6 +82,15 @@ def messages_sent(sim: RunningSimulator) -> int:
     return sum(counts.values())
 
 
+def wait_for_messages(sim: RunningSimulator, n: int, proc: subprocess.Popen[str], *,
+                      timeout_s: float = 30, poll_s: float = 0.05) -> None:
+    """Until the simulator has had ``n`` messages requests from the running ``proc``."""
+    deadline = time.monotonic() + timeout_s
+    while messages_sent(sim) < n:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(poll_s)
+
+
 def results_by_id(out: Path) -> dict[str, dict]:
     rows = read_results(out).to_pylist()
     ids = [r["id"] for r in rows]
@@ -218,10 +227,7 @@ def test_sigint_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, make_simula
     rows = good_rows(tmp_path, 20)
     job = write_job(tmp_path, rows, concurrency=2)
     proc = batcher(job, sim, wait=False)
-    deadline = time.monotonic() + 30
-    while messages_sent(sim) < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_messages(sim, 3, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err
@@ -243,10 +249,7 @@ def test_a_signal_stops_at_once_under_a_slow_rate_limit(tmp_path: Path, make_sim
     rows = good_rows(tmp_path, 40)
     job = write_job(tmp_path, rows, concurrency=16)
     proc = batcher(job, sim, wait=False)
-    deadline = time.monotonic() + 30
-    while messages_sent(sim) < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_messages(sim, 3, proc)
     signalled_at, sent_then = time.monotonic(), messages_sent(sim)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
@@ -331,10 +334,7 @@ def test_kill_9_twice_then_every_id_exactly_once(tmp_path: Path, make_simulator)
     job = write_job(tmp_path, rows, concurrency=concurrency, part_rows=7)
     for kill_after in (10, 30):
         proc = batcher(job, sim, wait=False)
-        deadline = time.monotonic() + 60
-        while messages_sent(sim) < kill_after:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
+        wait_for_messages(sim, kill_after, proc, timeout_s=60, poll_s=0.01)
         proc.kill()
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL

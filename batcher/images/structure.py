@@ -4,8 +4,8 @@ Pillow decodes a PNG that lacks its last ~20 bytes (IEND, the last IDAT's CRC, p
 checksum) without complaint, and a GIF without its trailer; a truncated WebP or JPEG 2000 fails with
 "could not create decoder object" or "broken data stream", which says nothing about why. So before a
 file is sent as it is, and to type a cut-off file ``truncated`` whatever its decoder says,
-:func:`examine` walks the container: chunk, block and box lengths only, never the compressed data
-(cheap next to any decode).
+:func:`examine` walks the container: chunk, block and box lengths, never decompressing anything
+(PNG chunk CRCs are checked, a pass over the bytes far cheaper than any decode).
 
 * **PNG**: chunks (length, type, data, CRC) up to an IEND chunk; every CRC is checked; an APNG
   control chunk marks it animated.

@@ -6,7 +6,7 @@ import io
 import random
 import struct
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat
 
 #: Quadrant colours of the orientation test pattern, upright: top-left, top-right, bottom-left,
 #: bottom-right.
@@ -17,6 +17,19 @@ def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **params)
     return buffer.getvalue()
+
+
+def upright_reference(data: bytes) -> Image.Image:
+    """The upright image as Pillow itself gives it: full load, then exif_transpose (which knows what
+    its plugins did on load): the independent reference for orientation tests."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    """The largest per-channel mean absolute difference of two images (0..255)."""
+    return max(ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).mean)
 
 
 def flat(size: tuple[int, int], colour: tuple[int, int, int] = (90, 140, 200)) -> Image.Image:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image, ImageChops, ImageOps, ImageStat
+from PIL import Image
 
 from batcher.images.decode import available_formats, register_plugins
 from batcher.images.prepare import prepare_file, probe_size
@@ -32,16 +32,6 @@ def encode_or_skip(image: Image.Image, fmt: str, **params: object) -> bytes:
     return data
 
 
-def upright_reference(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return ImageOps.exif_transpose(image).convert("RGB")
-
-
-def difference(a: Image.Image, b: Image.Image) -> float:
-    return max(ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).mean)
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_photo_is_decoded_and_sized(haiku: ModelProfile, fmt: str) -> None:
     source = builders.photo((1400, 1050), noise=0)
@@ -55,7 +45,7 @@ def test_photo_is_decoded_and_sized(haiku: ModelProfile, fmt: str) -> None:
     assert probe_size(data) == (1400, 1050, fmt)
     with Image.open(io.BytesIO(prepared.data)) as out:
         expected = source.resize(out.size, Image.Resampling.LANCZOS)
-        assert difference(out, expected) <= 6
+        assert builders.mean_difference(out, expected) <= 6
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -78,9 +68,9 @@ def test_orientation_is_applied_once(haiku: ModelProfile, tmp_path, fmt: str, or
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode_or_skip(upright.transpose(op), fmt, exif=exif.tobytes())
-    reference = upright_reference(data)
+    reference = builders.upright_reference(data)
     assert reference.size == (600, 400)  # the file does carry the orientation
-    assert difference(reference, upright) <= 8
+    assert builders.mean_difference(reference, upright) <= 8
     path = tmp_path / f"oriented.{fmt.lower()}"
     path.write_bytes(data)
     assert probe_size(path)[:2] == (600, 400)
@@ -89,4 +79,4 @@ def test_orientation_is_applied_once(haiku: ModelProfile, tmp_path, fmt: str, or
     assert (prepared.source_width, prepared.source_height) == (600, 400)
     assert (prepared.width, prepared.height) == expected
     with Image.open(io.BytesIO(prepared.data)) as out:
-        assert difference(out, upright.resize(expected, Image.Resampling.LANCZOS)) <= 8
+        assert builders.mean_difference(out, upright.resize(expected, Image.Resampling.LANCZOS)) <= 8

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image, ImageChops, ImageOps, ImageStat, TiffImagePlugin
+from PIL import Image, TiffImagePlugin
 
 from batcher.images import decode
 from batcher.images.prepare import prepare_file, probe_size
@@ -22,15 +22,8 @@ from tests.images import builders
 ORIENTATIONS = range(1, 9)
 
 
-def reference(data: bytes) -> Image.Image:
-    """The upright image as Pillow itself gives it: full load, then exif_transpose."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return ImageOps.exif_transpose(image).convert("RGB")
-
-
-def mean_difference(a: Image.Image, b: Image.Image) -> float:
-    return max(ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).mean)
+reference = builders.upright_reference
+mean_difference = builders.mean_difference
 
 
 def check_against_reference(data: bytes, profile: ModelProfile, tmp_path, tolerance: float = 6.0) -> None:
