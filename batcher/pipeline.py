@@ -353,7 +353,8 @@ class Pipeline:
         where = f"image {index} ({row.images[index - 1]})" if index else "image"
         return Result(id=row.id, status="error", model=self.profile.id,
                       error_type=getattr(exc, "error_type", "image_error"),
-                      error_message=f"{where}: {exc}", fields=dict(row.fields),
+                      error_message=f"{where}: {_named_once(str(exc), row.images, index)}",
+                      fields=dict(row.fields),
                       images=[ImageSent(source=s) for s in row.images])
 
     async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Outcome]) -> None:
@@ -505,6 +506,17 @@ def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int
     if not latency_known:
         return min(in_flight_limit, 2 * preparers + 1)
     return 2 * in_flight_limit + 1
+
+
+def _named_once(message: str, images: list[str], index: int | None) -> str:
+    """An image error's message without the path it begins with, when the row's message names
+    the image already (``image 1 (path): ...``)."""
+    from batcher.images.errors import without_label
+
+    if not index:
+        return message
+    source = images[index - 1]
+    return without_label(message, source, str(Path(source)))
 
 
 def _is_url(source: str | Path) -> bool:

@@ -78,6 +78,15 @@ def run(request: RunRequest) -> int:
         return EXIT_FATAL
 
 
+def os_reason(exc: OSError, named: Path) -> str:
+    """What went wrong, for a message that already names ``named``: the OS's reason, and the file
+    it is about only when that is another one (``str(exc)`` would name the path a second time)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None or Path(exc.filename) == named:
+        return reason
+    return f"{reason}: {exc.filename}"
+
+
 def _io_cause(exc: BaseException) -> BaseException | None:
     """The disk or database error behind ``exc`` (a task group wraps it), or None."""
     if isinstance(exc, OSError | sqlite3.Error):
@@ -221,7 +230,8 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
     except AlreadyRunning as exc:
         raise RunRefused(str(exc), EXIT_ALREADY_RUNNING) from None
     except OSError as exc:
-        raise RunRefused(f"{out_dir}: cannot use the output folder: {exc}", EXIT_FATAL) from None
+        raise RunRefused(f"{out_dir}: cannot use the output folder: {os_reason(exc, out_dir)}",
+                         EXIT_FATAL) from None
     try:
         state = JobState.open(out_dir)
     except StateError as exc:
