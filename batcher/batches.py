@@ -258,7 +258,8 @@ class BatchRun:
                     tg.start_soon(self._group, prepared, builder)
             finally:
                 results_send.close()
-        self.sink.export(max_rows=self.job.run.part_rows)
+        with anyio.CancelScope(shield=True):  # off the event loop (issue 13); never half written
+            await anyio.to_thread.run_sync(lambda: self.sink.export(max_rows=self.job.run.part_rows))
 
     @property
     def pipeline_retry_errors(self) -> bool:
@@ -398,7 +399,8 @@ class BatchRun:
             self.budget.budget.settle(float(memo.get("held_usd", 0.0)), spent)
         self.state.update_batch(batch_id, status=COLLECTED)
         self.collected_batches += 1
-        self.sink.export(max_rows=self.job.run.part_rows)
+        with anyio.CancelScope(shield=True):  # off the event loop (issue 13); never half written
+            await anyio.to_thread.run_sync(lambda: self.sink.export(max_rows=self.job.run.part_rows))
 
     def _record_line(self, line: dict[str, Any], memos: dict[str, Any]) -> float:
         """Record one result line; returns its cost (0 when it was recorded by an earlier run)."""

@@ -8,6 +8,8 @@ parameters, max_tokens, batch capability, image caps) are in :func:`check_agains
 
 from __future__ import annotations
 
+import json
+import string
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +25,10 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    # An unknown key is a typo until proven otherwise: refuse it, naming it.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An unknown key is a typo until proven otherwise: refuse it, naming it. Strict types: a quoted
+    # "8" or "no" is a mistake in the file, not a number or a boolean (an integer is still taken
+    # where a float is expected, as TOML writers do).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class InputConfig(_Section):
@@ -77,6 +81,14 @@ class RunConfig(_Section):
     #: mode "batch": requests and bytes per batch, at most the API's limits
     batch_max_requests: int = Field(default=facts.BATCH_MAX_REQUESTS, gt=0, le=facts.BATCH_MAX_REQUESTS)
     batch_max_bytes: int = Field(default=facts.BATCH_DEFAULT_BYTES, ge=1024 * 1024, le=facts.BATCH_MAX_BYTES)
+
+    @field_validator("output")
+    @classmethod
+    def _only_job_placeholder(cls, output: str) -> str:
+        problem = output_placeholder_problem(output)
+        if problem is not None:
+            raise ValueError(problem)
+        return output
 
 
 class ImagesConfig(_Section):
@@ -146,6 +158,26 @@ class JobConfig(_Section):
         return (self.base_dir / self.run.output.format(job=self.name)).resolve()
 
 
+#: The one placeholder ``run.output`` may hold.
+OUTPUT_PLACEHOLDERS = ("job",)
+
+
+def output_placeholder_problem(template: str) -> str | None:
+    """Why ``template`` cannot be formatted with just ``{job}``, or None if it can."""
+    hint = "only {job} (the job file's name) is replaced; write {{ and }} for literal braces"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:  # a lone { or }
+        return f"a single {{ or }} outside a placeholder; {hint}"
+    for _literal, name, spec, conv in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        if name not in OUTPUT_PLACEHOLDERS or spec or conv:
+            return f"unknown placeholder {shown}; {hint}"
+    return None
+
+
 def _key_of(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
 
@@ -158,7 +190,32 @@ def _first_error(exc: ValidationError) -> str:
     if err["type"] == "missing":
         return f"{key}: missing"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in _TYPE_ERRORS:
+        msg = f"{msg}, not {_toml_value(err['input'])}"
     return f"{key}: {msg}" if key else msg
+
+
+#: pydantic's strict type errors: the message gains what the file holds instead.
+_TYPE_ERRORS = frozenset({"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type",
+                          "model_type"})
+
+
+def _toml_value(value: object) -> str:
+    """A value as the job file wrote it, for an error message ("the string \"8\"")."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {json.dumps(shown, ensure_ascii=False)}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
 
 
 def parse_job(data: dict[str, Any], path: Path) -> JobConfig:

@@ -19,11 +19,13 @@ images), so ``concurrency = 500`` on a slow key does not prepare 500 images that
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -275,9 +277,10 @@ class Pipeline:
                 uploaded[len(parts)] = image
                 parts.append(await self._file_part(image, sent[-1], n))
                 continue
-            import base64
-
-            parts.append(ImagePart("base64", base64.b64encode(image.data).decode("ascii"), image.media_type))
+            # Off the event loop: a 5 MB image takes milliseconds to encode, every request in flight
+            # would wait for it (issue 13).
+            parts.append(ImagePart("base64", await anyio.to_thread.run_sync(b64_text, image.data),
+                                   image.media_type))
         return Prepared(row, parts, sent, warnings, uploaded)
 
     async def _prepare_image(self, source: str, images_in_request: int) -> Any:
@@ -353,7 +356,8 @@ class Pipeline:
         where = f"image {index} ({row.images[index - 1]})" if index else "image"
         return Result(id=row.id, status="error", model=self.profile.id,
                       error_type=getattr(exc, "error_type", "image_error"),
-                      error_message=f"{where}: {exc}", fields=dict(row.fields),
+                      error_message=f"{where}: {_named_once(str(exc), row.images, index)}",
+                      fields=dict(row.fields),
                       images=[ImageSent(source=s) for s in row.images])
 
     async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Outcome]) -> None:
@@ -476,26 +480,83 @@ class Pipeline:
         )
 
     async def _write(self, outcomes: ObjectReceiveStream[Outcome]) -> None:
+        """Record every outcome, and export parts, without the event loop ever waiting on disk.
+
+        Outcomes are recorded in a worker thread, a few at a time (the state serialises its
+        connection; each record is durable when it returns), and only then count as done. Parts
+        are written by one background export at a time (the sink takes a lock too) while rows go
+        on being recorded; the last export runs to its end even when the run is cancelled.
+        """
         every_rows, every_s = self.job.run.part_rows, 30.0
         pending, last_export = 0, time.monotonic()
-        async with outcomes:
-            async for outcome in outcomes:
-                if isinstance(outcome, Transient):
-                    self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
-                                                outcome.attempts)
-                    self.counters.left_for_next_run += 1
-                    continue
-                self.state.record(outcome)
-                self.counters.add(outcome)
-                if self.on_result is not None:
-                    self.on_result(outcome)
-                pending += 1
-                if pending >= every_rows or time.monotonic() - last_export > every_s:
-                    self.sink.export(max_rows=every_rows)
+        export_done: anyio.Event | None = None
+        async with anyio.create_task_group() as exports, outcomes:
+            while batch := await _next_outcomes(outcomes, WRITE_BATCH):
+                # Not abandoned on cancel: a thread's records finish, so the counters agree.
+                await anyio.to_thread.run_sync(self._record_all, batch)
+                for outcome in batch:
+                    if isinstance(outcome, Transient):
+                        self.counters.left_for_next_run += 1
+                        continue
+                    self.counters.add(outcome)
+                    if self.on_result is not None:
+                        self.on_result(outcome)
+                    pending += 1
+                due = pending >= every_rows or time.monotonic() - last_export > every_s
+                if due and (export_done is None or export_done.is_set()):
+                    export_done = anyio.Event()
+                    exports.start_soon(self._export, every_rows, export_done)
                     pending, last_export = 0, time.monotonic()
         # state.record is durable on return; the last part is written even when cancelled.
         with anyio.CancelScope(shield=True):
-            self.sink.export(max_rows=every_rows)
+            await anyio.to_thread.run_sync(partial(self.sink.export, max_rows=every_rows))
+
+    def _record_all(self, batch: list[Outcome]) -> None:
+        """In a worker thread: each outcome durable in the state, in order."""
+        for outcome in batch:
+            if isinstance(outcome, Transient):
+                self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
+                                            outcome.attempts)
+            else:
+                self.state.record(outcome)
+
+    async def _export(self, max_rows: int, done: anyio.Event) -> None:
+        try:
+            with anyio.CancelScope(shield=True):  # a part is never left half written
+                await anyio.to_thread.run_sync(partial(self.sink.export, max_rows=max_rows))
+        finally:
+            done.set()
+
+
+#: Outcomes recorded per trip to the writer thread: enough to amortise the hop, few enough that
+#: the counters and the progress line stay current.
+WRITE_BATCH = 64
+
+
+async def _next_outcomes(outcomes: ObjectReceiveStream[Outcome], limit: int) -> list[Outcome]:
+    """The next outcome and whatever else is already waiting (at most ``limit``); [] at the end."""
+    try:
+        batch = [await outcomes.receive()]
+    except anyio.EndOfStream:
+        return []
+    while len(batch) < limit:
+        try:
+            batch.append(outcomes.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return batch
+
+
+#: Bytes base64-encoded per call (a multiple of 3, so the pieces join into one encoding): each call
+#: holds the GIL for well under a millisecond, so the event loop's thread is never kept waiting.
+B64_CHUNK = 3 * 64 * 1024
+
+
+def b64_text(data: bytes) -> str:
+    """``base64.b64encode(data)`` as text, in pieces (see :data:`B64_CHUNK`); run it in a thread."""
+    view = memoryview(data)
+    return b"".join(base64.b64encode(view[i:i + B64_CHUNK])
+                    for i in range(0, len(view), B64_CHUNK)).decode("ascii")
 
 
 def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int:
@@ -505,6 +566,17 @@ def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int
     if not latency_known:
         return min(in_flight_limit, 2 * preparers + 1)
     return 2 * in_flight_limit + 1
+
+
+def _named_once(message: str, images: list[str], index: int | None) -> str:
+    """An image error's message without the path it begins with, when the row's message names
+    the image already (``image 1 (path): ...``)."""
+    from batcher.images.errors import without_label
+
+    if not index:
+        return message
+    source = images[index - 1]
+    return without_label(message, source, str(Path(source)))
 
 
 def _is_url(source: str | Path) -> bool:

@@ -572,15 +572,23 @@ class Limiter:
         return describe(self.snapshot())
 
 
+#: A per-minute limit at or above this is shown as no limit at all: no key has a billion requests or
+#: tokens a minute, and that is what the simulator (and some gateways) report for "unlimited".
+SHOWN_UNLIMITED_AT: Final = 1_000_000_000
+
+
 def describe(snapshot: Mapping[str, Any]) -> str:
-    """One short line: the limits and where they come from, what the API says is left, in flight."""
+    """One short line: the limits and where they come from, what the API says is left, in flight.
+    An unlimited kind is left out, as one with no limit is."""
     limits = snapshot.get("limits") or {}
     left = snapshot.get("api_remaining") or {}
     per_minute = {"requests": "rpm", "input-tokens": "itpm", "output-tokens": "otpm"}
     units = {"requests": "req", "input-tokens": "in", "output-tokens": "out"}
-    shown = [f"{_short(limits[k])} {per_minute[k]}" for k in KINDS if limits.get(k)]
+    limited = [k for k in KINDS if limits.get(k) and limits[k] < SHOWN_UNLIMITED_AT]
+    shown = [f"{short_number(limits[k])} {per_minute[k]}" for k in limited]
     parts = [f"{', '.join(shown) if shown else 'no limits'} ({snapshot.get('source', '?')})"]
-    remaining = [f"{_short(left[k])} {units[k]}" for k in KINDS if left.get(k) is not None]
+    remaining = [f"{short_number(left[k])} {units[k]}" for k in KINDS
+                 if left.get(k) is not None and left[k] < SHOWN_UNLIMITED_AT]
     if remaining:
         parts.append("API left " + ", ".join(remaining))
     parts.append(f"in flight {snapshot.get('in_flight', 0)}/{snapshot.get('in_flight_limit', '?')}")
@@ -589,12 +597,18 @@ def describe(snapshot: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _short(value: float) -> str:
-    if value >= 1_000_000:
-        return f"{value / 1_000_000:.3g}M"
-    if value >= 10_000:
-        return f"{value / 1000:.3g}k"
-    return f"{value:g}"
+def short_number(value: float) -> str:
+    """``8000``, ``30k``, ``1.5M``, ``2G``: three significant digits, the unit chosen after rounding
+    (999,999 is ``1M``, never ``1e+03k``)."""
+    if value < 10_000:
+        return f"{value:g}"
+    scaled = float(value)
+    for unit in "kMGTP":
+        scaled /= 1000
+        text = f"{scaled:.3g}"
+        if float(text) < 1000:
+            return text + unit
+    return f"{value:.3g}"
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 import anyio
 
@@ -78,6 +78,15 @@ def run(request: RunRequest) -> int:
         return EXIT_FATAL
 
 
+def os_reason(exc: OSError, named: Path) -> str:
+    """What went wrong, for a message that already names ``named``: the OS's reason, and the file
+    it is about only when that is another one (``str(exc)`` would name the path a second time)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None or Path(exc.filename) == named:
+        return reason
+    return f"{reason}: {exc.filename}"
+
+
 def _io_cause(exc: BaseException) -> BaseException | None:
     """The disk or database error behind ``exc`` (a task group wraps it), or None."""
     if isinstance(exc, OSError | sqlite3.Error):
@@ -127,6 +136,13 @@ async def _profile_for(client: Client, job: JobConfig, registry: ModelRegistry, 
         return probe.from_meta(cached, registry)
     try:
         profile, matched = await probe.probe_model(client, model_id, info, registry)
+    except errors.APIStatusError as exc:
+        if model_check_verdict(exc.status, exc.api_shaped, exc.error_type) == "unknown_model":
+            # Reached only without the Models API (a gateway): count_tokens gives the API's word.
+            raise RunRefused(f"{job.path}: request.model: the API does not know {model_id!r} "
+                             "(unknown or retired)", EXIT_CONFIG) from None
+        raise RunRefused(f"{job.path}: request.model: {model_id} is not in batcher's model table "
+                         f"and probing it failed: {exc}", EXIT_FATAL) from None
     except errors.APIError as exc:
         raise RunRefused(f"{job.path}: request.model: {model_id} is not in batcher's model table "
                          f"and probing it failed: {exc}", EXIT_FATAL) from None
@@ -151,13 +167,43 @@ def _open_manifest(job: JobConfig):  # type: ignore[no-untyped-def]
     return manifest
 
 
-async def _model_info(client: Client, job: JobConfig) -> dict:  # type: ignore[type-arg]
-    """``GET /v1/models/{id}`` once: the API's word on whether the model exists today."""
+#: Statuses a gateway or proxy answers for a route it does not have.
+NO_ROUTE_STATUSES = frozenset({404, 405, 501})
+
+ModelCheck = Literal["unknown_model", "no_models_route", "error"]
+
+
+def model_check_verdict(status: int, api_shaped: bool, error_type: str) -> ModelCheck:
+    """What an error from ``GET /v1/models/{id}`` means. Only the API's own ``not_found_error``
+    says the model is unknown or retired; a 404/405/501 in any other shape is a gateway (a proxy,
+    Bedrock- or Vertex-style endpoints) without the Models API, which says nothing of the model."""
+    if api_shaped and error_type == "not_found_error":
+        return "unknown_model"
+    if not api_shaped and status in NO_ROUTE_STATUSES:
+        return "no_models_route"
+    return "error"
+
+
+async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None,
+                      err: TextIO) -> dict:  # type: ignore[type-arg]
+    """``GET /v1/models/{id}`` once: the API's word on whether the model exists today ({} when
+    the endpoint has no Models API: then the table's profile, or a probe, stands alone)."""
+    model = job.request.model
     try:
-        return await client.get_model(job.request.model)
-    except errors.NotFoundError:
-        raise RunRefused(f"{job.path}: request.model: the API does not know {job.request.model!r} "
-                         "(unknown or retired)", EXIT_CONFIG) from None
+        return await client.get_model(model)
+    except errors.APIStatusError as exc:
+        verdict = model_check_verdict(exc.status, exc.api_shaped, exc.error_type)
+        if verdict == "unknown_model":
+            raise RunRefused(f"{job.path}: request.model: the API does not know {model!r} "
+                             "(unknown or retired)", EXIT_CONFIG) from None
+        if verdict == "error":
+            raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
+        going_on = (f"going on with configs/models.toml's profile of {known.id}" if known is not None
+                    else f"{model} is not in configs/models.toml either: probing it through count_tokens")
+        print(f"batcher: warning: GET /v1/models/{model} answered HTTP {exc.status} without the API's "
+              f"error shape (a gateway without the Models API?); the model is not checked with the "
+              f"API, {going_on}", file=err)
+        return {}
     except errors.APIError as exc:
         raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
 
@@ -201,7 +247,7 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
     async with Client(key, base_url, max_connections=job.run.concurrency,
                       timeout_s=job.run.request_timeout_s) as client:
         # The API's word on the model before anything is written: a refused job leaves no trace.
-        info = await _model_info(client, job)
+        info = await _model_info(client, job, known, request.err)
         _check_model_online(job, info)
         return await _run_with_client(request, job, registry, known, manifest, client, info)
 
@@ -221,7 +267,8 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
     except AlreadyRunning as exc:
         raise RunRefused(str(exc), EXIT_ALREADY_RUNNING) from None
     except OSError as exc:
-        raise RunRefused(f"{out_dir}: cannot use the output folder: {exc}", EXIT_FATAL) from None
+        raise RunRefused(f"{out_dir}: cannot use the output folder: {os_reason(exc, out_dir)}",
+                         EXIT_FATAL) from None
     try:
         state = JobState.open(out_dir)
     except StateError as exc:

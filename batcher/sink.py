@@ -36,12 +36,14 @@ pyarrow is imported lazily: importing this module stays light.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from batcher.records import Result
 from batcher.state import JobState, PartRecord
@@ -190,6 +192,20 @@ def result_schema(fields: Mapping[str, str] | None = None) -> pa.Schema:
 
 # --- the sink -----------------------------------------------------------------------------------
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _exclusive(method: Callable[Concatenate[Sink, _P], _R]) -> Callable[Concatenate[Sink, _P], _R]:
+    """One writer at a time: exports run in worker threads (off the event loop), and two at once
+    would write the same rows into two parts."""
+    @functools.wraps(method)
+    def locked(self: Sink, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 
 @dataclass(slots=True)
 class RecoverReport:
@@ -222,6 +238,7 @@ class Sink:
         self._names = column_names(self.fields)
         self.schema = result_schema(self.fields)
         self._on_step = on_step
+        self._lock = threading.RLock()
 
     def _fix_fields(self, fields: dict[str, str] | None) -> dict[str, str]:
         stored = self.state.get_meta(FIELDS_META_KEY)
@@ -247,6 +264,7 @@ class Sink:
 
     # -- export --
 
+    @_exclusive
     def export(self, max_rows: int = DEFAULT_PART_ROWS) -> int:
         """Write every finished, unexported result to new parts of at most ``max_rows``.
 
@@ -363,6 +381,7 @@ class Sink:
 
     # -- merging small parts --
 
+    @_exclusive
     def compact(self, target_rows: int = DEFAULT_PART_ROWS) -> int:
         """Merge runs of small parts (frequent exports leave many) into parts of ~``target_rows``.
 
@@ -410,6 +429,7 @@ class Sink:
 
     # -- crash recovery --
 
+    @_exclusive
     def recover(self) -> RecoverReport:
         """Settle whatever a crash left in ``results/``; run once at start-up, before exporting."""
         report = RecoverReport()

@@ -65,6 +65,9 @@ class APIStatusError(APIError):
         self.headers = dict(headers)
         self.error_code = error_code
         self.retryable = facts.should_retry(status, headers.get("x-should-retry"), error_code)
+        #: the body was the API's own error envelope (not a proxy's or gateway's page): see
+        #: :func:`is_api_error_body`; set by :func:`from_response`
+        self.api_shaped = True
 
     @property
     def retry_after(self) -> float | None:
@@ -137,6 +140,15 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
 
 
+def is_api_error_body(body: Any) -> bool:
+    """The API's own error envelope, ``{"type": "error", "error": {"type": T, "message": M}}``: a
+    404 in that shape is the API's word; one in any other shape comes from whatever stands in
+    front of it (a gateway or proxy without the route)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return (isinstance(error, dict) and body.get("type") == "error"
+            and isinstance(error.get("type"), str) and isinstance(error.get("message"), str))
+
+
 def from_response(status: int, body: Any, headers: Mapping[str, str]) -> APIStatusError:
     """The typed error for an error answer; tolerant of bodies not in the usual shape (413)."""
     error = body.get("error") if isinstance(body, dict) else None
@@ -149,4 +161,6 @@ def from_response(status: int, body: Any, headers: Mapping[str, str]) -> APIStat
     cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIStatusError)
     if code == facts.SPEND_LIMIT_CODE:
         cls = SpendLimitError
-    return cls(status, error_type, message, request_id=request_id, headers=headers, error_code=code)
+    exc = cls(status, error_type, message, request_id=request_id, headers=headers, error_code=code)
+    exc.api_shaped = is_api_error_body(body)
+    return exc

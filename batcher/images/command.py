@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from batcher.images.errors import ImageConfigError, ImageError, ImageIOError
+from batcher.images.errors import ImageConfigError, ImageError, ImageIOError, without_label
 from batcher.images.pool import ImagePool
 from batcher.images.prepare import PreparedImage
 from batcher.images.sizing import ImageOptions, check_options, job_image_options
@@ -159,7 +159,7 @@ def error_row(path: Path, exc: ImageError) -> dict[str, Any]:
 
 def human_line(row: dict[str, Any]) -> str:
     if not row["ok"]:
-        return f"FAIL {row['path']}: {row['error_type']}: {row['error']}"
+        return f"FAIL {row['path']}: {row['error_type']}: {without_label(row['error'], row['path'])}"
     notes = f"  [{', '.join(row['warnings'])}]" if row["warnings"] else ""
     kept = " as is" if row["passthrough"] else ""
     return (f"ok   {row['path']}: {row['source_width']}x{row['source_height']} {row['source_format']} -> "

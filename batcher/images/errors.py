@@ -108,3 +108,17 @@ def error_from_type(error_type: str, message: str) -> ImageError:
     if cls is None:
         return DecodeError(f"{message} (unknown error type {error_type!r})")
     return cls(message)
+
+
+def without_label(message: str, *labels: str) -> str:
+    """``message`` without the leading ``label: `` that every image error begins with (the file it
+    is about, or ``<bytes>`` for downloaded data), for a caller that names the image itself:
+    otherwise the path is said twice (issue 13)."""
+    for label in (*labels, BYTES_LABEL):
+        if message.startswith(f"{label}: "):
+            return message[len(label) + 2:]
+    return message
+
+
+#: The label of an image prepared from bytes rather than a file (``decode.read_source``).
+BYTES_LABEL = "<bytes>"

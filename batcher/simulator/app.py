@@ -133,6 +133,7 @@ def create_app(sim: Simulator | None = None) -> ASGIApp:
         ("/v1/files", ["GET"], files.list_files),
         ("/v1/files/{file_id}", ["GET"], files.get_file),
         ("/v1/files/{file_id}", ["DELETE"], files.delete_file),
+        ("/v1/files/{file_id}/content", ["GET"], files.download_file),
         ("/v1/messages/batches", ["POST"], batches.create),
         ("/v1/messages/batches", ["GET"], batches.list_batches),
         ("/v1/messages/batches/{batch_id}", ["GET"], batches.retrieve),

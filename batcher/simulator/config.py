@@ -81,6 +81,10 @@ class SimConfig:
     latency: Latency = field(default_factory=Latency)
     faults: Faults = field(default_factory=Faults)
     batches: BatchClock = field(default_factory=BatchClock)
+    #: None: the Models API is served. 404, 405 or 501: play a gateway in front of the API that has
+    #: no Models API route (a proxy, Bedrock- or Vertex-style endpoints): ``GET /v1/models...``
+    #: answers that status with the gateway's own body, not the API's error shape.
+    models_route_missing: int | None = None
 
     def current_date(self) -> dt.date:
         return self.today or dt.datetime.now(dt.UTC).date()

@@ -3,9 +3,13 @@
 Shapes follow the OpenAPI document's beta routes (``BetaFileMetadataSchema`` and friends) plus the
 ``expires_at`` field the current SDK reads. Rules the simulator enforces, as the API does:
 
-- Every route needs ``anthropic-beta: files-api-2025-04-14`` (a 400 without it) and passes the
-  Files API's own rate budget (``Buckets.admit_files``) first. On Bedrock and Vertex the Files API
-  does not exist: every route is a 404 there.
+- Every route passes the Files API's own rate budget (``Buckets.admit_files``) first, with or
+  without ``anthropic-beta: files-api-2025-04-14``: the routes are beta in the OpenAPI document, but
+  the API takes them without the header, which the current SDK (anthropic 2.16, the stable
+  ``client.files``) no longer sends. On Bedrock and Vertex the Files API does not exist: every
+  route is a 404 there.
+- ``GET /v1/files/{id}/content``: uploaded files are not downloadable (``downloadable: false``;
+  only files a tool made are), a 400 with ``details.error_code = "file_not_downloadable"``.
 - An upload is one multipart part named ``file``, at most ``facts.FILE_MAX_BYTES`` (413 beyond),
   with an optional ``expires_in_seconds`` form field within
   ``facts.FILES_EXPIRES_MIN_S..FILES_EXPIRES_MAX_S``. ``mime_type`` comes from the bytes when they
@@ -289,16 +293,15 @@ def clean_filename(raw: str | None, mime_type: str) -> str:
 
 
 def _enter(request: Request, sim: Simulator) -> None:
-    """What every Files route checks first: the platform has it, the budget, the beta header."""
+    """What every Files route checks first: the platform has it, the budget, and any
+    ``anthropic-beta`` values are known ones (the Files beta itself is optional)."""
     from batcher.simulator.messages import betas_of
 
     if sim.config.platform != "anthropic":
         raise not_found(f"{request.method} {request.url.path}: the Files API is not available on "
                         f"{sim.config.platform}")
     sim.buckets.admit_files()
-    if facts.FILES_BETA not in betas_of(request):
-        raise invalid("anthropic-beta", f"the Files API is in beta: send the `anthropic-beta: "
-                                        f"{facts.FILES_BETA}` header")
+    betas_of(request)
 
 
 def _too_large() -> ApiError:
@@ -425,3 +428,12 @@ async def delete_file(request: Request, sim: Simulator) -> Response:
     stored = _live_or_404(request, sim)
     sim.files.delete(stored.id)
     return JSON({"id": stored.id, "type": "file_deleted"})
+
+
+async def download_file(request: Request, sim: Simulator) -> Response:
+    """GET /v1/files/{file_id}/content: every file here was uploaded, and uploads are not
+    downloadable (only files a tool made are), as the API answers."""
+    _enter(request, sim)
+    stored = _live_or_404(request, sim)
+    raise ApiError(400, f"File {stored.id} is not downloadable: only files created by a tool can be "
+                        "downloaded", details={"error_code": "file_not_downloadable"})

@@ -5,6 +5,10 @@ registry's order (``configs/models.toml`` lists the newest first), paged as the 
 ``limit`` (1..1000, default 20), ``after_id`` / ``before_id`` cursors, and ``first_id``,
 ``last_id``, ``has_more`` in the answer. Any of a model's names (id, dated id, alias) finds it;
 an unknown or retired one is a 404 ``not_found_error``.
+
+With ``SimConfig.models_route_missing`` set, both routes play a gateway that lacks them: that
+status, with a body a gateway would send (JSON of another shape, plain text, HTML), never the API's
+``{"type": "error", ...}``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import datetime as dt
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from batcher import facts
 from batcher.models import ModelProfile
@@ -97,10 +101,28 @@ def _cursor(ids: list[str], cursor: str, name: str) -> int:
         raise invalid(name, f"no model with id {cursor!r} in this list") from None
 
 
+#: What gateways answer for a route they do not have (Kong's JSON, a bare 405, an HTML page).
+_GATEWAY_BODIES: dict[int, tuple[str, str]] = {
+    404: ('{"message":"no Route matched with those values"}', "application/json"),
+    405: ("Method Not Allowed", "text/plain"),
+    501: ("<html><body><h1>501 Not Implemented</h1></body></html>", "text/html"),
+}
+
+
+def _gateway_without_route(sim: Simulator) -> Response | None:
+    status = sim.config.models_route_missing
+    if status is None:
+        return None
+    body, media_type = _GATEWAY_BODIES.get(status, ("Not Found", "text/plain"))
+    return PlainTextResponse(body, status_code=status, media_type=media_type)
+
+
 async def list_models(request: Request, sim: Simulator) -> Response:
     """GET /v1/models."""
     from batcher.simulator.app import JSON
 
+    if (missing := _gateway_without_route(sim)) is not None:
+        return missing
     query = request.query_params
     limit = parse_limit(query.get("limit"))
     return JSON(page(_live(sim), limit, query.get("after_id"), query.get("before_id")))
@@ -110,6 +132,8 @@ async def get_model(request: Request, sim: Simulator) -> Response:
     """GET /v1/models/{model_id}: any of the model's names; 404 when unknown or retired."""
     from batcher.simulator.app import JSON
 
+    if (missing := _gateway_without_route(sim)) is not None:
+        return missing
     model_id = request.path_params["model_id"]
     profile = sim.registry.get(model_id)
     if profile is None or profile.is_retired(sim.config.current_date()):

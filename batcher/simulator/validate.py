@@ -677,10 +677,8 @@ class _Walk:
         return ImageIn(path, url_path, "url", media_type, width, height, 0, None)
 
     def _file_source(self, source: dict[str, Any], path: str, where: str) -> ImageIn:
+        # With or without `anthropic-beta: files-api-...`: the current SDK sends none (issue 13).
         _no_extra(source, frozenset({"type", "file_id"}), where)
-        if facts.FILES_BETA not in self.betas:
-            raise invalid(_at(where, "type"), "file image sources need the `anthropic-beta: "
-                                              f"{facts.FILES_BETA}` header")
         id_path = _at(where, "file_id")
         file_id = _str(_need(source, "file_id", where), id_path)
         stored = self.sim.files.image_bytes(file_id)

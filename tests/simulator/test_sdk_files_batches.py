@@ -76,8 +76,6 @@ def test_files_pages_auto_paginate(client: anthropic.Anthropic) -> None:
 
 
 def test_files_errors_map_to_sdk_exceptions(client: anthropic.Anthropic) -> None:
-    with pytest.raises(anthropic.BadRequestError, match=facts.FILES_BETA):
-        client.beta.files.list()  # no beta header
     with pytest.raises(anthropic.BadRequestError, match="expires_in_seconds"):
         client.beta.files.upload(file=("a.png", image_bytes(), "image/png"), betas=BETAS,
                                  expires_in_seconds=60)
