@@ -3,7 +3,11 @@ download may reach, and downloads with a total deadline, a size cap and few redi
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -19,6 +23,7 @@ from batcher.images.errors import (
 )
 from batcher.manifest import resolve_image
 from tests.image_server import jpeg_bytes, serve_images
+from tests.test_run_e2e import batcher, good_rows, results_by_id, write_job
 
 LOOPBACK_OK = DownloadLimits(allow_private=True)
 
@@ -96,10 +101,10 @@ async def test_a_url_in_any_case_is_downloaded() -> None:
 @pytest.mark.anyio
 async def test_loopback_is_refused_by_default_before_connecting() -> None:
     with serve_images() as server:
-        with pytest.raises(BlockedAddress, match="127.0.0.1 is a loopback address.*allow_private_urls"):
+        with pytest.raises(BlockedAddress, match=r"127.0.0.1 is a loopback address.*allow_private_urls"):
             await _fetch(server.url + "/img.jpg", DownloadLimits())
         port = server.url.rsplit(":", 1)[1]
-        with pytest.raises(BlockedAddress, match="localhost resolves to .*, a loopback address"):
+        with pytest.raises(BlockedAddress, match=r"localhost resolves to .*, a loopback address"):
             await _fetch(f"http://localhost:{port}/img.jpg", DownloadLimits())
         assert server.hits == []  # refused before a connection was made
 
@@ -114,7 +119,7 @@ async def test_a_redirect_is_checked_where_it_connects() -> None:
     with serve_images() as server:
         port = server.url.rsplit(":", 1)[1]
         url = f"{server.url}/redirect?to=http://127.0.0.2:{port}/img.jpg"
-        with pytest.raises(BlockedAddress, match=f"redirect 1 to http://127.0.0.2:{port}: 127.0.0.2 is "):
+        with pytest.raises(BlockedAddress, match=rf"redirect 1 to http://127.0.0.2:{port}: 127.0.0.2 is "):
             await _fetch(url, DownloadLimits(), check=check)
         # and a redirect to an allowed address is followed
         ok = f"{server.url}/redirect?to={server.url}/img.jpg"
@@ -124,7 +129,7 @@ async def test_a_redirect_is_checked_where_it_connects() -> None:
 @pytest.mark.anyio
 async def test_a_redirect_to_another_scheme_is_refused_by_name() -> None:
     with serve_images() as server:
-        with pytest.raises(UnsupportedScheme, match="redirect 1 to ftp://files.example: .*'ftp'"):
+        with pytest.raises(UnsupportedScheme, match=r"redirect 1 to ftp://files.example: .*'ftp'"):
             await _fetch(f"{server.url}/redirect?to=ftp://files.example/a.jpg")
         with pytest.raises(UnsupportedScheme, match="'file'"):
             await _fetch(f"{server.url}/redirect?to=file:///etc/passwd")
@@ -154,7 +159,7 @@ async def test_a_slow_drip_is_cut_at_the_total_deadline() -> None:
     # One byte every 2 s never trips a per-read timeout: only a deadline on the whole download ends it.
     with serve_images() as server:
         started = time.monotonic()
-        with pytest.raises(DownloadTimeout, match="not downloaded within 1.5 s"):
+        with pytest.raises(DownloadTimeout, match=r"not downloaded within 1.5 s"):
             await _fetch(server.url + "/drip", DownloadLimits(timeout_s=1.5, allow_private=True))
         assert time.monotonic() - started < 5
 
@@ -187,3 +192,67 @@ async def test_a_cancelled_download_returns_at_once() -> None:
             started = time.monotonic()
             tg.cancel_scope.cancel()
         assert time.monotonic() - started < 1
+
+
+# --- end to end: `batcher run` and `batcher estimate` ------------------------------------------------
+
+
+def _with_images(job: Path, settings: str) -> Path:
+    with job.open("a") as fh:
+        fh.write(f"\n[images]\n{settings}\n")
+    return job
+
+
+def test_run_downloads_by_the_policy(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
+    # Before: "HTTP://" was read as a local path, and file:// or ftp:// gave not_found on a mangled path.
+    local = (tmp_path / "local.jpg").resolve()
+    local.write_bytes(jpeg_bytes())
+    with serve_images() as server:
+        up = server.url.replace("http://", "HTTP://")
+        rows = [
+            {"id": "upper", "image": f"{up}/img.jpg", "kind": "photo"},
+            {"id": "file", "image": f"file://{local}", "kind": "photo"},
+            {"id": "ftp", "image": "ftp://files.example/a.jpg", "kind": "photo"},
+            {"id": "to-ftp", "image": f"{server.url}/redirect?to=ftp://files.example/a.jpg", "kind": "photo"},
+            {"id": "slow", "image": f"{server.url}/drip", "kind": "photo"},
+            {"id": "big", "image": f"{server.url}/stream-big", "kind": "photo"},
+        ]
+        job = _with_images(write_job(tmp_path, rows), "allow_private_urls = true\n"
+                           "download_timeout_s = 1.5\ndownload_max_bytes = 1048576")
+        done = batcher(job, simulator)
+        assert done.returncode == 3, done.stderr
+        got = results_by_id(tmp_path / "out")
+        assert got["upper"]["status"] == "ok"
+        assert {k: got[k]["error_type"] for k in ("file", "ftp", "to-ftp", "slow", "big")} == {
+            "file": "unsupported_scheme", "ftp": "unsupported_scheme", "to-ftp": "unsupported_scheme",
+            "slow": "download_timeout", "big": "too_large"}
+        assert "'file'" in got["file"]["error_message"] and "'ftp'" in got["ftp"]["error_message"]
+        assert "redirect 1 to ftp://files.example" in got["to-ftp"]["error_message"]
+        assert str(tmp_path / "file:") not in got["file"]["error_message"]  # not a mangled path
+
+        # The same server without allow_private_urls: refused before connecting.
+        server.hits.clear()
+        other = tmp_path / "private"
+        other.mkdir()
+        job = write_job(other, [{"id": "loop", "image": f"{server.url}/img.jpg", "kind": "photo"}])
+        refused = batcher(job, simulator)
+        assert refused.returncode == 3, refused.stderr
+        row = results_by_id(other / "out")["loop"]
+        assert row["error_type"] == "blocked_address" and "allow_private_urls" in row["error_message"]
+        assert server.hits == []
+
+
+def test_estimate_names_unsupported_schemes(tmp_path: Path) -> None:
+    rows = [
+        *good_rows(tmp_path, 1),
+        {"id": "file", "image": "file:///srv/a.jpg", "kind": "photo"},
+        {"id": "ftp", "image": "FTP://files.example/a.jpg", "kind": "photo"},
+        {"id": "url", "image": "HTTPS://images.example/a.jpg", "kind": "photo"},
+    ]
+    job = write_job(tmp_path, rows)
+    done = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    est = json.loads(done.stdout)
+    assert est["failures"] == {"unsupported_scheme": 2}
+    assert est["images_unsized"] == 1  # the https URL, in capitals, is a URL
