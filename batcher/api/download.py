@@ -114,7 +114,7 @@ class Downloader:
         if check is None:
             check = partial(urls.refused_address, allow_private=limits.allow_private)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=None,
+            ssl_context=httpx.create_ssl_context(), max_connections=None,
             max_keepalive_connections=20, keepalive_expiry=5.0, network_backend=_GuardedBackend(check),
         )
 
