@@ -192,7 +192,11 @@ class _Worker:
 
 
 class ImagePool:
-    """Prepare images in ``workers`` processes (default: one per core); see the module docstring."""
+    """Prepare images in ``workers`` processes (default: one per core); see the module docstring.
+
+    ``work`` is what a worker runs per task (a module-level function, as workers are spawned):
+    :func:`_run_task`, i.e. :func:`~batcher.images.prepare.prepare_file`, unless a test needs a
+    worker that hangs."""
 
     def __init__(self, workers: int | None = None, *, work: WorkFunction = _run_task) -> None:
         self.workers = workers or default_workers()
