@@ -108,6 +108,14 @@ class ImagesConfig(_Section):
     files_rpm: float = Field(default=facts.FILES_RPM, gt=0)
     files_concurrency: int = Field(default=4, gt=0, le=64)
 
+    # Image URLs, when the job sends bytes (transport "base64" or "files"): see README "Image URLs".
+    #: seconds a whole download may take, redirects included
+    download_timeout_s: float = Field(default=60.0, gt=0)
+    #: bytes a download may have
+    download_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    #: download from loopback, private and link-local addresses too (refused by default)
+    allow_private_urls: bool = False
+
 
 class LimitsConfig(_Section):
     budget_usd: float | None = Field(default=None, gt=0)

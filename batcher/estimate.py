@@ -32,6 +32,7 @@ from batcher.images.sizing import ImageOptions, image_tokens, job_image_options,
 from batcher.models import ModelProfile
 from batcher.records import Row
 from batcher.tokens import estimate_body_tokens
+from batcher.urls import is_url as _is_url
 
 #: Rows read between two progress callbacks.
 PROGRESS_EVERY = 1000
@@ -209,10 +210,6 @@ class Estimate:
             else:
                 self.cost_usd_online += extra
                 self.cost_usd_input_online += extra
-
-
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
 
 
 def row_sizes(row: Row, options: ImageOptions) -> list[tuple[int, int] | None]:

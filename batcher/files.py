@@ -43,6 +43,7 @@ from batcher import facts
 from batcher.api import errors
 from batcher.retry import RetryPolicy, retrying
 from batcher.state import FileRecord
+from batcher.urls import scheme_of
 
 #: A recorded file this close to its expiry is uploaded again rather than referred to: a request
 #: that names it may be queued or retried for a while before the API reads it.
@@ -244,7 +245,7 @@ class PrepareMemo:
 
     @staticmethod
     def key(source: str, images_in_request: int) -> SourceKey | None:
-        if source.startswith(("http://", "https://")):
+        if scheme_of(source) is not None:  # a URL (or a refused scheme): not a file to key by
             return None
         try:
             st = os.stat(source)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batcher.records import Row, RowError
+from batcher.urls import scheme_of
 
 Format = Literal["csv", "jsonl", "parquet"]
 #: Sink column types a manifest column can have.
@@ -132,8 +133,9 @@ def parse_images(cell: Any) -> list[str] | RowError:
 
 
 def resolve_image(value: str, base: str | Path) -> str:
-    """An http(s) URL as given; a path resolved against the manifest's folder."""
-    if value[:8].lower().startswith(("http://", "https://")):
+    """A ``scheme://`` source as given (a URL, or a scheme the run refuses by name); a path resolved
+    against the manifest's folder."""
+    if scheme_of(value) is not None:
         return value
     # os.path, not pathlib: this runs once per image of every row.
     if value.startswith("~"):

@@ -42,9 +42,14 @@ from batcher.models import ModelProfile
 from batcher.ratelimit import GaveUp, Limiter, request_cost
 from batcher.records import ImageSent, Result, Row
 from batcher.retry import RetryPolicy, retrying
+from batcher.urls import is_url as _is_url
 
 #: Seconds requests in flight get to come back after a fatal answer before they are dropped.
 FATAL_GRACE_S = 10.0
+
+
+class Stopped(Exception):
+    """An image's download or preparation was cancelled because the run is stopping."""
 
 
 class FatalRunError(Exception):
@@ -131,6 +136,8 @@ class Pipeline:
     uploader: Any = None
 
     _fatal: list[BaseException] = field(default_factory=list)
+    #: cancel scopes of the downloads and image preparations in flight (cancelled by ``stop``)
+    _unsent: set[anyio.CancelScope] = field(default_factory=set)
     #: prepared rows the request stage holds (waiting for the limits or in flight)
     _holding: int = 0
     _hold_changed: anyio.Event | None = None
@@ -188,10 +195,13 @@ class Pipeline:
         return self.counters
 
     def stop(self, reason: str) -> None:
-        """Take no new rows; what is in flight finishes."""
+        """Take no new rows; requests in flight finish. Downloads and image preparation in flight
+        are cancelled (their workers killed): nothing they make would be sent."""
         if self.counters.stop_reason is None:
             self.counters.stop_reason = reason
         self.stopping.set()
+        for scope in list(self._unsent):
+            scope.cancel()
         # Waits for the limits look at ``stopping`` when woken; the request stage's hold too.
         if self.limiter is not None:
             self.limiter.wake()
@@ -238,6 +248,8 @@ class Pipeline:
                     continue  # drain: a stopped run prepares nothing more
                 try:
                     prepared = await self._prepare_row(row)
+                except Stopped:
+                    continue  # the run stopped while its image was prepared: the next run sends it
                 except ImageError as exc:
                     await results.send(self._image_failure(row, exc))
                     continue
@@ -284,10 +296,19 @@ class Pipeline:
         return Prepared(row, parts, sent, warnings, uploaded)
 
     async def _prepare_image(self, source: str, images_in_request: int) -> Any:
-        return await self.pool.prepare(
-            source if not _is_url(source) else await self._download(source),
-            self.profile, self.image_options, images_in_request=images_in_request,
-        )
+        """Download (a URL) and prepare one image in the pool; raises :class:`Stopped` when the run
+        stops meanwhile, at once, whatever the download or the worker was doing."""
+        with anyio.CancelScope() as scope:
+            self._unsent.add(scope)
+            try:
+                if self.stopping.is_set():
+                    scope.cancel()
+                data = await self._download(source) if _is_url(source) else source
+                return await self.pool.prepare(data, self.profile, self.image_options,
+                                               images_in_request=images_in_request)
+            finally:
+                self._unsent.discard(scope)
+        raise Stopped(source)
 
     # --- transport "files" (batcher.files) ------------------------------------------------------
 
@@ -340,16 +361,14 @@ class Pipeline:
         return again
 
     async def _download(self, url: str) -> bytes:
-        from batcher.images.errors import ImageError
+        """URLs are only fetched when the job sends bytes, not URLs; a failure (a ``DownloadError``
+        type from :mod:`batcher.images.errors`) is the row's."""
+        from batcher.api.download import DownloadLimits
 
-        class DownloadError(ImageError):
-            error_type = "download_error"
-
-        # URLs are only fetched when the job sends bytes, not URLs; a failure is the row's.
-        try:
-            return await self.client.fetch(url)
-        except errors.APIError as exc:
-            raise DownloadError(f"cannot download: {exc}") from None
+        imgs = self.job.images
+        return await self.client.fetch(url, DownloadLimits(
+            timeout_s=imgs.download_timeout_s, max_bytes=imgs.download_max_bytes,
+            allow_private=imgs.allow_private_urls))
 
     def _image_failure(self, row: Row, exc: Exception) -> Result:
         index = getattr(exc, "image_index", None)
@@ -577,10 +596,6 @@ def _named_once(message: str, images: list[str], index: int | None) -> str:
         return message
     source = images[index - 1]
     return without_label(message, source, str(Path(source)))
-
-
-def _is_url(source: str | Path) -> bool:
-    return isinstance(source, str) and source.startswith(("http://", "https://"))
 
 
 def eta_s(counters: Counters, remaining: int) -> float | None:

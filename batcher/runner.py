@@ -370,7 +370,9 @@ def _budget_gate(job: JobConfig, profile: ModelProfile, state, *, batch: bool = 
 
 
 async def _watch_signals(pipeline) -> None:  # type: ignore[no-untyped-def]
-    """First SIGINT/SIGTERM: take no new rows, let in-flight requests finish. Second: abandon them."""
+    """First SIGINT/SIGTERM: send nothing more (``Pipeline.stop`` also cancels the downloads and
+    image preparations in flight, killing their workers) and let requests already sent finish.
+    Second: abandon those too."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name

@@ -20,11 +20,51 @@ import orjson
 
 from batcher import facts
 from batcher.api import errors
+from batcher.api.download import Downloader, DownloadLimits
 
 
 class MissingKeyError(errors.APIError):
     fatal = True
     error_type = "no_api_key"
+
+
+class InvalidKeyError(MissingKeyError):
+    """The key holds characters no API key has (a newline, a space, a non-ASCII letter...)."""
+
+    error_type = "invalid_api_key"
+
+
+#: An API key is printable ASCII without whitespace (as HTTP header values must be, without folding).
+_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+_CHAR_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
+
+
+def bad_key_char(key: str) -> tuple[str, int] | None:
+    """The first character of ``key`` that no API key has, as (what it is, its 1-based position):
+    named by kind and code point, never shown. None when every character may be sent."""
+    for position, char in enumerate(key, start=1):
+        if char in _KEY_CHARS:
+            continue
+        if char in _CHAR_NAMES:
+            return _CHAR_NAMES[char], position
+        if char.isspace():
+            kind = "whitespace"
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            kind = "control"
+        else:
+            kind = "non-ASCII"
+        return f"a {kind} character (U+{ord(char):04X})", position
+    return None
+
+
+def check_key(key: str, name: str = "the API key", offset: int = 0) -> None:
+    """Raise :class:`InvalidKeyError` naming what is wrong (never the key) if ``key`` cannot be sent;
+    ``offset`` is added to the position (characters stripped before the key)."""
+    bad = bad_key_char(key)
+    if bad is not None:
+        what, position = bad
+        raise InvalidKeyError(f"{name} contains {what} (character {position + offset}); an API key is "
+                              "printable ASCII without spaces or line breaks: check how it was set")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +79,14 @@ class APIResponse:
 def settings_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     """(api key, base URL) as the official SDK reads them: ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL."""
     env = os.environ if env is None else env
-    key = env.get("ANTHROPIC_API_KEY", "").strip()
+    raw = env.get("ANTHROPIC_API_KEY", "")
+    key = raw.strip()
     if not key:
         raise MissingKeyError(
             "no API key: set ANTHROPIC_API_KEY (or run `batcher demo` to try the simulator)"
         )
+    # Positions count in the variable as set, whitespace stripped at its start included.
+    check_key(key, "ANTHROPIC_API_KEY", offset=len(raw) - len(raw.lstrip()))
     return key, env.get("ANTHROPIC_BASE_URL", "").strip() or facts.DEFAULT_BASE_URL
 
 
@@ -61,6 +104,8 @@ class Client:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not api_key:
             raise MissingKeyError("no API key")
+        # Before any header is built: httpx would echo a bad key in its error, or fail on non-ASCII.
+        check_key(api_key)
         # The pool is split into shards of at most SHARD_CONNECTIONS: httpcore's pool does work
         # in proportion to its connections on every request (encode/httpcore#1035,
         # pydantic/httpx2#974), which at 64 connections cost more than the request itself.
@@ -70,7 +115,7 @@ class Client:
         self._pools = [self._pool(api_key, base_url, per_shard, timeout_s, connect_timeout_s, transport)
                        for _ in range(shards)]
         self._busy = [0] * shards
-        self._fetcher: httpx.AsyncClient | None = None
+        self._downloaders: dict[DownloadLimits, Downloader] = {}
 
     @staticmethod
     def _pool(api_key: str, base_url: str, connections: int, timeout_s: float,
@@ -97,31 +142,20 @@ class Client:
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.aclose()
-        if self._fetcher is not None:
-            await self._fetcher.aclose()
+        for downloader in self._downloaders.values():
+            await downloader.aclose()
 
-    async def fetch(self, url: str, *, max_bytes: int = 100 * 1024 * 1024) -> bytes:
-        """Download an image named by URL (for jobs that send bytes, not URLs).
+    async def fetch(self, url: str, limits: DownloadLimits | None = None) -> bytes:
+        """Download an image named by URL (for jobs that send bytes, not URLs) within ``limits``
+        (see :mod:`batcher.api.download`); raises its ``DownloadError`` types.
 
-        A separate client without the API key: the key goes to the API and nowhere else.
+        A separate connection pool without the API key: the key goes to the API and nowhere else.
         """
-        if self._fetcher is None:
-            self._fetcher = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0),
-                                              follow_redirects=True)
-        try:
-            async with self._fetcher.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise errors.APIResponseError(f"GET {url}: HTTP {resp.status_code}")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise errors.APIResponseError(f"GET {url}: larger than {max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise errors.APIConnectionError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        limits = limits or DownloadLimits()
+        downloader = self._downloaders.get(limits)
+        if downloader is None:
+            downloader = self._downloaders[limits] = Downloader(limits)
+        return await downloader.fetch(url)
 
     # --- the seam -------------------------------------------------------------------------
 

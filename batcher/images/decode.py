@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Iterator
@@ -47,17 +48,20 @@ from typing import BinaryIO
 
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 
+from batcher import urls
 from batcher.images.errors import (
     DecodeError,
     EmptyFile,
     ImageError,
     ImageIOError,
+    NotAFile,
     NotAnImage,
     NotFound,
     OutOfMemory,
     TooManyPixels,
     Truncated,
     UnsupportedFormat,
+    UnsupportedScheme,
 )
 from batcher.images.sizing import ImageOptions
 
@@ -195,22 +199,65 @@ def _file_errors(label: str) -> Iterator[None]:
         yield
     except FileNotFoundError:
         raise NotFound(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise ImageIOError(f"{label}: is a directory, not an image file") from None
     except OSError as exc:
         raise ImageIOError(f"{label}: cannot read: {exc.strerror or exc}") from None
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def not_a_file_message(mode: int) -> str | None:
+    """What a file of ``st_mode`` is when it is not a regular file (None when it is one)."""
+    if stat.S_ISREG(mode):
+        return None
+    what = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"{what}, not a regular file: refused before reading"
+
+
+def open_regular(path: Path | str) -> tuple[BinaryIO, str]:
+    """Open an image file for reading, refusing anything but a regular file before reading a byte.
+
+    A FIFO would block the reader for ever, ``/dev/zero`` or ``/dev/urandom`` (or a symlink to one)
+    would be read without end: :class:`NotAFile`, the same in the run, ``batcher prepare`` and
+    ``batcher estimate``. ``stat`` (through symlinks) refuses before opening, since opening some
+    devices has effects; the descriptor is opened non-blocking and checked again with ``fstat``, so a
+    FIFO swapped in between the two cannot block the open or slip past the check. A ``scheme://``
+    source is refused too (``unsupported_scheme``): it is not a path, whatever its scheme.
+    """
+    label = str(path)
+    refused = urls.unsupported_scheme_message(label)
+    if urls.is_url(label):
+        refused = "a URL is downloaded by `batcher run`, not read as a file"
+    if refused is not None:
+        raise UnsupportedScheme(f"{label}: {refused}")
+    with _file_errors(label):
+        kind = not_a_file_message(os.stat(path).st_mode)
+        if kind is not None:
+            raise NotAFile(f"{label}: {kind}")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            kind = not_a_file_message(os.fstat(fd).st_mode)
+            if kind is not None:
+                raise NotAFile(f"{label}: {kind}")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb"), label
+        except BaseException:
+            os.close(fd)
+            raise
+
+
 def read_source(source: Path | str | bytes) -> tuple[bytes, str]:
-    """The file's bytes and a label for messages; missing, empty and unreadable files are errors."""
+    """The file's bytes and a label for messages; missing, empty, unreadable files and anything
+    that is not a regular file are errors (see :func:`open_regular`)."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         label = "<bytes>"
     else:
-        path = Path(source)
-        label = str(path)
-        with _file_errors(label):
-            data = path.read_bytes()
+        fp, label = open_regular(source)
+        with fp, _file_errors(label):
+            data = fp.read()
     if not data:
         raise EmptyFile(f"{label}: the file is empty (0 bytes)")
     return data, label
@@ -218,9 +265,7 @@ def read_source(source: Path | str | bytes) -> tuple[bytes, str]:
 
 def open_header(path: Path | str) -> tuple[BinaryIO, str]:
     """An open file for header-only reads (``probe_size``), with the same errors as :func:`read_source`."""
-    label = str(path)
-    with _file_errors(label):
-        fp = Path(path).open("rb")  # noqa: SIM115 - the caller closes it after reading the header
+    fp, label = open_regular(path)
     if os.fstat(fp.fileno()).st_size == 0:
         fp.close()
         raise EmptyFile(f"{label}: the file is empty (0 bytes)")

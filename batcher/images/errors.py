@@ -28,7 +28,7 @@ class ImageError(Exception):
 
 
 class NotFound(ImageError):
-    """The path does not exist (or is not a regular file)."""
+    """The path does not exist."""
 
     error_type = "not_found"
 
@@ -88,15 +88,54 @@ class TooLarge(ImageError):
 
 
 class ImageIOError(ImageError):
-    """The file exists but cannot be read (permissions, a directory, an I/O error)."""
+    """The file exists but cannot be read (permissions, an I/O error)."""
 
     error_type = "io_error"
+
+
+class NotAFile(ImageError):
+    """The path names something other than a regular file (a directory, a FIFO, a device such as
+    ``/dev/zero``, a socket), itself or through a symlink: refused before anything is read."""
+
+    error_type = "not_a_file"
+
+
+class UnsupportedScheme(ImageError):
+    """A ``scheme://`` source whose scheme batcher does not fetch (only http and https)."""
+
+    error_type = "unsupported_scheme"
+
+
+class DownloadError(ImageError):
+    """An image URL could not be downloaded (an HTTP error, a refused or cut connection...)."""
+
+    error_type = "download_error"
+
+
+class DownloadTimeout(DownloadError):
+    """The download did not finish within ``[images] download_timeout_s`` (redirects included)."""
+
+    error_type = "download_timeout"
+
+
+class DownloadTooLarge(DownloadError):
+    """The download is larger than ``[images] download_max_bytes``."""
+
+    error_type = "too_large"
+
+
+class BlockedAddress(DownloadError):
+    """The URL, or a redirect, leads to a private, loopback, link-local or otherwise non-global
+    address, refused unless ``[images] allow_private_urls = true``."""
+
+    error_type = "blocked_address"
 
 
 ERROR_CLASSES: dict[str, type[ImageError]] = {
     cls.error_type: cls
     for cls in (NotFound, EmptyFile, NotAnImage, UnsupportedFormat, Truncated, TooManyPixels,
-                DecodeError, ImageTimeout, OutOfMemory, TooLarge, ImageIOError)
+                DecodeError, ImageTimeout, OutOfMemory, TooLarge, ImageIOError, NotAFile,
+                UnsupportedScheme, DownloadError, DownloadTimeout, BlockedAddress)
 }
 #: Every error type a prepared image may fail with, in a stable order.
 ERROR_TYPES: tuple[str, ...] = tuple(ERROR_CLASSES)

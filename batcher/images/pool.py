@@ -19,8 +19,9 @@ Results cross processes as plain data: bytes and small fields. Usage::
 
 Workers are spawned, so a script that uses the pool needs the usual ``if __name__ == "__main__":``
 guard (the ``batcher`` command and pytest have it). Many concurrent ``prepare`` calls are fine: each
-waits for a free worker. A cancelled ``prepare`` returns once its worker answers (at most
-``timeout_s``), so the worker is never left half-used.
+waits for a free worker. A cancelled ``prepare`` returns at once: its worker is killed, never
+awaited (it may be blocked in a read or deep in a decoder), and the next ``prepare`` that finds no
+idle worker starts a new one, as after a timeout or a crash.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import multiprocessing.connection
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -116,7 +118,11 @@ def _silence_stderr() -> None:
     os.close(devnull)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+#: What a worker does with each task: ``_run_task`` (tests give the pool a slower one).
+WorkFunction = Callable[[_Task], tuple[Any, ...]]
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, work: WorkFunction = _run_task) -> None:
     """A worker's life: say ready, then answer tasks until told to stop or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from batcher.images.decode import register_plugins
@@ -131,15 +137,17 @@ def _worker_main(conn: multiprocessing.connection.Connection) -> None:
             return
         if task is None:
             return
-        conn.send(_run_task(task))
+        conn.send(work(task))
 
 
 class _Worker:
     """One worker process and its pipe. Used from one thread at a time."""
 
-    def __init__(self, context: multiprocessing.context.SpawnContext) -> None:
+    def __init__(self, context: multiprocessing.context.SpawnContext, work: WorkFunction = _run_task) -> None:
+        #: set (from the event loop) when the task it runs is cancelled: it is killed, not awaited
+        self.abandoned = False
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child,), daemon=True,
+        self.process = context.Process(target=_worker_main, args=(child, work), daemon=True,
                                        name="batcher-image-worker")
         self.process.start()
         child.close()
@@ -163,6 +171,13 @@ class _Worker:
         self.kill()
         return None
 
+    def abandon(self) -> None:
+        """Kill the worker now, from the event loop, without waiting: the thread that waits for its
+        answer sees the pipe close, reaps it and returns (see ``ImagePool.prepare``)."""
+        self.abandoned = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self.process.kill()
+
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
@@ -177,12 +192,19 @@ class _Worker:
 
 
 class ImagePool:
-    """Prepare images in ``workers`` processes (default: one per core); see the module docstring."""
+    """Prepare images in ``workers`` processes (default: one per core); see the module docstring.
 
-    def __init__(self, workers: int | None = None) -> None:
+    ``work`` is what a worker runs per task (a module-level function, as workers are spawned):
+    :func:`_run_task`, i.e. :func:`~batcher.images.prepare.prepare_file`, unless a test needs a
+    worker that hangs."""
+
+    def __init__(self, workers: int | None = None, *, work: WorkFunction = _run_task) -> None:
         self.workers = workers or default_workers()
         self._context = multiprocessing.get_context("spawn")
+        self._work = work
         self._idle: list[_Worker] = []
+        #: workers killed (timeout, crash, cancelled) and not yet replaced: the next prepare starts one
+        self._missing = 0
         self._slots = anyio.Semaphore(self.workers)
         self._threads = anyio.CapacityLimiter(self.workers)
         self._open = False
@@ -206,7 +228,7 @@ class ImagePool:
                     group.start_soon(anyio.to_thread.run_sync, worker.stop)
 
     async def _start_one(self) -> None:
-        worker = await anyio.to_thread.run_sync(_Worker, self._context, limiter=self._threads)
+        worker = await anyio.to_thread.run_sync(_Worker, self._context, self._work, limiter=self._threads)
         self._idle.append(worker)
 
     async def prepare(self, source: Path | str | bytes, profile: ModelProfile,
@@ -219,25 +241,47 @@ class ImagePool:
         src = source if isinstance(source, bytes) else str(source)
         task = _Task(src, profile, options, images_in_request)
         async with self._slots:
-            if not self._idle:
-                raise PoolError("no image workers left: one could not be restarted")
-            worker = self._idle.pop()
-            worker, reply = await anyio.to_thread.run_sync(
-                self._run, worker, task, limiter=self._threads)
-            self._idle.append(worker)
+            worker = await self._take()
+            try:
+                # Cancellable: a stopped run (a signal) does not wait for an image nothing will send.
+                alive, reply = await anyio.to_thread.run_sync(
+                    self._run, worker, task, limiter=self._threads, abandon_on_cancel=True)
+            except BaseException:
+                worker.abandon()
+                self._missing += 1
+                raise
+            if alive:
+                self._idle.append(worker)
+            else:
+                self._missing += 1
         return _result(reply)
 
-    def _run(self, worker: _Worker, task: _Task) -> tuple[_Worker, tuple[Any, ...]]:
-        """In a thread: run the task; on a timeout or crash, replace the worker and say why."""
+    async def _take(self) -> _Worker:
+        """An idle worker, or a new one in place of one that was killed."""
+        if self._idle:
+            return self._idle.pop()
+        if not self._missing:
+            raise PoolError("no image workers left")
+        self._missing -= 1
+        try:
+            # Not abandoned on cancel: a worker being started is waited for (it takes about a second)
+            # so that no process is left behind; the cancellation then kills it in ``prepare``.
+            return await anyio.to_thread.run_sync(_Worker, self._context, self._work, limiter=self._threads)
+        except BaseException:
+            self._missing += 1
+            raise
+
+    def _run(self, worker: _Worker, task: _Task) -> tuple[bool, tuple[Any, ...]]:
+        """In a thread: run the task; ``(alive, reply)``. A worker that timed out or crashed is dead
+        (replaced by the next ``_take``), and the reply says why."""
         started = time.monotonic()
         reply = worker.run(task, task.options.timeout_s)
         if reply is not None:
-            return worker, reply
+            return True, reply
         elapsed = time.monotonic() - started
-        exitcode = worker.process.exitcode
-        self.replaced += 1
-        replacement = _Worker(self._context)
-        return replacement, _failure(task, elapsed, exitcode)
+        if not worker.abandoned:
+            self.replaced += 1
+        return False, _failure(task, elapsed, worker.process.exitcode)
 
 
 def _failure(task: _Task, elapsed: float, exitcode: int | None) -> tuple[Any, ...]:

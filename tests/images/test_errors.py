@@ -47,8 +47,10 @@ def test_text_file_named_png(haiku: ModelProfile, tmp_path: Path) -> None:
     assert err.error_type == "not_an_image" and "notes.png" in str(err)
 
 
-def test_directory_is_an_io_error(haiku: ModelProfile, tmp_path: Path) -> None:
-    assert fail(tmp_path, haiku).error_type == "io_error"
+def test_directory_is_not_a_file(haiku: ModelProfile, tmp_path: Path) -> None:
+    # Anything but a regular file is one error type (issue 13: FIFOs and devices too).
+    err = fail(tmp_path, haiku)
+    assert err.error_type == "not_a_file" and "a directory" in str(err)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
@@ -218,7 +220,8 @@ def test_probe_reports_header_errors(tmp_path: Path) -> None:
 def test_error_types_are_stable_and_rebuildable() -> None:
     assert set(errors.ERROR_TYPES) == {
         "not_found", "empty_file", "not_an_image", "unsupported_format", "truncated", "too_many_pixels",
-        "decode_error", "timeout", "out_of_memory", "too_large", "io_error"}
+        "decode_error", "timeout", "out_of_memory", "too_large", "io_error", "not_a_file",
+        "unsupported_scheme", "download_error", "download_timeout", "blocked_address"}
     for error_type in errors.ERROR_TYPES:
         rebuilt = error_from_type(error_type, "x: why")
         assert rebuilt.error_type == error_type and str(rebuilt) == "x: why"
