@@ -171,8 +171,10 @@ def live_holds_usd(state: JobState) -> float:
 def left_to_batches_line(rows: int, batches: int, out: Path) -> str:
     """The one line a run prints while rows wait in live batches (it then exits 75)."""
     noun = "batch" if batches == 1 else "batches"
-    return (f"batcher: {rows:,} rows are in {batches} live {noun}, left to {noun} and sent by no one "
-            f"else: `batcher run` again collects them (see `batcher batches {out}`)")
+    them = "it" if batches == 1 else "them"
+    rows_are = "1 row is" if rows == 1 else f"{rows:,} rows are"
+    return (f"batcher: {rows_are} in {batches} live {noun}, left to {them} and sent by no one else: "
+            f"`batcher run` again collects {them} (see `batcher batches {out}`)")
 
 
 def _memo(state: JobState, batch_id: str) -> dict[str, Any]:
