@@ -11,7 +11,7 @@ ids); only then does the pipeline start. Exit codes (also in README):
 3      the run finished but some rows ended in ``error``
 4      another ``batcher run`` is already running on this output folder
 5      the budget stopped the run (``limits.budget_usd``)
-75     not finished: interrupted, or rows left for the next run after their retries
+75     not finished: interrupted, rows left for the next run, or rows still in live batches
 =====  ===========================================================================
 """
 

@@ -19,7 +19,7 @@ from batcher.batches import COLLECTED, DONE_STATUSES, LOST, batches_command
 from batcher.pipeline import Counters
 from batcher.progress import BatchProgress, batch_status_line
 from batcher.records import Result, Row
-from batcher.runner import EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
+from batcher.runner import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.state import JobState
 from tests.test_batches import _cli, batches_created, release, results, run_in_process, write_job
@@ -292,6 +292,24 @@ def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_
             db.execute("UPDATE batches SET status = 'ended'")
     assert batches_created(sim) == 1 and online_messages(sim) == 0
     assert results(tmp_path / "out")["too-long"]["attempts"] == 1
+
+
+def test_an_online_run_counts_what_live_batches_hold_against_the_budget(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
+                                                                        monkeypatch) -> None:
+    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5)))
+    frozen(sim)
+    # ~$0.0000137 worst case a row at the batch price, twice that online: 4 rows fit in batches,
+    # and what is left after their holds is less than one row online.
+    job = write_job(tmp_path, 10, extra="wait = false\n[limits]\nbudget_usd = 0.00006")
+    code, err = run_in_process(job, sim, monkeypatch)
+    assert code == EXIT_BUDGET, err
+    with JobState.open(tmp_path / "out") as state:
+        [batch] = state.list_batches()
+        assert 0 < batch.request_count < 10
+    to_mode(job, "online")
+    code, err = run_in_process(job, sim, monkeypatch)
+    assert code == EXIT_BUDGET, err
+    assert online_messages(sim) == 0, "the budget the live batch holds was spent again online"
 
 
 # --- the state's part, without sockets ----------------------------------------------------------------
