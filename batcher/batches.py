@@ -398,10 +398,6 @@ class BatchRun:
     def counters(self) -> Any:
         return self.pipeline.counters
 
-    @property
-    def collected_batches(self) -> int:
-        return self.collector.collected_batches
-
     # -- the whole run --
 
     async def run(self) -> None:
