@@ -2,24 +2,31 @@
 
 A run, from the job state outward:
 
-1. **Collect.** Every batch the state knows that is not yet collected is polled once; an ended one
-   has its results read and recorded (the same :class:`~batcher.records.Result` as online, with
-   ``mode = "batch"`` and the cost at the batch price), then it is marked ``collected``.
-2. **Submit.** Rows that need work and are not in a live batch are prepared exactly as online
-   (the pipeline's own read and prepare stages: same sizing, same transports, same row errors)
-   and grouped into batches within ``[run] batch_max_requests`` / ``batch_max_bytes`` (at most
-   the API's 100,000 requests and 256 MB). Each batch's id and custom_ids are written to the state
-   the moment the API answers, before anything else; its rows are then marked ``inflight``.
+1. **Collect** (every ``batcher run``, whatever the job's mode: :func:`collect_ended`). Rows whose
+   custom_id is in a live batch are ``batched`` (a state from before this rule had them
+   ``inflight``: they are adopted). Every live batch is polled once; an ended one has its results
+   read and recorded (the same :class:`~batcher.records.Result` as online, with ``mode = "batch"``
+   and the cost at the batch price), its rows without a result line are released, and it is marked
+   ``collected``. A batch the API no longer knows (404) is ``lost`` and its rows are released.
+2. **Submit.** Rows that need work are prepared exactly as online (the pipeline's own read and
+   prepare stages: same sizing, same transports, same row errors) and grouped into batches within
+   ``[run] batch_max_requests`` / ``batch_max_bytes`` (at most the API's 100,000 requests and
+   256 MB). Each batch's id and custom_ids are written to the state the moment the API answers,
+   before anything else; its rows are then marked ``batched``.
 3. **Wait** (``[run] wait = true``, the default): poll the live batches, politely (first after
    ``poll_initial_s``, doubling to ``poll_max_s``), collecting each as it ends and resubmitting
    the rows that came back ``expired``, ``canceled`` or with a retryable error (each at most
    ``max_attempts`` times a run). ``wait = false`` submits and exits 75: the next ``batcher run``
    (a cron tick) collects; that is what a cron job wants.
 
-A later run never resubmits a row that is in a live batch. A crash between the API creating a
-batch and the state recording it (the time of one HTTP answer) leaves that batch unknown: its
-rows are sent again. ``custom_id`` is the row id where the API allows it, else a hash
-(:func:`batcher.records.custom_id_for`); the state maps it back.
+A row in a live batch is sent by no one: not resubmitted, and not sent by an online run of the same
+job either (that run collects what has ended, sends the other rows, and exits 75 while batches are
+live). It becomes sendable again only when its batch is done with it: a result that says so
+(expired, canceled, a retryable error), no result line in an ended batch, or the batch gone from the
+API (:class:`Collector`). A crash between the API creating a batch and the state recording it (the
+time of one HTTP answer) leaves that batch unknown: its rows are sent again. ``custom_id`` is the
+row id where the API allows it, else a hash (:func:`batcher.records.custom_id_for`); the state maps
+it back.
 
 Per-request outcomes: ``succeeded`` → ``ok``; ``errored`` with a request the API refuses
 (``invalid_request_error`` and other 4xx) → a final ``error`` row, as online; ``errored`` with a
@@ -39,12 +46,13 @@ a batch and settled when its batch is collected; a row that does not fit stops s
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 import orjson
@@ -52,15 +60,24 @@ import orjson
 from batcher import facts
 from batcher.api import errors
 from batcher.api.bodies import answer_text, betas_for, messages_body
-from batcher.budget import BUDGET_STOP
+from batcher.budget import BUDGET_STOP, Budget, BudgetGate
 from batcher.cost import usage_cost
+from batcher.models import ModelProfile
 from batcher.records import ImageSent, Result, Row
+from batcher.retry import RetryPolicy
+from batcher.state import BATCH_DONE_STATUSES, BatchRecord, JobState, status_for
+
+if TYPE_CHECKING:
+    from batcher.config import JobConfig
+    from batcher.pipeline import Counters
+    from batcher.progress import BatchProgress
 
 #: A batch whose results are recorded; anything else the state holds is live.
 COLLECTED = "collected"
 #: A batch the API no longer knows (404): its rows are sent again.
 LOST = "lost"
-DONE_STATUSES = frozenset({COLLECTED, LOST})
+#: The state's own list (its queries need it): these two.
+DONE_STATUSES = frozenset(BATCH_DONE_STATUSES)
 #: Bytes of ``{"requests":[...]}`` around the requests themselves.
 _ENVELOPE_BYTES = 64
 _META_PREFIX = "batch/"
@@ -138,12 +155,220 @@ class BatchBuilder:
         return items
 
 
+# --- collecting: every run, whatever the job's mode ----------------------------------------------
+
+
+def live_batches(state: JobState) -> list[BatchRecord]:
+    """The job's batches that may still answer: their rows are sent by no one else."""
+    return [b for b in state.list_batches() if b.status not in DONE_STATUSES]
+
+
+def live_holds_usd(state: JobState) -> float:
+    """Budget held for the rows of live batches (by the run that submitted them): still committed."""
+    return sum(float(_memo(state, b.batch_id).get("held_usd", 0.0)) for b in live_batches(state))
+
+
+def left_to_batches_line(rows: int, batches: int, out: Path) -> str:
+    """The one line a run prints while rows wait in live batches (it then exits 75)."""
+    noun = "batch" if batches == 1 else "batches"
+    them = "it" if batches == 1 else "them"
+    rows_are = "1 row is" if rows == 1 else f"{rows:,} rows are"
+    return (f"batcher: {rows_are} in {batches} live {noun}, left to {them} and sent by no one else: "
+            f"`batcher run` again collects {them} (see `batcher batches {out}`)")
+
+
+def _memo(state: JobState, batch_id: str) -> dict[str, Any]:
+    """What the submitting run kept for a batch: held dollars, and each row's images and fields."""
+    return state.get_meta(_META_PREFIX + batch_id, {}) or {}
+
+
+async def _retrying(policy: RetryPolicy, rng: random.Random, call: Callable[[], Any]) -> Any:
+    from batcher.retry import retrying
+
+    async for attempt in retrying(policy, rng):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity reraises")
+
+
+@dataclass
+class Collector:
+    """Polls a job's live batches and records what the ended ones answered.
+
+    Every ``batcher run`` calls it first, whatever the mode (:func:`collect_ended`); batch mode
+    then polls with it while it waits. A row comes out of ``batched`` only here: with its answer
+    (``record``), as ``transient`` for an expired, canceled or retryable result
+    (``record_transient``), or, when its batch ended without a line for it or is gone from the API,
+    released as ``transient`` (``release_batched``). So a row is sendable again exactly when no
+    live batch holds it.
+    """
+
+    profile: ModelProfile
+    client: Any  # api.client.Client
+    state: JobState
+    sink: Any  # sink.Sink
+    err: TextIO
+    counters: Counters
+    policy: RetryPolicy
+    part_rows: int
+    rng: random.Random = field(default_factory=random.Random)
+    #: the run's budget at the batch price: a collected batch's hold is settled against it
+    budget: Budget | None = None
+    #: a fatal answer while polling or reading results (401, 402, ...): nothing more is collected
+    fatal: str | None = None
+    collected_batches: int = 0
+    #: result lines recorded by this run (answers, errors, and requests to send again)
+    collected_rows: int = 0
+
+    def live_counts(self) -> tuple[int, int]:
+        """``(batches, requests)`` still live."""
+        live = live_batches(self.state)
+        return len(live), sum(b.request_count for b in live)
+
+    async def collect(self) -> None:
+        """Poll every live batch once; record the results of those that have ended."""
+        for batch in live_batches(self.state):
+            if self.fatal is not None:
+                return
+            try:
+                info = await _retrying(self.policy, self.rng,
+                                       lambda b=batch: self.client.get_batch(b.batch_id))
+            except errors.NotFoundError:
+                self._lost(batch.batch_id)
+                continue
+            except errors.APIError as exc:
+                if exc.fatal:
+                    self.fatal = f"cannot poll batch {batch.batch_id}: {exc}"
+                    return
+                continue  # the next poll tries again
+            status = str(info.get("processing_status"))
+            self.state.update_batch(batch.batch_id, status=status, counts=info.get("request_counts"))
+            if status == "ended":
+                await self._collect_one(batch.batch_id)
+
+    def _lost(self, batch_id: str) -> None:
+        """The API no longer knows the batch: its rows are sent again (its hold is let go)."""
+        released = self.state.release_batched(batch_id, "batch_lost",
+                                               f"batch {batch_id} is gone from the API")
+        self.state.update_batch(batch_id, status=LOST)
+        if self.budget is not None:
+            self.budget.settle(float(_memo(self.state, batch_id).get("held_usd", 0.0)), 0.0)
+        print(f"batcher: batch {batch_id} is gone from the API; its {released:,} unanswered rows "
+              "will be sent again", file=self.err)
+
+    async def _collect_one(self, batch_id: str) -> None:
+        try:
+            lines = await _retrying(self.policy, self.rng, lambda: self.client.batch_results(batch_id))
+        except errors.APIError as exc:
+            if exc.fatal:
+                self.fatal = f"cannot read the results of batch {batch_id}: {exc}"
+            return
+        memo = _memo(self.state, batch_id)
+        rows = memo.get("rows", {})
+        spent = 0.0
+        for line in lines:
+            spent += self._record_line(line, rows)
+            self.collected_rows += 1
+        # Rows the results did not mention: nothing holds them any more. Released before the batch
+        # is marked collected, so a crash in between leaves them to the next run's collection.
+        self.state.release_batched(batch_id, "batch_no_result",
+                                   f"batch {batch_id} ended without a result for this row")
+        if self.budget is not None:
+            self.budget.settle(float(memo.get("held_usd", 0.0)), spent)
+        self.state.update_batch(batch_id, status=COLLECTED)
+        self.collected_batches += 1
+        with anyio.CancelScope(shield=True):  # off the event loop (issue 13); never half written
+            await anyio.to_thread.run_sync(lambda: self.sink.export(max_rows=self.part_rows))
+
+    def _record_line(self, line: dict[str, Any], memos: dict[str, Any]) -> float:
+        """Record one result line; returns its cost (0 when it was recorded by an earlier run)."""
+        custom_id = str(line.get("custom_id"))
+        row_id = self.state.id_for_custom_id(custom_id)
+        if row_id is None:
+            return 0.0  # not this job's (cannot happen unless the state was replaced)
+        result = line.get("result") or {}
+        kind, error_type, message = classify(result)
+        attempts = 1  # this submission; the state adds the row's earlier ones
+        memo = memos.get(custom_id, {})
+        if kind == "error" and error_type == "not_found_error" and self._forget_gone_files(memo, message):
+            # A file id the API no longer knows (expired, deleted): the next submit pass uploads
+            # the image again, as online mode does within the request.
+            kind, error_type = "again", "file_gone"
+        if kind == "again":
+            self.state.record_transient(row_id, error_type or "batch_error", message or "", attempts)
+            return 0.0
+        out = self._result(row_id, result, kind, error_type, message, attempts, memo)
+        earlier = self.state.get_result(row_id)
+        if earlier is not None and out.request_id and earlier.request_id == out.request_id:
+            # Collected before a crash: recording it again would count its cost twice.
+            self.state.unbatch(row_id, status_for(earlier, final=True))
+            return 0.0
+        self.state.record(out)
+        self.counters.add(out)
+        return out.cost_usd or 0.0
+
+    def _forget_gone_files(self, memo: dict[str, Any], message: str | None) -> bool:
+        """Mark the uploads a 404 names as expired, so they are uploaded again; True if any."""
+        from dataclasses import replace
+
+        from batcher.files import stale_file_ids
+
+        ids = [i["file_id"] for i in memo.get("images", []) if i.get("file_id")]
+        gone = set(stale_file_ids(message or "", ids))
+        if not gone:
+            return False
+        for record in self.state.list_files():
+            if record.file_id in gone:
+                self.state.put_file(replace(record, expires_at=0.0))
+        return True
+
+    def _result(self, row_id: str, result: dict[str, Any], kind: str, error_type: str | None,
+                message: str | None, attempts: int, memo: dict[str, Any]) -> Result:
+        images = [ImageSent(**i) for i in memo.get("images", [])]
+        common = {"id": row_id, "attempts": attempts, "images": images, "mode": "batch",
+                  "warnings": list(memo.get("warnings", [])), "fields": dict(memo.get("fields", {}))}
+        if kind == "error":
+            error = result.get("error") or {}
+            return Result(status="error", model=self.profile.id, error_type=error_type,
+                          error_message=message, request_id=error.get("request_id"), **common)
+        msg = result.get("message") or {}
+        usage = msg.get("usage") or {}
+        text, tool_input = answer_text(msg)
+        return Result(
+            status="ok", text=text, tool_input=tool_input, model=msg.get("model", self.profile.id),
+            stop_reason=msg.get("stop_reason"), input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            cache_read_input_tokens=usage.get("cache_read_input_tokens"),
+            cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
+            request_id=msg.get("id"), cost_usd=usage_cost(self.profile, usage, batch=True), **common)
+
+
+
+async def collect_ended(*, job: JobConfig, profile: ModelProfile, client: Any, state: JobState, sink: Any,
+                        counters: Counters, err: TextIO) -> Collector:
+    """A run's first step, whatever the job's mode: rows found in live batches become ``batched``
+    (:meth:`~batcher.state.JobState.adopt_batched`), then the batches that have ended are collected.
+    Returns the collector: its ``fatal``, what it collected, and :meth:`Collector.live_counts`."""
+    collector = Collector(profile=profile, client=client, state=state, sink=sink, err=err,
+                          counters=counters, part_rows=job.run.part_rows,
+                          policy=RetryPolicy(max_attempts=job.run.max_attempts,
+                                             max_wait_s=job.run.max_retry_wait_s))
+    if live_batches(state):
+        state.adopt_batched()
+        await collector.collect()
+    return collector
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
 @dataclass
 class BatchRun:
-    """One ``batcher run`` of a batch-mode job. ``pipeline`` supplies reading and preparing."""
+    """One ``batcher run`` of a batch-mode job. ``pipeline`` supplies reading and preparing.
+
+    The runner has already collected the batches that had ended (:func:`collect_ended`, whose
+    :class:`Collector` this run goes on polling with).
+    """
 
     job: Any  # JobConfig
     profile: Any  # ModelProfile
@@ -153,17 +378,22 @@ class BatchRun:
     pipeline: Any  # pipeline.Pipeline (its _feed/_prepare stages, counters, stop)
     rows: Callable[[], Iterable[Row]]
     err: TextIO
+    collector: Collector
     budget: Any = None  # budget.BudgetGate at the batch price
     clock: Callable[[], float] = time.monotonic
     #: submissions of each row in this run (bounded by run.max_attempts)
     tries: Counter[str] = field(default_factory=Counter)
     submitted_batches: int = 0
-    collected_batches: int = 0
+    submitted_rows: int = 0
     fatal: str | None = None
     #: a batch could not be created: submit nothing more this run
     halted: bool = False
     #: submit passes made in this run
     passes: int = 0
+
+    def __post_init__(self) -> None:
+        # Holds of batches collected from now on are settled against this run's budget.
+        self.collector.budget = self.budget.budget if self.budget is not None else None
 
     @property
     def counters(self) -> Any:
@@ -173,8 +403,8 @@ class BatchRun:
 
     async def run(self) -> None:
         run = self.job.run
-        self._restore_holds()
-        await self.collect()
+        if self.budget is not None:
+            self.budget.budget.reserved_usd += live_holds_usd(self.state)
         delay = run.poll_initial_s
         while self.fatal is None:
             if not self.pipeline.stopping.is_set():
@@ -202,31 +432,14 @@ class BatchRun:
         with anyio.move_on_after(seconds):
             await self.pipeline.stopping.wait()
 
-    def live(self) -> list[Any]:
-        return [b for b in self.state.list_batches() if b.status not in DONE_STATUSES]
-
-    def live_custom_ids(self) -> set[str]:
-        ids: set[str] = set()
-        for batch in self.live():
-            ids.update(self.state.batch_custom_ids(batch.batch_id))
-        return ids
-
-    # -- budget holds survive the run that made them --
-
-    def _restore_holds(self) -> None:
-        if self.budget is None:
-            return
-        for batch in self.live():
-            self.budget.budget.reserved_usd += float(self._memo(batch.batch_id).get("held_usd", 0.0))
-
-    def _memo(self, batch_id: str) -> dict[str, Any]:
-        return self.state.get_meta(_META_PREFIX + batch_id, {}) or {}
+    def live(self) -> list[BatchRecord]:
+        return live_batches(self.state)
 
     # -- submit --
 
     async def submit(self) -> None:
-        """Prepare every row that needs work (and is in no live batch) into new batches."""
-        live = self.live_custom_ids()
+        """Prepare every row that needs work into new batches. Rows in live batches are ``batched``
+        (the runner adopted any that were not), so ``pending`` leaves them out."""
         limit = self.job.run.max_attempts
         # --retry-errors sends final errors again once a run, not on every pass of the wait loop
         retry_errors = self.pipeline_retry_errors and not self.passes
@@ -234,8 +447,6 @@ class BatchRun:
 
         def wanted() -> Iterable[Row]:
             for row in self.state.pending(self.rows(), retry_errors):
-                if row.custom_id in live:
-                    continue
                 if self.tries[row.id] >= limit:
                     continue  # left for the next run, as online rows out of attempts are
                 yield row
@@ -318,11 +529,11 @@ class BatchRun:
         self.state.set_meta(_META_PREFIX + batch_id, {
             "held_usd": sum(i.held_usd for i in items),
             "rows": {i.custom_id: i.memo for i in items}})
-        self.state.mark_inflight(i.row_id for i in items)
+        self.state.mark_batched(i.row_id for i in items)
         for item in items:
             self.tries[item.row_id] += 1
         self.submitted_batches += 1
-        self.counters.requests += len(items)
+        self.submitted_rows += len(items)
         print(f"batcher: submitted batch {batch_id} ({len(items):,} requests)", file=self.err, flush=True)
 
     def _release(self, items: list[Pending]) -> None:
@@ -338,12 +549,7 @@ class BatchRun:
         self.pipeline.stop(message)
 
     async def _retrying(self, call: Callable[[], Any]) -> Any:
-        from batcher.retry import retrying
-
-        async for attempt in retrying(self.pipeline.policy, self.pipeline.rng):
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable: tenacity reraises")
+        return await _retrying(self.pipeline.policy, self.pipeline.rng, call)
 
     async def _write_outcomes(self, outcomes: Any) -> None:
         """Rows that failed before any batch (bad row, bad image, upload): recorded as online."""
@@ -359,108 +565,24 @@ class BatchRun:
                 self.state.record(outcome)
                 self.counters.add(outcome)
 
-    # -- collect --
+    # -- collect (the Collector's work; a fatal answer there stops the run) --
 
     async def collect(self) -> None:
         """Poll every live batch once; record the results of those that have ended."""
-        for batch in self.live():
-            if self.fatal is not None:
-                return
-            try:
-                info = await self._retrying(lambda b=batch: self.client.get_batch(b.batch_id))
-            except errors.NotFoundError:
-                self.state.update_batch(batch.batch_id, status=LOST)
-                print(f"batcher: batch {batch.batch_id} is gone from the API; its rows will be sent "
-                      "again", file=self.err)
-                continue
-            except errors.APIError as exc:
-                if exc.fatal:
-                    self._give_up(f"cannot poll batch {batch.batch_id}: {exc}", exc)
-                    return
-                continue  # the next poll tries again
-            status = str(info.get("processing_status"))
-            self.state.update_batch(batch.batch_id, status=status, counts=info.get("request_counts"))
-            if status == "ended":
-                await self._collect_one(batch.batch_id)
+        await self.collector.collect()
+        if self.collector.fatal is not None and self.fatal is None:
+            self._give_up(self.collector.fatal)
+            self.fatal = self.collector.fatal
 
-    async def _collect_one(self, batch_id: str) -> None:
-        try:
-            lines = await self._retrying(lambda: self.client.batch_results(batch_id))
-        except errors.APIError as exc:
-            if exc.fatal:
-                self._give_up(f"cannot read the results of batch {batch_id}: {exc}", exc)
-            return
-        memo = self._memo(batch_id)
-        rows = memo.get("rows", {})
-        spent = 0.0
-        for line in lines:
-            spent += self._record_line(line, rows)
-        if self.budget is not None:
-            self.budget.budget.settle(float(memo.get("held_usd", 0.0)), spent)
-        self.state.update_batch(batch_id, status=COLLECTED)
-        self.collected_batches += 1
-        with anyio.CancelScope(shield=True):  # off the event loop (issue 13); never half written
-            await anyio.to_thread.run_sync(lambda: self.sink.export(max_rows=self.job.run.part_rows))
+    def progress(self) -> BatchProgress:
+        """What the progress display shows in batch mode (no request rate: batches have none)."""
+        from batcher.progress import BatchProgress
 
-    def _record_line(self, line: dict[str, Any], memos: dict[str, Any]) -> float:
-        """Record one result line; returns its cost (0 when it was recorded by an earlier run)."""
-        custom_id = str(line.get("custom_id"))
-        row_id = self.state.id_for_custom_id(custom_id)
-        if row_id is None:
-            return 0.0  # not this job's (cannot happen unless the state was replaced)
-        result = line.get("result") or {}
-        kind, error_type, message = classify(result)
-        attempts = 1  # this submission; the state adds the row's earlier ones
-        memo = memos.get(custom_id, {})
-        if kind == "error" and error_type == "not_found_error" and self._forget_gone_files(memo, message):
-            # A file id the API no longer knows (expired, deleted): the next submit pass uploads
-            # the image again, as online mode does within the request.
-            kind, error_type = "again", "file_gone"
-        if kind == "again":
-            self.state.record_transient(row_id, error_type or "batch_error", message or "", attempts)
-            return 0.0
-        out = self._result(row_id, result, kind, error_type, message, attempts, memo)
-        earlier = self.state.get_result(row_id)
-        if earlier is not None and out.request_id and earlier.request_id == out.request_id:
-            return 0.0  # collected before a crash: recording it again would count its cost twice
-        self.state.record(out)
-        self.counters.add(out)
-        return out.cost_usd or 0.0
-
-    def _forget_gone_files(self, memo: dict[str, Any], message: str | None) -> bool:
-        """Mark the uploads a 404 names as expired, so they are uploaded again; True if any."""
-        from dataclasses import replace
-
-        from batcher.files import stale_file_ids
-
-        ids = [i["file_id"] for i in memo.get("images", []) if i.get("file_id")]
-        gone = set(stale_file_ids(message or "", ids))
-        if not gone:
-            return False
-        for record in self.state.list_files():
-            if record.file_id in gone:
-                self.state.put_file(replace(record, expires_at=0.0))
-        return True
-
-    def _result(self, row_id: str, result: dict[str, Any], kind: str, error_type: str | None,
-                message: str | None, attempts: int, memo: dict[str, Any]) -> Result:
-        images = [ImageSent(**i) for i in memo.get("images", [])]
-        common = {"id": row_id, "attempts": attempts, "images": images, "mode": "batch",
-                  "warnings": list(memo.get("warnings", [])), "fields": dict(memo.get("fields", {}))}
-        if kind == "error":
-            error = result.get("error") or {}
-            return Result(status="error", model=self.profile.id, error_type=error_type,
-                          error_message=message, request_id=error.get("request_id"), **common)
-        msg = result.get("message") or {}
-        usage = msg.get("usage") or {}
-        text, tool_input = answer_text(msg)
-        return Result(
-            status="ok", text=text, tool_input=tool_input, model=msg.get("model", self.profile.id),
-            stop_reason=msg.get("stop_reason"), input_tokens=usage.get("input_tokens"),
-            output_tokens=usage.get("output_tokens"),
-            cache_read_input_tokens=usage.get("cache_read_input_tokens"),
-            cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
-            request_id=msg.get("id"), cost_usd=usage_cost(self.profile, usage, batch=True), **common)
+        n_live, live_rows = self.collector.live_counts()
+        return BatchProgress(submitted_rows=self.submitted_rows, submitted_batches=self.submitted_batches,
+                             collected_rows=self.collector.collected_rows,
+                             collected_batches=self.collector.collected_batches,
+                             live_batches=n_live, live_rows=live_rows)
 
     # -- cancel --
 
@@ -495,9 +617,12 @@ def _sent_dict(sent: ImageSent) -> dict[str, Any]:
 # --- wiring for the runner ------------------------------------------------------------------------
 
 
-async def run_batch_mode(*, job: Any, profile: Any, client: Any, state: Any, sink: Any, manifest: Any,
-                         retry_errors: bool, err: TextIO, to_do: int, budget: Any) -> tuple[int, Any]:
-    """Run a batch-mode job inside ``batcher run``; returns ``(exit code, counters)``.
+async def run_batch_mode(*, job: JobConfig, profile: ModelProfile, client: Any, state: JobState,
+                         sink: Any, manifest: Any, retry_errors: bool, err: TextIO, to_do: int,
+                         budget: BudgetGate | None,
+                         collector: Collector) -> tuple[int, Counters, BatchProgress]:
+    """Run a batch-mode job inside ``batcher run``, after :func:`collect_ended` made ``collector``;
+    returns ``(exit code, counters, what the batches did)``.
 
     Exit codes as online: 0 all ok; 3 some rows ended in error; 5 the budget stopped submission;
     1 fatal; 75 batches still running (``wait = false`` or interrupted) or rows left to resubmit.
@@ -508,16 +633,16 @@ async def run_batch_mode(*, job: Any, profile: Any, client: Any, state: Any, sin
     from batcher.runner import _watch_signals
 
     async with ImagePool(workers=job.run.image_workers or None) as pool:
-        pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink, pool=pool)
-        pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
-                                                    max_wait_s=job.run.max_retry_wait_s)
+        pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink, pool=pool,
+                            counters=collector.counters)
+        pipeline.policy = collector.policy
         pipeline.retry_errors = retry_errors  # type: ignore[attr-defined]
         batch_run = BatchRun(job=job, profile=profile, client=client, state=state, sink=sink,
-                             pipeline=pipeline, rows=manifest.rows, err=err, budget=budget)
+                             pipeline=pipeline, rows=manifest.rows, err=err, budget=budget,
+                             collector=collector)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, pipeline)
-            tg.start_soon(lambda: report(pipeline.counters, to_do, stream=err,
-                                         extra=lambda: f"batches live {len(batch_run.live())}"))
+            tg.start_soon(lambda: report(pipeline.counters, to_do, stream=err, batch=batch_run.progress))
             with anyio.CancelScope() as scope:
                 pipeline._cancel_work = scope
                 await batch_run.run()
@@ -532,10 +657,10 @@ async def run_batch_mode(*, job: Any, profile: Any, client: Any, state: Any, sin
         await finish_run(pipeline.uploader, pipeline.counters, err,
                          delete_at_end=job.images.delete_files_at_end
                          and code in (EXIT_OK, EXIT_ROW_ERRORS))
-    return code, pipeline.counters
+    return code, pipeline.counters, batch_run.progress()
 
 
-def exit_code(batch_run: BatchRun, state: Any) -> int:
+def exit_code(batch_run: BatchRun, state: JobState) -> int:
     from batcher.runner import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 
     if batch_run.fatal is not None:

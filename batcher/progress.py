@@ -2,6 +2,11 @@
 
 On a terminal a live rich display; elsewhere a plain line every few seconds. Both read the same
 :class:`~batcher.pipeline.Counters`, and both end with the same summary.
+
+Batch mode sends no request of its own per row, so it shows no request rate, in-flight count or
+429s (a rate would really be "rows put into batches a second", hundreds while nothing is answered)
+and no ETA (a batch ends when the API says so): it shows rows submitted, rows collected and the
+live batches instead (:class:`BatchProgress`).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 import anyio
@@ -41,6 +47,45 @@ def status_line(counters: Counters, remaining: int | None, extra: str = "") -> s
     return " | ".join(parts) + (f" | {extra}" if extra else "")
 
 
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """What a batch-mode run has done with the Message Batches API so far."""
+
+    submitted_rows: int = 0
+    submitted_batches: int = 0
+    #: result lines this run recorded (answers, errors, and requests to send again)
+    collected_rows: int = 0
+    collected_batches: int = 0
+    live_batches: int = 0
+    #: requests in the live batches, whichever run submitted them
+    live_rows: int = 0
+
+    def describe(self) -> str:
+        return (f"submitted {self.submitted_rows:,} rows in {_n(self.submitted_batches, 'batch')} | "
+                f"collected {self.collected_rows:,} rows from {_n(self.collected_batches, 'batch')} | "
+                f"live {_n(self.live_batches, 'batch')} ({self.live_rows:,} rows)")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "es" if noun.endswith("ch") else "s")
+
+
+def batch_status_line(counters: Counters, remaining: int | None, batches: BatchProgress) -> str:
+    """:func:`status_line` for batch mode: rows done, failed, left; the batches; tokens; spend."""
+    left = None if remaining is None else max(0, remaining - counters.finished)
+    parts = [
+        f"rows ok {counters.ok:,}",
+        f"error {counters.error:,}",
+        f"left {left:,}" if left is not None else "left ?",
+        batches.describe(),
+        f"tokens in {counters.input_tokens:,} out {counters.output_tokens:,}",
+        f"${counters.cost_usd:.4f}",
+    ]
+    if counters.warnings:
+        parts.append("warnings " + ", ".join(f"{k} {n:,}" for k, n in counters.warnings.most_common()))
+    return " | ".join(parts)
+
+
 def _fmt_s(seconds: float) -> str:
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
@@ -49,19 +94,25 @@ def _fmt_s(seconds: float) -> str:
 
 
 async def report(counters: Counters, remaining: int | None, *, stream: TextIO | None = None,
-                 every_s: float = 5.0, extra: Callable[[], str] = lambda: "") -> None:
-    """Run until cancelled: a live display on a terminal, else a plain line every ``every_s``."""
+                 every_s: float = 5.0, extra: Callable[[], str] = lambda: "",
+                 batch: Callable[[], BatchProgress] | None = None) -> None:
+    """Run until cancelled: a live display on a terminal, else a plain line every ``every_s``.
+
+    ``batch`` (batch mode) replaces the request figures with what the batches did.
+    """
     stream = stream or sys.stderr
     if stream.isatty():
-        await _live(counters, remaining, stream, extra)
+        await _live(counters, remaining, stream, extra, batch)
         return
     while True:
         await anyio.sleep(every_s)
-        print(status_line(counters, remaining, extra()), file=stream, flush=True)
+        line = (batch_status_line(counters, remaining, batch()) if batch is not None
+                else status_line(counters, remaining, extra()))
+        print(line, file=stream, flush=True)
 
 
 async def _live(counters: Counters, remaining: int | None, stream: TextIO,
-                extra: Callable[[], str]) -> None:
+                extra: Callable[[], str], batch: Callable[[], BatchProgress] | None) -> None:
     """A bar (rows done of remaining, ETA) with the live numbers on a line of their own below."""
     from rich.console import Console, Group
     from rich.live import Live
@@ -69,16 +120,24 @@ async def _live(counters: Counters, remaining: int | None, stream: TextIO,
     from rich.text import Text
 
     console = Console(file=stream)
-    bar = Progress(TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console)
+    # A batch ends when the API says so: no time-remaining guess from a rate for it.
+    columns = [TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn()]
+    if batch is None:
+        columns.append(TimeRemainingColumn())
+    bar = Progress(*columns, console=console)
     task = bar.add_task("rows", total=remaining)
     with Live(console=console, transient=True, refresh_per_second=4) as live:
         while True:
             bar.update(task, completed=counters.finished)
-            info = (f"ok {counters.ok:,}  error {counters.error:,}  |  {_rate(counters):.1f} req/s  |  "
-                    f"in flight {counters.in_flight}  |  429s {counters.rate_limited}  |  "
-                    f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
-                    f"${counters.cost_usd:.4f}")
+            if batch is not None:
+                info = (f"ok {counters.ok:,}  error {counters.error:,}  |  {batch().describe()}  |  "
+                        f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
+                        f"${counters.cost_usd:.4f}")
+            else:
+                info = (f"ok {counters.ok:,}  error {counters.error:,}  |  {_rate(counters):.1f} req/s  |  "
+                        f"in flight {counters.in_flight}  |  429s {counters.rate_limited}  |  "
+                        f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
+                        f"${counters.cost_usd:.4f}")
             more = extra()
             live.update(Group(bar, Text(info), *([Text(more)] if more else [])))
             await anyio.sleep(0.25)

@@ -11,7 +11,7 @@ ids); only then does the pipeline start. Exit codes (also in README):
 3      the run finished but some rows ended in ``error``
 4      another ``batcher run`` is already running on this output folder
 5      the budget stopped the run (``limits.budget_usd``)
-75     not finished: interrupted, or rows left for the next run after their retries
+75     not finished: interrupted, rows left for the next run, or rows still in live batches
 =====  ===========================================================================
 """
 
@@ -254,8 +254,9 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
 
 async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelRegistry,  # type: ignore[no-untyped-def]
                            known: ModelProfile | None, manifest, client: Client, info: dict) -> int:  # type: ignore[type-arg]
+    from batcher.batches import collect_ended, left_to_batches_line, live_holds_usd
     from batcher.images.pool import ImagePool
-    from batcher.pipeline import FatalRunError, Pipeline
+    from batcher.pipeline import Counters, FatalRunError, Pipeline
     from batcher.progress import report, status_line
     from batcher.sink import Sink
     from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
@@ -289,15 +290,29 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
         sink.recover()
         for warning in sink.warnings:
             print(f"batcher: warning: {warning}", file=request.err)
-        to_do = state.count_remaining(request.retry_errors)
+        # Whatever the mode: first what ended batches answered; rows still in live batches are
+        # left to them (sent by no one) and the run exits 75 while any remain.
+        collector = await collect_ended(job=job, profile=profile, client=client, state=state, sink=sink,
+                                        counters=Counters(), err=request.err)
+        if collector.fatal is not None:
+            raise RunRefused(f"stopped: {collector.fatal}", EXIT_FATAL)
+        live_batches, live_rows = collector.live_counts()
+        # Rows this run finishes: those the collection just recorded, and those that need work.
+        to_do = collector.counters.finished + state.count_remaining(request.retry_errors)
         if job.run.mode == "batch":
-            return await _run_batches(request, job, profile, client, state, sink, manifest, to_do)
+            return await _run_batches(request, job, profile, client, state, sink, manifest,
+                                      to_do + live_rows, collector)
+        if collector.collected_batches:
+            print(f"batcher: collected {collector.collected_rows:,} rows from "
+                  f"{collector.collected_batches} ended batch(es)", file=request.err)
         async with ImagePool(workers=job.run.image_workers or None) as pool:
             pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
-                                pool=pool)
-            pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
-                                                        max_wait_s=job.run.max_retry_wait_s)
+                                pool=pool, counters=collector.counters)
+            pipeline.policy = collector.policy
             pipeline.budget = _budget_gate(job, profile, state)
+            if pipeline.budget is not None:
+                # What live batches may still spend is committed already.
+                pipeline.budget.budget.reserved_usd += live_holds_usd(state)
             code = EXIT_OK
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, pipeline)
@@ -315,9 +330,12 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
         if pipeline.uploader is not None and not code:
             from batcher.files import finish_run
 
+            # A live batch may refer to the job's uploads: they stay while one is.
             await finish_run(pipeline.uploader, counters, request.err,
-                             delete_at_end=job.images.delete_files_at_end)
+                             delete_at_end=job.images.delete_files_at_end and not live_batches)
         print(status_line(counters, to_do), file=request.err)
+        if live_batches:
+            print(left_to_batches_line(live_rows, live_batches, out_dir), file=request.err)
         print(f"results: {out_dir / 'results'}", file=request.out_stream)
         if code:
             return code
@@ -325,7 +343,7 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
             print(f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
                   "(raise [limits] budget_usd to go on)", file=request.err)
             return EXIT_BUDGET
-        if counters.stop_reason is not None or counters.left_for_next_run:
+        if counters.stop_reason is not None or counters.left_for_next_run or live_batches:
             return EXIT_INCOMPLETE
         # The job's state, not just this run's rows: a rerun with nothing left to do still
         # says that some rows ended in error.
@@ -340,22 +358,24 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
 
 
 async def _run_batches(request: RunRequest, job: JobConfig, profile: ModelProfile, client: Client,  # type: ignore[no-untyped-def]
-                       state, sink, manifest, to_do: int) -> int:
+                       state, sink, manifest, to_do: int, collector) -> int:
     """``[run] mode = "batch"``: the Message Batches API (see :mod:`batcher.batches`)."""
-    from batcher.batches import run_batch_mode
-    from batcher.progress import status_line
+    from batcher.batches import left_to_batches_line, run_batch_mode
+    from batcher.progress import batch_status_line
 
     gate = _budget_gate(job, profile, state, batch=True)
-    code, counters = await run_batch_mode(job=job, profile=profile, client=client, state=state, sink=sink,
-                                          manifest=manifest, retry_errors=request.retry_errors,
-                                          err=request.err, to_do=to_do, budget=gate)
-    print(status_line(counters, to_do), file=request.err)
+    code, counters, progress = await run_batch_mode(
+        job=job, profile=profile, client=client, state=state, sink=sink, manifest=manifest,
+        retry_errors=request.retry_errors, err=request.err, to_do=to_do, budget=gate, collector=collector)
+    print(batch_status_line(counters, to_do, progress), file=request.err)
     if code == EXIT_BUDGET and gate is not None:
         print(f"batcher: stopped by the budget: {gate.budget.line()} "
               "(raise [limits] budget_usd to go on)", file=request.err)
+    if progress.live_batches:
+        print(left_to_batches_line(progress.live_rows, progress.live_batches, state.out_dir),
+              file=request.err)
     elif code == EXIT_INCOMPLETE:
-        print("batcher: batches still running or rows to resubmit: `batcher run` again collects "
-              "them (see `batcher batches OUT`)", file=request.err)
+        print("batcher: rows left to resubmit: `batcher run` again sends them", file=request.err)
     print(f"results: {state.out_dir / 'results'}", file=request.out_stream)
     return code
 

@@ -671,6 +671,53 @@ class JobState:
             yield from (r[0] for r in page)
             after = page[-1][0]
 
+    def adopt_batched(self) -> int:
+        """Rows whose custom_id is in a live batch but whose status says "send me" become ``batched``.
+
+        The API may still answer such a row, so sending it anywhere would pay for it twice. It
+        happens after a crash between :meth:`put_batch` and :meth:`mark_batched`, and in a state
+        written before issue 13, where submitted rows were ``inflight``. Returns how many changed.
+        """
+        live = ",".join("?" * len(BATCH_DONE_STATUSES))
+        with self._tx() as c:
+            before = c.total_changes
+            c.execute(
+                "INSERT INTO results(id, status, updated_at) SELECT r.id, 'batched', ? FROM batches b "
+                "JOIN batch_items i ON i.batch_id = b.batch_id JOIN rows r ON r.custom_id = i.custom_id "
+                f"WHERE b.status NOT IN ({live}) "
+                "ON CONFLICT(id) DO UPDATE SET status = 'batched', updated_at = excluded.updated_at "
+                "WHERE results.status NOT IN ('done', 'batched')", (time.time(), *BATCH_DONE_STATUSES))
+            return c.total_changes - before
+
+    def unbatch(self, row_id: str, status: Status) -> None:
+        """A ``batched`` row whose answer from its batch was recorded before (a crash mid-collection,
+        then :meth:`adopt_batched`) gets that answer's status back; any other status stays."""
+        with self._tx() as c:
+            c.execute("UPDATE results SET status = ?, updated_at = ? WHERE id = ? AND status = 'batched'",
+                      (status, time.time(), row_id))
+
+    def release_batched(self, batch_id: str, error_type: str, message: str) -> int:
+        """Rows of an ended (or lost) batch still ``batched`` become ``transient``: sent again.
+
+        What the batch answered is recorded first; what is left had no result line, or the batch is
+        gone. A row also in another live batch stays with it. Like an expired request, the
+        submission counts as an attempt. Returns how many rows were released.
+        """
+        live = ",".join("?" * len(BATCH_DONE_STATUSES))
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE results SET status = 'transient', error_type = ?, error_message = ?, "
+                "attempts = attempts + 1, updated_at = ? WHERE status = 'batched' AND id IN ("
+                "  SELECT r.id FROM batch_items i JOIN rows r ON r.custom_id = i.custom_id"
+                "  WHERE i.batch_id = ?) "
+                "AND id NOT IN ("
+                "  SELECT r.id FROM batches b JOIN batch_items i ON i.batch_id = b.batch_id"
+                "  JOIN rows r ON r.custom_id = i.custom_id"
+                f"  WHERE b.batch_id != ? AND b.status NOT IN ({live}))",
+                (error_type, message, time.time(), batch_id, batch_id, *BATCH_DONE_STATUSES))
+            self._touch_pass(c)
+        return cur.rowcount
+
     # -- Parquet parts (driven by batcher.sink) --
 
     def allocate_part(self) -> int:
@@ -794,6 +841,11 @@ class JobState:
                        cache_creation_input_tokens=cwrite, cost_usd=cost, time_spent_s=spent,
                        request_time_s=latency, runs=runs, exported_rows=exported, parts=parts,
                        files=files, file_bytes=file_bytes, removed_rows=removed, warnings=warnings)
+
+
+#: Batch statuses of a batch that holds no row any more (``batcher.batches`` names them); any other
+#: status is a live batch, whose rows nobody sends.
+BATCH_DONE_STATUSES = ("collected", "lost")
 
 
 def _batch(row: tuple[Any, ...]) -> BatchRecord:

@@ -193,7 +193,7 @@ def test_submit_and_exit_then_the_next_run_collects_and_submits_nothing(tmp_path
     with JobState.open(tmp_path / "out") as state:
         [batch] = state.list_batches()
         assert batch.request_count == 5 and batch.status == "in_progress"
-        assert state.summary().by_status == {"inflight": 5}
+        assert state.summary().by_status == {"batched": 5}
     # Still running: the next tick polls, submits nothing, exits 75 again.
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE and batches_created(sim) == 1, err
