@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,7 @@ class Pipeline:
 
     # --- the whole run ----------------------------------------------------------------------
 
-    async def run(self, rows: Iterable[Row]) -> Counters:
+    async def run(self, rows: Iterable[Row] | AsyncIterable[Row]) -> Counters:
         concurrency = self.job.run.concurrency
         if self.limiter is None:
             self.limiter = Limiter.for_job(self.job)
@@ -213,10 +213,10 @@ class Pipeline:
 
     # --- stages -----------------------------------------------------------------------------
 
-    async def _feed(self, rows: Iterable[Row], out: ObjectSendStream[Row],
+    async def _feed(self, rows: Iterable[Row] | AsyncIterable[Row], out: ObjectSendStream[Row],
                     results: ObjectSendStream[Outcome]) -> None:
         async with out, results:
-            for row in rows:
+            async for row in _as_async(rows):
                 if self.stopping.is_set():
                     return
                 self.counters.total += 1
@@ -505,6 +505,16 @@ def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int
     if not latency_known:
         return min(in_flight_limit, 2 * preparers + 1)
     return 2 * in_flight_limit + 1
+
+
+async def _as_async(rows: Iterable[Row] | AsyncIterable[Row]) -> AsyncIterator[Row]:
+    """Rows from either kind of iterable (the runner reads the manifest in a thread: async)."""
+    if isinstance(rows, AsyncIterable):
+        async for row in rows:
+            yield row
+    else:
+        for row in rows:
+            yield row
 
 
 def _is_url(source: str | Path) -> bool:

@@ -27,7 +27,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,8 +83,9 @@ class BackgroundSync:
     """The manifest synced into the state by a thread, on the state's own (locked) connection."""
 
     def __init__(self, state: JobState, rows: Callable[[], Iterable[Row]], pass_id: int,
-                 hasher: ContentHasher, fingerprint: str) -> None:
+                 hasher: ContentHasher, fingerprint: str, *, chunk: int = BACKGROUND_CHUNK) -> None:
         self.state = state
+        self._chunk = chunk
         self.gate = SyncGate()
         self._rows = rows
         self._pass_id = pass_id
@@ -100,15 +101,17 @@ class BackgroundSync:
         try:
             report = self.state.sync_rows(self._rows(), self._pass_id, hasher=self._hasher,
                                           gate=self.gate, fingerprint=self._fingerprint,
-                                          chunk=BACKGROUND_CHUNK)
+                                          chunk=self._chunk)
         except BaseException as exc:  # handed to the run through the gate, never lost
             self.gate.fail(exc)
         else:
             self.gate.finish(report)
 
-    async def first_rows(self, grace_s: float = GRACE_S) -> None:
-        """Wait until the sync completes, or has synced its first chunk and ``grace_s`` passed;
-        raises what the sync raised (duplicate ids, an id collision, an unreadable manifest)."""
+    async def first_rows(self, grace_s: float | None = None) -> None:
+        """Wait until the sync completes, or has synced its first chunk and ``grace_s`` (default
+        :data:`GRACE_S`) passed; raises what the sync raised (duplicate ids, an id collision, an
+        unreadable manifest)."""
+        grace_s = GRACE_S if grace_s is None else grace_s
         started = time.monotonic()
         gate = self.gate
         while not gate.settled and (gate.synced < 0 or time.monotonic() - started < grace_s):
@@ -139,19 +142,29 @@ def begin(state: JobState, job: JobConfig, manifest: Manifest, redo_changed: boo
     if state.synced_fingerprint() == fingerprint:
         state.sync_gate = None
         return None
-    sync = BackgroundSync(state, manifest.rows, pass_id, ContentHasher(settings), fingerprint)
+    sync = BackgroundSync(state, manifest.rows, pass_id, ContentHasher(settings), fingerprint,
+                          chunk=BACKGROUND_CHUNK)
     state.sync_gate = sync.gate
     return sync.start()
 
 
-def stopping_feed(rows: Iterable[Row], stop: Callable[[BaseException], None],
-                  fatal: tuple[type[BaseException], ...]) -> Iterator[Row]:
-    """``rows``, ending (and calling ``stop``) instead of raising one of ``fatal``: a problem with
-    the manifest found after rows were sent stops the run cleanly, keeping what is in flight."""
-    try:
-        yield from rows
-    except fatal as exc:
-        stop(exc)
+async def rows_from_thread(batches: Iterator[list[Row]], stop: Callable[[BaseException], None],
+                           fatal: tuple[type[BaseException], ...]) -> AsyncIterator[Row]:
+    """The rows of ``batches`` (:meth:`JobState.pending_batches`), each batch read and judged in a
+    worker thread: reading the manifest, hashing rows and waiting for the sync never stall the
+    event loop (and the requests in flight on it). Instead of raising one of ``fatal`` (a problem
+    with the manifest found after rows were sent) it calls ``stop`` and ends: the run stops
+    cleanly, keeping what is in flight."""
+    while True:
+        try:
+            batch = await anyio.to_thread.run_sync(next, batches, None)
+        except fatal as exc:
+            stop(exc)
+            return
+        if batch is None:
+            return
+        for row in batch:
+            yield row
 
 
 def count_to_do(out_dir: Path, retry_errors: bool, redo_changed: bool) -> int:

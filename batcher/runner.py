@@ -271,13 +271,16 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
                         refused.append(exc)
                         pipeline.stop("the manifest cannot be used")
 
-                    rows = resume.stopping_feed(state.pending(manifest.rows(), request.retry_errors),
-                                                manifest_stop, _MANIFEST_FAULTS)
+                    batches = state.pending_batches(manifest.rows(), request.retry_errors)
+                    rows = resume.rows_from_thread(batches, manifest_stop, _MANIFEST_FAULTS)
                     try:
                         await pipeline.run(rows)
                     except FatalRunError as exc:
                         print(f"batcher: stopped: {exc}", file=request.err)
                         code = EXIT_FATAL
+                    finally:
+                        await rows.aclose()
+                        batches.close()
                     tg.cancel_scope.cancel()
         finally:
             if sync is not None:

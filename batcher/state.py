@@ -352,15 +352,17 @@ class SyncGate:
             self._cond.notify_all()
 
     def wait_for(self, index: int, timeout: float | None = None) -> bool:
-        """Block until rows up to ``index`` are synced (True), or ``timeout`` passes (False);
-        raises the sync's error if it failed."""
+        """Block until rows up to ``index`` are synced (True), or the sync was cancelled or
+        ``timeout`` passed (False); raises the sync's error if it failed before ``index``."""
         with self._cond:
-            ok = self._cond.wait_for(
+            self._cond.wait_for(
                 lambda: self.error is not None or self.report is not None or self.synced >= index
                 or self.cancelled, timeout)
+            if self.report is not None or self.synced >= index:
+                return True
             if self.error is not None:
                 raise self.error
-            return ok and (self.report is not None or self.synced >= index)
+            return False
 
 
 @dataclass(slots=True)
@@ -790,13 +792,27 @@ class JobState:
         sync running beside (``gate``, default :attr:`sync_gate`), each chunk waits until the sync
         has passed it.
         """
+        for batch in self.pending_batches(rows, retry_errors, redo_changed=redo_changed, gate=gate):
+            yield from batch
+
+    def pending_batches(self, rows: Iterable[Row], retry_errors: bool, *, redo_changed: bool | None = None,
+                        gate: SyncGate | None = None) -> Iterator[list[Row]]:
+        """:meth:`pending` in non-empty lists, each as soon as it is judged: for a reader in a
+        thread of its own (its waits for the sync then never hold up an event loop)."""
         redo = self.redo_changed if redo_changed is None else redo_changed
         gate = gate if gate is not None else self.sync_gate
         hasher = ContentHasher(self.answer_settings)
         for chunk in _chunks(rows, CHUNK // 2):
-            if gate is not None:
-                gate.wait_for(chunk[-1].index)
-            yield from self._pending_chunk(chunk, hasher, retry_errors, redo)
+            while gate is not None and chunk and not gate.done:
+                # Judge what the sync has passed, without waiting for the rest of the chunk.
+                if not gate.wait_for(chunk[0].index):
+                    return  # the sync was cancelled: the run is ending
+                ready = sum(1 for r in chunk if r.index <= gate.synced) if not gate.done else len(chunk)
+                if out := self._pending_chunk(chunk[:ready], hasher, retry_errors, redo):
+                    yield out
+                chunk = chunk[ready:]
+            if chunk and (out := self._pending_chunk(chunk, hasher, retry_errors, redo)):
+                yield out
 
     def _pending_chunk(self, chunk: list[Row], hasher: ContentHasher, retry_errors: bool,
                        redo: bool) -> list[Row]:
