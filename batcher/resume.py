@@ -92,8 +92,10 @@ class BackgroundSync:
         self._hasher = hasher
         self._fingerprint = fingerprint
         self._thread = threading.Thread(target=self._run, name="batcher-sync", daemon=True)
+        self._started = time.monotonic()
 
     def start(self) -> BackgroundSync:
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -109,12 +111,11 @@ class BackgroundSync:
 
     async def first_rows(self, grace_s: float | None = None) -> None:
         """Wait until the sync completes, or has synced its first chunk and ``grace_s`` (default
-        :data:`GRACE_S`) passed; raises what the sync raised (duplicate ids, an id collision, an
-        unreadable manifest)."""
+        :data:`GRACE_S`) passed since it started; raises what the sync raised (duplicate ids, an
+        id collision, an unreadable manifest)."""
         grace_s = GRACE_S if grace_s is None else grace_s
-        started = time.monotonic()
         gate = self.gate
-        while not gate.settled and (gate.synced < 0 or time.monotonic() - started < grace_s):
+        while not gate.settled and (gate.synced < 0 or time.monotonic() - self._started < grace_s):
             await anyio.sleep(0.01)
         if gate.error is not None:
             raise gate.error

@@ -216,7 +216,6 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
     from batcher.progress import status_line
-    from batcher.sink import Sink
     from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
 
     out_dir = job.output_dir(request.out)
@@ -241,14 +240,10 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
         # The sync of a new or changed manifest runs beside the pipeline (batcher.resume).
         sync = resume.begin(state, job, manifest, request.redo_changed)
         try:
-            if sync is not None:
-                await _sync_started(sync, job, whole=job.run.mode == "batch")
-            sink = Sink(out_dir, state, manifest.field_types())
-            sink.recover()
-            for warning in sink.warnings:
-                print(f"batcher: warning: {warning}", file=request.err)
-            sink.retire_removed()
             if job.run.mode == "batch":
+                if sync is not None:
+                    await _sync_started(sync, job, whole=True)
+                sink = _open_sink(out_dir, state, manifest, request.err)
                 to_do = state.count_remaining(request.retry_errors, request.redo_changed)
                 code = await _run_batches(request, job, profile, client, state, sink, manifest, to_do)
                 sink.retire_removed()
@@ -256,7 +251,11 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
                 return code
             to_do_box: list[int | None] = [None]
             refused: list[BaseException] = []
+            # The image workers start while the sync takes in the first rows.
             async with ImagePool(workers=job.run.image_workers or None) as pool:
+                if sync is not None:
+                    await _sync_started(sync, job, whole=False)
+                sink = _open_sink(out_dir, state, manifest, request.err)
                 pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
                                     pool=pool)
                 pipeline.policy = pipeline.policy.__class__(max_attempts=job.run.max_attempts,
@@ -334,6 +333,18 @@ def _manifest_faults() -> tuple[type[BaseException], ...]:
 
 #: What a sync or the resume pass may find in the manifest that makes it unusable (exit 2).
 _MANIFEST_FAULTS = _manifest_faults()
+
+
+def _open_sink(out_dir: Path, state, manifest, err: TextIO):  # type: ignore[no-untyped-def]
+    """The results sink, settled after any crash, holding the rows of the current manifest only."""
+    from batcher.sink import Sink
+
+    sink = Sink(out_dir, state, manifest.field_types())
+    sink.recover()
+    for warning in sink.warnings:
+        print(f"batcher: warning: {warning}", file=err)
+    sink.retire_removed()
+    return sink
 
 
 def _refusal(exc: BaseException, job: JobConfig) -> str:

@@ -11,6 +11,14 @@ Resume is by explicit done-markers: a row needs work unless its ``results`` stat
 crash), ``batched`` (inside a submitted Message Batch: not sent again; whoever collects the batch
 settles it with ``record`` or, for expired/errored requests, ``record_transient``).
 
+Manifest passes. A *complete* sync (:meth:`JobState.sync_rows`) tags every row it reads with its
+pass; :meth:`JobState.current_pass` is the last complete one, and rows last seen before it are
+*removed* (no longer in the manifest: not counted, not exported; the sink moves their answers to
+``OUT/removed``). Rows carry a content hash (:class:`ContentHasher`) and results the hash they were
+answered for, so an answered row whose content changed is found (:func:`is_changed`) and resent
+only when asked (``redo_changed``). A sync may run in a thread beside the pipeline; the
+:class:`SyncGate` keeps the resume pass behind it (see :mod:`batcher.resume`).
+
 Durability contract. The database is in WAL mode with ``synchronous=NORMAL`` and every public write
 commits before it returns (there is no write buffer, so there is nothing to flush). In WAL mode a
 commit is written to the WAL file before ``commit()`` returns, so once :meth:`JobState.record`
