@@ -831,12 +831,12 @@ class JobState:
             f"LEFT JOIN results s ON s.id = r.id WHERE r.id IN ({marks})", ids)}
         out: list[Row] = []
         updates: list[tuple[int, str]] = []
+        unknown = False
         for row in chunk:
             current = hasher(row)
             found = known.get(row.id)
             if found is None:
-                # Not synced: the skipped sync's fingerprint was wrong; the next run syncs again.
-                self._forget_fingerprint()
+                unknown = True
                 out.append(row)
                 continue
             index, stored, status, answered = found
@@ -850,6 +850,9 @@ class JobState:
             # Before any row of the chunk is sent: record() stores the hash a row was answered for.
             with self._tx() as c:
                 c.executemany("UPDATE rows SET hash = ? WHERE id = ?", updates)
+        if unknown:
+            # Rows no sync has seen: the skipped sync's fingerprint was wrong; the next run syncs.
+            self._forget_fingerprint()
         return out
 
     def _forget_fingerprint(self) -> None:
