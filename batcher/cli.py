@@ -23,7 +23,10 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: the job's run.output, relative to the job file).")
 @click.option("--retry-errors", is_flag=True, help="Send rows that ended in a final error again.")
-def run(job: Path, out: Path | None, retry_errors: bool) -> None:
+@click.option("--redo-changed", is_flag=True,
+              help="Send again the answered rows whose prompt, images or request settings changed "
+                   "since they were answered (a run reports how many there are).")
+def run(job: Path, out: Path | None, retry_errors: bool, redo_changed: bool) -> None:
     """Run a job (resumes where the last run stopped).
 
     Exit codes: 0 all rows ok; 3 some rows ended in error; 2 usage or config error (nothing
@@ -33,7 +36,8 @@ def run(job: Path, out: Path | None, retry_errors: bool) -> None:
     from batcher.runner import RunRequest
     from batcher.runner import run as run_job
 
-    sys.exit(run_job(RunRequest(job_path=job, out=out, retry_errors=retry_errors)))
+    sys.exit(run_job(RunRequest(job_path=job, out=out, retry_errors=retry_errors,
+                                redo_changed=redo_changed)))
 
 
 @main.command()

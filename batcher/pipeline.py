@@ -23,7 +23,7 @@ import base64
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -117,6 +117,17 @@ Outcome = Result | Transient
 
 
 @dataclass
+class Recorded:
+    """An outcome the request stage has made durable already: the writer only counts it."""
+
+    outcome: Outcome
+
+
+#: What reaches the writer: outcomes to record (bad rows, bad images), or ones recorded already.
+Written = Outcome | Recorded
+
+
+@dataclass
 class Pipeline:
     job: JobConfig
     profile: ModelProfile
@@ -160,7 +171,7 @@ class Pipeline:
 
     # --- the whole run ----------------------------------------------------------------------
 
-    async def run(self, rows: Iterable[Row]) -> Counters:
+    async def run(self, rows: Iterable[Row] | AsyncIterable[Row]) -> Counters:
         concurrency = self.job.run.concurrency
         if self.limiter is None:
             self.limiter = Limiter.for_job(self.job)
@@ -169,7 +180,7 @@ class Pipeline:
         to_prepare_send, to_prepare = anyio.create_memory_object_stream[Row](concurrency)
         # Prepared rows are heavy (base64 images): only a few wait between the stages.
         to_request_send, to_request = anyio.create_memory_object_stream[Prepared](preparers)
-        results_send, results = anyio.create_memory_object_stream[Outcome](concurrency * 2)
+        results_send, results = anyio.create_memory_object_stream[Written](concurrency * 2)
         # Any stage may find that nothing else can succeed (a 401 on an upload or a message).
         fatal = self._fatal = []
         async with anyio.create_task_group() as outer:
@@ -225,10 +236,10 @@ class Pipeline:
 
     # --- stages -----------------------------------------------------------------------------
 
-    async def _feed(self, rows: Iterable[Row], out: ObjectSendStream[Row],
-                    results: ObjectSendStream[Outcome]) -> None:
+    async def _feed(self, rows: Iterable[Row] | AsyncIterable[Row], out: ObjectSendStream[Row],
+                    results: ObjectSendStream[Written]) -> None:
         async with out, results:
-            for row in rows:
+            async for row in _as_async(rows):
                 if self.stopping.is_set():
                     return
                 self.counters.total += 1
@@ -238,7 +249,7 @@ class Pipeline:
                     await out.send(row)
 
     async def _prepare(self, rows: ObjectReceiveStream[Row], out: ObjectSendStream[Prepared],
-                       results: ObjectSendStream[Outcome]) -> None:
+                       results: ObjectSendStream[Written]) -> None:
         from batcher.files import UploadError
         from batcher.images.errors import ImageError
 
@@ -379,7 +390,7 @@ class Pipeline:
                       fields=dict(row.fields),
                       images=[ImageSent(source=s) for s in row.images])
 
-    async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Outcome]) -> None:
+    async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Written]) -> None:
         async with rows, results:
             while True:
                 await self._wait_to_hold()
@@ -397,7 +408,11 @@ class Pipeline:
                     self._hold_changed.set()
                 if outcome is None:
                     continue  # not sent: with the run stopping, the rest drains the same way
-                await results.send(outcome)
+                # Durable before anything else happens, by this task: an answer the API has billed
+                # waits in no queue, so a kill -9 pays twice only for requests truly in flight.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._record_all, [outcome])
+                await results.send(Recorded(outcome))
 
     async def _wait_to_hold(self) -> None:
         """Take a prepared row only while the limits could send it soon (see the module doc)."""
@@ -498,13 +513,15 @@ class Pipeline:
             images=p.sent, warnings=p.warnings, fields=dict(p.row.fields),
         )
 
-    async def _write(self, outcomes: ObjectReceiveStream[Outcome]) -> None:
+    async def _write(self, outcomes: ObjectReceiveStream[Written]) -> None:
         """Record every outcome, and export parts, without the event loop ever waiting on disk.
 
-        Outcomes are recorded in a worker thread, a few at a time (the state serialises its
-        connection; each record is durable when it returns), and only then count as done. Parts
-        are written by one background export at a time (the sink takes a lock too) while rows go
-        on being recorded; the last export runs to its end even when the run is cancelled.
+        Answers were recorded by the request stage as they came (:class:`Recorded`); the other
+        outcomes (bad rows, bad images) are recorded here in a worker thread, a few at a time (the
+        state serialises its connection; each record is durable when it returns). Each counts as
+        done only once durable. Parts are written by one background export at a time (the sink
+        takes a lock too) while rows go on being recorded; the last export runs to its end even
+        when the run is cancelled.
         """
         every_rows, every_s = self.job.run.part_rows, 30.0
         pending, last_export = 0, time.monotonic()
@@ -512,8 +529,11 @@ class Pipeline:
         async with anyio.create_task_group() as exports, outcomes:
             while batch := await _next_outcomes(outcomes, WRITE_BATCH):
                 # Not abandoned on cancel: a thread's records finish, so the counters agree.
-                await anyio.to_thread.run_sync(self._record_all, batch)
-                for outcome in batch:
+                todo = [o for o in batch if not isinstance(o, Recorded)]
+                if todo:
+                    await anyio.to_thread.run_sync(self._record_all, todo)
+                for item in batch:
+                    outcome = item.outcome if isinstance(item, Recorded) else item
                     if isinstance(outcome, Transient):
                         self.counters.left_for_next_run += 1
                         continue
@@ -552,7 +572,7 @@ class Pipeline:
 WRITE_BATCH = 64
 
 
-async def _next_outcomes(outcomes: ObjectReceiveStream[Outcome], limit: int) -> list[Outcome]:
+async def _next_outcomes(outcomes: ObjectReceiveStream[Written], limit: int) -> list[Written]:
     """The next outcome and whatever else is already waiting (at most ``limit``); [] at the end."""
     try:
         batch = [await outcomes.receive()]
@@ -596,6 +616,16 @@ def _named_once(message: str, images: list[str], index: int | None) -> str:
         return message
     source = images[index - 1]
     return without_label(message, source, str(Path(source)))
+
+
+async def _as_async(rows: Iterable[Row] | AsyncIterable[Row]) -> AsyncIterator[Row]:
+    """Rows from either kind of iterable (the runner reads the manifest in a thread: async)."""
+    if isinstance(rows, AsyncIterable):
+        async for row in rows:
+            yield row
+    else:
+        for row in rows:
+            yield row
 
 
 def eta_s(counters: Counters, remaining: int) -> float | None:

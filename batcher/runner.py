@@ -17,6 +17,7 @@ ids); only then does the pipeline start. Exit codes (also in README):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ from typing import Literal, TextIO
 
 import anyio
 
+from batcher import resume
 from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
 from batcher.budget import BUDGET_STOP
@@ -51,6 +53,9 @@ class RunRequest:
     job_path: Path
     out: Path | None = None
     retry_errors: bool = False
+    #: resend done/error rows whose content (prompt, images, request settings) changed since
+    #: they were answered
+    redo_changed: bool = False
     #: where progress and the summary go (stderr) and where the final line goes (stdout)
     err: TextIO = sys.stderr
     out_stream: TextIO = sys.stdout
@@ -254,11 +259,10 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
 
 async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelRegistry,  # type: ignore[no-untyped-def]
                            known: ModelProfile | None, manifest, client: Client, info: dict) -> int:  # type: ignore[type-arg]
-    from batcher.batches import collect_ended, left_to_batches_line, live_holds_usd
+    from batcher.batches import left_to_batches_line, live_holds_usd
     from batcher.images.pool import ImagePool
-    from batcher.pipeline import Counters, FatalRunError, Pipeline
-    from batcher.progress import report, status_line
-    from batcher.sink import Sink
+    from batcher.pipeline import FatalRunError, Pipeline
+    from batcher.progress import status_line
     from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
 
     out_dir = job.output_dir(request.out)
@@ -281,50 +285,71 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
             profile = await _profile_for(client, job, registry, state, info, request.err)
             _check(job, profile)
         _warn_deprecated(profile, request.err)
-        report_ = state.sync_rows(manifest.rows())
-        if report_.duplicates:
-            names = ", ".join(report_.duplicates[:20])
-            more = f" and {report_.duplicate_count - 20} more" if report_.duplicate_count > 20 else ""
-            raise RunRefused(f"{job.manifest_path}: duplicate ids: {names}{more}", EXIT_CONFIG)
-        sink = Sink(out_dir, state, manifest.field_types())
-        sink.recover()
-        for warning in sink.warnings:
-            print(f"batcher: warning: {warning}", file=request.err)
-        # Whatever the mode: first what ended batches answered; rows still in live batches are
-        # left to them (sent by no one) and the run exits 75 while any remain.
-        collector = await collect_ended(job=job, profile=profile, client=client, state=state, sink=sink,
-                                        counters=Counters(), err=request.err)
-        if collector.fatal is not None:
-            raise RunRefused(f"stopped: {collector.fatal}", EXIT_FATAL)
-        live_batches, live_rows = collector.live_counts()
-        # Rows this run finishes: those the collection just recorded, and those that need work.
-        to_do = collector.counters.finished + state.count_remaining(request.retry_errors)
-        if job.run.mode == "batch":
-            return await _run_batches(request, job, profile, client, state, sink, manifest,
-                                      to_do + live_rows, collector)
-        if collector.collected_batches:
-            print(f"batcher: collected {collector.collected_rows:,} rows from "
-                  f"{collector.collected_batches} ended batch(es)", file=request.err)
-        async with ImagePool(workers=job.run.image_workers or None) as pool:
-            pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
-                                pool=pool, counters=collector.counters)
-            pipeline.policy = collector.policy
-            pipeline.budget = _budget_gate(job, profile, state)
-            if pipeline.budget is not None:
-                # What live batches may still spend is committed already.
-                pipeline.budget.budget.reserved_usd += live_holds_usd(state)
-            code = EXIT_OK
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_signals, pipeline)
-                tg.start_soon(partial(report, pipeline.counters, to_do, extra=lambda: (
-                    pipeline.limiter.describe() if pipeline.limiter else "")))
-                try:
-                    await pipeline.run(state.pending(manifest.rows(), request.retry_errors))
-                except FatalRunError as exc:
-                    print(f"batcher: stopped: {exc}", file=request.err)
-                    code = EXIT_FATAL
-                tg.cancel_scope.cancel()
+        # The sync of a new or changed manifest runs beside the pipeline (batcher.resume).
+        sync = resume.begin(state, job, manifest, request.redo_changed)
+        try:
+            if job.run.mode == "batch":
+                if sync is not None:
+                    await _sync_started(sync, job, whole=True)
+                sink = _open_sink(out_dir, state, manifest, request.err)
+                collector = await _collect_first(job, profile, client, state, sink, request.err)
+                _, live_rows = collector.live_counts()
+                # Rows this run finishes: those the collection just recorded, and those that need work.
+                to_do = collector.counters.finished + state.count_remaining(request.retry_errors,
+                                                                            request.redo_changed)
+                code = await _run_batches(request, job, profile, client, state, sink, manifest,
+                                          to_do + live_rows, collector)
+                sink.retire_removed()
+                _report_changed(state, request.err)
+                return code
+            to_do_box: list[int | None] = [None]
+            refused: list[BaseException] = []
+            # The image workers start while the sync takes in the first rows.
+            async with ImagePool(workers=job.run.image_workers or None) as pool:
+                if sync is not None:
+                    await _sync_started(sync, job, whole=False)
+                sink = _open_sink(out_dir, state, manifest, request.err)
+                # Whatever the mode: first what ended batches answered; rows still in live batches
+                # are left to them (sent by no one) and the run exits 75 while any remain.
+                collector = await _collect_first(job, profile, client, state, sink, request.err)
+                live_batches, live_rows = collector.live_counts()
+                if collector.collected_batches:
+                    print(f"batcher: collected {collector.collected_rows:,} rows from "
+                          f"{collector.collected_batches} ended batch(es)", file=request.err)
+                pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
+                                    pool=pool, counters=collector.counters)
+                pipeline.policy = collector.policy
+                pipeline.budget = _budget_gate(job, profile, state)
+                if pipeline.budget is not None:
+                    # What live batches may still spend is committed already.
+                    pipeline.budget.budget.reserved_usd += live_holds_usd(state)
+                code = EXIT_OK
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_watch_signals, pipeline)
+                    tg.start_soon(_report_when_counted, pipeline, out_dir, sync, request, to_do_box,
+                                  collector.counters.finished)
+
+                    def manifest_stop(exc: BaseException) -> None:
+                        refused.append(exc)
+                        pipeline.stop("the manifest cannot be used")
+
+                    batches = state.pending_batches(manifest.rows(), request.retry_errors)
+                    rows = resume.rows_from_thread(batches, manifest_stop, _MANIFEST_FAULTS)
+                    try:
+                        await pipeline.run(rows)
+                    except FatalRunError as exc:
+                        print(f"batcher: stopped: {exc}", file=request.err)
+                        code = EXIT_FATAL
+                    finally:
+                        await rows.aclose()
+                        batches.close()
+                    tg.cancel_scope.cancel()
+        finally:
+            if sync is not None:
+                sync.stop()
         counters = pipeline.counters
+        # Rows the manifest no longer has leave results/ once a sync of it completed.
+        sink.retire_removed()
         # Exports every few seconds leave many small parts; merge them once the run is over.
         sink.compact(target_rows=job.run.part_rows)
         if pipeline.uploader is not None and not code:
@@ -333,10 +358,18 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
             # A live batch may refer to the job's uploads: they stay while one is.
             await finish_run(pipeline.uploader, counters, request.err,
                              delete_at_end=job.images.delete_files_at_end and not live_batches)
+        _report_changed(state, request.err)
+        to_do = to_do_box[0]
+        if to_do is None and (sync is None or sync.gate.done):  # a short run, over before the count
+            to_do = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
         print(status_line(counters, to_do), file=request.err)
         if live_batches:
             print(left_to_batches_line(live_rows, live_batches, out_dir), file=request.err)
         print(f"results: {out_dir / 'results'}", file=request.out_stream)
+        if refused:
+            print(f"batcher: stopped: {_refusal(refused[0], job)}; nothing more was sent, and every "
+                  "answer so far is kept", file=request.err)
+            return EXIT_CONFIG
         if code:
             return code
         if counters.stop_reason == BUDGET_STOP:
@@ -355,6 +388,85 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
     finally:
         state.close()
         lock.release()
+
+
+def _manifest_faults() -> tuple[type[BaseException], ...]:
+    from batcher.manifest import ManifestError
+    from batcher.state import StateError
+
+    return (ManifestError, StateError)
+
+
+#: What a sync or the resume pass may find in the manifest that makes it unusable (exit 2).
+_MANIFEST_FAULTS = _manifest_faults()
+
+
+def _open_sink(out_dir: Path, state, manifest, err: TextIO):  # type: ignore[no-untyped-def]
+    """The results sink, settled after any crash, holding the rows of the current manifest only."""
+    from batcher.sink import Sink
+
+    sink = Sink(out_dir, state, manifest.field_types())
+    sink.recover()
+    for warning in sink.warnings:
+        print(f"batcher: warning: {warning}", file=err)
+    sink.retire_removed()
+    return sink
+
+
+def _refusal(exc: BaseException, job: JobConfig) -> str:
+    from batcher.manifest import ManifestError
+
+    where = job.path if isinstance(exc, ManifestError) else job.manifest_path
+    return f"{where}: {exc}"
+
+
+async def _sync_started(sync: resume.BackgroundSync, job: JobConfig, *, whole: bool) -> None:
+    """Wait for the sync's first rows (batch mode: for all of it); what it found wrong in the
+    manifest by then refuses the run with nothing sent (exit 2)."""
+    try:
+        await (sync.settled() if whole else sync.first_rows())
+    except _MANIFEST_FAULTS as exc:
+        raise RunRefused(_refusal(exc, job), EXIT_CONFIG) from None
+
+
+async def _report_when_counted(pipeline, out_dir: Path, sync: resume.BackgroundSync | None,  # type: ignore[no-untyped-def]
+                               request: RunRequest, box: list[int | None], collected: int) -> None:
+    """The progress display, once the rows left are known (after the sync, counted off the run's
+    connection: a scan at millions of rows)."""
+    from batcher.progress import report
+
+    if sync is not None:
+        with contextlib.suppress(Exception):  # the run itself reports what the sync found
+            await sync.settled()
+        if not sync.gate.done:
+            return
+    # ``collected``: rows the collection of ended batches recorded before the pipeline started.
+    box[0] = collected + await anyio.to_thread.run_sync(
+        partial(resume.count_to_do, out_dir, request.retry_errors, request.redo_changed),
+        abandon_on_cancel=True)
+    await report(pipeline.counters, box[0], stream=request.err,
+                 extra=lambda: pipeline.limiter.describe() if pipeline.limiter else "")
+
+
+async def _collect_first(job: JobConfig, profile: ModelProfile, client: Client, state, sink,  # type: ignore[no-untyped-def]
+                         err: TextIO):
+    """Collect the batches that have ended, before anything is sent; a fatal answer stops the run."""
+    from batcher.batches import collect_ended
+    from batcher.pipeline import Counters
+
+    collector = await collect_ended(job=job, profile=profile, client=client, state=state, sink=sink,
+                                    counters=Counters(), err=err)
+    if collector.fatal is not None:
+        raise RunRefused(f"stopped: {collector.fatal}", EXIT_FATAL)
+    return collector
+
+
+def _report_changed(state, err: TextIO) -> None:  # type: ignore[no-untyped-def]
+    """Answered rows whose content changed are left as they are, and said so."""
+    changed = state.count_changed()
+    if changed:
+        print(f"batcher: {changed:,} row(s) changed since they were answered (prompt, image or request "
+              "settings); `batcher run --redo-changed` resends them", file=err)
 
 
 async def _run_batches(request: RunRequest, job: JobConfig, profile: ModelProfile, client: Client,  # type: ignore[no-untyped-def]

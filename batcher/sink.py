@@ -52,6 +52,11 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 RESULTS_DIR = "results"
+#: Answers of rows the manifest no longer has: OUT/removed/removed.parquet (same schema).
+REMOVED_DIR = "removed"
+REMOVED_FILE = "removed.parquet"
+#: meta: the pass whose removed rows OUT/removed/removed.parquet holds.
+REMOVED_META_KEY = "sink.removed_pass"
 FIELDS_META_KEY = "sink.fields"
 MANIFEST_PREFIX = "manifest_"
 #: Results converted per Parquet write: bounds memory however large a part is.
@@ -426,6 +431,55 @@ class Sink:
         if not fresh:
             self._rewrite_dirty()
         return len(group)
+
+    # -- rows the manifest no longer has --
+
+    def retire_removed(self) -> int:
+        """Make ``results/`` hold the rows of the current manifest only.
+
+        The answers of rows that left the manifest (as of the last complete sync) are written to
+        ``OUT/removed/removed.parquet`` (rebuilt from the state, so a crash anywhere is settled by
+        the next call), then taken out of their parts (dirty, rewritten without them). A row that
+        comes back into the manifest is exported again from the state, nothing resent. Returns
+        the number of rows taken out of ``results/``.
+        """
+        current = self.state.current_pass()
+        if current is None:
+            return 0
+        if self.state.get_meta(REMOVED_META_KEY) != current:
+            self._write_removed()
+            self.state.set_meta(REMOVED_META_KEY, current)
+        moved = self.state.unassign_removed() if self.state.count_removed_in_parts() else 0
+        if moved:
+            self._rewrite_dirty()
+        return moved
+
+    def _write_removed(self) -> None:
+        import pyarrow.parquet as pq
+
+        folder = self.out_dir / REMOVED_DIR
+        final = folder / REMOVED_FILE
+        writer: pq.ParquetWriter | None = None
+        after = 0
+        tmp = folder / temp_name(REMOVED_FILE)
+        try:
+            while page := self.state.removed_results(after, WRITE_CHUNK):
+                if writer is None:
+                    folder.mkdir(exist_ok=True)
+                    writer = pq.ParquetWriter(tmp, self.schema)
+                writer.write_table(self._table([Result.from_json(js) for _, js in page]))
+                after = page[-1][0]
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            if final.exists():  # every removed row came back
+                final.unlink()
+                fsync_dir(folder)
+            return
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+        fsync_dir(folder)
 
     # -- crash recovery --
 

@@ -11,6 +11,14 @@ Resume is by explicit done-markers: a row needs work unless its ``results`` stat
 crash), ``batched`` (inside a submitted Message Batch: not sent again; whoever collects the batch
 settles it with ``record`` or, for expired/errored requests, ``record_transient``).
 
+Manifest passes. A *complete* sync (:meth:`JobState.sync_rows`) tags every row it reads with its
+pass; :meth:`JobState.current_pass` is the last complete one, and rows last seen before it are
+*removed* (no longer in the manifest: not counted, not exported; the sink moves their answers to
+``OUT/removed``). Rows carry a content hash (:class:`ContentHasher`) and results the hash they were
+answered for, so an answered row whose content changed is found (:func:`is_changed`) and resent
+only when asked (``redo_changed``). A sync may run in a thread beside the pipeline; the
+:class:`SyncGate` keeps the resume pass behind it (see :mod:`batcher.resume`).
+
 Durability contract. The database is in WAL mode with ``synchronous=NORMAL`` and every public write
 commits before it returns (there is no write buffer, so there is nothing to flush). In WAL mode a
 commit is written to the WAL file before ``commit()`` returns, so once :meth:`JobState.record`
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
@@ -47,7 +56,8 @@ from typing import Any, Literal
 
 from batcher.records import Result, Row, custom_id_for
 
-SCHEMA_VERSION = 1
+#: 2: rows.hash and results.answered_hash (issue 13: edits to answered rows); a v1 state migrates.
+SCHEMA_VERSION = 2
 STATE_FILE = "state.sqlite"
 LOCK_FILE = ".lock"
 STATUSES = ("done", "error", "transient", "inflight", "batched")
@@ -55,10 +65,29 @@ Status = Literal["done", "error", "transient", "inflight", "batched"]
 #: Rows per executemany/IN-list chunk: bounded memory, well under SQLite's 32766 variables.
 CHUNK = 2000
 MAX_NAMED_DUPLICATES = 20
+#: Rows per transaction of a sync running beside the pipeline: short, so a record() waits little.
+BACKGROUND_CHUNK = 500
+#: meta: the manifest fingerprint of the last complete sync without duplicates (see runner).
+SYNC_FINGERPRINT_KEY = "sync.fingerprint"
+#: meta: set by the v1 -> v2 migration; the next complete sync takes the rows' hashes as answered.
+HASH_BASELINE_KEY = "sync.hash_baseline"
+_STAT_CACHE_MAX = 65536
 
 
 class StateError(RuntimeError):
     """The job state cannot be used (wrong schema version, a corrupt file, an id collision)."""
+
+
+class DuplicateIds(StateError):
+    """The manifest holds an id more than once (a sync beside the pipeline stops at the first)."""
+
+    def __init__(self, ids: list[str], count: int, *, complete: bool, read: int) -> None:
+        names = ", ".join(ids)
+        more = f" and {count - len(ids)} more" if count > len(ids) else ""
+        where = "" if complete else f" (found within the first {read:,} rows; more may follow)"
+        super().__init__(f"duplicate ids: {names}{more}{where}")
+        self.ids = ids
+        self.count = count
 
 
 class AlreadyRunning(StateError):
@@ -88,6 +117,56 @@ def needs_work(status: str | None, retry_errors: bool) -> bool:
     if status in ("done", "batched"):
         return False
     raise ValueError(f"unknown row status {status!r}")
+
+
+def is_changed(status: str | None, answered_hash: int | None, current_hash: int | None) -> bool:
+    """Whether an answered row (done or final error) was answered for other content than it now has.
+
+    Unknown hashes (a row answered before schema 2 and not yet baselined) never count as changed.
+    """
+    return (status in ("done", "error") and answered_hash is not None and current_hash is not None
+            and answered_hash != current_hash)
+
+
+class ContentHasher:
+    """The content hash of what would be sent for a row: 8 bytes of BLAKE2b, as a signed int.
+
+    It covers the rendered prompt, each image source as resolved, and for a local image file its
+    size and mtime_ns (hashing image bytes would read every image on every run: far too slow at
+    millions of rows; an edit that keeps both is not seen), plus ``settings``: the job's request
+    settings that shape the answer (see ``runner.answer_settings``), so a changed model, system
+    prompt or max_tokens changes every row's hash. Stats are cached per path for one pass.
+    """
+
+    def __init__(self, settings: bytes = b"") -> None:
+        self._base = hashlib.blake2b(settings, digest_size=8, person=b"batcher-row")
+        self._stats: dict[str, bytes] = {}
+
+    def __call__(self, row: Row) -> int:
+        h = self._base.copy()
+        h.update(row.prompt.encode("utf-8", "surrogatepass"))
+        for source in row.images:
+            h.update(b"\0")
+            h.update(source.encode("utf-8", "surrogatepass"))
+            h.update(self._stat(source))
+        return int.from_bytes(h.digest(), "big", signed=True)
+
+    def _stat(self, source: str) -> bytes:
+        found = self._stats.get(source)
+        if found is not None:
+            return found
+        if source[:8].lower().startswith(("http://", "https://")):
+            found = b"|url"
+        else:
+            try:
+                st = os.stat(source)
+                found = b"|%d:%d" % (st.st_size, st.st_mtime_ns)
+            except OSError:
+                found = b"|missing"
+        if len(self._stats) >= _STAT_CACHE_MAX:
+            self._stats.clear()  # bounded memory over millions of distinct images
+        self._stats[source] = found
+        return found
 
 
 def status_for(result: Result, final: bool) -> Status:
@@ -159,6 +238,56 @@ def acquire_lock(out_dir: str | Path) -> RunLock:
     return RunLock(path, fd)
 
 
+def lock_holder(out_dir: str | Path) -> int | None:
+    """The pid of the ``batcher run`` holding this OUT's lock now, or None (no run is live).
+
+    Read-only: on Linux ``/proc/locks`` is matched against the lock file's inode and the pid the
+    holder wrote, so a run starting meanwhile is never refused. Elsewhere a shared lock is tried
+    and dropped at once.
+    """
+    path = Path(out_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        pid = _read_pid(fd)
+        held = _held_per_proc_locks(os.fstat(fd).st_ino, pid)
+        if held is None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = True
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                held = False
+        return (pid or -1) if held else None
+    finally:
+        os.close(fd)
+
+
+def _held_per_proc_locks(inode: int, pid: int | None) -> bool | None:
+    """Whether /proc/locks lists a FLOCK by ``pid`` on ``inode``; None where it cannot be read."""
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    if pid is None:
+        return None
+    for line in text.splitlines():
+        fields = line.split()
+        if "FLOCK" not in fields or "->" in fields:
+            continue
+        at = fields.index("FLOCK")
+        try:
+            holder, where = int(fields[at + 3]), fields[at + 4]
+        except (IndexError, ValueError):
+            continue
+        if holder == pid and where.rsplit(":", 1)[-1] == str(inode):
+            return True
+    return False
+
+
 def _read_pid(fd: int) -> int | None:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
@@ -182,6 +311,66 @@ class SyncReport:
     duplicate_count: int
     #: Rows of earlier passes that the manifest no longer has (kept, never sent again).
     removed: int
+
+
+class SyncGate:
+    """How far a sync running beside the pipeline has got, shared by the two threads.
+
+    The sync calls :meth:`advance` after each committed chunk (every manifest row up to that index
+    is in ``rows``), then :meth:`finish` or :meth:`fail`; :meth:`JobState.pending` calls
+    :meth:`wait_for` before it looks a chunk up, so it never judges a row the sync has not seen
+    (a later occurrence of a duplicate id would otherwise look new). :meth:`cancel` asks the sync
+    to stop after its current chunk.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.synced = -1
+        self.report: SyncReport | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        return self.report is not None
+
+    @property
+    def settled(self) -> bool:
+        """Finished, failed or cancelled: the sync will write nothing more."""
+        return self.report is not None or self.error is not None
+
+    def advance(self, index: int) -> None:
+        with self._cond:
+            self.synced = max(self.synced, index)
+            self._cond.notify_all()
+
+    def finish(self, report: SyncReport) -> None:
+        with self._cond:
+            self.report = report
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self.error = exc
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
+
+    def wait_for(self, index: int, timeout: float | None = None) -> bool:
+        """Block until rows up to ``index`` are synced (True), or the sync was cancelled or
+        ``timeout`` passed (False); raises the sync's error if it failed before ``index``."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self.error is not None or self.report is not None or self.synced >= index
+                or self.cancelled, timeout)
+            if self.report is not None or self.synced >= index:
+                return True
+            if self.error is not None:
+                raise self.error
+            return False
 
 
 @dataclass(slots=True)
@@ -237,6 +426,10 @@ class Summary:
     removed_rows: int
     #: warnings on the current manifest's results (e.g. small_image), by kind
     warnings: dict[str, int] = field(default_factory=dict)
+    #: done/error rows whose content hash changed since they were answered (``--redo-changed``)
+    changed_rows: int = 0
+    #: answers of removed rows (kept apart under OUT/removed, not in OUT/results)
+    removed_answers: int = 0
 
 
 # --- the state ----------------------------------------------------------------------------------
@@ -248,8 +441,10 @@ CREATE TABLE passes(
   finished_at REAL, rows INTEGER, new_rows INTEGER, duplicates INTEGER);
 CREATE TABLE rows(
   id TEXT PRIMARY KEY, custom_id TEXT NOT NULL UNIQUE, manifest_index INTEGER NOT NULL,
-  first_seen_pass INTEGER NOT NULL, last_seen_pass INTEGER NOT NULL, seen_in_pass INTEGER NOT NULL);
+  first_seen_pass INTEGER NOT NULL, last_seen_pass INTEGER NOT NULL, seen_in_pass INTEGER NOT NULL,
+  hash INTEGER);
 CREATE INDEX rows_by_pass ON rows(last_seen_pass, manifest_index);
+CREATE INDEX rows_dups ON rows(last_seen_pass) WHERE seen_in_pass > 1;
 CREATE TABLE results(
   id TEXT PRIMARY KEY,
   status TEXT NOT NULL CHECK (status IN ('done', 'error', 'transient', 'inflight', 'batched')),
@@ -258,7 +453,7 @@ CREATE TABLE results(
   cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
   cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0,
   result_json TEXT, updated_at REAL NOT NULL,
-  version INTEGER NOT NULL DEFAULT 0, part_id INTEGER);
+  version INTEGER NOT NULL DEFAULT 0, part_id INTEGER, answered_hash INTEGER);
 CREATE INDEX results_by_part ON results(part_id);
 CREATE TABLE parts(
   part_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
@@ -274,12 +469,24 @@ CREATE TABLE batch_items(batch_id TEXT NOT NULL, custom_id TEXT NOT NULL,
   PRIMARY KEY (batch_id, custom_id)) WITHOUT ROWID;
 """
 
+#: v1 -> v2: the content hashes (NULL until a sync computes them) and the index that finds the
+#: duplicates of a pass without a scan. Answers recorded by v1 have no hash: the next complete
+#: sync takes the manifest as it then is for what they were answered with (HASH_BASELINE_KEY).
+_MIGRATE_1_TO_2 = """
+ALTER TABLE rows ADD COLUMN hash INTEGER;
+ALTER TABLE results ADD COLUMN answered_hash INTEGER;
+CREATE INDEX rows_dups ON rows(last_seen_pass) WHERE seen_in_pass > 1;
+INSERT OR REPLACE INTO meta(key, value) VALUES ('sync.hash_baseline', 'true');
+"""
+
 # Usage accumulates over every answer a row ever had: spend is spend, even for a retried row.
 _RECORD_SQL = """
 INSERT INTO results(id, status, error_type, error_message, attempts, input_tokens, output_tokens,
-  cache_read_tokens, cache_write_tokens, cost_usd, latency_s, result_json, updated_at, version, part_id)
+  cache_read_tokens, cache_write_tokens, cost_usd, latency_s, result_json, updated_at, version, part_id,
+  answered_hash)
 VALUES (:id, :status, :error_type, :error_message, :attempts, :input_tokens, :output_tokens,
-  :cache_read, :cache_write, :cost_usd, :latency_s, :result_json, :now, 1, NULL)
+  :cache_read, :cache_write, :cost_usd, :latency_s, :result_json, :now, 1, NULL,
+  (SELECT hash FROM rows WHERE id = :id))
 ON CONFLICT(id) DO UPDATE SET
   status = excluded.status, error_type = excluded.error_type, error_message = excluded.error_message,
   attempts = excluded.attempts,
@@ -290,19 +497,31 @@ ON CONFLICT(id) DO UPDATE SET
   cost_usd = results.cost_usd + excluded.cost_usd,
   latency_s = results.latency_s + excluded.latency_s,
   result_json = excluded.result_json, updated_at = excluded.updated_at,
-  version = results.version + 1, part_id = NULL
+  version = results.version + 1, part_id = NULL, answered_hash = excluded.answered_hash
 """
 
 _SYNC_SQL = """
-INSERT INTO rows(id, custom_id, manifest_index, first_seen_pass, last_seen_pass, seen_in_pass)
-VALUES (?, ?, ?, ?, ?, 1)
+INSERT INTO rows(id, custom_id, manifest_index, first_seen_pass, last_seen_pass, seen_in_pass, hash)
+VALUES (?, ?, ?, ?, ?, 1, ?)
 ON CONFLICT(id) DO UPDATE SET
+  hash = CASE WHEN rows.last_seen_pass = excluded.last_seen_pass THEN rows.hash ELSE excluded.hash END,
   seen_in_pass = CASE WHEN rows.last_seen_pass = excluded.last_seen_pass
                       THEN rows.seen_in_pass + 1 ELSE 1 END,
   manifest_index = CASE WHEN rows.last_seen_pass = excluded.last_seen_pass
                         THEN rows.manifest_index ELSE excluded.manifest_index END,
   last_seen_pass = excluded.last_seen_pass
 """
+
+
+#: A done/error row whose answer was for other content (SQL over ``rows r`` joined to ``results s``;
+#: the same rule as :func:`is_changed`).
+_CHANGED_SQL = ("s.status IN ('done', 'error') AND s.answered_hash IS NOT NULL AND r.hash IS NOT NULL "
+                "AND s.answered_hash != r.hash")
+
+
+def _collision_error(first: str, second: str, custom_id: str) -> StateError:
+    return StateError(f"row ids {first!r} and {second!r} both map to the Message Batches custom_id "
+                      f"{custom_id!r}; rename one of them")
 
 
 class JobState:
@@ -315,6 +534,14 @@ class JobState:
         self._tx_depth = 0
         self._run_lock: RunLock | None = None
         self._own_pass: int | None = None
+        # This run's resume options, the defaults of pending() (set by the runner, so that both
+        # modes read the manifest with the same rules).
+        #: the job's answer-shaping settings, folded into every row's content hash
+        self.answer_settings = b""
+        #: ``--redo-changed``: resend done/error rows whose content changed since their answer
+        self.redo_changed = False
+        #: a sync of the manifest running beside the pipeline, if any
+        self.sync_gate: SyncGate | None = None
 
     # -- opening --
 
@@ -342,9 +569,16 @@ class JobState:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
+        if version == 1:
+            with self._tx():
+                for statement in _MIGRATE_1_TO_2.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
         if version != 0:
             raise StateError(f"{self.out_dir / STATE_FILE} has state schema version {version}; this "
-                             f"batcher reads version {SCHEMA_VERSION}")
+                             f"batcher reads versions 1 to {SCHEMA_VERSION}")
         with self._tx():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -425,47 +659,104 @@ class JobState:
 
     # -- rows --
 
-    def sync_rows(self, rows: Iterable[Row], pass_id: int | None = None) -> SyncReport:
+    def sync_rows(self, rows: Iterable[Row], pass_id: int | None = None, *,
+                  hasher: ContentHasher | None = None, gate: SyncGate | None = None,
+                  fingerprint: str | None = None, chunk: int = CHUNK) -> SyncReport:
         """Stream the manifest's rows into the ``rows`` table; report new rows and duplicate ids.
 
         Constant memory: rows go in chunks through an upsert; duplicates are counted in SQL
-        (``seen_in_pass``), never in a Python set.
+        (``seen_in_pass``, through a partial index), never in a Python set. Each row's content hash
+        (``hasher``) is stored with it.
+
+        With ``gate`` (a sync beside the pipeline): the gate learns each committed chunk, the sync
+        stops at the first chunk that holds a duplicate id (raising :class:`DuplicateIds`, the pass
+        left incomplete) and when the gate is cancelled. A sync that completes without duplicates
+        stores ``fingerprint`` (the manifest it read), so the next run can skip it.
         """
         if pass_id is None:
             pass_id = self.begin_pass()
+        hasher = hasher or ContentHasher()
+        # An interrupted sync leaves no fingerprint: the next run syncs again.
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = ?", (SYNC_FINGERPRINT_KEY,))
         total = 0
-        for chunk in _chunks(rows, CHUNK):
-            params = [(r.id, custom_id_for(r.id), r.index, pass_id, pass_id) for r in chunk]
+        for part in _chunks(rows, chunk):
+            if gate is not None and gate.cancelled:
+                return SyncReport(pass_id, total, 0, [], 0, 0)
+            params = [(r.id, custom_id_for(r.id), r.index, pass_id, pass_id, hasher(r)) for r in part]
             try:
                 with self._tx() as c:
                     c.executemany(_SYNC_SQL, params)
             except sqlite3.IntegrityError as exc:
-                raise StateError(f"two row ids map to one custom_id ({exc}); rename one of them") from exc
-            total += len(chunk)
-        return self._sync_report(pass_id, total)
+                raise self._collision(part) from exc
+            total += len(part)
+            if gate is not None:
+                if self._query("SELECT 1 FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ? LIMIT 1",
+                               (pass_id,)):
+                    named, count = self._duplicates(pass_id)
+                    raise DuplicateIds(named, count, complete=False, read=total)
+                gate.advance(part[-1].index)
+        report = self._sync_report(pass_id, total, fingerprint)
+        if gate is not None and report.duplicates:
+            raise DuplicateIds(report.duplicates, report.duplicate_count, complete=True, read=total)
+        return report
 
-    def _sync_report(self, pass_id: int, total: int) -> SyncReport:
+    def _collision(self, chunk: list[Row]) -> StateError:
+        """Two different ids with one custom_id (a user id shaped like another id's hash): name both."""
+        by_cid: dict[str, str] = {}
+        for row in chunk:
+            cid = custom_id_for(row.id)
+            other = by_cid.setdefault(cid, row.id)
+            if other != row.id:
+                return _collision_error(other, row.id, cid)
+        marks = ",".join("?" * len(by_cid))
+        for row_id, cid in self._query(f"SELECT id, custom_id FROM rows WHERE custom_id IN ({marks})",
+                                       list(by_cid)):
+            if by_cid[cid] != row_id:
+                return _collision_error(row_id, by_cid[cid], cid)
+        return StateError("two row ids map to one Message Batches custom_id; rename one of them")
+
+    def _duplicates(self, pass_id: int) -> tuple[list[str], int]:
         named = [r[0] for r in self._query(
-            "SELECT id FROM rows WHERE last_seen_pass = ? AND seen_in_pass > 1 "
+            "SELECT id FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ? "
             "ORDER BY manifest_index LIMIT ?", (pass_id, MAX_NAMED_DUPLICATES))]
-        dup_count, new_rows = self._query(
-            "SELECT count(*) FILTER (WHERE seen_in_pass > 1), count(*) FILTER (WHERE first_seen_pass = ?) "
-            "FROM rows WHERE last_seen_pass = ?", (pass_id, pass_id))[0]
+        count = self._query("SELECT count(*) FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ?",
+                            (pass_id,))[0][0]
+        return named, count
+
+    def _sync_report(self, pass_id: int, total: int, fingerprint: str | None = None) -> SyncReport:
+        named, dup_count = self._duplicates(pass_id)
+        new_rows = self._query("SELECT count(*) FROM rows WHERE first_seen_pass = ? AND last_seen_pass = ?",
+                               (pass_id, pass_id))[0][0]
         removed = self._query("SELECT count(*) FROM rows WHERE last_seen_pass < ?", (pass_id,))[0][0]
         with self._tx() as c:
             c.execute("UPDATE passes SET rows = ?, new_rows = ?, duplicates = ?, last_write_at = ? "
                       "WHERE pass_id = ?", (total, new_rows, dup_count, time.time(), pass_id))
+            if c.execute("SELECT 1 FROM meta WHERE key = ?", (HASH_BASELINE_KEY,)).fetchone():
+                # Answers from before schema 2: taken as answered for what the manifest holds now.
+                c.execute("UPDATE results SET answered_hash = (SELECT hash FROM rows WHERE rows.id = "
+                          "results.id) WHERE answered_hash IS NULL AND status IN ('done', 'error')")
+                c.execute("DELETE FROM meta WHERE key = ?", (HASH_BASELINE_KEY,))
+            if fingerprint is not None and not dup_count:
+                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                          (SYNC_FINGERPRINT_KEY, json.dumps(fingerprint)))
         return SyncReport(pass_id=pass_id, rows=total, new_rows=new_rows, duplicates=named,
                           duplicate_count=dup_count, removed=removed)
 
+    def synced_fingerprint(self) -> str | None:
+        """The manifest fingerprint of the last complete sync without duplicates, if any."""
+        value = self.get_meta(SYNC_FINGERPRINT_KEY)
+        return value if isinstance(value, str) else None
+
     def remaining(self, retry_errors: bool) -> Iterator[str]:
-        """Ids of the current manifest that need work, streamed in manifest order."""
+        """Ids of the current manifest that need work, streamed in manifest order (indexed: a range
+        of ``rows_by_pass`` and a primary-key probe of ``results`` per row)."""
         pass_id = self.current_pass()
         if pass_id is None:
             return
         predicate, statuses = _work_predicate(retry_errors)
         sql = (f"SELECT r.manifest_index, r.id FROM rows r LEFT JOIN results s ON s.id = r.id "
-               f"WHERE r.last_seen_pass = ? AND r.manifest_index > ? AND {predicate} "
+               f"WHERE r.last_seen_pass >= ? AND r.manifest_index > ? AND {predicate} "
                f"ORDER BY r.manifest_index LIMIT {CHUNK}")
         after = -1
         # Keyset pages: no cursor stays open while the caller writes between pages.
@@ -474,31 +765,132 @@ class JobState:
                 yield row_id
             after = page[-1][0]
 
-    def count_remaining(self, retry_errors: bool) -> int:
+    def count_remaining(self, retry_errors: bool, redo_changed: bool = False) -> int:
+        """Rows of the current manifest that need work (with ``redo_changed``, changed ones too)."""
         pass_id = self.current_pass()
         if pass_id is None:
             return 0
         predicate, statuses = _work_predicate(retry_errors)
+        if redo_changed:
+            predicate = f"({predicate} OR ({_CHANGED_SQL}))"
         return self._query(f"SELECT count(*) FROM rows r LEFT JOIN results s ON s.id = r.id "
-                           f"WHERE r.last_seen_pass = ? AND {predicate}", (pass_id, *statuses))[0][0]
+                           f"WHERE r.last_seen_pass >= ? AND {predicate}", (pass_id, *statuses))[0][0]
 
-    def pending(self, rows: Iterable[Row], retry_errors: bool) -> Iterator[Row]:
+    def count_changed(self) -> int:
+        """Done/error rows of the current manifest answered for other content than they now have
+        (as of the last pass that read them)."""
+        pass_id = self.current_pass()
+        if pass_id is None:
+            return 0
+        return self._query(f"SELECT count(*) FROM rows r JOIN results s ON s.id = r.id "
+                           f"WHERE r.last_seen_pass >= ? AND {_CHANGED_SQL}", (pass_id,))[0][0]
+
+    def pending(self, rows: Iterable[Row], retry_errors: bool, *, redo_changed: bool | None = None,
+                gate: SyncGate | None = None) -> Iterator[Row]:
         """The rows of a second pass over the manifest that need work, in order.
 
         Lets the pipeline stream the manifest again instead of holding it: each chunk's statuses are
-        looked up at once. A repeated id is yielded only at its first position, so a duplicate
-        is never sent twice in one run.
+        looked up at once (primary-key probes). A repeated id is yielded only at its first position,
+        so a duplicate is never sent twice in one run.
+
+        Each row's content hash is computed as it is read and stored when it differs (so an answer
+        records what it was answered for, and ``count_changed`` sees edits to image files the
+        manifest does not show). ``redo_changed`` (default: :attr:`redo_changed`, set by the
+        runner) also yields done/error rows whose hash changed since they were answered. With a
+        sync running beside (``gate``, default :attr:`sync_gate`), each chunk waits until the sync
+        has passed it.
         """
+        for batch in self.pending_batches(rows, retry_errors, redo_changed=redo_changed, gate=gate):
+            yield from batch
+
+    def pending_batches(self, rows: Iterable[Row], retry_errors: bool, *, redo_changed: bool | None = None,
+                        gate: SyncGate | None = None) -> Iterator[list[Row]]:
+        """:meth:`pending` in non-empty lists, each as soon as it is judged: for a reader in a
+        thread of its own (its waits for the sync then never hold up an event loop)."""
+        redo = self.redo_changed if redo_changed is None else redo_changed
+        gate = gate if gate is not None else self.sync_gate
+        hasher = ContentHasher(self.answer_settings)
         for chunk in _chunks(rows, CHUNK // 2):
-            ids = [r.id for r in chunk]
-            marks = ",".join("?" * len(ids))
-            known = {row_id: (index, status) for row_id, index, status in self._query(
-                f"SELECT r.id, r.manifest_index, s.status FROM rows r LEFT JOIN results s "
-                f"ON s.id = r.id WHERE r.id IN ({marks})", ids)}
-            for row in chunk:
-                index, status = known.get(row.id, (row.index, None))
-                if index == row.index and needs_work(status, retry_errors):
-                    yield row
+            while gate is not None and chunk and not gate.done:
+                # Judge what the sync has passed, without waiting for the rest of the chunk.
+                if not gate.wait_for(chunk[0].index):
+                    return  # the sync was cancelled: the run is ending
+                ready = sum(1 for r in chunk if r.index <= gate.synced) if not gate.done else len(chunk)
+                if out := self._pending_chunk(chunk[:ready], hasher, retry_errors, redo):
+                    yield out
+                chunk = chunk[ready:]
+            if chunk and (out := self._pending_chunk(chunk, hasher, retry_errors, redo)):
+                yield out
+
+    def _pending_chunk(self, chunk: list[Row], hasher: ContentHasher, retry_errors: bool,
+                       redo: bool) -> list[Row]:
+        ids = [r.id for r in chunk]
+        marks = ",".join("?" * len(ids))
+        known = {row_id: rest for row_id, *rest in self._query(
+            f"SELECT r.id, r.manifest_index, r.hash, s.status, s.answered_hash FROM rows r "
+            f"LEFT JOIN results s ON s.id = r.id WHERE r.id IN ({marks})", ids)}
+        out: list[Row] = []
+        updates: list[tuple[int, str]] = []
+        unknown = False
+        for row in chunk:
+            current = hasher(row)
+            found = known.get(row.id)
+            if found is None:
+                unknown = True
+                out.append(row)
+                continue
+            index, stored, status, answered = found
+            if index != row.index:
+                continue  # a later occurrence of a repeated id
+            if stored != current:
+                updates.append((current, row.id))
+            if needs_work(status, retry_errors) or (redo and is_changed(status, answered, current)):
+                out.append(row)
+        if updates:
+            # Before any row of the chunk is sent: record() stores the hash a row was answered for.
+            with self._tx() as c:
+                c.executemany("UPDATE rows SET hash = ? WHERE id = ?", updates)
+        if unknown:
+            # Rows no sync has seen: the skipped sync's fingerprint was wrong; the next run syncs.
+            self._forget_fingerprint()
+        return out
+
+    def _forget_fingerprint(self) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = ?", (SYNC_FINGERPRINT_KEY,))
+
+    # -- rows no longer in the manifest --
+
+    def removed_results(self, after_rowid: int, limit: int) -> list[tuple[int, str]]:
+        """``(rowid, result_json)`` of answers whose rows the current manifest no longer has."""
+        pass_id = self.current_pass()
+        if pass_id is None:
+            return []
+        return self._query(
+            "SELECT s.rowid, s.result_json FROM results s JOIN rows r ON r.id = s.id "
+            "WHERE r.last_seen_pass < ? AND s.result_json IS NOT NULL AND s.rowid > ? "
+            "ORDER BY s.rowid LIMIT ?", (pass_id, after_rowid, limit))
+
+    def count_removed_in_parts(self) -> int:
+        pass_id = self.current_pass()
+        if pass_id is None:
+            return 0
+        return self._query("SELECT count(*) FROM rows r JOIN results s ON s.id = r.id "
+                           "WHERE r.last_seen_pass < ? AND s.part_id IS NOT NULL", (pass_id,))[0][0]
+
+    def unassign_removed(self) -> int:
+        """Take the answers of removed rows out of their parts (marked dirty, so the sink rewrites
+        them without those rows), in ONE transaction. Returns how many rows left parts."""
+        pass_id = self.current_pass()
+        if pass_id is None:
+            return 0
+        removed = ("SELECT r.id FROM rows r JOIN results s ON s.id = r.id "
+                   "WHERE r.last_seen_pass < ? AND s.part_id IS NOT NULL")
+        with self._tx() as c:
+            c.execute(f"UPDATE parts SET dirty = dirty + 1 WHERE part_id IN (SELECT part_id FROM results "
+                      f"WHERE id IN ({removed}))", (pass_id,))
+            cur = c.execute(f"UPDATE results SET part_id = NULL WHERE id IN ({removed})", (pass_id,))
+        return cur.rowcount
 
     def custom_id(self, row_id: str) -> str:
         """The Message Batches custom_id of a row id (deterministic; see ``custom_id_for``)."""
@@ -731,9 +1123,12 @@ class JobState:
 
     def unexported(self, after_rowid: int, limit: int) -> list[tuple[int, str, int, str]]:
         """``(rowid, id, version, result_json)`` of results not yet in any part, by rowid."""
+        # Rows the current manifest no longer has are not exported (they go to OUT/removed).
         return self._query(
             "SELECT rowid, id, version, result_json FROM results WHERE part_id IS NULL "
-            "AND result_json IS NOT NULL AND rowid > ? ORDER BY rowid LIMIT ?", (after_rowid, limit))
+            "AND result_json IS NOT NULL AND rowid > ? AND NOT EXISTS (SELECT 1 FROM rows r "
+            "WHERE r.id = results.id AND r.last_seen_pass < ?) ORDER BY rowid LIMIT ?",
+            (after_rowid, self.current_pass() or 0, limit))
 
     def commit_part(self, part_id: int, name: str, members: Sequence[tuple[str, int]]) -> bool:
         """Record a written part and mark its rows exported, in ONE transaction.
@@ -814,16 +1209,16 @@ class JobState:
         if pass_id is not None:
             for status, n in self._query(
                     "SELECT coalesce(s.status, 'pending'), count(*) FROM rows r LEFT JOIN results s "
-                    "ON s.id = r.id WHERE r.last_seen_pass = ? GROUP BY 1", (pass_id,)):
+                    "ON s.id = r.id WHERE r.last_seen_pass >= ? GROUP BY 1", (pass_id,)):
                 by_status["ok" if status == "done" else status] = n
                 rows += n
             warnings = dict(self._query(
                 "SELECT w.value, count(*) FROM rows r JOIN results s ON s.id = r.id, "
-                "json_each(s.result_json, '$.warnings') w WHERE r.last_seen_pass = ? "
+                "json_each(s.result_json, '$.warnings') w WHERE r.last_seen_pass >= ? "
                 "AND s.result_json IS NOT NULL GROUP BY 1 ORDER BY 2 DESC", (pass_id,)))
             errors = dict(self._query(
                 "SELECT s.error_type, count(*) FROM rows r JOIN results s ON s.id = r.id "
-                "WHERE r.last_seen_pass = ? AND s.status IN ('error', 'transient') "
+                "WHERE r.last_seen_pass >= ? AND s.status IN ('error', 'transient') "
                 "AND s.error_type IS NOT NULL GROUP BY 1 ORDER BY 2 DESC", (pass_id,)))
         tin, tout, cread, cwrite, cost, latency, exported = self._query(
             "SELECT coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
@@ -834,13 +1229,15 @@ class JobState:
             "FROM passes")[0]
         parts = self._query("SELECT count(*) FROM parts")[0][0]
         files, file_bytes = self._query("SELECT count(*), coalesce(sum(bytes), 0) FROM files")[0]
-        removed = (self._query("SELECT count(*) FROM rows WHERE last_seen_pass < ?", (pass_id,))[0][0]
-                   if pass_id is not None else 0)
+        removed, removed_answers = self._query(
+            "SELECT count(*), count(s.result_json) FROM rows r LEFT JOIN results s ON s.id = r.id "
+            "WHERE r.last_seen_pass < ?", (pass_id,))[0] if pass_id is not None else (0, 0)
         return Summary(rows=rows, by_status=by_status, errors_by_type=errors, input_tokens=tin,
                        output_tokens=tout, cache_read_input_tokens=cread,
                        cache_creation_input_tokens=cwrite, cost_usd=cost, time_spent_s=spent,
                        request_time_s=latency, runs=runs, exported_rows=exported, parts=parts,
-                       files=files, file_bytes=file_bytes, removed_rows=removed, warnings=warnings)
+                       files=files, file_bytes=file_bytes, removed_rows=removed, warnings=warnings,
+                       changed_rows=self.count_changed(), removed_answers=removed_answers)
 
 
 #: Batch statuses of a batch that holds no row any more (``batcher.batches`` names them); any other

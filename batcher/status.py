@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def show_status(out: Path, *, as_json: bool = False) -> int:
-    from batcher.state import STATE_FILE, JobState, StateError
+    from batcher.sink import REMOVED_DIR, REMOVED_FILE
+    from batcher.state import STATE_FILE, JobState, StateError, lock_holder
 
     if not (out / STATE_FILE).is_file():
         print(f"batcher: {out}: no job state here (is it a job's output folder?)", file=sys.stderr)
@@ -24,11 +25,16 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
         rate_limits = state.get_meta("rate_limits")
     finally:
         state.close()
+    running = lock_holder(out)
+    if rate_limits and running is None:
+        # The last snapshot of a run that is over (or was killed): nothing is in flight now.
+        rate_limits = {**rate_limits, "in_flight": 0}
     if as_json:
-        print(json.dumps(asdict(summary), sort_keys=True))
+        print(json.dumps({**asdict(summary), "running_pid": running}, sort_keys=True))
         return 0
     s = summary
-    print(f"{out}: {s.rows:,} rows in the manifest, {s.runs} run(s)")
+    live = "" if running is None else f"; running now (pid {running})" if running > 0 else "; running now"
+    print(f"{out}: {s.rows:,} rows in the manifest, {s.runs} run(s){live}")
     for status, n in sorted(s.by_status.items()):
         print(f"  {status:<10} {n:>10,}")
     if s.errors_by_type:
@@ -50,6 +56,10 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
     print(f"  results    {s.exported_rows:,} rows in {s.parts} Parquet part(s) under {out / 'results'}")
     if s.files:
         print(f"  files      {s.files:,} uploaded, {s.file_bytes:,} bytes stored")
+    if s.changed_rows:
+        print(f"  changed    {s.changed_rows:,} answered rows whose prompt, image or request settings "
+              "changed since (`batcher run --redo-changed` resends them)")
     if s.removed_rows:
-        print(f"  removed    {s.removed_rows:,} rows no longer in the manifest (kept, not sent)")
+        print(f"  removed    {s.removed_rows:,} rows no longer in the manifest, not in results/ "
+              f"({s.removed_answers:,} answers kept apart in {out / REMOVED_DIR / REMOVED_FILE})")
     return 0
