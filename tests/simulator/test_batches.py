@@ -279,7 +279,8 @@ def test_unknown_betas_are_refused_at_create(client: httpx.Client) -> None:
 # --- files inside batches ------------------------------------------------------------------------------
 
 
-def test_file_references_need_the_beta_header_of_the_create_call(client: httpx.Client) -> None:
+def test_file_references_work_with_or_without_the_beta_header(client: httpx.Client) -> None:
+    # anthropic 2.16 serves the Files API as stable and sends no beta header: both are accepted.
     beta = {"anthropic-beta": facts.FILES_BETA}
     meta = client.post("/v1/files", files={"file": ("a.png", image_bytes(90, 60), "image/png")},
                        headers=beta).json()
@@ -287,11 +288,14 @@ def test_file_references_need_the_beta_header_of_the_create_call(client: httpx.C
     requests = [{"custom_id": "f", "params": params("f1", source)}]
     with_beta = wait_ended(client, create(client, requests, **beta)["id"])
     without = wait_ended(client, create(client, requests)["id"])
-    [ok] = results(client, with_beta)
-    assert "90x60 image/png (file)" in ok["result"]["message"]["content"][0]["text"]
-    [refused] = results(client, without)
+    for batch in (with_beta, without):
+        [ok] = results(client, batch)
+        assert "90x60 image/png (file)" in ok["result"]["message"]["content"][0]["text"]
+    gone = [{"custom_id": "g", "params": params("g1", {"type": "image", "source": {
+        "type": "file", "file_id": "file_gone"}})}]
+    [refused] = results(client, wait_ended(client, create(client, gone)["id"]))
     assert refused["result"]["type"] == "errored"
-    assert facts.FILES_BETA in refused["result"]["error"]["error"]["message"]
+    assert "file_gone" in refused["result"]["error"]["error"]["message"]
 
 
 # --- cancel, delete, list -----------------------------------------------------------------------------
