@@ -5,7 +5,16 @@ The format comes from the extension (``.csv``; ``.jsonl``/``.ndjson``; ``.parque
 header, a missing column, a template field that is no column) and raises :class:`ManifestError`,
 whose message names the file and the job key. Anything wrong with a single row (no image, an image
 cell that is not a path/URL/list of them, a template field empty in that row, a JSONL line that is
-not an object) is *not* fatal: the row comes out with ``Row.error`` set.
+not an object, a CSV line with too many or too few cells or with bytes that are not UTF-8) is *not*
+fatal: the row comes out with ``Row.error`` set, its message naming the line.
+
+CSV: RFC 4180, read by Python's :mod:`csv` in strict mode (``,`` between cells; ``"`` around a cell
+that holds commas, quotes written ``""`` or line breaks; a quoted cell ends at a comma or a line end).
+A row's line is the physical line where it starts. A row whose cell count differs from the header's,
+or whose quoted cell goes on after its closing quote, is a ``bad_row`` naming its line (never padded
+or cut), and reading goes on at the next line. A quote still open at the end of the file, or a cell
+running on past 16 MB, is a :class:`ManifestError` naming the line where it opened: the rows after it
+cannot be told apart, so nothing is sent. Blank lines are skipped; a UTF-8 BOM is allowed.
 
 Ids: with ``id_column`` the cell's value (as a string). Without it, a stable id derived from the row's
 content: the first 16 hex digits of a SHA-256 over the image value(s) as written in the manifest and
@@ -19,27 +28,40 @@ manifest's folder.
 
 Templates: ``prompt = "Describe {title}"`` uses :meth:`str.format` fields over the row's columns
 (``{{``/``}}`` for literal braces; only plain ``{column}`` names, optionally with a format spec).
-A field that is missing, null, or an empty CSV cell in a row gives that row a ``template_error``.
+A field that is missing, null, NaN, or an empty CSV cell in a row gives that row a ``template_error``.
 
 Field types (for the Parquet sink's schema, :meth:`Manifest.field_types`): CSV columns are strings;
 Parquet columns keep integer/float/bool/string types (anything else is stored as its string form);
-JSONL has no schema, so its columns are strings (non-string values as JSON text).
+JSONL has no schema, so its columns are strings (non-string values as JSON text). A non-finite
+number (NaN, +-inf, in Parquet or as JSONL's ``NaN``/``Infinity``) is null in ``Row.fields``: JSON
+has no such numbers, and null keeps a float column's type.
+
+Speed: rows are read a chunk at a time (CSV by :mod:`csv` over blocks decoded at once, Parquet in
+Arrow record batches, JSONL by orjson), and what a row's image cell resolves to is computed once per
+distinct cell. :meth:`Manifest.arrow_chunks` hands CSV and Parquet to ``batcher estimate`` as Arrow
+arrays, so it can work per distinct image and on whole columns.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
+import re
 import string
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from batcher.records import Row, RowError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Format = Literal["csv", "jsonl", "parquet"]
 #: Sink column types a manifest column can have.
@@ -49,9 +71,21 @@ EXTENSIONS: dict[str, Format] = {
     ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
 }
 DERIVED_ID_HEX = 16
+#: Rows of a Parquet record batch read at a time by ``rows()`` (as Python objects).
 _PARQUET_BATCH_ROWS = 4096
+#: Rows of an :class:`ArrowChunk` (as Arrow arrays: the estimate works on whole columns).
+ARROW_CHUNK_ROWS = 65536
 # CSV cells hold whole prompts; the csv module's default 128 KiB cap is too low for some.
 _CSV_FIELD_LIMIT = 16 * 1024 * 1024
+#: Bytes of a CSV decoded at once (cut after a line end, so no character is ever split).
+_CSV_BLOCK = 64 * 1024
+#: A CSV line longer than this (no line end in sight) is refused rather than held in memory.
+_CSV_MAX_LINE = 4 * _CSV_FIELD_LIMIT
+#: A byte that is not UTF-8, as ``surrogateescape`` decodes it.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+#: Distinct image cells whose parse is remembered (a manifest over a few thousand images hits it
+#: every row; one over millions of distinct images just clears it now and then).
+_IMAGE_CACHE_SIZE = 512
 
 
 class ManifestError(ValueError):
@@ -144,14 +178,25 @@ def resolve_image(value: str, base: str | Path) -> str:
 def derive_id(images: list[str] | None, image_cell: Any, prompt_key: str) -> str:
     """A stable id from the row's content: the image value(s) as written and the prompt."""
     raw = images if images is not None else image_cell
-    payload = json.dumps([raw, prompt_key], ensure_ascii=False, sort_keys=True, default=str)
+    if type(raw) is list and type(prompt_key) is str and all(type(v) is str for v in raw):
+        # What the json.dumps below writes for a list of strings, without building an encoder per row
+        # (most of a derived id's cost); tests hold the two to the same text.
+        payload = "[[" + ", ".join(map(_json_string, raw)) + "], " + _json_string(prompt_key) + "]"
+    else:
+        payload = json.dumps([raw, prompt_key], ensure_ascii=False, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DERIVED_ID_HEX]
 
 
 def to_scalar(value: Any) -> Any:
-    """A JSON-able scalar for a manifest cell (lists, dates, bytes... become text)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A JSON-able scalar for a manifest cell (lists, dates, bytes... become text; NaN and +-inf null).
+
+    JSON has no non-finite numbers (Python writes ``NaN``, which SQLite's JSON functions refuse), and
+    null keeps a float column a float column in the results.
+    """
+    if value is None or isinstance(value, bool | int | str):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, list | tuple | dict):
@@ -160,7 +205,255 @@ def to_scalar(value: Any) -> Any:
     return iso() if callable(iso) else str(value)
 
 
+def count_lines(text: str) -> int:
+    """How many lines :class:`io.StringIO` (``newline=""``) splits ``text`` into (``\\n``, ``\\r\\n``
+    and ``\\r`` each end one)."""
+    if not text:
+        return 0
+    ends = text.count("\n") + text.count("\r") - text.count("\r\n")
+    return ends if text.endswith(("\n", "\r")) else ends + 1
+
+
+def utf8_problem(line: str, line_no: int) -> str | None:
+    """What is wrong with a line decoded with ``surrogateescape``: the first byte that is not UTF-8,
+    by line, column (in bytes) and value; None for a clean line."""
+    found = _NOT_UTF8.search(line)
+    if found is None:
+        return None
+    column = len(line[:found.start()].encode("utf-8", "surrogateescape")) + 1
+    byte = ord(found.group()) - 0xDC00
+    return f"line {line_no}, column {column}: byte 0x{byte:02X} is not UTF-8 (save the manifest as UTF-8)"
+
+
+# --- CSV reading ----------------------------------------------------------------------------------
+
+
+class _CsvLines:
+    """A CSV file's lines for :func:`csv.reader`, decoded a block at a time (not line by line).
+
+    Bytes that are not UTF-8 decode as lone surrogates (``surrogateescape``) so the parse goes on;
+    each line holding one is queued in ``bad`` as (line number, message), in line order, for the row
+    it belongs to. ``exhausted`` turns true when the reader asks past the end of the file: a record it
+    returns after that was still inside a quoted cell when the file ended.
+    """
+
+    def __init__(self, fh: BinaryIO, name: str) -> None:
+        from collections import deque
+
+        self._fh = fh
+        self._name = name
+        self.bad: deque[tuple[int, str]] = deque()
+        self.exhausted = False
+
+    def __iter__(self) -> Iterator[str]:
+        lines = 0
+        rest = b""
+        first = True
+        while True:
+            block = self._fh.read(_CSV_BLOCK)
+            if block:
+                data = rest + block
+                # Cut after the last line end; a \r only where the next byte is known (it may be \r\n).
+                cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+                if not cut:
+                    if len(data) > _CSV_MAX_LINE:
+                        raise ManifestError(f"input.manifest: {self._name} line {lines + 1} runs on for "
+                                            f"{_CSV_MAX_LINE // 2**20} MB without a line end: is it a CSV?")
+                    rest = data
+                    continue
+                data, rest = data[:cut], data[cut:]
+            elif rest:
+                data, rest = rest, b""
+            else:
+                self.exhausted = True
+                return
+            text = data.decode("utf-8", "surrogateescape")
+            if first:
+                first = False
+                text = text.removeprefix("\ufeff")
+            if _NOT_UTF8.search(text) is not None:
+                self._note_bad(text, lines)
+            lines += count_lines(text)
+            yield from io.StringIO(text, newline="")
+
+    def _note_bad(self, text: str, before: int) -> None:
+        for n, line in enumerate(io.StringIO(text, newline=""), start=before + 1):
+            problem = utf8_problem(line, n)
+            if problem is not None:
+                self.bad.append((n, problem))
+
+    def take_bad(self, first: int, last: int) -> str | None:
+        """Forget the bad lines up to ``last``; the first one from line ``first`` on, if any."""
+        found = None
+        while self.bad and self.bad[0][0] <= last:
+            n, problem = self.bad.popleft()
+            if found is None and n >= first:
+                found = problem
+        return found
+
+
+def _csv_reader(path: Path, fh: BinaryIO) -> tuple[Iterator[list[str]], _CsvLines, list[str] | None]:
+    """A csv reader past the header, its lines, and the header's cells (None: an empty file).
+
+    Strict: a quoted cell must end at a comma or a line end, and a quote open at the end of the file
+    is an error (the csv module's default takes both silently, the rest of the file into one cell).
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    name = path.name
+    lines = _CsvLines(fh, name)
+    reader = csv.reader(lines, strict=True)
+    failed: csv.Error | None = None
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        header, failed = None, exc
+    problem = lines.take_bad(1, reader.line_num)  # type: ignore[attr-defined]
+    if problem is not None:
+        utf16 = " (it looks like UTF-16)" if problem.startswith("line 1, column 1: byte 0xFF") else ""
+        raise ManifestError(f"input.manifest: cannot read the header of {name}: {problem}{utf16}")
+    if failed is not None:
+        if lines.exhausted:
+            raise ManifestError(_open_quote(path, 1))
+        raise ManifestError(f"input.manifest: cannot read the header of {name}: line 1: {failed}")
+    return reader, lines, header
+
+
+def _open_quote(path: Path, first: int) -> str:
+    """The message for a quote still open at the end of the file, in the row starting on line ``first``.
+
+    Rare, so the row is read again without ``strict``: its last cell runs to the end of the file, and
+    the line breaks in it say on which line it (and its quote) began.
+    """
+    opened = first
+    with path.open("rb") as fh:
+        lines = iter(_CsvLines(fh, path.name))
+        for _ in range(first - 1):
+            next(lines)
+        reader = csv.reader(lines)
+        try:
+            cells = next(reader)
+            last = first - 1 + reader.line_num  # type: ignore[attr-defined]
+            opened = last - max(1, count_lines(cells[-1] if cells else "")) + 1
+        except (csv.Error, StopIteration):
+            pass  # past the size limit: the row's first line it is
+    return (f"input.manifest: {path.name} line {opened}: a quote opened on this line is never closed, so "
+            "every line after it would be read as one cell (close it, or write a quote inside a quoted "
+            'cell as "")')
+
+
+def _span(first: int, last: int) -> str:
+    return f"line {first}" if first == last else \
+        f"line {first} (a row running on to line {last}: is a quote left open?)"
+
+
+def _csv_problem(path: Path, exc: csv.Error, first: int, last: int, lines: _CsvLines) -> RowError:
+    """The error of a record the csv module refused; it reads on from the next line."""
+    problem = lines.take_bad(first, last)
+    if problem is not None:
+        return RowError("bad_row", problem)
+    if lines.exhausted:
+        raise ManifestError(_open_quote(path, first))
+    text = str(exc)
+    if text.startswith("field larger than field limit"):
+        # Almost always a quote left open: the rows after it cannot be told apart.
+        raise ManifestError(f"input.manifest: {path.name} line {first}: a cell runs on for more than "
+                            f"{_CSV_FIELD_LIMIT // 2**20} MB (to line {last}): is a quote left open there?")
+    if text.endswith("expected after '\"'"):
+        text = f"a quoted cell goes on after its closing quote ({text}; a quote inside one is written \"\")"
+    return RowError("bad_row", f"{_span(first, last)}: {text}")
+
+
+def _csv_row(cells: list[str], first: int, last: int, width: int,
+             lines: _CsvLines) -> list[str] | RowError | None:
+    """A record's row, its error, or None for a blank line (the slow path: most rows never get here)."""
+    problem = lines.take_bad(first, last) if lines.bad else None
+    if problem is not None:
+        return RowError("bad_row", problem)
+    if not cells or (len(cells) == 1 and not cells[0].strip()):
+        return None
+    if len(cells) != width:
+        return RowError("bad_row",
+                        f"{_span(first, last)} has {len(cells)} cells where the header has {width}")
+    return cells
+
+
+def csv_rows(path: Path, width: int) -> Iterator[list[str] | RowError]:
+    """A CSV manifest's rows after the header, streamed: each its cells, or its error.
+
+    Raises :class:`ManifestError` for what no row can be blamed for: a quote open at the end of the
+    file, a cell over the size limit.
+    """
+    with path.open("rb") as fh:
+        reader, lines, _header = _csv_reader(path, fh)
+        after = reader.line_num  # type: ignore[attr-defined]  # the last line of the record before
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                first, after = after + 1, reader.line_num  # type: ignore[attr-defined]
+                yield _csv_problem(path, exc, first, after, lines)
+                continue
+            first, after = after + 1, reader.line_num  # type: ignore[attr-defined]
+            if len(cells) == width > 1 and not lines.bad:
+                yield cells  # the fast path: almost every row
+            else:
+                row = _csv_row(cells, first, after, width, lines)
+                if row is not None:
+                    yield row
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` items (the last one shorter)."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --- JSONL reading --------------------------------------------------------------------------------
+
+
+def jsonl_value(raw: bytes, line_no: int) -> Any:
+    """One JSONL line's value, or the RowError naming the line (not UTF-8, not JSON).
+
+    orjson first (fast); the standard module for what orjson refuses but JSON-in-practice holds
+    (``NaN``, ``Infinity``, integers past 64 bits, a BOM) and for its error message.
+    """
+    import orjson
+
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError:
+        problem = utf8_problem(raw.decode("utf-8", "surrogateescape"), line_no)
+        return RowError("bad_row", problem or f"line {line_no} is not UTF-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return RowError("bad_row", f"line {line_no} is not JSON: {exc.msg}")
+
+
 # --- the manifest -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ArrowChunk:
+    """Rows ``start`` .. ``start + length - 1`` as Arrow arrays of the columns asked for. A row that
+    is bad as read is null in every array, and its error is in ``errors`` by position in the chunk."""
+
+    start: int
+    length: int
+    arrays: dict[str, pa.Array]
+    errors: dict[int, RowError]
 
 
 @dataclass(slots=True)
@@ -202,9 +495,9 @@ class Manifest:
 
     def _csv_schema(self) -> tuple[list[str], dict[str, FieldType]]:
         try:
-            with self.path.open("r", encoding="utf-8-sig", newline="") as fh:
-                header = next(csv.reader(fh), None)
-        except (UnicodeDecodeError, csv.Error, OSError) as exc:
+            with self.path.open("rb") as fh:
+                header = _csv_reader(self.path, fh)[2]
+        except OSError as exc:
             raise ManifestError(f"input.manifest: cannot read the header of {self.path.name}: {exc}") from exc
         if not header or not any(h.strip() for h in header):
             raise ManifestError(f"input.manifest: {self.path.name} is empty (no header line)")
@@ -216,11 +509,11 @@ class Manifest:
 
     def _jsonl_schema(self) -> tuple[list[str], dict[str, FieldType]]:
         try:
-            for _index, obj in self._jsonl_objects():
+            for _index, _line, obj in self._jsonl_objects():
                 if isinstance(obj, dict):
                     cols = [str(k) for k in obj]
                     return cols, dict.fromkeys(cols, "string")
-        except (UnicodeDecodeError, OSError) as exc:
+        except OSError as exc:
             raise ManifestError(f"input.manifest: cannot read {self.path.name}: {exc}") from exc
         raise ManifestError(f"input.manifest: {self.path.name} holds no JSON object line")
 
@@ -256,10 +549,7 @@ class Manifest:
                 raise ManifestError(f"{key}: column {col!r} is not in {self.path.name} (columns: {listing})")
         if self.prompt_template is None:
             return
-        try:
-            names = template_fields(self.prompt_template)
-        except ValueError as exc:
-            raise ManifestError(f"input.prompt: {exc}") from exc
+        names = self.template_names()
         if self.format == "jsonl":
             return  # no fixed schema: a field missing in a row is that row's template_error
         for name in names:
@@ -268,100 +558,103 @@ class Manifest:
                     f"input.prompt: template field {{{name}}} is not a column of {self.path.name} "
                     f"(columns: {listing})")
 
+    def template_names(self) -> list[str]:
+        """The columns the prompt template reads (none without a template)."""
+        if self.prompt_template is None:
+            return []
+        try:
+            return template_fields(self.prompt_template)
+        except ValueError as exc:
+            raise ManifestError(f"input.prompt: {exc}") from exc
+
     # -- rows --
 
     def rows(self) -> Iterator[Row]:
-        """Every row, in manifest order, streamed (constant memory)."""
-        names: list[str] = []
-        if self.prompt_template is not None:
-            try:
-                names = template_fields(self.prompt_template)
-            except ValueError as exc:
-                raise ManifestError(f"input.prompt: {exc}") from exc
-        empty_is_missing = self.format == "csv"
-        base = str(self.path.parent)
-        for index, record in self._records():
-            if isinstance(record, RowError):
-                yield Row(id=derive_id(None, f"#line {index + 1}", record.message), images=[],
-                          prompt="", fields={}, index=index, error=record)
-            else:
-                yield self._make_row(index, record, names, empty_is_missing, base)
+        """Every row, in manifest order, streamed (constant memory).
 
-    def _records(self) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+        Raises :class:`ManifestError` where the file turns out unusable past its header (a CSV quote
+        open at the end of the file), after the rows before it.
+        """
+        make = _RowMaker(self).make
+        for index, record in enumerate(self._records()):
+            yield make(index, record)
+
+    def _records(self) -> Iterator[list[str] | dict[str, Any] | RowError]:
+        """Each row as read: CSV cells, a JSONL/Parquet dict, or the RowError of a row bad as read."""
         if self.format == "csv":
-            yield from self._csv_records()
+            yield from csv_rows(self.path, len(self.columns))
         elif self.format == "jsonl":
-            for index, obj in self._jsonl_objects():
-                if isinstance(obj, dict):
-                    yield index, {str(k): v for k, v in obj.items()}
+            for _index, line_no, obj in self._jsonl_objects():
+                if isinstance(obj, dict | RowError):
+                    yield obj
                 else:
-                    yield index, obj if isinstance(obj, RowError) else RowError(
-                        "bad_row", f"line {index + 1} is JSON {type(obj).__name__}, not an object")
+                    yield RowError("bad_row", f"line {line_no} is JSON {type(obj).__name__}, not an object")
         else:
-            yield from self._parquet_records()
+            import pyarrow.parquet as pq
 
-    def _csv_records(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-        cols = self.columns
-        with self.path.open("r", encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
-            next(reader, None)
-            index, width = 0, len(cols)
-            for cells in reader:
-                if not cells or (len(cells) == 1 and not cells[0].strip()):
-                    continue  # blank line: not a row
-                if len(cells) != width:
-                    # Short rows read as empty cells; extra cells beyond the header are dropped.
-                    cells = (cells + [""] * width)[:width]
-                yield index, dict(zip(cols, cells, strict=True))
-                index += 1
+            with pq.ParquetFile(self.path) as pf:
+                for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+                    names = batch.schema.names
+                    columns = [col.to_pylist() for col in batch.columns]
+                    for values in zip(*columns, strict=True):
+                        yield dict(zip(names, values, strict=True))
 
-    def _jsonl_objects(self) -> Iterator[tuple[int, Any]]:
-        with self.path.open("r", encoding="utf-8-sig") as fh:
+    def _jsonl_objects(self) -> Iterator[tuple[int, int, Any]]:
+        with self.path.open("rb") as fh:
             index = 0
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
+            for line_no, raw in enumerate(fh, start=1):
+                if not raw.strip():
                     continue
-                try:
-                    yield index, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield index, RowError("bad_row", f"line {line_no} is not JSON: {exc.msg}")
+                yield index, line_no, jsonl_value(raw, line_no)
                 index += 1
 
-    def _parquet_records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    # -- Arrow arrays, for the estimate --
+
+    @property
+    def has_arrow_chunks(self) -> bool:
+        """Whether :meth:`arrow_chunks` can read this manifest (CSV, Parquet: not JSONL, schemaless)."""
+        return self.format != "jsonl"
+
+    def arrow_chunks(self, columns: list[str]) -> Iterator[ArrowChunk]:
+        """The rows as Arrow arrays of ``columns`` (CSV: strings; Parquet: the file's types)."""
+        wanted = list(dict.fromkeys(columns))
+        if self.format == "csv":
+            yield from self._csv_arrow_chunks(wanted)
+        elif self.format == "parquet":
+            yield from self._parquet_arrow_chunks(wanted)
+        else:
+            raise ValueError("a JSONL manifest has no schema to read as Arrow arrays")
+
+    def _csv_arrow_chunks(self, wanted: list[str]) -> Iterator[ArrowChunk]:
+        import pyarrow as pa
+
+        positions = [self.columns.index(c) for c in wanted]
+        nulls = [None] * len(self.columns)
+        start = 0
+        for chunk in chunked(csv_rows(self.path, len(self.columns)), ARROW_CHUNK_ROWS):
+            errors = {i: r for i, r in enumerate(chunk) if type(r) is RowError}
+            records = [nulls if type(r) is RowError else r for r in chunk] if errors else chunk
+            cells = list(zip(*records, strict=True))
+            arrays = {c: pa.array(cells[p], pa.string()) for c, p in zip(wanted, positions, strict=True)}
+            yield ArrowChunk(start=start, length=len(chunk), arrays=arrays, errors=errors)
+            start += len(chunk)
+
+    def _parquet_arrow_chunks(self, wanted: list[str]) -> Iterator[ArrowChunk]:
         import pyarrow.parquet as pq
 
-        index = 0
+        start = 0
         with pq.ParquetFile(self.path) as pf:
-            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-                for record in batch.to_pylist():
-                    yield index, record
-                    index += 1
+            for batch in pf.iter_batches(batch_size=ARROW_CHUNK_ROWS, columns=wanted):
+                arrays = {c: batch.column(c) for c in wanted}
+                yield ArrowChunk(start=start, length=batch.num_rows, arrays=arrays, errors={})
+                start += batch.num_rows
 
-    def _make_row(self, index: int, record: dict[str, Any], names: list[str],
-                  empty_is_missing: bool, base: str) -> Row:
-        image_cell = record.get(self.image_column)
-        images = parse_images(image_cell)
-        error = images if isinstance(images, RowError) else None
-        image_list = None if isinstance(images, RowError) else images
-        prompt, prompt_key = self._prompt(record, names, empty_is_missing)
-        if isinstance(prompt, RowError):
-            error = error or prompt
-            prompt = ""
-        # CSV cells are strings already; other formats may hold lists, dates, bytes...
-        fields = record if self.format == "csv" else {k: to_scalar(v) for k, v in record.items()}
-        row_id = self._row_id(record, image_list, image_cell, prompt_key)
-        if isinstance(row_id, RowError):
-            error = error or row_id
-            row_id = derive_id(image_list, image_cell, prompt_key)
-        resolved = [resolve_image(v, base) for v in image_list] if image_list else []
-        return Row(id=row_id, images=resolved, prompt=prompt, fields=fields, index=index, error=error)
+    # -- one row --
 
-    def _prompt(self, record: dict[str, Any], names: list[str],
-                empty_is_missing: bool) -> tuple[str | RowError, str]:
+    def prompt_of(self, record: dict[str, Any], names: list[str]) -> tuple[str | RowError, str]:
         """The prompt (or its error), and the text the derived id hashes for it."""
         if self.prompt_template is not None:
-            prompt = render_template(self.prompt_template, names, record, empty_is_missing)
+            prompt = render_template(self.prompt_template, names, record, self.format == "csv")
             if isinstance(prompt, RowError):
                 # No prompt to hash: the fields the template reads identify the row instead.
                 key = json.dumps({n: record.get(n) for n in names}, sort_keys=True, default=str)
@@ -375,8 +668,9 @@ class Manifest:
             return text, text
         return "", ""
 
-    def _row_id(self, record: dict[str, Any], images: list[str] | None, image_cell: Any,
-                prompt_key: str) -> str | RowError:
+    def id_of(self, record: dict[str, Any], images: list[str] | None, image_cell: Any,
+              prompt_key: str) -> str | RowError:
+        """The row's id: its id cell as a string, or derived from its content."""
         if self.id_column is None:
             return derive_id(images, image_cell, prompt_key)
         value = record.get(self.id_column)
@@ -385,6 +679,100 @@ class Manifest:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         return value.strip() if isinstance(value, str) else str(value)
+
+
+def parse_image_cell(cell: Any, base: str) -> tuple[list[str], list[str]] | RowError:
+    """(the image value(s) as written, resolved against ``base``), or the cell's error."""
+    images = parse_images(cell)
+    if isinstance(images, RowError):
+        return images
+    return images, [resolve_image(v, base) for v in images]
+
+
+def image_cache_key(cell: Any) -> Any:
+    """A hashable key for an image cell (None: not worth caching)."""
+    if isinstance(cell, str):
+        return cell
+    if isinstance(cell, list | tuple) and all(isinstance(v, str) for v in cell):
+        return tuple(cell)
+    return None
+
+
+class _RowMaker:
+    """Builds the :class:`Row` objects of one pass over a manifest: each distinct image cell parsed
+    once, and a lean path for CSV cells (always strings) that falls back on the general code for any
+    row with something to report, so both word errors the same."""
+
+    __slots__ = ("_base", "_columns", "_id", "_image_column", "_images", "_m", "_names", "_prompt",
+                 "_template")
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._m = manifest
+        self._names = manifest.template_names()
+        self._template = manifest.prompt_template
+        self._image_column = manifest.image_column
+        csv_format = manifest.format == "csv"
+        self._columns = manifest.columns if csv_format else []
+        self._base = str(manifest.path.parent)
+        self._images: dict[Any, tuple[list[str], list[str]] | RowError] = {}
+        self._prompt = self._csv_template if csv_format and self._template is not None else self._any_prompt
+        self._id = self._csv_id if csv_format and manifest.id_column is not None else manifest.id_of
+
+    def make(self, index: int, record: list[str] | dict[str, Any] | RowError) -> Row:
+        if type(record) is list:
+            record = fields = dict(zip(self._columns, record, strict=False))  # csv_rows checked the width
+        elif isinstance(record, RowError):
+            return Row(derive_id(None, f"#line {index + 1}", record.message), [], "", {}, index, record)
+        else:
+            # JSONL and Parquet values may be lists, dates, bytes, NaN...: JSON-able scalars for fields.
+            fields = {k: to_scalar(v) for k, v in record.items()}
+        image_cell = record.get(self._image_column)
+        parsed = self._image(image_cell)
+        if isinstance(parsed, RowError):
+            error: RowError | None = parsed
+            image_list, resolved = None, []
+        else:
+            error = None
+            image_list, resolved = parsed
+        prompt, prompt_key = self._prompt(record)
+        if isinstance(prompt, RowError):
+            error = error or prompt
+            prompt = ""
+        row_id = self._id(record, image_list, image_cell, prompt_key)
+        if isinstance(row_id, RowError):
+            error = error or row_id
+            row_id = derive_id(image_list, image_cell, prompt_key)
+        return Row(row_id, list(resolved), prompt, fields, index, error)
+
+    def _any_prompt(self, record: dict[str, Any]) -> tuple[str | RowError, str]:
+        return self._m.prompt_of(record, self._names)
+
+    def _csv_template(self, record: dict[str, Any]) -> tuple[str | RowError, str]:
+        assert self._template is not None
+        for name in self._names:
+            if not record[name]:
+                return self._any_prompt(record)  # an empty field: the general path words the error
+        try:
+            text = self._template.format_map(record)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return self._any_prompt(record)
+        return text, text
+
+    def _csv_id(self, record: dict[str, Any], images: list[str] | None, image_cell: Any,
+                prompt_key: str) -> str | RowError:
+        value = record[self._m.id_column].strip()  # type: ignore[index]
+        return value or self._m.id_of(record, images, image_cell, prompt_key)
+
+    def _image(self, cell: Any) -> tuple[list[str], list[str]] | RowError:
+        key = image_cache_key(cell)
+        if key is None:
+            return parse_image_cell(cell, self._base)
+        found = self._images.get(key)
+        if found is None:
+            if len(self._images) >= _IMAGE_CACHE_SIZE:
+                self._images.clear()
+            found = self._images[key] = parse_image_cell(cell, self._base)
+        return found
 
 
 def open_manifest(path: str | Path, *, id_column: str | None, image_column: str,

@@ -209,6 +209,7 @@ async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistr
 async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelRegistry,  # type: ignore[no-untyped-def]
                            known: ModelProfile | None, manifest, client: Client, info: dict) -> int:  # type: ignore[type-arg]
     from batcher.images.pool import ImagePool
+    from batcher.manifest import ManifestError
     from batcher.pipeline import FatalRunError, Pipeline
     from batcher.progress import report, status_line
     from batcher.sink import Sink
@@ -233,7 +234,10 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
             profile = await _profile_for(client, job, registry, state, info, request.err)
             _check(job, profile)
         _warn_deprecated(profile, request.err)
-        report_ = state.sync_rows(manifest.rows())
+        try:
+            report_ = state.sync_rows(manifest.rows())
+        except ManifestError as exc:  # found past the header (a CSV quote open at its end): nothing sent
+            raise RunRefused(f"{job.path}: {exc}", EXIT_CONFIG) from None
         if report_.duplicates:
             names = ", ".join(report_.duplicates[:20])
             more = f" and {report_.duplicate_count - 20} more" if report_.duplicate_count > 20 else ""
