@@ -73,8 +73,13 @@ EXTENSIONS: dict[str, Format] = {
 DERIVED_ID_HEX = 16
 #: Rows of a Parquet record batch read at a time by ``rows()`` (as Python objects).
 _PARQUET_BATCH_ROWS = 4096
-#: Rows of an :class:`ArrowChunk` (as Arrow arrays: the estimate works on whole columns).
+#: Rows of an :class:`ArrowChunk` built from the csv module's rows (more would only make the garbage
+#: collector walk them longer) or read from a Parquet file.
+_PYTHON_CHUNK_ROWS = 8192
 ARROW_CHUNK_ROWS = 65536
+#: Bytes Arrow's CSV reader parses at a time (a block per thread), and the quote scan reads at once.
+_ARROW_CSV_BLOCK = 4 * 1024 * 1024
+_CSV_SCAN_BLOCK = 4 * 1024 * 1024
 # CSV cells hold whole prompts; the csv module's default 128 KiB cap is too low for some.
 _CSV_FIELD_LIMIT = 16 * 1024 * 1024
 #: Bytes of a CSV decoded at once (cut after a line end, so no character is ever split).
@@ -416,6 +421,64 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+class _NotTheSame(Exception):
+    """Arrow's CSV reader met a row it would read otherwise than :func:`csv_rows` (or not at all)."""
+
+
+def _quote_free(path: Path) -> bool:
+    """No quote and no NUL byte anywhere in the file: the one kind of CSV that Arrow's reader and
+    the strict csv module read alike, down to the line (a quick scan, at the speed of the disk)."""
+    with path.open("rb") as fh:
+        while block := fh.read(_CSV_SCAN_BLOCK):
+            if b'"' in block or b"\0" in block:
+                return False
+    return True
+
+
+def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str]) -> Iterator[ArrowChunk]:
+    """A quote-free CSV (:func:`_quote_free`) read by Arrow, every column as text (so every cell's
+    UTF-8 is checked); stops, having yielded only rows read exactly as :func:`csv_rows` reads them, at
+    the first row it cannot vouch for: a cell count unlike the header's (a blank line of spaces is
+    one), bytes that are not UTF-8, a cell past the size limit: it raises :class:`_NotTheSame`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    odd: list[int] = []
+
+    def invalid(_row: Any) -> str:
+        odd.append(1)
+        return "skip"
+
+    try:
+        reader = pcsv.open_csv(
+            path,
+            read_options=pcsv.ReadOptions(column_names=columns, skip_rows=1, block_size=_ARROW_CSV_BLOCK),
+            parse_options=pcsv.ParseOptions(quote_char=False, ignore_empty_lines=True,
+                                            invalid_row_handler=invalid),
+            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()),
+                                                strings_can_be_null=False, include_columns=columns))
+    except pa.ArrowInvalid:  # not UTF-8, or a cell count unlike the header's, in the first block
+        raise _NotTheSame from None
+    start = 0
+    with reader:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid:
+                raise _NotTheSame from None
+            if odd:
+                raise _NotTheSame
+            if max((pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns),
+                   default=0) >= _CSV_FIELD_LIMIT:
+                raise _NotTheSame
+            yield ArrowChunk(start=start, length=batch.num_rows,
+                             arrays={c: batch.column(c) for c in wanted}, errors={})
+            start += batch.num_rows
+
+
 # --- JSONL reading --------------------------------------------------------------------------------
 
 
@@ -626,12 +689,30 @@ class Manifest:
             raise ValueError("a JSONL manifest has no schema to read as Arrow arrays")
 
     def _csv_arrow_chunks(self, wanted: list[str]) -> Iterator[ArrowChunk]:
+        """Arrow's own CSV reader where it reads exactly what :func:`csv_rows` does, else (and from
+        the first row it might not) :func:`csv_rows`: the same rows either way."""
+        done = 0
+        # One column: csv_rows skips a line of spaces as blank, Arrow would not.
+        if len(self.columns) > 1 and _quote_free(self.path):
+            try:
+                for chunk in _arrow_csv_chunks(self.path, self.columns, wanted):
+                    yield chunk
+                    done += chunk.length
+                return
+            except _NotTheSame:
+                pass
+        yield from self._csv_python_chunks(wanted, done)
+
+    def _csv_python_chunks(self, wanted: list[str], skip: int) -> Iterator[ArrowChunk]:
+        import itertools
+
         import pyarrow as pa
 
         positions = [self.columns.index(c) for c in wanted]
         nulls = [None] * len(self.columns)
-        start = 0
-        for chunk in chunked(csv_rows(self.path, len(self.columns)), ARROW_CHUNK_ROWS):
+        start = skip
+        rows = itertools.islice(csv_rows(self.path, len(self.columns)), skip, None)
+        for chunk in chunked(rows, _PYTHON_CHUNK_ROWS):
             errors = {i: r for i, r in enumerate(chunk) if type(r) is RowError}
             records = [nulls if type(r) is RowError else r for r in chunk] if errors else chunk
             cells = list(zip(*records, strict=True))
