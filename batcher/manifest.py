@@ -47,12 +47,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
 import re
 import string
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string
 from pathlib import Path
@@ -78,8 +79,12 @@ _PARQUET_BATCH_ROWS = 4096
 _PYTHON_CHUNK_ROWS = 8192
 ARROW_CHUNK_ROWS = 65536
 #: Bytes Arrow's CSV reader parses at a time (a block per thread), and the quote scan reads at once.
-_ARROW_CSV_BLOCK = 4 * 1024 * 1024
-_CSV_SCAN_BLOCK = 4 * 1024 * 1024
+_ARROW_CSV_BLOCK = 1024 * 1024
+_CSV_SCAN_BLOCK = 256 * 1024
+#: Rows of an Arrow chunk turned into Python objects at a time by ``rows()`` (constant memory).
+_ROWS_SLICE = 512
+#: A CSV this size or more is read by Arrow for ``rows()`` where it can be (see csv_records).
+_ARROW_ROWS_MIN_BYTES = 32 * 1024 * 1024
 # CSV cells hold whole prompts; the csv module's default 128 KiB cap is too low for some.
 _CSV_FIELD_LIMIT = 16 * 1024 * 1024
 #: Bytes of a CSV decoded at once (cut after a line end, so no character is ever split).
@@ -428,9 +433,10 @@ class _NotTheSame(Exception):
 def _quote_free(path: Path) -> bool:
     """No quote and no NUL byte anywhere in the file: the one kind of CSV that Arrow's reader and
     the strict csv module read alike, down to the line (a quick scan, at the speed of the disk)."""
-    with path.open("rb") as fh:
-        while block := fh.read(_CSV_SCAN_BLOCK):
-            if b'"' in block or b"\0" in block:
+    buffer = bytearray(_CSV_SCAN_BLOCK)  # one buffer, read into: the scan holds no more than this
+    with path.open("rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            if buffer.find(b'"', 0, n) >= 0 or buffer.find(b"\0", 0, n) >= 0:
                 return False
     return True
 
@@ -441,7 +447,6 @@ def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str]) -> Iter
     the first row it cannot vouch for: a cell count unlike the header's (a blank line of spaces is
     one), bytes that are not UTF-8, a cell past the size limit: it raises :class:`_NotTheSame`."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
     odd: list[int] = []
@@ -471,12 +476,37 @@ def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str]) -> Iter
                 raise _NotTheSame from None
             if odd:
                 raise _NotTheSame
-            if max((pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns),
-                   default=0) >= _CSV_FIELD_LIMIT:
+            if batch.nbytes >= _CSV_FIELD_LIMIT and _longest_cell(batch) >= _CSV_FIELD_LIMIT:
                 raise _NotTheSame
             yield ArrowChunk(start=start, length=batch.num_rows,
                              arrays={c: batch.column(c) for c in wanted}, errors={})
             start += batch.num_rows
+
+
+def _longest_cell(batch: pa.RecordBatch) -> int:
+    import pyarrow.compute as pc
+
+    return max((pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns), default=0)
+
+
+def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | list[str] | RowError]:
+    """:func:`csv_rows`, read by Arrow where Arrow reads the same (a quote-free file: a few times
+    faster), and by the csv module from the first row it might not; a few hundred rows in Python
+    objects at a time either way."""
+    done = 0
+    # One column: csv_rows skips a line of spaces as blank, Arrow would not. A small file: importing
+    # pyarrow (~0.3 s) would cost more than it saves.
+    if len(columns) > 1 and path.stat().st_size >= _ARROW_ROWS_MIN_BYTES and _quote_free(path):
+        try:
+            for chunk in _arrow_csv_chunks(path, columns, columns):
+                for offset in range(0, chunk.length, _ROWS_SLICE):
+                    cells = [chunk.arrays[c].slice(offset, _ROWS_SLICE).to_pylist() for c in columns]
+                    yield from zip(*cells, strict=True)
+                done += chunk.length
+            return
+        except _NotTheSame:
+            pass
+    yield from itertools.islice(csv_rows(path, len(columns)), done, None)
 
 
 # --- JSONL reading --------------------------------------------------------------------------------
@@ -642,10 +672,10 @@ class Manifest:
         for index, record in enumerate(self._records()):
             yield make(index, record)
 
-    def _records(self) -> Iterator[list[str] | dict[str, Any] | RowError]:
+    def _records(self) -> Iterator[Sequence[str] | dict[str, Any] | RowError]:
         """Each row as read: CSV cells, a JSONL/Parquet dict, or the RowError of a row bad as read."""
         if self.format == "csv":
-            yield from csv_rows(self.path, len(self.columns))
+            yield from csv_records(self.path, self.columns)
         elif self.format == "jsonl":
             for _index, line_no, obj in self._jsonl_objects():
                 if isinstance(obj, dict | RowError):
@@ -704,8 +734,6 @@ class Manifest:
         yield from self._csv_python_chunks(wanted, done)
 
     def _csv_python_chunks(self, wanted: list[str], skip: int) -> Iterator[ArrowChunk]:
-        import itertools
-
         import pyarrow as pa
 
         positions = [self.columns.index(c) for c in wanted]
@@ -799,9 +827,10 @@ class _RowMaker:
         self._prompt = self._csv_template if csv_format and self._template is not None else self._any_prompt
         self._id = self._csv_id if csv_format and manifest.id_column is not None else manifest.id_of
 
-    def make(self, index: int, record: list[str] | dict[str, Any] | RowError) -> Row:
-        if type(record) is list:
-            record = fields = dict(zip(self._columns, record, strict=False))  # csv_rows checked the width
+    def make(self, index: int, record: Sequence[str] | dict[str, Any] | RowError) -> Row:
+        kind = type(record)
+        if kind is tuple or kind is list:  # CSV cells, as many as the header's (checked when read)
+            record = fields = dict(zip(self._columns, record, strict=False))  # type: ignore[arg-type]
         elif isinstance(record, RowError):
             return Row(derive_id(None, f"#line {index + 1}", record.message), [], "", {}, index, record)
         else:

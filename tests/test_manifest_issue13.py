@@ -245,3 +245,62 @@ def test_run_with_a_quote_open_at_the_end_refuses_and_sends_nothing(tmp_path: Pa
 
     est = _estimate(job)
     assert est.returncode == 2 and "manifest.csv line 3: a quote opened" in est.stderr
+
+
+# --- Arrow reads a quote-free CSV; the csv module reads the rest: the same rows ---------------------
+
+
+@pytest.mark.parametrize("trouble", [None, b"r-x,b.jpg,one,cell too many", b"r-x,b.jpg,caf\xe9", b"  ",
+                                     b'r-x,"b.jpg",quoted', b"r-x,b.jpg,nul\x00"])
+def test_rows_read_by_arrow_are_the_rows_the_csv_module_reads(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                              trouble: bytes | None) -> None:
+    import batcher.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "_ARROW_CSV_BLOCK", 8 * 1024)  # many chunks before the line
+    monkeypatch.setattr(manifest_module, "_ARROW_ROWS_MIN_BYTES", 0)
+    lines = [b"id,image,title"] + [f"r{i},{'ab'[i % 2]}.jpg,t\xeftle {i}{' ' if i % 3 else ''}".encode()
+                                   for i in range(3000)]
+    lines[700:700] = [b"", b"r-e,,", b"r-f,c.jpg,", b"\r"]
+    if trouble is not None:
+        lines.insert(2500, trouble)
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"\r\n".join(lines) + b"\n")
+    m = _open(path)
+    m.check()
+    by_arrow = list(m.rows())
+    monkeypatch.setattr(manifest_module, "_quote_free", lambda _path: False)
+    by_csv = list(m.rows())
+    assert by_arrow == by_csv
+    assert len(by_csv) == 3002 + (trouble is not None and bool(trouble.strip()))
+
+
+def test_rows_read_by_arrow_stream_in_constant_memory(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import tracemalloc
+
+    import batcher.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "_ARROW_ROWS_MIN_BYTES", 0)
+    path = tmp_path / "big.csv"
+    with path.open("w") as fh:
+        fh.write("id,image,title\n")
+        fh.writelines(f"row{i},images/{i:07d}.jpg,a title for image {i}\n" for i in range(200_000))
+    m = _open(path)
+    m.check()
+    assert sum(1 for _ in zip(range(10), m.rows(), strict=False)) == 10  # pyarrow imported, outside the count
+    arrow_chunks: list[int] = []
+    real = manifest_module._arrow_csv_chunks
+
+    def spy(*args, **kw):  # type: ignore[no-untyped-def]
+        for chunk in real(*args, **kw):
+            arrow_chunks.append(chunk.length)
+            yield chunk
+
+    monkeypatch.setattr(manifest_module, "_arrow_csv_chunks", spy)
+    tracemalloc.start()
+    try:
+        count = sum(1 for row in m.rows() if row.error is None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 200_000 == sum(arrow_chunks)
+    assert peak < 1_000_000 < path.stat().st_size, peak
