@@ -36,10 +36,13 @@ JSONL has no schema, so its columns are strings (non-string values as JSON text)
 number (NaN, +-inf, in Parquet or as JSONL's ``NaN``/``Infinity``) is null in ``Row.fields``: JSON
 has no such numbers, and null keeps a float column's type.
 
-Speed: rows are read a chunk at a time (CSV by :mod:`csv` over blocks decoded at once, Parquet in
-Arrow record batches, JSONL by orjson), and what a row's image cell resolves to is computed once per
-distinct cell. :meth:`Manifest.arrow_chunks` hands CSV and Parquet to ``batcher estimate`` as Arrow
-arrays, so it can work per distinct image and on whole columns.
+Speed: a CSV with no quote in it is read by Arrow's CSV reader (every cell as text, so its UTF-8 is
+checked), which reads such a file exactly as the csv module does; at the first row where the two
+could differ (a cell count unlike the header's, a byte that is not UTF-8) the csv module takes over
+from that row, over blocks decoded at once. Parquet comes in Arrow record batches, JSONL through
+orjson. What a row's image cell resolves to is computed once per distinct cell. Only a few hundred
+rows are Python objects at a time. :meth:`Manifest.arrow_chunks` hands CSV and Parquet to
+``batcher estimate`` as Arrow arrays, so it works per distinct image and on whole columns.
 """
 
 from __future__ import annotations
