@@ -83,7 +83,7 @@ _PYTHON_CHUNK_ROWS = 8192
 ARROW_CHUNK_ROWS = 65536
 #: Bytes Arrow's CSV reader parses at a time (a block per thread), and the quote scan reads at once.
 _ARROW_CSV_BLOCK = 1024 * 1024
-_CSV_SCAN_BLOCK = 256 * 1024
+_CSV_SCAN_BLOCK = 64 * 1024
 #: Rows of an Arrow chunk turned into Python objects at a time by ``rows()`` (constant memory).
 _ROWS_SLICE = 512
 #: A CSV this size or more is read by Arrow for ``rows()`` where it can be (see csv_records).
@@ -94,6 +94,8 @@ _CSV_FIELD_LIMIT = 16 * 1024 * 1024
 _CSV_BLOCK = 64 * 1024
 #: A CSV line longer than this (no line end in sight) is refused rather than held in memory.
 _CSV_MAX_LINE = 4 * _CSV_FIELD_LIMIT
+#: The rest of a quoted CSV cell after its opening quote, to its closing one (``""`` is a quote in it).
+_QUOTED_CELL = re.compile(rb'[^"]*(?:""[^"]*)*"')
 #: A byte that is not UTF-8, as ``surrogateescape`` decodes it.
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 #: Distinct image cells whose parse is remembered (a manifest over a few thousand images hits it
@@ -433,19 +435,58 @@ class _NotTheSame(Exception):
     """Arrow's CSV reader met a row it would read otherwise than :func:`csv_rows` (or not at all)."""
 
 
-def _quote_free(path: Path) -> bool:
-    """No quote and no NUL byte anywhere in the file: the one kind of CSV that Arrow's reader and
-    the strict csv module read alike, down to the line (a quick scan, at the speed of the disk)."""
-    buffer = bytearray(_CSV_SCAN_BLOCK)  # one buffer, read into: the scan holds no more than this
-    with path.open("rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
-            if buffer.find(b'"', 0, n) >= 0 or buffer.find(b"\0", 0, n) >= 0:
-                return False
-    return True
+def _arrow_quoting(path: Path) -> bool | None:
+    """Whether Arrow's CSV reader reads the file exactly as the strict csv module does, by a scan at
+    about the speed of the disk (Python steps only at quotes): False if it holds no quote at all,
+    True if every quoted cell closes, and is followed by a comma or a line end (what strict asks),
+    None if not so, or if the file holds a NUL byte or its header runs over more than one line."""
+    with path.open("rb") as fh:
+        _reader, _lines, _header = _csv_reader(path, fh)
+        if _reader.line_num != 1:  # type: ignore[attr-defined]
+            return None
+    quoted = False
+    with path.open("rb") as fh:
+
+        def more() -> bytes | None:
+            block = fh.read(_CSV_SCAN_BLOCK)
+            if b"\0" in block:
+                raise _NotTheSame
+            return block
+
+        try:
+            # A line end before the file: a quote opens a cell after a comma, after a line end, or first.
+            data, pos = b"\n" + (more() or b"").removeprefix(b"\xef\xbb\xbf"), 1
+            while True:
+                at = data.find(b'"', pos)
+                if at < 0:
+                    if not (block := more()):
+                        return quoted
+                    data, pos = data[-1:] + block, 1  # the last byte: what the next quote follows
+                    continue
+                if data[at - 1] not in b",\r\n":
+                    pos = at + 1  # a quote inside an unquoted cell: just a character
+                    continue
+                quoted = True
+                cell = _QUOTED_CELL.match(data, at + 1)
+                # Not closed in what is read: no closing quote, or one the match had to take as closing
+                # although a quote follows it (a "" pair), or the last byte (a "" pair's first half?).
+                if cell is None or data[cell.end():cell.end() + 1] in (b"", b'"'):
+                    if not (block := more()):
+                        return quoted if cell is not None and cell.end() == len(data) else None
+                    if len(data) - at > _CSV_FIELD_LIMIT:
+                        return None
+                    data, pos = data[at - 1:] + block, 1
+                    continue
+                if data[cell.end():cell.end() + 1] not in (b",", b"\r", b"\n"):
+                    return None  # something after the closing quote: strict refuses the row
+                pos = cell.end()
+        except _NotTheSame:
+            return None
 
 
-def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str]) -> Iterator[ArrowChunk]:
-    """A quote-free CSV (:func:`_quote_free`) read by Arrow, every column as text (so every cell's
+def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str],
+                      quoted: bool) -> Iterator[ArrowChunk]:
+    """A CSV that :func:`_arrow_quoting` passed, read by Arrow, every column as text (so every cell's
     UTF-8 is checked); stops, having yielded only rows read exactly as :func:`csv_rows` reads them, at
     the first row it cannot vouch for: a cell count unlike the header's (a blank line of spaces is
     one), bytes that are not UTF-8, a cell past the size limit: it raises :class:`_NotTheSame`."""
@@ -462,8 +503,8 @@ def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str]) -> Iter
         reader = pcsv.open_csv(
             path,
             read_options=pcsv.ReadOptions(column_names=columns, skip_rows=1, block_size=_ARROW_CSV_BLOCK),
-            parse_options=pcsv.ParseOptions(quote_char=False, ignore_empty_lines=True,
-                                            invalid_row_handler=invalid),
+            parse_options=pcsv.ParseOptions(quote_char='"' if quoted else False, newlines_in_values=quoted,
+                                            ignore_empty_lines=True, invalid_row_handler=invalid),
             convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()),
                                                 strings_can_be_null=False, include_columns=columns))
     except pa.ArrowInvalid:  # not UTF-8, or a cell count unlike the header's, in the first block
@@ -499,9 +540,11 @@ def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | li
     done = 0
     # One column: csv_rows skips a line of spaces as blank, Arrow would not. A small file: importing
     # pyarrow (~0.3 s) would cost more than it saves.
-    if len(columns) > 1 and path.stat().st_size >= _ARROW_ROWS_MIN_BYTES and _quote_free(path):
+    quoting = (_arrow_quoting(path) if len(columns) > 1 and path.stat().st_size >= _ARROW_ROWS_MIN_BYTES
+               else None)
+    if quoting is not None:
         try:
-            for chunk in _arrow_csv_chunks(path, columns, columns):
+            for chunk in _arrow_csv_chunks(path, columns, columns, quoting):
                 for offset in range(0, chunk.length, _ROWS_SLICE):
                     cells = [chunk.arrays[c].slice(offset, _ROWS_SLICE).to_pylist() for c in columns]
                     yield from zip(*cells, strict=True)
@@ -726,9 +769,10 @@ class Manifest:
         the first row it might not) :func:`csv_rows`: the same rows either way."""
         done = 0
         # One column: csv_rows skips a line of spaces as blank, Arrow would not.
-        if len(self.columns) > 1 and _quote_free(self.path):
+        quoting = _arrow_quoting(self.path) if len(self.columns) > 1 else None
+        if quoting is not None:
             try:
-                for chunk in _arrow_csv_chunks(self.path, self.columns, wanted):
+                for chunk in _arrow_csv_chunks(self.path, self.columns, wanted, quoting):
                     yield chunk
                     done += chunk.length
                 return

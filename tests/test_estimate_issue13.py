@@ -159,17 +159,21 @@ def test_parquet_by_chunks_equals_row_by_row(tmp_path: Path, prompt: dict) -> No
     assert by_rows["rows"] == len(rows) and by_rows["rows_failing"] >= 5
 
 
-def _plain_csv(path: Path, n: int, names: list[str]) -> None:
-    with path.open("w", newline="") as fh:
+def _plain_csv(path: Path, n: int, names: list[str], *, quoted: bool = False) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         fh.write("id,image,title\n")
-        fh.writelines(f"r{i},{names[i % len(names)]},title number {i} {TITLES[i % 3]}\n" for i in range(n))
+        for i in range(n):
+            title = f'"title, {i}\n""{TITLES[i % 3]}"""' if quoted else f"title number {i} {TITLES[i % 3]}"
+            fh.write(f"r{i},{names[i % len(names)]},{title}\n")
 
 
-def test_a_quote_free_csv_is_read_by_arrow_with_the_same_figures(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_csv_arrow_can_read_is_read_by_arrow_with_the_same_figures(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                    quoted: bool) -> None:
     import batcher.manifest as manifest_module
 
     names = _images(tmp_path)
-    _plain_csv(tmp_path / "m.csv", 3000, names)
+    _plain_csv(tmp_path / "m.csv", 3000, names, quoted=quoted)
     job, profile = _job(tmp_path, "m.csv")
     manifest = open_manifest(tmp_path / "m.csv", id_column="id", image_column="image", prompt_column=None,
                              prompt_template="Describe {title}")
@@ -189,7 +193,7 @@ def test_a_quote_free_csv_is_read_by_arrow_with_the_same_figures(tmp_path: Path,
 
 
 @pytest.mark.parametrize("trouble", [b"r-x,img0.jpg,one,cell too many", b"r-x,img0.jpg,caf\xe9",
-                                     b"   ", b'r-x,"img0.jpg",quoted'])
+                                     b"   ", b'r-x,"img0.jpg",quoted', b'r-x,"img0.jpg"x,quoted'])
 def test_arrow_hands_over_to_the_csv_module_where_they_would_differ(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
                                                                    trouble: bytes) -> None:
     import batcher.manifest as manifest_module
