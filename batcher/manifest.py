@@ -78,8 +78,9 @@ DERIVED_ID_HEX = 16
 #: Rows of a Parquet record batch read at a time by ``rows()`` (as Python objects).
 _PARQUET_BATCH_ROWS = 4096
 #: Rows of an :class:`ArrowChunk` built from the csv module's rows (more would only make the garbage
-#: collector walk them longer) or read from a Parquet file.
+#: collector walk them longer).
 _PYTHON_CHUNK_ROWS = 8192
+#: Rows of an :class:`ArrowChunk` read from a Parquet file.
 ARROW_CHUNK_ROWS = 65536
 #: Bytes Arrow's CSV reader parses at a time (a block per thread), and the quote scan reads at once.
 _ARROW_CSV_BLOCK = 1024 * 1024
@@ -98,8 +99,9 @@ _CSV_MAX_LINE = 4 * _CSV_FIELD_LIMIT
 _QUOTED_CELL = re.compile(rb'[^"]*(?:""[^"]*)*"')
 #: A byte that is not UTF-8, as ``surrogateescape`` decodes it.
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
-#: Distinct image cells whose parse is remembered (a manifest over a few thousand images hits it
-#: every row; one over millions of distinct images just clears it now and then).
+#: Distinct image cells whose parse ``rows()`` remembers (a manifest over a few hundred images, or
+#: whose rows come grouped by image, hits it; one over millions of distinct images clears it now and
+#: then). Small: ``rows()`` streams in well under a megabyte.
 _IMAGE_CACHE_SIZE = 512
 
 
