@@ -2,7 +2,8 @@
 
 Plain slotted dataclasses (no validation layer: they are built by batcher's own code). A
 :class:`Result` round-trips through JSON (:meth:`Result.to_json` / :meth:`Result.from_json`), which is
-how the job state stores it the moment it arrives; the Parquet sink reads it back from there.
+how the job state stores it the moment it arrives; the Parquet sink reads it back from there. That
+JSON is strict (non-finite numbers become null), so SQLite's JSON functions can always read it.
 
 Ids: a row's ``id`` is the user's (or a derived one) and is what the results show. The Message
 Batches API only accepts ``custom_id`` values matching :data:`batcher.facts.CUSTOM_ID_PATTERN`, so
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -32,6 +34,17 @@ def custom_id_for(row_id: str) -> str:
     if CUSTOM_ID_PATTERN.match(row_id):
         return row_id
     return HASHED_CUSTOM_ID_PREFIX + hashlib.sha256(row_id.encode("utf-8")).hexdigest()[:48]
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and +-inf float in it (through dicts, lists, tuples) made None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 @dataclass(slots=True)
@@ -117,7 +130,13 @@ class Result:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
+        """Strict JSON: a NaN or +-inf anywhere (a manifest's float cell) is written as null, never as
+        Python's ``NaN``, which SQLite's JSON functions (the state's summary) refuse."""
+        data = self.to_dict()
+        try:
+            return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
+        except ValueError:
+            return json.dumps(finite(data), ensure_ascii=False, separators=(",", ":"), default=str)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

@@ -1212,10 +1212,12 @@ class JobState:
                     "ON s.id = r.id WHERE r.last_seen_pass >= ? GROUP BY 1", (pass_id,)):
                 by_status["ok" if status == "done" else status] = n
                 rows += n
+            # json_valid: a result stored by an older batcher may hold NaN, which json_each refuses.
             warnings = dict(self._query(
                 "SELECT w.value, count(*) FROM rows r JOIN results s ON s.id = r.id, "
-                "json_each(s.result_json, '$.warnings') w WHERE r.last_seen_pass >= ? "
-                "AND s.result_json IS NOT NULL GROUP BY 1 ORDER BY 2 DESC", (pass_id,)))
+                "json_each(CASE WHEN json_valid(s.result_json) THEN s.result_json END, '$.warnings') w "
+                "WHERE r.last_seen_pass >= ? AND s.result_json IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
+                (pass_id,)))
             errors = dict(self._query(
                 "SELECT s.error_type, count(*) FROM rows r JOIN results s ON s.id = r.id "
                 "WHERE r.last_seen_pass >= ? AND s.status IN ('error', 'transient') "
