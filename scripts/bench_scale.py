@@ -245,12 +245,13 @@ def measure(folder: Path, rows: int, seconds: float, resumed_seconds: float) -> 
           f"({(folder / 'manifest.csv').stat().st_size / 1e6:.0f} MB)", flush=True)
     log = folder / "batcher.log"
     est_s, est_mb = estimate(job, log)
-    print(f"  estimate {est_s:.1f} s", flush=True)
+    print(f"  estimate {est_s:.1f} s, peak {est_mb:.0f} MB", flush=True)
     fresh = run_once(job, seconds, log)
     print(f"  fresh run: first request {fresh.first_request_s:.2f} s, {fresh.rows_per_s:.0f} rows/s, "
-          f"exit {fresh.code}", flush=True)
+          f"peak {fresh.peak_mb:.0f} MB, exit {fresh.code}", flush=True)
     resumed = run_once(job, resumed_seconds, log)
-    print(f"  resumed run: first request {resumed.first_request_s:.2f} s, exit {resumed.code}", flush=True)
+    print(f"  resumed run: first request {resumed.first_request_s:.2f} s, peak {resumed.peak_mb:.0f} MB, "
+          f"exit {resumed.code}", flush=True)
     return Figures(rows, est_s, est_mb, fresh, resumed, state_mb(folder))
 
 
