@@ -257,12 +257,15 @@ def _cli(job: Path, sim, *args: str) -> subprocess.Popen[str]:  # type: ignore[n
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigint_while_waiting_cancels_the_batch_and_the_rerun_finishes(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                      monkeypatch) -> None:
-    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=1.0)))
+def frozen(sim) -> list[float]:  # type: ignore[no-untyped-def]
+    """Freeze the simulator's batch clock at 0: no batch moves until the test sets ``now[0]``."""
     now = [0.0]
     sim.sim.batches.clock = lambda: now[0]
-    job = write_job(tmp_path, 6)
+    return now
+
+
+def interrupt_while_waiting(job: Path, sim, now: list[float]) -> str:  # type: ignore[no-untyped-def]
+    """``batcher run`` of a waiting batch job, SIGINT once its batch is half answered; its stderr."""
     proc = _cli(job, sim, "run")
     deadline = time.monotonic() + 30
     while batches_created(sim) == 0:
@@ -273,6 +276,15 @@ def test_sigint_while_waiting_cancels_the_batch_and_the_rerun_finishes(tmp_path:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == EXIT_INCOMPLETE, err
+    return err
+
+
+def test_sigint_while_waiting_cancels_the_batch_and_the_rerun_finishes(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch) -> None:
+    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=1.0)))
+    now = frozen(sim)
+    job = write_job(tmp_path, 6)
+    err = interrupt_while_waiting(job, sim, now)
     assert "cancelled batch" in err
     [batch] = sim.sim.batches.all()
     assert batch.cancel_at_s is not None

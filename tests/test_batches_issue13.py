@@ -8,7 +8,6 @@ becomes sendable again only when its batch is done with it, each way tested here
 from __future__ import annotations
 
 import io
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -22,18 +21,16 @@ from batcher.records import Result, Row
 from batcher.runner import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.state import JobState
-from tests.test_batches import _cli, batches_created, release, results, run_in_process, write_job
-
-
-def frozen(sim) -> list[float]:  # type: ignore[no-untyped-def]
-    """Freeze the simulator's batch clock at 0: no batch moves until the test sets ``now[0]``."""
-    now = [0.0]
-    sim.sim.batches.clock = lambda: now[0]
-    return now
-
-
-def online_messages(sim) -> int:  # type: ignore[no-untyped-def]
-    return sum(sim.sim.ledger.snapshot()["requests"].get("POST /v1/messages", {}).values())
+from tests.test_batches import (
+    batches_created,
+    frozen,
+    interrupt_while_waiting,
+    release,
+    results,
+    run_in_process,
+    write_job,
+)
+from tests.test_run_e2e import messages_sent
 
 
 def charges(sim) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -85,7 +82,7 @@ def test_an_online_run_never_sends_rows_in_a_live_batch(tmp_path: Path, make_sim
     to_mode(job, "online")
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
-    assert online_messages(sim) == 0, "rows in a live batch were sent online"
+    assert messages_sent(sim) == 0, "rows in a live batch were sent online"
     assert "6 rows are in 1 live batch" in err and f"batcher batches {tmp_path / 'out'}" in err, err
     assert len([line for line in err.splitlines() if "live batch" in line]) == 1, err
 
@@ -93,7 +90,7 @@ def test_an_online_run_never_sends_rows_in_a_live_batch(tmp_path: Path, make_sim
     online = write_job(tmp_path, 8, mode="online")
     code, err = run_in_process(online, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
-    assert online_messages(sim) == 2 and charges(sim) == {"row-06": 1, "row-07": 1}
+    assert messages_sent(sim) == 2 and charges(sim) == {"row-06": 1, "row-07": 1}
     assert statuses(tmp_path / "out") == {"batched": 6, "ok": 2}
 
     # The batch ends; an online run collects it: one answer a row, each billed once, exit 0.
@@ -101,7 +98,7 @@ def test_an_online_run_never_sends_rows_in_a_live_batch(tmp_path: Path, make_sim
     code, err = run_in_process(online, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert "collected 6 rows from 1 ended batch" in err, err
-    assert online_messages(sim) == 2
+    assert messages_sent(sim) == 2
     got = results(tmp_path / "out")
     assert len(got) == 8 and {r["status"] for r in got.values()} == {"ok"}
     assert {k for k, r in got.items() if r["mode"] == "batch"} == {f"row-{i:02d}" for i in range(6)}
@@ -123,7 +120,7 @@ def test_the_next_run_of_either_mode_collects_an_ended_batch(tmp_path: Path, mak
     to_mode(job, mode)
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    assert batches_created(sim) == 1 and online_messages(sim) == 0
+    assert batches_created(sim) == 1 and messages_sent(sim) == 0
     assert {r["mode"] for r in results(tmp_path / "out").values()} == {"batch"}
     assert charges(sim) == once_each(4)
 
@@ -149,7 +146,7 @@ def test_a_row_the_ended_batch_has_no_result_for_is_sent_again(tmp_path: Path, m
     to_mode(job, "online")
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    assert online_messages(sim) == 1, "only the row without a result goes online"
+    assert messages_sent(sim) == 1, "only the row without a result goes online"
     got = results(tmp_path / "out")
     assert len(got) == 4 and {r["status"] for r in got.values()} == {"ok"}
     assert sorted(r["mode"] for r in got.values()) == ["batch", "batch", "batch", "online"]
@@ -169,7 +166,7 @@ def test_the_rows_of_a_batch_gone_from_the_api_are_sent_again(tmp_path: Path, ma
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert f"batch {batch.id} is gone from the API; its 3 unanswered rows will be sent again" in err
-    assert online_messages(sim) == 3 and charges(sim) == once_each(3)
+    assert messages_sent(sim) == 3 and charges(sim) == once_each(3)
     with JobState.open(tmp_path / "out") as state:
         assert [b.status for b in state.list_batches()] == [LOST]
 
@@ -181,16 +178,8 @@ def test_a_cancelled_batch_holds_its_rows_until_it_ends(tmp_path: Path, make_sim
     now = frozen(sim)
     if how == "Ctrl-C":
         job = write_job(tmp_path, 6)  # waits for its batch; SIGINT cancels it
-        proc = _cli(job, sim, "run")
-        deadline = time.monotonic() + 30
-        while batches_created(sim) == 0:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        now[0] = 0.5  # half of it answered
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == EXIT_INCOMPLETE and "cancelled batch" in err, err
+        err = interrupt_while_waiting(job, sim, now)
+        assert "cancelled batch" in err, err
         assert "6 rows are in 1 live batch" in err, err
     else:
         job = submit_and_leave(tmp_path, sim, monkeypatch, 6)
@@ -207,7 +196,7 @@ def test_a_cancelled_batch_holds_its_rows_until_it_ends(tmp_path: Path, make_sim
     to_mode(job, "online")
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
-    assert online_messages(sim) == 0 and "6 rows are in 1 live batch" in err, err
+    assert messages_sent(sim) == 0 and "6 rows are in 1 live batch" in err, err
 
     # Ended: what it answered is collected, the canceled rows go online; each billed once.
     now[0] = 0.7
@@ -215,7 +204,7 @@ def test_a_cancelled_batch_holds_its_rows_until_it_ends(tmp_path: Path, make_sim
     assert code == EXIT_OK, err
     got = results(tmp_path / "out")
     assert sorted(r["mode"] for r in got.values()) == ["batch"] * 3 + ["online"] * 3
-    assert online_messages(sim) == 3 and charges(sim) == once_each(6)
+    assert messages_sent(sim) == 3 and charges(sim) == once_each(6)
 
 
 def test_retry_errors_does_not_send_an_error_row_that_is_in_a_live_batch(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
@@ -237,11 +226,11 @@ def test_retry_errors_does_not_send_an_error_row_that_is_in_a_live_batch(tmp_pat
     to_mode(job, "online")
     code, err = run_in_process(job, sim, monkeypatch, "--retry-errors")
     assert code == EXIT_INCOMPLETE, err
-    assert online_messages(sim) == 0 and "1 row is in 1 live batch" in err, err
+    assert messages_sent(sim) == 0 and "1 row is in 1 live batch" in err, err
     release(sim)
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS, err
-    assert online_messages(sim) == 0
+    assert messages_sent(sim) == 0
     too_long = results(tmp_path / "out")["too-long"]
     assert too_long["mode"] == "batch" and too_long["attempts"] == 2
 
@@ -262,11 +251,11 @@ def test_rows_of_a_live_batch_not_marked_batched_are_adopted(tmp_path: Path, mak
     to_mode(job, "online")
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
-    assert online_messages(sim) == 0 and statuses(tmp_path / "out") == {"batched": 5}
+    assert messages_sent(sim) == 0 and statuses(tmp_path / "out") == {"batched": 5}
     release(sim)
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    assert online_messages(sim) == 0 and charges(sim) == once_each(5)
+    assert messages_sent(sim) == 0 and charges(sim) == once_each(5)
 
 
 def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_row(
@@ -290,7 +279,7 @@ def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_
             assert state.status_of("too-long") == "error"
         with sqlite3.connect(tmp_path / "out" / "state.sqlite") as db:
             db.execute("UPDATE batches SET status = 'ended'")
-    assert batches_created(sim) == 1 and online_messages(sim) == 0
+    assert batches_created(sim) == 1 and messages_sent(sim) == 0
     assert results(tmp_path / "out")["too-long"]["attempts"] == 1
 
 
@@ -309,7 +298,7 @@ def test_an_online_run_counts_what_live_batches_hold_against_the_budget(tmp_path
     to_mode(job, "online")
     code, err = run_in_process(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
-    assert online_messages(sim) == 0, "the budget the live batch holds was spent again online"
+    assert messages_sent(sim) == 0, "the budget the live batch holds was spent again online"
 
 
 # --- the state's part, without sockets ----------------------------------------------------------------

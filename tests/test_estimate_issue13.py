@@ -15,6 +15,7 @@ from PIL import Image
 
 from batcher.estimate import PY_WHITESPACE, Estimate, estimate_chunks, estimate_rows, load
 from batcher.manifest import Manifest, open_manifest
+from tests.test_manifest_issue13 import spy_arrow_chunks
 
 JOB = """
 [input]
@@ -132,10 +133,7 @@ def test_csv_by_chunks_equals_row_by_row(tmp_path: Path, prompt: dict, model: st
                                                        9: b"x2,img1.jpg,caf\xe9,p,2",
                                                        12: b'x3,"img2.jpg"z,t,p,3'})
     job, profile = _job(tmp_path, "m.csv", model, extra="[images]\nmax_image_tokens = 900")
-    manifest = open_manifest(tmp_path / "m.csv", id_column="id", image_column="image",
-                             prompt_column=prompt.get("prompt_column"),
-                             prompt_template=prompt.get("prompt_template"))
-    manifest.check()
+    manifest = _opened(tmp_path / "m.csv", prompt)
     by_chunks, by_rows = _both(manifest, job, profile)
     assert by_chunks == by_rows
     assert by_rows["rows"] == len(rows) + 3
@@ -150,10 +148,7 @@ def test_parquet_by_chunks_equals_row_by_row(tmp_path: Path, prompt: dict) -> No
     rows = _records(names, 40)
     _write_parquet(tmp_path / "m.parquet", rows)
     job, profile = _job(tmp_path, "m.parquet")
-    manifest = open_manifest(tmp_path / "m.parquet", id_column="id", image_column="image",
-                             prompt_column=prompt.get("prompt_column"),
-                             prompt_template=prompt.get("prompt_template"))
-    manifest.check()
+    manifest = _opened(tmp_path / "m.parquet", prompt)
     by_chunks, by_rows = _both(manifest, job, profile)
     assert by_chunks == by_rows
     assert by_rows["rows"] == len(rows) and by_rows["rows_failing"] >= 5
@@ -170,7 +165,6 @@ def _plain_csv(path: Path, n: int, names: list[str], *, quoted: bool = False) ->
 @pytest.mark.parametrize("quoted", [False, True])
 def test_a_csv_arrow_can_read_is_read_by_arrow_with_the_same_figures(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
                                                                     quoted: bool) -> None:
-    import batcher.manifest as manifest_module
 
     names = _images(tmp_path)
     _plain_csv(tmp_path / "m.csv", 3000, names, quoted=quoted)
@@ -178,15 +172,7 @@ def test_a_csv_arrow_can_read_is_read_by_arrow_with_the_same_figures(tmp_path: P
     manifest = open_manifest(tmp_path / "m.csv", id_column="id", image_column="image", prompt_column=None,
                              prompt_template="Describe {title}")
     manifest.check()
-    arrow_used: list[int] = []
-    real = manifest_module._arrow_csv_chunks
-
-    def spy(*args, **kw):  # type: ignore[no-untyped-def]
-        for chunk in real(*args, **kw):
-            arrow_used.append(chunk.length)
-            yield chunk
-
-    monkeypatch.setattr(manifest_module, "_arrow_csv_chunks", spy)
+    arrow_used = spy_arrow_chunks(monkeypatch)
     by_chunks, by_rows = _both(manifest, job, profile)
     assert sum(arrow_used) == 3000
     assert by_chunks == by_rows and by_rows["rows_failing"] == 0
@@ -255,3 +241,12 @@ def test_image_headers_are_read_once_per_distinct_image_cell(tmp_path: Path, mon
     est = estimate_job(job, profile)
     assert est.rows == 5000 and est.rows_failing == 0
     assert sorted(calls) == sorted(str(tmp_path / n) for n in names)
+
+
+def _opened(path: Path, prompt: dict) -> Manifest:
+    """The manifest at ``path`` with one of PROMPTS' ways of making the prompt, checked."""
+    manifest = open_manifest(path, id_column="id", image_column="image",
+                             prompt_column=prompt.get("prompt_column"),
+                             prompt_template=prompt.get("prompt_template"))
+    manifest.check()
+    return manifest

@@ -14,6 +14,7 @@ import pytest
 from batcher.manifest import ManifestError, count_lines, open_manifest, utf8_problem
 from batcher.records import Row
 from batcher.sink import read_results
+from tests.test_manifest import count_rows_traced
 from tests.test_run_e2e import batcher, make_images, messages_sent, results_by_id
 
 
@@ -278,7 +279,6 @@ def test_rows_read_by_arrow_are_the_rows_the_csv_module_reads(tmp_path: Path, mo
 
 
 def test_rows_read_by_arrow_stream_in_constant_memory(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import tracemalloc
 
     import batcher.manifest as manifest_module
 
@@ -290,21 +290,8 @@ def test_rows_read_by_arrow_stream_in_constant_memory(tmp_path: Path, monkeypatc
     m = _open(path)
     m.check()
     assert sum(1 for _ in zip(range(10), m.rows(), strict=False)) == 10  # pyarrow imported, outside the count
-    arrow_chunks: list[int] = []
-    real = manifest_module._arrow_csv_chunks
-
-    def spy(*args, **kw):  # type: ignore[no-untyped-def]
-        for chunk in real(*args, **kw):
-            arrow_chunks.append(chunk.length)
-            yield chunk
-
-    monkeypatch.setattr(manifest_module, "_arrow_csv_chunks", spy)
-    tracemalloc.start()
-    try:
-        count = sum(1 for row in m.rows() if row.error is None)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    arrow_chunks = spy_arrow_chunks(monkeypatch)
+    count, peak = count_rows_traced(m)
     assert count == 200_000 == sum(arrow_chunks)
     assert peak < 1_000_000 < path.stat().st_size, peak
 
@@ -340,3 +327,19 @@ def test_the_quote_scan_follows_cells_across_its_blocks(tmp_path: Path, monkeypa
     assert _arrow_quoting(path) is None
     path.write_text('id,image\nr1,"a ""b""')  # open at the end, after a "" pair
     assert _arrow_quoting(path) is None
+
+
+def spy_arrow_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the chunks Arrow's CSV reader hands over from now on (empty: Arrow unused)."""
+    import batcher.manifest as manifest_module
+
+    lengths: list[int] = []
+    real = manifest_module._arrow_csv_chunks
+
+    def spy(*args, **kw):  # type: ignore[no-untyped-def]
+        for chunk in real(*args, **kw):
+            lengths.append(chunk.length)
+            yield chunk
+
+    monkeypatch.setattr(manifest_module, "_arrow_csv_chunks", spy)
+    return lengths
