@@ -83,8 +83,11 @@ _PARQUET_BATCH_ROWS = 4096
 _PYTHON_CHUNK_ROWS = 8192
 #: Rows of an :class:`ArrowChunk` read from a Parquet file.
 ARROW_CHUNK_ROWS = 65536
-#: Bytes Arrow's CSV reader parses at a time (a block per thread), and the quote scan reads at once.
+#: Bytes Arrow's CSV reader parses at a time (a block per thread), for the estimate: its speed.
 _ARROW_CSV_BLOCK = 1024 * 1024
+#: The same for ``rows()``, which a run reads twice at once (the sync and the resume pass, in two
+#: processes): Arrow's resident memory grows some 100 MB per reader with 1 MiB blocks, 40 with these.
+_ARROW_ROWS_BLOCK = 256 * 1024
 _CSV_SCAN_BLOCK = 64 * 1024
 #: Rows of an Arrow chunk turned into Python objects at a time by ``rows()`` (constant memory).
 _ROWS_SLICE = 512
@@ -488,8 +491,8 @@ def _arrow_quoting(path: Path) -> bool | None:
             return None
 
 
-def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str],
-                      quoted: bool) -> Iterator[ArrowChunk]:
+def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str], quoted: bool, *,
+                      block: int = _ARROW_CSV_BLOCK) -> Iterator[ArrowChunk]:
     """A CSV that :func:`_arrow_quoting` passed, read by Arrow, every column as text (so every cell's
     UTF-8 is checked); stops, having yielded only rows read exactly as :func:`csv_rows` reads them, at
     the first row it cannot vouch for: a cell count unlike the header's (a blank line of spaces is
@@ -506,7 +509,7 @@ def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str],
     try:
         reader = pcsv.open_csv(
             path,
-            read_options=pcsv.ReadOptions(column_names=columns, skip_rows=1, block_size=_ARROW_CSV_BLOCK),
+            read_options=pcsv.ReadOptions(column_names=columns, skip_rows=1, block_size=block),
             parse_options=pcsv.ParseOptions(quote_char='"' if quoted else False, newlines_in_values=quoted,
                                             ignore_empty_lines=True, invalid_row_handler=invalid),
             convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()),
@@ -548,7 +551,7 @@ def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | li
                else None)
     if quoting is not None:
         try:
-            for chunk in _arrow_csv_chunks(path, columns, columns, quoting):
+            for chunk in _arrow_csv_chunks(path, columns, columns, quoting, block=_ARROW_ROWS_BLOCK):
                 for offset in range(0, chunk.length, _ROWS_SLICE):
                     cells = [chunk.arrays[c].slice(offset, _ROWS_SLICE).to_pylist() for c in columns]
                     yield from zip(*cells, strict=True)

@@ -50,9 +50,10 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from batcher.records import Result, Row, custom_id_for
 
@@ -88,6 +89,12 @@ class DuplicateIds(StateError):
         super().__init__(f"duplicate ids: {names}{more}{where}")
         self.ids = ids
         self.count = count
+        self._where = (complete, read)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole: a sync in a process of its own hands this to the run (batcher.resume).
+        complete, read = self._where
+        return (partial(DuplicateIds, complete=complete, read=read), (self.ids, self.count))
 
 
 class AlreadyRunning(StateError):
@@ -134,11 +141,12 @@ class ContentHasher:
     It covers the rendered prompt, each image source as resolved, and for a local image file its
     size and mtime_ns (hashing image bytes would read every image on every run: far too slow at
     millions of rows; an edit that keeps both is not seen), plus ``settings``: the job's request
-    settings that shape the answer (see ``runner.answer_settings``), so a changed model, system
+    settings that shape the answer (see ``resume.answer_settings``), so a changed model, system
     prompt or max_tokens changes every row's hash. Stats are cached per path for one pass.
     """
 
     def __init__(self, settings: bytes = b"") -> None:
+        self.settings = settings
         self._base = hashlib.blake2b(settings, digest_size=8, person=b"batcher-row")
         self._stats: dict[str, bytes] = {}
 
@@ -311,6 +319,15 @@ class SyncReport:
     duplicate_count: int
     #: Rows of earlier passes that the manifest no longer has (kept, never sent again).
     removed: int
+
+
+class SyncProgress(Protocol):
+    """The sync's side of a gate: it reports each committed chunk and asks whether to stop."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def advance(self, index: int) -> None: ...
 
 
 class SyncGate:
@@ -660,7 +677,7 @@ class JobState:
     # -- rows --
 
     def sync_rows(self, rows: Iterable[Row], pass_id: int | None = None, *,
-                  hasher: ContentHasher | None = None, gate: SyncGate | None = None,
+                  hasher: ContentHasher | None = None, gate: SyncProgress | None = None,
                   fingerprint: str | None = None, chunk: int = CHUNK) -> SyncReport:
         """Stream the manifest's rows into the ``rows`` table; report new rows and duplicate ids.
 

@@ -356,8 +356,8 @@ def good_ids(rows: list[dict[str, Any]]) -> set[str]:
 
 
 def _slow_sync(monkeypatch: pytest.MonkeyPatch, sim: Any, after_rows: int, log: list[str]) -> None:
-    """Make the background sync hold after ``after_rows`` rows until the simulator has had a request
-    (or 10 s pass: then the run did not send before the sync was complete)."""
+    """Make the background sync (in a thread) hold after ``after_rows`` rows until the simulator has
+    had a request (or 10 s pass: then the run did not send before the sync was complete)."""
     real = JobState.sync_rows
 
     def sync_rows(self: JobState, rows: Iterable[Row], *args: Any, **kw: Any) -> Any:
@@ -374,6 +374,7 @@ def _slow_sync(monkeypatch: pytest.MonkeyPatch, sim: Any, after_rows: int, log: 
         return real(self, held(), *args, **kw)
 
     monkeypatch.setattr(JobState, "sync_rows", sync_rows)
+    monkeypatch.setattr(resume, "SYNC_IN_PROCESS", False)  # steps into the sync, so in this process
     monkeypatch.setattr(resume, "BACKGROUND_CHUNK", 2)
     monkeypatch.setattr(resume, "GRACE_S", 0.0)
 
