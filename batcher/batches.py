@@ -143,8 +143,7 @@ class BatchBuilder:
     size: int = _ENVELOPE_BYTES
 
     def fits(self, item: Pending) -> bool:
-        return (len(self.items) < self.max_requests
-                and self.size + item.size + 1 <= self.max_bytes)
+        return len(self.items) < self.max_requests and self.size + item.size + 1 <= self.max_bytes
 
     def add(self, item: Pending) -> None:
         self.items.append(item)
@@ -173,8 +172,10 @@ def left_to_batches_line(rows: int, batches: int, out: Path) -> str:
     noun = "batch" if batches == 1 else "batches"
     them = "it" if batches == 1 else "them"
     rows_are = "1 row is" if rows == 1 else f"{rows:,} rows are"
-    return (f"batcher: {rows_are} in {batches} live {noun}, left to {them} and sent by no one else: "
-            f"`batcher run` again collects {them} (see `batcher batches {out}`)")
+    return (
+        f"batcher: {rows_are} in {batches} live {noun}, left to {them} and sent by no one else: "
+        f"`batcher run` again collects {them} (see `batcher batches {out}`)"
+    )
 
 
 def _memo(state: JobState, batch_id: str) -> dict[str, Any]:
@@ -231,8 +232,9 @@ class Collector:
             if self.fatal is not None:
                 return
             try:
-                info = await _retrying(self.policy, self.rng,
-                                       lambda b=batch: self.client.get_batch(b.batch_id))
+                info = await _retrying(
+                    self.policy, self.rng, lambda b=batch: self.client.get_batch(b.batch_id)
+                )
             except errors.NotFoundError:
                 self._lost(batch.batch_id)
                 continue
@@ -248,13 +250,17 @@ class Collector:
 
     def _lost(self, batch_id: str) -> None:
         """The API no longer knows the batch: its rows are sent again (its hold is let go)."""
-        released = self.state.release_batched(batch_id, "batch_lost",
-                                               f"batch {batch_id} is gone from the API")
+        released = self.state.release_batched(
+            batch_id, "batch_lost", f"batch {batch_id} is gone from the API"
+        )
         self.state.update_batch(batch_id, status=LOST)
         if self.budget is not None:
             self.budget.settle(float(_memo(self.state, batch_id).get("held_usd", 0.0)), 0.0)
-        print(f"batcher: batch {batch_id} is gone from the API; its {released:,} unanswered rows "
-              "will be sent again", file=self.err)
+        print(
+            f"batcher: batch {batch_id} is gone from the API; its {released:,} unanswered rows "
+            "will be sent again",
+            file=self.err,
+        )
 
     async def _collect_one(self, batch_id: str) -> None:
         try:
@@ -271,8 +277,9 @@ class Collector:
             self.collected_rows += 1
         # Rows the results did not mention: nothing holds them any more. Released before the batch
         # is marked collected, so a crash in between leaves them to the next run's collection.
-        self.state.release_batched(batch_id, "batch_no_result",
-                                   f"batch {batch_id} ended without a result for this row")
+        self.state.release_batched(
+            batch_id, "batch_no_result", f"batch {batch_id} ended without a result for this row"
+        )
         if self.budget is not None:
             self.budget.settle(float(memo.get("held_usd", 0.0)), spent)
         self.state.update_batch(batch_id, status=COLLECTED)
@@ -322,37 +329,77 @@ class Collector:
                 self.state.put_file(replace(record, expires_at=0.0))
         return True
 
-    def _result(self, row_id: str, result: dict[str, Any], kind: str, error_type: str | None,
-                message: str | None, attempts: int, memo: dict[str, Any]) -> Result:
+    def _result(
+        self,
+        row_id: str,
+        result: dict[str, Any],
+        kind: str,
+        error_type: str | None,
+        message: str | None,
+        attempts: int,
+        memo: dict[str, Any],
+    ) -> Result:
         images = [ImageSent(**i) for i in memo.get("images", [])]
-        common = {"id": row_id, "attempts": attempts, "images": images, "mode": "batch",
-                  "warnings": list(memo.get("warnings", [])), "fields": dict(memo.get("fields", {}))}
+        common = {
+            "id": row_id,
+            "attempts": attempts,
+            "images": images,
+            "mode": "batch",
+            "warnings": list(memo.get("warnings", [])),
+            "fields": dict(memo.get("fields", {})),
+        }
         if kind == "error":
             error = result.get("error") or {}
-            return Result(status="error", model=self.profile.id, error_type=error_type,
-                          error_message=message, request_id=error.get("request_id"), **common)
+            return Result(
+                status="error",
+                model=self.profile.id,
+                error_type=error_type,
+                error_message=message,
+                request_id=error.get("request_id"),
+                **common,
+            )
         msg = result.get("message") or {}
         usage = msg.get("usage") or {}
         text, tool_input = answer_text(msg)
         return Result(
-            status="ok", text=text, tool_input=tool_input, model=msg.get("model", self.profile.id),
-            stop_reason=msg.get("stop_reason"), input_tokens=usage.get("input_tokens"),
+            status="ok",
+            text=text,
+            tool_input=tool_input,
+            model=msg.get("model", self.profile.id),
+            stop_reason=msg.get("stop_reason"),
+            input_tokens=usage.get("input_tokens"),
             output_tokens=usage.get("output_tokens"),
             cache_read_input_tokens=usage.get("cache_read_input_tokens"),
             cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
-            request_id=msg.get("id"), cost_usd=usage_cost(self.profile, usage, batch=True), **common)
+            request_id=msg.get("id"),
+            cost_usd=usage_cost(self.profile, usage, batch=True),
+            **common,
+        )
 
 
-
-async def collect_ended(*, job: JobConfig, profile: ModelProfile, client: Any, state: JobState, sink: Any,
-                        counters: Counters, err: TextIO) -> Collector:
+async def collect_ended(
+    *,
+    job: JobConfig,
+    profile: ModelProfile,
+    client: Any,
+    state: JobState,
+    sink: Any,
+    counters: Counters,
+    err: TextIO,
+) -> Collector:
     """A run's first step, whatever the job's mode: rows found in live batches become ``batched``
     (:meth:`~batcher.state.JobState.adopt_batched`), then the batches that have ended are collected.
     Returns the collector: its ``fatal``, what it collected, and :meth:`Collector.live_counts`."""
-    collector = Collector(profile=profile, client=client, state=state, sink=sink, err=err,
-                          counters=counters, part_rows=job.run.part_rows,
-                          policy=RetryPolicy(max_attempts=job.run.max_attempts,
-                                             max_wait_s=job.run.max_retry_wait_s))
+    collector = Collector(
+        profile=profile,
+        client=client,
+        state=state,
+        sink=sink,
+        err=err,
+        counters=counters,
+        part_rows=job.run.part_rows,
+        policy=RetryPolicy(max_attempts=job.run.max_attempts, max_wait_s=job.run.max_retry_wait_s),
+    )
     if live_batches(state):
         state.adopt_batched()
         await collector.collect()
@@ -421,8 +468,9 @@ class BatchRun:
 
     def interrupted(self) -> bool:
         """Stopped by a signal (not by the budget or a batch the API refused): stop waiting."""
-        return (self.pipeline.stopping.is_set() and not self.halted
-                and self.counters.stop_reason != BUDGET_STOP)
+        return (
+            self.pipeline.stopping.is_set() and not self.halted and self.counters.stop_reason != BUDGET_STOP
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking at once if the run is told to stop meanwhile."""
@@ -464,8 +512,9 @@ class BatchRun:
                     tg.start_soon(p._feed, wanted(), to_prepare_send, results_send.clone())
                     async with to_prepare, prepared_send:
                         for _ in range(prep_n):
-                            tg.start_soon(p._prepare, to_prepare.clone(), prepared_send.clone(),
-                                          results_send.clone())
+                            tg.start_soon(
+                                p._prepare, to_prepare.clone(), prepared_send.clone(), results_send.clone()
+                            )
                     tg.start_soon(self._group, prepared, builder)
             finally:
                 results_send.close()
@@ -503,10 +552,21 @@ class BatchRun:
             held = got
         params = messages_body(self.profile, self.pipeline.settings, p.parts, p.row.prompt)
         request = {"custom_id": p.row.custom_id, "params": params}
-        memo = {"images": [_sent_dict(s) for s in p.sent], "warnings": list(p.warnings),
-                "fields": dict(p.row.fields), "held_usd": held}
-        return Pending(p.row.id, p.row.custom_id, params, len(orjson.dumps(request)),
-                       betas_for(p.parts, self.job.images.files_beta), held, memo)
+        memo = {
+            "images": [_sent_dict(s) for s in p.sent],
+            "warnings": list(p.warnings),
+            "fields": dict(p.row.fields),
+            "held_usd": held,
+        }
+        return Pending(
+            p.row.id,
+            p.row.custom_id,
+            params,
+            len(orjson.dumps(request)),
+            betas_for(p.parts, self.job.images.files_beta),
+            held,
+            memo,
+        )
 
     async def _flush(self, items: list[Pending]) -> None:
         """Create one batch and record it before anything else; shielded, so a signal cannot
@@ -523,12 +583,16 @@ class BatchRun:
                 self._give_up(f"cannot create a batch of {len(items)} requests: {exc}", exc)
                 return
             batch_id = str(info["id"])
-            self.state.put_batch(batch_id, [i.custom_id for i in items],
-                                 status=str(info.get("processing_status", "in_progress")),
-                                 counts=info.get("request_counts") or {})
-        self.state.set_meta(_META_PREFIX + batch_id, {
-            "held_usd": sum(i.held_usd for i in items),
-            "rows": {i.custom_id: i.memo for i in items}})
+            self.state.put_batch(
+                batch_id,
+                [i.custom_id for i in items],
+                status=str(info.get("processing_status", "in_progress")),
+                counts=info.get("request_counts") or {},
+            )
+        self.state.set_meta(
+            _META_PREFIX + batch_id,
+            {"held_usd": sum(i.held_usd for i in items), "rows": {i.custom_id: i.memo for i in items}},
+        )
         self.state.mark_batched(i.row_id for i in items)
         for item in items:
             self.tries[item.row_id] += 1
@@ -558,8 +622,9 @@ class BatchRun:
         async with outcomes:
             async for outcome in outcomes:
                 if isinstance(outcome, Transient):
-                    self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
-                                                outcome.attempts)
+                    self.state.record_transient(
+                        outcome.row_id, outcome.error_type, outcome.message, outcome.attempts
+                    )
                     continue
                 outcome.mode = "batch"
                 self.state.record(outcome)
@@ -579,10 +644,14 @@ class BatchRun:
         from batcher.progress import BatchProgress
 
         n_live, live_rows = self.collector.live_counts()
-        return BatchProgress(submitted_rows=self.submitted_rows, submitted_batches=self.submitted_batches,
-                             collected_rows=self.collector.collected_rows,
-                             collected_batches=self.collector.collected_batches,
-                             live_batches=n_live, live_rows=live_rows)
+        return BatchProgress(
+            submitted_rows=self.submitted_rows,
+            submitted_batches=self.submitted_batches,
+            collected_rows=self.collector.collected_rows,
+            collected_batches=self.collector.collected_batches,
+            live_batches=n_live,
+            live_rows=live_rows,
+        )
 
     # -- cancel --
 
@@ -617,10 +686,20 @@ def _sent_dict(sent: ImageSent) -> dict[str, Any]:
 # --- wiring for the runner ------------------------------------------------------------------------
 
 
-async def run_batch_mode(*, job: JobConfig, profile: ModelProfile, client: Any, state: JobState,
-                         sink: Any, manifest: Any, retry_errors: bool, err: TextIO, to_do: int,
-                         budget: BudgetGate | None,
-                         collector: Collector) -> tuple[int, Counters, BatchProgress]:
+async def run_batch_mode(
+    *,
+    job: JobConfig,
+    profile: ModelProfile,
+    client: Any,
+    state: JobState,
+    sink: Any,
+    manifest: Any,
+    retry_errors: bool,
+    err: TextIO,
+    to_do: int,
+    budget: BudgetGate | None,
+    collector: Collector,
+) -> tuple[int, Counters, BatchProgress]:
     """Run a batch-mode job inside ``batcher run``, after :func:`collect_ended` made ``collector``;
     returns ``(exit code, counters, what the batches did)``.
 
@@ -633,13 +712,29 @@ async def run_batch_mode(*, job: JobConfig, profile: ModelProfile, client: Any, 
     from batcher.runner import _watch_signals
 
     async with ImagePool(workers=job.run.image_workers or None) as pool:
-        pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink, pool=pool,
-                            counters=collector.counters)
+        pipeline = Pipeline(
+            job=job,
+            profile=profile,
+            client=client,
+            state=state,
+            sink=sink,
+            pool=pool,
+            counters=collector.counters,
+        )
         pipeline.policy = collector.policy
         pipeline.retry_errors = retry_errors  # type: ignore[attr-defined]
-        batch_run = BatchRun(job=job, profile=profile, client=client, state=state, sink=sink,
-                             pipeline=pipeline, rows=manifest.rows, err=err, budget=budget,
-                             collector=collector)
+        batch_run = BatchRun(
+            job=job,
+            profile=profile,
+            client=client,
+            state=state,
+            sink=sink,
+            pipeline=pipeline,
+            rows=manifest.rows,
+            err=err,
+            budget=budget,
+            collector=collector,
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, pipeline)
             tg.start_soon(lambda: report(pipeline.counters, to_do, stream=err, batch=batch_run.progress))
@@ -654,9 +749,12 @@ async def run_batch_mode(*, job: JobConfig, profile: ModelProfile, client: Any, 
         from batcher.runner import EXIT_OK, EXIT_ROW_ERRORS
 
         # Files stay while any batch may still refer to them, or rows are left to send.
-        await finish_run(pipeline.uploader, pipeline.counters, err,
-                         delete_at_end=job.images.delete_files_at_end
-                         and code in (EXIT_OK, EXIT_ROW_ERRORS))
+        await finish_run(
+            pipeline.uploader,
+            pipeline.counters,
+            err,
+            delete_at_end=job.images.delete_files_at_end and code in (EXIT_OK, EXIT_ROW_ERRORS),
+        )
     return code, pipeline.counters, batch_run.progress()
 
 
@@ -686,8 +784,9 @@ def list_lines(out: Path) -> list[str]:
     for b in batches:
         counts = " ".join(f"{k} {v:,}" for k, v in b.counts.items() if v)
         age = math.floor((now - b.created_at) / 60)
-        lines.append(f"{b.batch_id}  {b.status:<11} {b.request_count:>7,} requests  "
-                     f"{counts or '-'}  ({age} min ago)")
+        lines.append(
+            f"{b.batch_id}  {b.status:<11} {b.request_count:>7,} requests  {counts or '-'}  ({age} min ago)"
+        )
     return lines
 
 
@@ -724,8 +823,11 @@ def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdo
                     return await cancel_batches(client, state, err)
 
         done = anyio.run(go)
-        print(f"batcher: {done} batch(es) cancelled; `batcher run` collects what they answered "
-              "and sends the rest again", file=err)
+        print(
+            f"batcher: {done} batch(es) cancelled; `batcher run` collects what they answered "
+            "and sends the rest again",
+            file=err,
+        )
     if as_json:
         print(json.dumps(batches_json(out), sort_keys=True), file=stdout)
     else:

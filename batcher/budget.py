@@ -88,5 +88,6 @@ def gate_for(job: Any, profile: ModelProfile, spent_usd: float, *, batch: bool =
     """The gate for a job (``JobConfig``) given what earlier runs spent."""
     from batcher.estimate import settings_for
 
-    return BudgetGate(Budget(job.limits.budget_usd, spent_usd=spent_usd), profile, settings_for(job),
-                      batch=batch)
+    return BudgetGate(
+        Budget(job.limits.budget_usd, spent_usd=spent_usd), profile, settings_for(job), batch=batch
+    )

@@ -20,12 +20,19 @@ def main() -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: the job's run.output, relative to the job file).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: the job's run.output, relative to the job file).",
+)
 @click.option("--retry-errors", is_flag=True, help="Send rows that ended in a final error again.")
-@click.option("--redo-changed", is_flag=True,
-              help="Send again the answered rows whose prompt, images or request settings changed "
-                   "since they were answered (a run reports how many there are).")
+@click.option(
+    "--redo-changed",
+    is_flag=True,
+    help="Send again the answered rows whose prompt, images or request settings changed "
+    "since they were answered (a run reports how many there are).",
+)
 def run(job: Path, out: Path | None, retry_errors: bool, redo_changed: bool) -> None:
     """Run a job (resumes where the last run stopped).
 
@@ -36,8 +43,7 @@ def run(job: Path, out: Path | None, retry_errors: bool, redo_changed: bool) -> 
     from batcher.runner import RunRequest
     from batcher.runner import run as run_job
 
-    sys.exit(run_job(RunRequest(job_path=job, out=out, retry_errors=retry_errors,
-                                redo_changed=redo_changed)))
+    sys.exit(run_job(RunRequest(job_path=job, out=out, retry_errors=retry_errors, redo_changed=redo_changed)))
 
 
 @main.command()
@@ -62,9 +68,14 @@ def status(out: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-@click.option("--exact-sample", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Count N rows exactly through the API's free count_tokens (needs a key) and "
-                   "calibrate the text estimate on them.")
+@click.option(
+    "--exact-sample",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Count N rows exactly through the API's free count_tokens (needs a key) and "
+    "calibrate the text estimate on them.",
+)
 def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
     """What a job will cost and take, from the manifest and image headers; nothing is sent.
 
@@ -91,9 +102,12 @@ def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
 @main.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON list.")
-@click.option("--cancel", is_flag=True,
-              help="Cancel the job's live batches through the API (needs the key); the next "
-                   "`batcher run` collects what they answered and sends the rest again.")
+@click.option(
+    "--cancel",
+    is_flag=True,
+    help="Cancel the job's live batches through the API (needs the key); the next "
+    "`batcher run` collects what they answered and sends the rest again.",
+)
 def batches(out: Path, as_json: bool, cancel: bool) -> None:
     """A batch-mode job's Message Batches: id, status, requests and their outcomes.
 
@@ -108,40 +122,94 @@ def batches(out: Path, as_json: bool, cancel: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=0, type=int, help="Port (default: a free one).")
 @click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")
-@click.option("--platform", type=click.Choice(["anthropic", "bedrock", "vertex"]),
-              default="anthropic", show_default=True,
-              help="bedrock/vertex: 5 MB an image and base64 sources only.")
-@click.option("--today", default=None, metavar="YYYY-MM-DD",
-              help="The simulator's date (decides which models have retired).")
+@click.option(
+    "--platform",
+    type=click.Choice(["anthropic", "bedrock", "vertex"]),
+    default="anthropic",
+    show_default=True,
+    help="bedrock/vertex: 5 MB an image and base64 sources only.",
+)
+@click.option(
+    "--today",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="The simulator's date (decides which models have retired).",
+)
 @click.option("--rpm", type=float, default=None, help="Requests per minute (default unlimited).")
 @click.option("--itpm", type=float, default=None, help="Input tokens per minute.")
 @click.option("--otpm", type=float, default=None, help="Output tokens per minute.")
-@click.option("--files-rpm", type=float, default=None,
-              help="Files API requests per minute, a budget of its own (default unlimited).")
-@click.option("--burst-window", type=float, default=60.0, show_default=True,
-              help="Seconds of a limit a bucket may hold (60 RPM with 1 s: one request a second).")
-@click.option("--latency", type=float, default=0.0, show_default=True,
-              help="Base seconds per messages request.")
+@click.option(
+    "--files-rpm",
+    type=float,
+    default=None,
+    help="Files API requests per minute, a budget of its own (default unlimited).",
+)
+@click.option(
+    "--burst-window",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds of a limit a bucket may hold (60 RPM with 1 s: one request a second).",
+)
+@click.option(
+    "--latency", type=float, default=0.0, show_default=True, help="Base seconds per messages request."
+)
 @click.option("--jitter", type=float, default=0.0, show_default=True, help="Extra random seconds.")
-@click.option("--per-megapixel", type=float, default=0.0, show_default=True,
-              help="Extra seconds per megapixel of input images.")
-@click.option("--per-output-token", type=float, default=0.0, show_default=True,
-              help="Extra seconds per output token.")
-@click.option("--fault", "faults", multiple=True, metavar="KIND=P",
-              help="Inject faults, repeatable: overloaded, server_error, gateway_timeout, drop, "
-                   "stall (share 0..1 of messages requests); fatal ones auth_error_after, "
-                   "billing_error_after, spend_limit_after (=N: N paid requests pass, then "
-                   "every one fails).")
-@click.option("--stall-seconds", type=float, default=30.0, show_default=True,
-              help="How long a stalled request hangs before its 504.")
+@click.option(
+    "--per-megapixel",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Extra seconds per megapixel of input images.",
+)
+@click.option(
+    "--per-output-token", type=float, default=0.0, show_default=True, help="Extra seconds per output token."
+)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="KIND=P",
+    help="Inject faults, repeatable: overloaded, server_error, gateway_timeout, drop, "
+    "stall (share 0..1 of messages requests); fatal ones auth_error_after, "
+    "billing_error_after, spend_limit_after (=N: N paid requests pass, then "
+    "every one fails).",
+)
+@click.option(
+    "--stall-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="How long a stalled request hangs before its 504.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and jitter.")
-@click.option("--batch-seconds", type=float, default=5.0, show_default=True,
-              help="Seconds a message batch takes to end.")
-def simulate(host: str, port: int, api_key: str | None, platform: str, today: str | None,
-             rpm: float | None, itpm: float | None, otpm: float | None, files_rpm: float | None,
-             burst_window: float, latency: float, jitter: float, per_megapixel: float,
-             per_output_token: float, faults: tuple[str, ...], stall_seconds: float, seed: int,
-             batch_seconds: float) -> None:
+@click.option(
+    "--batch-seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds a message batch takes to end.",
+)
+def simulate(
+    host: str,
+    port: int,
+    api_key: str | None,
+    platform: str,
+    today: str | None,
+    rpm: float | None,
+    itpm: float | None,
+    otpm: float | None,
+    files_rpm: float | None,
+    burst_window: float,
+    latency: float,
+    jitter: float,
+    per_megapixel: float,
+    per_output_token: float,
+    faults: tuple[str, ...],
+    stall_seconds: float,
+    seed: int,
+    batch_seconds: float,
+) -> None:
     """Serve a local simulator of the Anthropic API until Ctrl-C.
 
     Prints its base URL on one line once it listens; SIGINT or SIGTERM stop it (exit code 0).
@@ -165,10 +233,13 @@ def simulate(host: str, port: int, api_key: str | None, platform: str, today: st
         api_key=api_key,
         platform=platform,  # type: ignore[arg-type]
         today=today_date,
-        limits=RateLimits(rpm=rpm, itpm=itpm, otpm=otpm, burst_window_s=burst_window,
-                          files_rpm=files_rpm),
-        latency=Latency(base_s=latency, jitter_s=jitter, per_megapixel_s=per_megapixel,
-                        per_output_token_s=per_output_token),
+        limits=RateLimits(rpm=rpm, itpm=itpm, otpm=otpm, burst_window_s=burst_window, files_rpm=files_rpm),
+        latency=Latency(
+            base_s=latency,
+            jitter_s=jitter,
+            per_megapixel_s=per_megapixel,
+            per_output_token_s=per_output_token,
+        ),
         faults=fault_config,
         batches=BatchClock(duration_s=batch_seconds, seed=seed),
     )
@@ -207,13 +278,14 @@ def _fault_shares(items: tuple[str, ...], stall_s: float, seed: int) -> Faults:
             if after < 0:
                 raise click.BadParameter(
                     f"{item!r}: expected {kind}=N, N a whole number of paid requests (0 or more)",
-                    param_hint="--fault")
+                    param_hint="--fault",
+                )
             setattr(config, kind, after)
             continue
         if kind not in KINDS:
             raise click.BadParameter(
-                f"unknown fault kind {kind!r} (one of {', '.join((*KINDS, *fatal))})",
-                param_hint="--fault")
+                f"unknown fault kind {kind!r} (one of {', '.join((*KINDS, *fatal))})", param_hint="--fault"
+            )
         try:
             setattr(config, kind, float(share))
         except ValueError:
@@ -236,21 +308,32 @@ def models_cmd(as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
     for p in registry.all():
         if as_json:
-            click.echo(json.dumps({
-                "id": p.id, "ids": list(p.ids), "lifecycle": p.lifecycle,
-                "retires": p.retires.isoformat() if p.retires else None,
-                "context_window": p.context_window, "max_output_tokens": p.max_output_tokens,
-                "images_per_request": p.images_per_request, "native_edge": p.native_edge,
-                "image_token_budget": p.image_token_budget,
-                "max_image_b64_bytes": p.max_image_b64_bytes,
-                "budget_confirmed": p.budget_confirmed, "display_name": p.display_name,
-                # every price, USD per million tokens: input, output, cache read and writes,
-                # the batch discount and the long-prompt tier where the model has one
-                "prices": dataclasses.asdict(p.prices),
-                "price_input": p.prices.input, "price_output": p.prices.output,
-                "sampling_params": p.sampling_params, "capabilities": dict(p.capabilities),
-                "source": p.source,
-            }))
+            click.echo(
+                json.dumps(
+                    {
+                        "id": p.id,
+                        "ids": list(p.ids),
+                        "lifecycle": p.lifecycle,
+                        "retires": p.retires.isoformat() if p.retires else None,
+                        "context_window": p.context_window,
+                        "max_output_tokens": p.max_output_tokens,
+                        "images_per_request": p.images_per_request,
+                        "native_edge": p.native_edge,
+                        "image_token_budget": p.image_token_budget,
+                        "max_image_b64_bytes": p.max_image_b64_bytes,
+                        "budget_confirmed": p.budget_confirmed,
+                        "display_name": p.display_name,
+                        # every price, USD per million tokens: input, output, cache read and writes,
+                        # the batch discount and the long-prompt tier where the model has one
+                        "prices": dataclasses.asdict(p.prices),
+                        "price_input": p.prices.input,
+                        "price_output": p.prices.output,
+                        "sampling_params": p.sampling_params,
+                        "capabilities": dict(p.capabilities),
+                        "source": p.source,
+                    }
+                )
+            )
         else:
             life = p.lifecycle + (f" (retires {p.retires})" if p.retires else "")
             click.echo(
@@ -262,29 +345,64 @@ def models_cmd(as_json: bool) -> None:
 
 @main.command("prepare")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--job", "job_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Prepare exactly as this job would: its model and every [images] option "
-                   "(explicit options below override them).")
-@click.option("--model", "-m", default=None,
-              help="Model whose native size the images are prepared for "
-                   "(default: the job's, else claude-haiku-5-5).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write each prepared image here as <stem>.<ext> (repeated stems: <stem>-2, -3...).")
+@click.option(
+    "--job",
+    "job_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Prepare exactly as this job would: its model and every [images] option "
+    "(explicit options below override them).",
+)
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Model whose native size the images are prepared for (default: the job's, else claude-haiku-5-5).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write each prepared image here as <stem>.<ext> (repeated stems: <stem>-2, -3...).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
 @click.option("--max-edge", type=int, default=None, help="Cap the long side (px) below the model's.")
-@click.option("--max-image-tokens", type=int, default=None,
-              help="Cap visual tokens per image below the model's budget.")
-@click.option("--max-b64-bytes", type=int, default=None,
-              help="Base64 bytes an image may take (default 5 MB; up to the model's limit).")
-@click.option("--allow-truncated/--no-allow-truncated", default=None,
-              help="Send what decodes of truncated files (default: the job's, else no).")
-@click.option("--images-per-request", type=int, default=1, show_default=True,
-              help="Size each image as one of N in a request (over 20: each fits 2000 px).")
+@click.option(
+    "--max-image-tokens", type=int, default=None, help="Cap visual tokens per image below the model's budget."
+)
+@click.option(
+    "--max-b64-bytes",
+    type=int,
+    default=None,
+    help="Base64 bytes an image may take (default 5 MB; up to the model's limit).",
+)
+@click.option(
+    "--allow-truncated/--no-allow-truncated",
+    default=None,
+    help="Send what decodes of truncated files (default: the job's, else no).",
+)
+@click.option(
+    "--images-per-request",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Size each image as one of N in a request (over 20: each fits 2000 px).",
+)
 @click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
-def prepare_cmd(paths: tuple[Path, ...], job_path: Path | None, model: str | None,
-                out_dir: Path | None, as_json: bool, max_edge: int | None,
-                max_image_tokens: int | None, max_b64_bytes: int | None,
-                allow_truncated: bool | None, images_per_request: int, workers: int | None) -> None:
+def prepare_cmd(
+    paths: tuple[Path, ...],
+    job_path: Path | None,
+    model: str | None,
+    out_dir: Path | None,
+    as_json: bool,
+    max_edge: int | None,
+    max_image_tokens: int | None,
+    max_b64_bytes: int | None,
+    allow_truncated: bool | None,
+    images_per_request: int,
+    workers: int | None,
+) -> None:
     """Run a job's image preprocessing on files or directories and report every input.
 
     Exit status: 0 if every input was prepared, 3 if any failed, 2 for bad options or a bad job.
@@ -303,11 +421,16 @@ def prepare_cmd(paths: tuple[Path, ...], job_path: Path | None, model: str | Non
     from batcher.images.errors import ImageConfigError
     from batcher.models import ModelConfigError
 
-    flags = {"max_edge": max_edge, "max_image_tokens": max_image_tokens,
-             "max_b64_bytes": max_b64_bytes, "allow_truncated": allow_truncated}
+    flags = {
+        "max_edge": max_edge,
+        "max_image_tokens": max_image_tokens,
+        "max_b64_bytes": max_b64_bytes,
+        "allow_truncated": allow_truncated,
+    }
     try:
-        profile, options = prepare_settings(job_path=job_path, model=model, options=flags,
-                                            images_in_request=images_per_request)
+        profile, options = prepare_settings(
+            job_path=job_path, model=model, options=flags, images_in_request=images_per_request
+        )
     except ConfigError as exc:
         click.echo(f"batcher: {exc}", err=True)
         sys.exit(2)
@@ -322,8 +445,17 @@ def prepare_cmd(paths: tuple[Path, ...], job_path: Path | None, model: str | Non
         click.echo(json_line(row) if as_json else human_line(row))
 
     inputs = expand_inputs(paths)
-    summary = anyio.run(lambda: run_prepare(inputs, profile, options, out_dir=out_dir, emit=emit,
-                                            workers=workers, images_in_request=images_per_request))
+    summary = anyio.run(
+        lambda: run_prepare(
+            inputs,
+            profile,
+            options,
+            out_dir=out_dir,
+            emit=emit,
+            workers=workers,
+            images_in_request=images_per_request,
+        )
+    )
     click.echo(summary.line(), err=True)
     sys.exit(summary.exit_code)
 
@@ -345,10 +477,15 @@ def files_list(out: Path, as_json: bool) -> None:
 
 @files_group.command("delete")
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--beta", default="files-api-2025-04-14", show_default=True,
-              help="The anthropic-beta header the Files API needs (the job's images.files_beta).")
-@click.option("--rpm", type=float, default=100.0, show_default=True,
-              help="Files API requests a minute to stay under.")
+@click.option(
+    "--beta",
+    default="files-api-2025-04-14",
+    show_default=True,
+    help="The anthropic-beta header the Files API needs (the job's images.files_beta).",
+)
+@click.option(
+    "--rpm", type=float, default=100.0, show_default=True, help="Files API requests a minute to stay under."
+)
 def files_delete(out: Path, beta: str, rpm: float) -> None:
     """Delete the job's uploads through the API (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) and forget them.
 

@@ -204,8 +204,9 @@ def _first_error(exc: ValidationError) -> str:
 
 
 #: pydantic's strict type errors: the message gains what the file holds instead.
-_TYPE_ERRORS = frozenset({"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type",
-                          "model_type"})
+_TYPE_ERRORS = frozenset(
+    {"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type", "model_type"}
+)
 
 
 def _toml_value(value: object) -> str:

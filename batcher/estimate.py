@@ -55,9 +55,15 @@ class EstimateError(Exception):
 
 def settings_for(job: JobConfig) -> RequestSettings:
     req = job.request
-    return RequestSettings(max_tokens=req.max_tokens, system=req.system, temperature=req.temperature,
-                           top_p=req.top_p, top_k=req.top_k, effort=req.effort,
-                           stop_sequences=req.stop_sequences)
+    return RequestSettings(
+        max_tokens=req.max_tokens,
+        system=req.system,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        effort=req.effort,
+        stop_sequences=req.stop_sequences,
+    )
 
 
 def unsized_image_tokens(profile: ModelProfile, options: ImageOptions) -> int:
@@ -66,8 +72,9 @@ def unsized_image_tokens(profile: ModelProfile, options: ImageOptions) -> int:
     return min(budget, options.max_image_tokens) if options.max_image_tokens else budget
 
 
-def sent_image_tokens(profile: ModelProfile, options: ImageOptions, size: tuple[int, int] | None,
-                      images_in_request: int) -> int:
+def sent_image_tokens(
+    profile: ModelProfile, options: ImageOptions, size: tuple[int, int] | None, images_in_request: int
+) -> int:
     """Visual tokens of one image whose upright header size is ``size`` (None: not known)."""
     if size is None:
         return unsized_image_tokens(profile, options)
@@ -91,8 +98,9 @@ def body_tokens(profile: ModelProfile, body: dict[str, Any], images: Sequence[in
     return RowTokens(text, image)
 
 
-def row_tokens(profile: ModelProfile, settings: RequestSettings, prompt: str,
-               images: Sequence[int]) -> RowTokens:
+def row_tokens(
+    profile: ModelProfile, settings: RequestSettings, prompt: str, images: Sequence[int]
+) -> RowTokens:
     """Input tokens of the request for a row whose images cost ``images`` tokens each."""
     placeholders = [ImagePart("url", "") for _ in images]
     return body_tokens(profile, messages_body(profile, settings, placeholders, prompt), images)
@@ -112,11 +120,20 @@ def row_worst_cost(profile: ModelProfile, tokens: RowTokens, max_tokens: int, *,
     return row_cost(profile, worst_in, max_tokens, batch=batch)
 
 
-def run_time_s(rows: int, input_tokens: int, output_tokens: int, rpm: float | None, itpm: float | None,
-               otpm: float | None) -> float | None:
+def run_time_s(
+    rows: int,
+    input_tokens: int,
+    output_tokens: int,
+    rpm: float | None,
+    itpm: float | None,
+    otpm: float | None,
+) -> float | None:
     """Seconds the job needs at these per-minute limits (the tightest wins); None with no limits."""
-    minutes = [amount / limit for amount, limit in ((rows, rpm), (input_tokens, itpm),
-                                                    (output_tokens, otpm)) if limit]
+    minutes = [
+        amount / limit
+        for amount, limit in ((rows, rpm), (input_tokens, itpm), (output_tokens, otpm))
+        if limit
+    ]
     return max(minutes) * 60.0 if minutes else None
 
 
@@ -180,8 +197,9 @@ class Estimate:
         self.image_tokens += tokens.image
         self.input_histogram[tokens.input] = self.input_histogram.get(tokens.input, 0) + 1
 
-    def add_rows(self, rows: int, images: int, unsized: int, text: int, image: int,
-                 histogram: dict[int, int]) -> None:
+    def add_rows(
+        self, rows: int, images: int, unsized: int, text: int, image: int, histogram: dict[int, int]
+    ) -> None:
         """Many sendable rows at once (``histogram``: how many rows have each input token count)."""
         self.rows += rows
         self.images += images
@@ -255,8 +273,7 @@ def row_sizes(row: Row, options: ImageOptions) -> list[tuple[int, int] | None]:
     return sizes
 
 
-def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile,
-                  progress: Any = None) -> Estimate:
+def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile, progress: Any = None) -> Estimate:
     """Walk the manifest's rows (an iterable of :class:`Row`), reading image headers only: the
     reference path, and the one for JSONL (no schema to read as columns)."""
     from batcher.images.errors import ImageError
@@ -282,8 +299,10 @@ def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile,
             except ImageError as exc:
                 found = getattr(exc, "error_type", "image_error")
             else:
-                found = ([sent_image_tokens(profile, options, size, len(sizes)) for size in sizes],
-                         sum(1 for size in sizes if size is None))
+                found = (
+                    [sent_image_tokens(profile, options, size, len(sizes)) for size in sizes],
+                    sum(1 for size in sizes if size is None),
+                )
             seen[key] = found
         if isinstance(found, str):
             est.fail(found)
@@ -297,8 +316,10 @@ def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile,
 
 #: What :meth:`str.strip` strips (every character whose ``isspace()`` is true), as an RE2 class: a cell
 #: with a character outside it is not blank. tests/test_estimate_issue13.py holds it to ``isspace``.
-PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-                 "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _NOT_BLANK = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
 
 
@@ -356,8 +377,12 @@ class _CellCosts:
             return CellCost(image_error=getattr(exc, "error_type", "image_error"))
         per_image = [sent_image_tokens(self._profile, self._options, size, len(sizes)) for size in sizes]
         framing = row_tokens(self._profile, self._settings, "", per_image).text
-        return CellCost(image_tokens=sum(per_image), framing_text=framing, images=len(per_image),
-                        unsized=sum(1 for size in sizes if size is None))
+        return CellCost(
+            image_tokens=sum(per_image),
+            framing_text=framing,
+            images=len(per_image),
+            unsized=sum(1 for size in sizes if size is None),
+        )
 
 
 def _plain_template(template: str) -> tuple[int, list[str]] | None:
@@ -437,10 +462,18 @@ class _ChunkCoster:
         prompt_text = pc.divide(pc.add(pc.multiply(pc.filter(prompt_bytes, ok), self.f100), 399), 400)
         text = pc.add(sendable([c.framing_text for c in costs]), prompt_text)
         image = sendable([c.image_tokens for c in costs])
-        histogram = {int(item["values"]): int(item["counts"])
-                     for item in pc.value_counts(pc.add(text, image)).to_pylist()}
-        est.add_rows(len(text), _total(sendable([c.images for c in costs])),
-                     _total(sendable([c.unsized for c in costs])), _total(text), _total(image), histogram)
+        histogram = {
+            int(item["values"]): int(item["counts"])
+            for item in pc.value_counts(pc.add(text, image)).to_pylist()
+        }
+        est.add_rows(
+            len(text),
+            _total(sendable([c.images for c in costs])),
+            _total(sendable([c.unsized for c in costs])),
+            _total(text),
+            _total(image),
+            histogram,
+        )
 
     def _cell_codes(self, column: pa.Array) -> tuple[pa.Array, list[CellCost]]:
         """Each row's index into the costs of the chunk's distinct image cells, and those costs."""
@@ -485,8 +518,11 @@ class _ChunkCoster:
         import pyarrow.compute as pc
 
         m = self.m
-        if m.prompt_template is not None and self.plain is not None and all(
-                _is_text(chunk.arrays[n]) for n in self.names):
+        if (
+            m.prompt_template is not None
+            and self.plain is not None
+            and all(_is_text(chunk.arrays[n]) for n in self.names)
+        ):
             literal, fields = self.plain
             total: pa.Array = pa.array([literal] * chunk.length, pa.int64())
             for name in fields:
@@ -537,8 +573,9 @@ def _total(array: pa.Array) -> int:
     return int(pc.sum(array).as_py() or 0)
 
 
-def estimate_chunks(manifest: Manifest, job: JobConfig, profile: ModelProfile,
-                    progress: Any = None) -> Estimate:
+def estimate_chunks(
+    manifest: Manifest, job: JobConfig, profile: ModelProfile, progress: Any = None
+) -> Estimate:
     """:func:`estimate_rows` over Arrow chunks of a CSV or Parquet manifest: the same figures, with
     image headers read once per distinct image cell and the prompts measured a column at a time."""
     coster = _ChunkCoster(manifest, job, profile)
@@ -553,8 +590,9 @@ def estimate_chunks(manifest: Manifest, job: JobConfig, profile: ModelProfile,
 def _finish(est: Estimate, job: JobConfig, profile: ModelProfile) -> Estimate:
     est.finish(profile, job.request.max_tokens)
     (rpm, itpm, otpm), est.limits_source = limits_for(job)
-    est.time_s = run_time_s(est.rows - est.rows_failing, est.input_tokens, est.output_tokens_max,
-                            rpm, itpm, otpm)
+    est.time_s = run_time_s(
+        est.rows - est.rows_failing, est.input_tokens, est.output_tokens_max, rpm, itpm, otpm
+    )
     return est
 
 
@@ -566,8 +604,11 @@ def limits_for(job: JobConfig) -> tuple[tuple[float | None, float | None, float 
     learned = _saved_state(job, "rate_limits")
     limits = (learned or {}).get("limits") or {}
     if learned and learned.get("source") == "API headers" and any(limits.values()):
-        return (limits.get("requests"), limits.get("input-tokens"), limits.get("output-tokens")), \
-            "the limits the job's last run learned from the API"
+        return (
+            limits.get("requests"),
+            limits.get("input-tokens"),
+            limits.get("output-tokens"),
+        ), "the limits the job's last run learned from the API"
     lim = job.limits
     seed, source = seed_limits(lim.tier, lim.rpm, lim.itpm, lim.otpm)
     return (seed.rpm, seed.itpm, seed.otpm), f"{source} limits (the run learns the real ones)"
@@ -604,8 +645,9 @@ def sample_stride(sendable_rows: int, n: int) -> int:
     return max(1, sendable_rows // max(1, n))
 
 
-async def exact_sample(rows: Any, job: JobConfig, profile: ModelProfile, n: int, client: Any,
-                       stride: int = 1) -> Sample:
+async def exact_sample(
+    rows: Any, job: JobConfig, profile: ModelProfile, n: int, client: Any, stride: int = 1
+) -> Sample:
     """Prepare ``n`` sendable rows, every ``stride``-th, as the run would; the API counts them.
 
     Images go as base64 whatever the job's transport: ``count_tokens`` counts the same pixels.
@@ -630,12 +672,15 @@ async def exact_sample(rows: Any, job: JobConfig, profile: ModelProfile, n: int,
         if sendable % stride:
             continue
         try:
-            prepared = [await anyio.to_thread.run_sync(prepare_file, s, profile, options, len(row.images))
-                        for s in row.images]
+            prepared = [
+                await anyio.to_thread.run_sync(prepare_file, s, profile, options, len(row.images))
+                for s in row.images
+            ]
         except ImageError:
             continue
-        parts = [ImagePart("base64", base64.b64encode(p.data).decode("ascii"), p.media_type)
-                 for p in prepared]
+        parts = [
+            ImagePart("base64", base64.b64encode(p.data).decode("ascii"), p.media_type) for p in prepared
+        ]
         body = messages_body(profile, settings, parts, row.prompt)
         tokens = body_tokens(profile, body, [p.tokens for p in prepared])
         sample.input_tokens_exact += await client.count_tokens(count_body(body))
@@ -651,23 +696,40 @@ async def exact_sample(rows: Any, job: JobConfig, profile: ModelProfile, n: int,
 def format_estimate(est: Estimate) -> str:
     """The human-readable estimate, a few aligned lines."""
     lines = [f"model {est.model}, mode {est.mode}"]
-    lines.append(f"  rows          {est.rows:>14,}" + (f"  ({est.rows_failing:,} cannot be sent: "
-                 + ", ".join(f"{k} {v:,}" for k, v in sorted(est.failures.items())) + ")"
-                 if est.rows_failing else ""))
-    lines.append(f"  images        {est.images:>14,}" + (f"  ({est.images_unsized:,} by URL, counted "
-                 "at the budget)" if est.images_unsized else ""))
-    lines.append(f"  input tokens  {est.input_tokens:>14,}  (images {est.image_tokens:,} exact, "
-                 f"text {est.text_tokens:,} estimated)")
+    lines.append(
+        f"  rows          {est.rows:>14,}"
+        + (
+            f"  ({est.rows_failing:,} cannot be sent: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(est.failures.items()))
+            + ")"
+            if est.rows_failing
+            else ""
+        )
+    )
+    lines.append(
+        f"  images        {est.images:>14,}"
+        + (f"  ({est.images_unsized:,} by URL, counted at the budget)" if est.images_unsized else "")
+    )
+    lines.append(
+        f"  input tokens  {est.input_tokens:>14,}  (images {est.image_tokens:,} exact, "
+        f"text {est.text_tokens:,} estimated)"
+    )
     if est.sample is not None:
         s = est.sample
-        lines.append(f"  sample        {s.rows:>14,} rows counted by the API: {s.input_tokens_exact:,} "
-                     f"tokens vs {s.input_tokens_estimated:,} estimated (text x{s.text_ratio:.3f})")
+        lines.append(
+            f"  sample        {s.rows:>14,} rows counted by the API: {s.input_tokens_exact:,} "
+            f"tokens vs {s.input_tokens_estimated:,} estimated (text x{s.text_ratio:.3f})"
+        )
     lines.append(f"  output tokens {est.output_tokens_max:>14,}  at most (max_tokens x rows)")
-    lines.append(f"  cost online   {_usd(est.cost_usd_online):>14}  at most "
-                 f"({_usd(est.cost_usd_input_online)} of it input)")
-    lines.append(f"  cost batch    {_usd(est.cost_usd_batch):>14}  at most "
-                 f"({_usd(est.cost_usd_input_batch)} of it input; most batches end within an hour, "
-                 "all within 24 h)")
+    lines.append(
+        f"  cost online   {_usd(est.cost_usd_online):>14}  at most "
+        f"({_usd(est.cost_usd_input_online)} of it input)"
+    )
+    lines.append(
+        f"  cost batch    {_usd(est.cost_usd_batch):>14}  at most "
+        f"({_usd(est.cost_usd_input_batch)} of it input; most batches end within an hour, "
+        "all within 24 h)"
+    )
     if est.time_s is not None:
         lines.append(f"  time online   {_duration(est.time_s):>14}  at {est.limits_source}")
     else:
@@ -703,22 +765,29 @@ def load(job_path: Any) -> tuple[JobConfig, ModelProfile]:
 
         probed = _saved_state(job, f"model_probe:{job.request.model}")
         if probed is None:
-            raise ConfigError(f"{job.path}: request.model: {job.request.model!r} is not in batcher's "
-                              "model table (see `batcher models`); `batcher run` probes it once, "
-                              "after which it can be estimated, or add it under [models]")
+            raise ConfigError(
+                f"{job.path}: request.model: {job.request.model!r} is not in batcher's "
+                "model table (see `batcher models`); `batcher run` probes it once, "
+                "after which it can be estimated, or add it under [models]"
+            )
         profile = from_meta(probed, registry)
     check_against_model(job, profile)
     return job, profile
 
 
-def estimate_job(job: JobConfig, profile: ModelProfile, *, exact_sample_rows: int = 0,
-                 progress: Any = None) -> Estimate:
+def estimate_job(
+    job: JobConfig, profile: ModelProfile, *, exact_sample_rows: int = 0, progress: Any = None
+) -> Estimate:
     """The whole estimate for a job; ``exact_sample_rows`` > 0 calibrates text on the API."""
     from batcher.manifest import open_manifest
 
-    manifest = open_manifest(job.manifest_path, id_column=job.input.id_column,
-                             image_column=job.input.image_column,
-                             prompt_column=job.input.prompt_column, prompt_template=job.input.prompt)
+    manifest = open_manifest(
+        job.manifest_path,
+        id_column=job.input.id_column,
+        image_column=job.input.image_column,
+        prompt_column=job.input.prompt_column,
+        prompt_template=job.input.prompt,
+    )
     manifest.check()
     if manifest.has_arrow_chunks:
         est = estimate_chunks(manifest, job, profile, progress)

@@ -160,18 +160,39 @@ def ratelimit_header(kind: str, field: str) -> str:
 
 #: Every value the ``anthropic-beta`` header may carry (the OpenAPI ``AnthropicBeta`` enum); the API
 #: answers 400 to any other.
-KNOWN_BETAS: Final = frozenset({
-    "message-batches-2024-09-24", "prompt-caching-2024-07-31", "computer-use-2024-10-22",
-    "computer-use-2025-01-24", "pdfs-2024-09-25", "token-counting-2024-11-01",
-    "token-efficient-tools-2025-02-19", "output-128k-2025-02-19", FILES_BETA,
-    "mcp-client-2025-04-04", "mcp-client-2025-11-20", "dev-full-thinking-2025-05-14",
-    "interleaved-thinking-2025-05-14", "code-execution-2025-05-22", "extended-cache-ttl-2025-04-11",
-    "context-1m-2025-08-07", "context-management-2025-06-27",
-    "model-context-window-exceeded-2025-08-26", "skills-2025-10-02", "fast-mode-2026-02-01",
-    "output-300k-2026-03-24", "user-profiles-2026-03-24", "advisor-tool-2026-03-01",
-    "managed-agents-2026-04-01", "cache-diagnosis-2026-04-07", "thinking-token-count-2026-05-13",
-    "server-side-fallback-2026-06-01", "fallback-credit-2026-06-01", "agent-memory-2026-07-22",
-})
+KNOWN_BETAS: Final = frozenset(
+    {
+        "message-batches-2024-09-24",
+        "prompt-caching-2024-07-31",
+        "computer-use-2024-10-22",
+        "computer-use-2025-01-24",
+        "pdfs-2024-09-25",
+        "token-counting-2024-11-01",
+        "token-efficient-tools-2025-02-19",
+        "output-128k-2025-02-19",
+        FILES_BETA,
+        "mcp-client-2025-04-04",
+        "mcp-client-2025-11-20",
+        "dev-full-thinking-2025-05-14",
+        "interleaved-thinking-2025-05-14",
+        "code-execution-2025-05-22",
+        "extended-cache-ttl-2025-04-11",
+        "context-1m-2025-08-07",
+        "context-management-2025-06-27",
+        "model-context-window-exceeded-2025-08-26",
+        "skills-2025-10-02",
+        "fast-mode-2026-02-01",
+        "output-300k-2026-03-24",
+        "user-profiles-2026-03-24",
+        "advisor-tool-2026-03-01",
+        "managed-agents-2026-04-01",
+        "cache-diagnosis-2026-04-07",
+        "thinking-token-count-2026-05-13",
+        "server-side-fallback-2026-06-01",
+        "fallback-credit-2026-06-01",
+        "agent-memory-2026-07-22",
+    }
+)
 #: ``output_config.effort`` levels, lowest first.
 EFFORT_LEVELS: Final = ("low", "medium", "high", "xhigh", "max")
 #: ``cache_control`` breakpoints allowed in one request, and each TTL in seconds.

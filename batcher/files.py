@@ -132,8 +132,13 @@ def upload_name(source: str, sha256: str, media_type: str) -> str:
 class RefillBucket:
     """A continuously refilled token bucket: ``per_minute`` requests a minute, bursts of a few."""
 
-    def __init__(self, per_minute: float, *, burst_window_s: float = BURST_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        *,
+        burst_window_s: float = BURST_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_window_s)
         self.level = self.capacity
@@ -220,8 +225,9 @@ class PrepareMemo:
         self._items: dict[SourceKey, Any] = {}
         self._preparing: dict[SourceKey, anyio.Event] = {}
 
-    async def prepare(self, source: str, images_in_request: int,
-                      fn: Callable[[str, int], Awaitable[Any]]) -> Any:
+    async def prepare(
+        self, source: str, images_in_request: int, fn: Callable[[str, int], Awaitable[Any]]
+    ) -> Any:
         """``await fn(source, images_in_request)``, or what it answered for this file before.
 
         A failure is not remembered: each row that needs the image meets its error itself.
@@ -298,9 +304,17 @@ class FileUploader:
     what ``expires_at`` is measured in.
     """
 
-    def __init__(self, client: Any, state: Any, *, beta: str = facts.FILES_BETA,
-                 expires_in_s: int | None = None, budget: FilesBudget | None = None,
-                 margin_s: float = EXPIRY_MARGIN_S, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        state: Any,
+        *,
+        beta: str = facts.FILES_BETA,
+        expires_in_s: int | None = None,
+        budget: FilesBudget | None = None,
+        margin_s: float = EXPIRY_MARGIN_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
         self.state = state
         self.beta = beta
@@ -320,9 +334,14 @@ class FileUploader:
         """The uploader a job's ``[images]`` table asks for."""
         imgs = job.images
         margin = BATCH_EXPIRY_MARGIN_S if job.run.mode == "batch" else EXPIRY_MARGIN_S
-        return cls(client, state, beta=imgs.files_beta, expires_in_s=imgs.files_expire_s,
-                   budget=FilesBudget(rpm=imgs.files_rpm, concurrency=imgs.files_concurrency),
-                   margin_s=margin)
+        return cls(
+            client,
+            state,
+            beta=imgs.files_beta,
+            expires_in_s=imgs.files_expire_s,
+            budget=FilesBudget(rpm=imgs.files_rpm, concurrency=imgs.files_concurrency),
+            margin_s=margin,
+        )
 
     async def file_id(self, image: _Image, source: str, *, stale: str | None = None) -> str:
         """The file id to refer to ``image`` by; ``stale``: an id the API no longer knows.
@@ -364,19 +383,26 @@ class FileUploader:
     async def _send(self, image: _Image, source: str) -> FileRecord:
         name = upload_name(source, image.sha256, image.media_type)
         try:
-            meta = await self.budget.call(lambda: self.client.upload_file(
-                image.data, name, image.media_type, beta=self.beta,
-                expires_in_seconds=self.expires_in_s))
+            meta = await self.budget.call(
+                lambda: self.client.upload_file(
+                    image.data, name, image.media_type, beta=self.beta, expires_in_seconds=self.expires_in_s
+                )
+            )
         except errors.APIError as exc:
-            raise UploadError(f"upload failed: {exc}", retryable=exc.retryable and not exc.fatal,
-                              fatal=exc.fatal) from exc
+            raise UploadError(
+                f"upload failed: {exc}", retryable=exc.retryable and not exc.fatal, fatal=exc.fatal
+            ) from exc
         now = self.clock()
         expires_at = parse_expires_at(meta.get("expires_at"))
         if expires_at is None and self.expires_in_s:
             expires_at = now + self.expires_in_s
-        return FileRecord(sha256=image.sha256, file_id=str(meta["id"]),
-                          bytes=int(meta.get("size_bytes") or len(image.data)),
-                          uploaded_at=now, expires_at=expires_at)
+        return FileRecord(
+            sha256=image.sha256,
+            file_id=str(meta["id"]),
+            bytes=int(meta.get("size_bytes") or len(image.data)),
+            uploaded_at=now,
+            expires_at=expires_at,
+        )
 
 
 # --- cleanup ----------------------------------------------------------------------------------------------
@@ -391,8 +417,14 @@ class DeleteReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def delete_files(client: Any, state: Any, records: Iterable[FileRecord], *,
-                       beta: str = facts.FILES_BETA, budget: FilesBudget | None = None) -> DeleteReport:
+async def delete_files(
+    client: Any,
+    state: Any,
+    records: Iterable[FileRecord],
+    *,
+    beta: str = facts.FILES_BETA,
+    budget: FilesBudget | None = None,
+) -> DeleteReport:
     """Delete ``records`` through the API and forget them in ``state``; a 404 is already gone."""
     budget = budget or FilesBudget()
     report = DeleteReport()
@@ -420,16 +452,27 @@ async def finish_run(uploader: FileUploader, counters: Any, err: Any, *, delete_
     and the job has nothing left to send (an unfinished job keeps them for its next run)."""
     s = uploader.stats
     if s.uploads or s.reused:
-        print(f"files: {s.uploads:,} uploaded ({s.bytes:,} bytes, {s.replaced:,} replacing gone ids), "
-              f"{s.reused:,} references to earlier uploads, {uploader.prepared.hits:,} images "
-              "prepared once for several rows", file=err)
+        print(
+            f"files: {s.uploads:,} uploaded ({s.bytes:,} bytes, {s.replaced:,} replacing gone ids), "
+            f"{s.reused:,} references to earlier uploads, {uploader.prepared.hits:,} images "
+            "prepared once for several rows",
+            file=err,
+        )
     finished = counters.stop_reason is None and not counters.left_for_next_run
     if not (delete_at_end and finished):
         return
-    report = await delete_files(uploader.client, uploader.state, uploader.state.list_files(),
-                                beta=uploader.beta, budget=uploader.budget)
-    print(f"files: deleted {report.deleted + report.already_gone:,} ({report.bytes:,} bytes; "
-          f"{report.already_gone:,} were already gone)", file=err)
+    report = await delete_files(
+        uploader.client,
+        uploader.state,
+        uploader.state.list_files(),
+        beta=uploader.beta,
+        budget=uploader.budget,
+    )
+    print(
+        f"files: deleted {report.deleted + report.already_gone:,} ({report.bytes:,} bytes; "
+        f"{report.already_gone:,} were already gone)",
+        file=err,
+    )
     for file_id, why in report.failed:
         print(f"batcher: warning: could not delete {file_id}: {why} (see `batcher files delete`)", file=err)
 
@@ -459,10 +502,12 @@ def list_lines(records: Sequence[FileRecord], now: float) -> list[str]:
     """The human listing of a job's uploads, newest last, with a total."""
     lines = [f"{'file id':<40} {'bytes':>12}  {'uploaded':<20}  {'expires':<20}  sha256"]
     for r in records:
-        expires = _when(r.expires_at) + (" (expired)" if r.expires_at is not None and r.expires_at <= now
-                                          else "")
-        lines.append(f"{r.file_id:<40} {r.bytes:>12,}  {_when(r.uploaded_at):<20}  {expires:<20}  "
-                     f"{r.sha256[:16]}")
+        expires = _when(r.expires_at) + (
+            " (expired)" if r.expires_at is not None and r.expires_at <= now else ""
+        )
+        lines.append(
+            f"{r.file_id:<40} {r.bytes:>12,}  {_when(r.uploaded_at):<20}  {expires:<20}  {r.sha256[:16]}"
+        )
     total = sum(r.bytes for r in records)
     lines.append(f"{len(records):,} file(s), {total:,} bytes stored")
     return lines
@@ -522,8 +567,10 @@ def delete_command(out: Path, *, beta: str = facts.FILES_BETA, rpm: float = floa
     finally:
         state.close()
         lock.release()
-    print(f"deleted {report.deleted:,} file(s) ({report.bytes:,} bytes); "
-          f"{report.already_gone:,} were already gone")
+    print(
+        f"deleted {report.deleted:,} file(s) ({report.bytes:,} bytes); "
+        f"{report.already_gone:,} were already gone"
+    )
     for file_id, why in report.failed:
         print(f"batcher: could not delete {file_id}: {why}", file=sys.stderr)
     return 3 if report.failed else 0
@@ -533,5 +580,4 @@ async def _delete_all(key: str, base_url: str, state: Any, beta: str, rpm: float
     from batcher.api.client import Client
 
     async with Client(key, base_url, max_connections=4) as client:
-        return await delete_files(client, state, state.list_files(), beta=beta,
-                                  budget=FilesBudget(rpm=rpm))
+        return await delete_files(client, state, state.list_files(), beta=beta, budget=FilesBudget(rpm=rpm))

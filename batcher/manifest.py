@@ -73,7 +73,11 @@ Format = Literal["csv", "jsonl", "parquet"]
 FieldType = Literal["string", "int64", "double", "bool"]
 
 EXTENSIONS: dict[str, Format] = {
-    ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 DERIVED_ID_HEX = 16
 #: Rows of a Parquet record batch read at a time by ``rows()`` (as Python objects).
@@ -144,13 +148,17 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
-def render_template(template: str, names: list[str], values: dict[str, Any],
-                    empty_is_missing: bool) -> str | RowError:
+def render_template(
+    template: str, names: list[str], values: dict[str, Any], empty_is_missing: bool
+) -> str | RowError:
     """The prompt for one row, or the row error naming the first missing field."""
     for name in names:
         value = values.get(name)
-        if value is None or (empty_is_missing and value == "") or (
-                isinstance(value, float) and math.isnan(value)):
+        if (
+            value is None
+            or (empty_is_missing and value == "")
+            or (isinstance(value, float) and math.isnan(value))
+        ):
             state = "empty" if name in values else "missing"
             return RowError("template_error", f"template field {{{name}}} is {state} in this row")
     try:
@@ -242,7 +250,7 @@ def utf8_problem(line: str, line_no: int) -> str | None:
     found = _NOT_UTF8.search(line)
     if found is None:
         return None
-    column = len(line[:found.start()].encode("utf-8", "surrogateescape")) + 1
+    column = len(line[: found.start()].encode("utf-8", "surrogateescape")) + 1
     byte = ord(found.group()) - 0xDC00
     return f"line {line_no}, column {column}: byte 0x{byte:02X} is not UTF-8 (save the manifest as UTF-8)"
 
@@ -279,8 +287,10 @@ class _CsvLines:
                 cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
                 if not cut:
                     if len(data) > _CSV_MAX_LINE:
-                        raise ManifestError(f"input.manifest: {self._name} line {lines + 1} runs on for "
-                                            f"{_CSV_MAX_LINE // 2**20} MB without a line end: is it a CSV?")
+                        raise ManifestError(
+                            f"input.manifest: {self._name} line {lines + 1} runs on for "
+                            f"{_CSV_MAX_LINE // 2**20} MB without a line end: is it a CSV?"
+                        )
                     rest = data
                     continue
                 data, rest = data[:cut], data[cut:]
@@ -358,14 +368,19 @@ def _open_quote(path: Path, first: int) -> str:
             opened = last - max(1, count_lines(cells[-1] if cells else "")) + 1
         except (csv.Error, StopIteration):
             pass  # past the size limit: the row's first line it is
-    return (f"input.manifest: {path.name} line {opened}: a quote opened on this line is never closed, so "
-            "every line after it would be read as one cell (close it, or write a quote inside a quoted "
-            'cell as "")')
+    return (
+        f"input.manifest: {path.name} line {opened}: a quote opened on this line is never closed, so "
+        "every line after it would be read as one cell (close it, or write a quote inside a quoted "
+        'cell as "")'
+    )
 
 
 def _span(first: int, last: int) -> str:
-    return f"line {first}" if first == last else \
-        f"line {first} (a row running on to line {last}: is a quote left open?)"
+    return (
+        f"line {first}"
+        if first == last
+        else f"line {first} (a row running on to line {last}: is a quote left open?)"
+    )
 
 
 def _csv_problem(path: Path, exc: csv.Error, first: int, last: int, lines: _CsvLines) -> RowError:
@@ -378,15 +393,18 @@ def _csv_problem(path: Path, exc: csv.Error, first: int, last: int, lines: _CsvL
     text = str(exc)
     if text.startswith("field larger than field limit"):
         # Almost always a quote left open: the rows after it cannot be told apart.
-        raise ManifestError(f"input.manifest: {path.name} line {first}: a cell runs on for more than "
-                            f"{_CSV_FIELD_LIMIT // 2**20} MB (to line {last}): is a quote left open there?")
+        raise ManifestError(
+            f"input.manifest: {path.name} line {first}: a cell runs on for more than "
+            f"{_CSV_FIELD_LIMIT // 2**20} MB (to line {last}): is a quote left open there?"
+        )
     if text.endswith("expected after '\"'"):
-        text = f"a quoted cell goes on after its closing quote ({text}; a quote inside one is written \"\")"
+        text = f'a quoted cell goes on after its closing quote ({text}; a quote inside one is written "")'
     return RowError("bad_row", f"{_span(first, last)}: {text}")
 
 
-def _csv_row(cells: list[str], first: int, last: int, width: int,
-             lines: _CsvLines) -> list[str] | RowError | None:
+def _csv_row(
+    cells: list[str], first: int, last: int, width: int, lines: _CsvLines
+) -> list[str] | RowError | None:
     """A record's row, its error, or None for a blank line (the slow path: most rows never get here)."""
     problem = lines.take_bad(first, last) if lines.bad else None
     if problem is not None:
@@ -394,8 +412,9 @@ def _csv_row(cells: list[str], first: int, last: int, width: int,
     if not cells or (len(cells) == 1 and not cells[0].strip()):
         return None
     if len(cells) != width:
-        return RowError("bad_row",
-                        f"{_span(first, last)} has {len(cells)} cells where the header has {width}")
+        return RowError(
+            "bad_row", f"{_span(first, last)} has {len(cells)} cells where the header has {width}"
+        )
     return cells
 
 
@@ -477,22 +496,23 @@ def _arrow_quoting(path: Path) -> bool | None:
                 cell = _QUOTED_CELL.match(data, at + 1)
                 # Not closed in what is read: no closing quote, or one the match had to take as closing
                 # although a quote follows it (a "" pair), or the last byte (a "" pair's first half?).
-                if cell is None or data[cell.end():cell.end() + 1] in (b"", b'"'):
+                if cell is None or data[cell.end() : cell.end() + 1] in (b"", b'"'):
                     if not (block := more()):
                         return quoted if cell is not None and cell.end() == len(data) else None
                     if len(data) - at > _CSV_FIELD_LIMIT:
                         return None
-                    data, pos = data[at - 1:] + block, 1
+                    data, pos = data[at - 1 :] + block, 1
                     continue
-                if data[cell.end():cell.end() + 1] not in (b",", b"\r", b"\n"):
+                if data[cell.end() : cell.end() + 1] not in (b",", b"\r", b"\n"):
                     return None  # something after the closing quote: strict refuses the row
                 pos = cell.end()
         except _NotTheSame:
             return None
 
 
-def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str], quoted: bool, *,
-                      block: int = _ARROW_CSV_BLOCK) -> Iterator[ArrowChunk]:
+def _arrow_csv_chunks(
+    path: Path, columns: list[str], wanted: list[str], quoted: bool, *, block: int = _ARROW_CSV_BLOCK
+) -> Iterator[ArrowChunk]:
     """A CSV that :func:`_arrow_quoting` passed, read by Arrow, every column as text (so every cell's
     UTF-8 is checked); stops, having yielded only rows read exactly as :func:`csv_rows` reads them, at
     the first row it cannot vouch for: a cell count unlike the header's (a blank line of spaces is
@@ -510,10 +530,18 @@ def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str], quoted:
         reader = pcsv.open_csv(
             path,
             read_options=pcsv.ReadOptions(column_names=columns, skip_rows=1, block_size=block),
-            parse_options=pcsv.ParseOptions(quote_char='"' if quoted else False, newlines_in_values=quoted,
-                                            ignore_empty_lines=True, invalid_row_handler=invalid),
-            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()),
-                                                strings_can_be_null=False, include_columns=columns))
+            parse_options=pcsv.ParseOptions(
+                quote_char='"' if quoted else False,
+                newlines_in_values=quoted,
+                ignore_empty_lines=True,
+                invalid_row_handler=invalid,
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types=dict.fromkeys(columns, pa.string()),
+                strings_can_be_null=False,
+                include_columns=columns,
+            ),
+        )
     except pa.ArrowInvalid:  # not UTF-8, or a cell count unlike the header's, in the first block
         raise _NotTheSame from None
     start = 0
@@ -529,8 +557,9 @@ def _arrow_csv_chunks(path: Path, columns: list[str], wanted: list[str], quoted:
                 raise _NotTheSame
             if batch.nbytes >= _CSV_FIELD_LIMIT and _longest_cell(batch) >= _CSV_FIELD_LIMIT:
                 raise _NotTheSame
-            yield ArrowChunk(start=start, length=batch.num_rows,
-                             arrays={c: batch.column(c) for c in wanted}, errors={})
+            yield ArrowChunk(
+                start=start, length=batch.num_rows, arrays={c: batch.column(c) for c in wanted}, errors={}
+            )
             start += batch.num_rows
 
 
@@ -547,8 +576,9 @@ def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | li
     done = 0
     # One column: csv_rows skips a line of spaces as blank, Arrow would not. A small file: importing
     # pyarrow (~0.3 s) would cost more than it saves.
-    quoting = (_arrow_quoting(path) if len(columns) > 1 and path.stat().st_size >= _ARROW_ROWS_MIN_BYTES
-               else None)
+    quoting = (
+        _arrow_quoting(path) if len(columns) > 1 and path.stat().st_size >= _ARROW_ROWS_MIN_BYTES else None
+    )
     if quoting is not None:
         try:
             for chunk in _arrow_csv_chunks(path, columns, columns, quoting, block=_ARROW_ROWS_BLOCK):
@@ -688,8 +718,11 @@ class Manifest:
         """Raise :class:`ManifestError` for anything that would make every row fail."""
         cols = self.columns
         listing = ", ".join(cols)
-        wanted = [("input.id_column", self.id_column), ("input.image_column", self.image_column),
-                  ("input.prompt_column", self.prompt_column)]
+        wanted = [
+            ("input.id_column", self.id_column),
+            ("input.image_column", self.image_column),
+            ("input.prompt_column", self.prompt_column),
+        ]
         for key, col in wanted:
             if col is not None and col not in cols:
                 raise ManifestError(f"{key}: column {col!r} is not in {self.path.name} (columns: {listing})")
@@ -702,7 +735,8 @@ class Manifest:
             if name not in cols:
                 raise ManifestError(
                     f"input.prompt: template field {{{name}}} is not a column of {self.path.name} "
-                    f"(columns: {listing})")
+                    f"(columns: {listing})"
+                )
 
     def template_names(self) -> list[str]:
         """The columns the prompt template reads (none without a template)."""
@@ -831,8 +865,9 @@ class Manifest:
             return text, text
         return "", ""
 
-    def id_of(self, record: dict[str, Any], images: list[str] | None, image_cell: Any,
-              prompt_key: str) -> str | RowError:
+    def id_of(
+        self, record: dict[str, Any], images: list[str] | None, image_cell: Any, prompt_key: str
+    ) -> str | RowError:
         """The row's id: its id cell as a string, or derived from its content."""
         if self.id_column is None:
             return derive_id(images, image_cell, prompt_key)
@@ -866,8 +901,17 @@ class _RowMaker:
     once, and a lean path for CSV cells (always strings) that falls back on the general code for any
     row with something to report, so both word errors the same."""
 
-    __slots__ = ("_base", "_columns", "_id", "_image_column", "_images", "_m", "_names", "_prompt",
-                 "_template")
+    __slots__ = (
+        "_base",
+        "_columns",
+        "_id",
+        "_image_column",
+        "_images",
+        "_m",
+        "_names",
+        "_prompt",
+        "_template",
+    )
 
     def __init__(self, manifest: Manifest) -> None:
         self._m = manifest
@@ -922,8 +966,9 @@ class _RowMaker:
             return self._any_prompt(record)
         return text, text
 
-    def _csv_id(self, record: dict[str, Any], images: list[str] | None, image_cell: Any,
-                prompt_key: str) -> str | RowError:
+    def _csv_id(
+        self, record: dict[str, Any], images: list[str] | None, image_cell: Any, prompt_key: str
+    ) -> str | RowError:
         value = record[self._m.id_column].strip()  # type: ignore[index]
         return value or self._m.id_of(record, images, image_cell, prompt_key)
 
@@ -939,11 +984,23 @@ class _RowMaker:
         return found
 
 
-def open_manifest(path: str | Path, *, id_column: str | None, image_column: str,
-                  prompt_column: str | None, prompt_template: str | None) -> Manifest:
+def open_manifest(
+    path: str | Path,
+    *,
+    id_column: str | None,
+    image_column: str,
+    prompt_column: str | None,
+    prompt_template: str | None,
+) -> Manifest:
     """A :class:`Manifest` over ``path`` (nothing is read until ``columns``/``check``/``rows``)."""
     p = Path(path).absolute()
     if prompt_column is not None and prompt_template is not None:
         raise ManifestError("input: give prompt_column or a prompt template, not both")
-    return Manifest(path=p, format=detect_format(p), id_column=id_column, image_column=image_column,
-                    prompt_column=prompt_column, prompt_template=prompt_template)
+    return Manifest(
+        path=p,
+        format=detect_format(p),
+        id_column=id_column,
+        image_column=image_column,
+        prompt_column=prompt_column,
+        prompt_template=prompt_template,
+    )

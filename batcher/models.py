@@ -110,18 +110,42 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _INT_FIELDS = (
-    "context_window", "max_output_tokens", "images_per_request", "native_edge",
-    "image_token_budget", "max_image_b64_bytes", "min_cacheable_tokens",
+    "context_window",
+    "max_output_tokens",
+    "images_per_request",
+    "native_edge",
+    "image_token_budget",
+    "max_image_b64_bytes",
+    "min_cacheable_tokens",
 )
 _BOOL_FIELDS = ("budget_confirmed", "sampling_params", "sampling_one_of", "forced_tool_use")
 _KNOWN_FIELDS = frozenset(
-    (*_INT_FIELDS, *_BOOL_FIELDS, "display_name", "ids", "lifecycle", "retires", "created_at",
-     "text_token_factor", "capabilities", "prices")
+    (
+        *_INT_FIELDS,
+        *_BOOL_FIELDS,
+        "display_name",
+        "ids",
+        "lifecycle",
+        "retires",
+        "created_at",
+        "text_token_factor",
+        "capabilities",
+        "prices",
+    )
 )
 _PRICE_FIELDS = frozenset(
-    ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h", "batch_discount",
-     "long_prompt", "cache_read_multiplier", "cache_write_5m_multiplier",
-     "cache_write_1h_multiplier")
+    (
+        "input",
+        "output",
+        "cache_read",
+        "cache_write_5m",
+        "cache_write_1h",
+        "batch_discount",
+        "long_prompt",
+        "cache_read_multiplier",
+        "cache_write_5m_multiplier",
+        "cache_write_1h_multiplier",
+    )
 )
 
 
@@ -301,9 +325,7 @@ def build_registry(
     )
 
 
-def load_registry(
-    job_models: Mapping[str, Any] | None = None, job_source: str = "job file"
-) -> ModelRegistry:
+def load_registry(job_models: Mapping[str, Any] | None = None, job_source: str = "job file") -> ModelRegistry:
     """The packaged table, then the user's, then the job file's ``[models]`` table."""
     base_path = packaged_models_path()
     base = _read_toml(base_path)

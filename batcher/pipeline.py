@@ -160,8 +160,13 @@ class Pipeline:
         self.image_options = job_image_options(self.job)
         req = self.job.request
         self.settings = RequestSettings(
-            max_tokens=req.max_tokens, system=req.system, temperature=req.temperature,
-            top_p=req.top_p, top_k=req.top_k, effort=req.effort, stop_sequences=req.stop_sequences,
+            max_tokens=req.max_tokens,
+            system=req.system,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            effort=req.effort,
+            stop_sequences=req.stop_sequences,
         )
         self.stopping = anyio.Event()
         if self.uploader is None and self.job.images.transport == "files":
@@ -191,8 +196,12 @@ class Pipeline:
                     tg.start_soon(self._feed, rows, to_prepare_send, results_send.clone())
                     async with to_prepare, to_request_send:
                         for _ in range(preparers):
-                            tg.start_soon(self._prepare, to_prepare.clone(), to_request_send.clone(),
-                                          results_send.clone())
+                            tg.start_soon(
+                                self._prepare,
+                                to_prepare.clone(),
+                                to_request_send.clone(),
+                                results_send.clone(),
+                            )
                     async with to_request:
                         for _ in range(concurrency):
                             tg.start_soon(self._request, to_request.clone(), results_send.clone())
@@ -236,8 +245,12 @@ class Pipeline:
 
     # --- stages -----------------------------------------------------------------------------
 
-    async def _feed(self, rows: Iterable[Row] | AsyncIterable[Row], out: ObjectSendStream[Row],
-                    results: ObjectSendStream[Written]) -> None:
+    async def _feed(
+        self,
+        rows: Iterable[Row] | AsyncIterable[Row],
+        out: ObjectSendStream[Row],
+        results: ObjectSendStream[Written],
+    ) -> None:
         async with out, results:
             async for row in _as_async(rows):
                 if self.stopping.is_set():
@@ -248,8 +261,12 @@ class Pipeline:
                 else:
                     await out.send(row)
 
-    async def _prepare(self, rows: ObjectReceiveStream[Row], out: ObjectSendStream[Prepared],
-                       results: ObjectSendStream[Written]) -> None:
+    async def _prepare(
+        self,
+        rows: ObjectReceiveStream[Row],
+        out: ObjectSendStream[Prepared],
+        results: ObjectSendStream[Written],
+    ) -> None:
         from batcher.files import UploadError
         from batcher.images.errors import ImageError
 
@@ -293,17 +310,26 @@ class Pipeline:
                 exc.image_index = n  # type: ignore[attr-defined]
                 raise
             warnings.extend(image.warnings)
-            sent.append(ImageSent(source=source, width=image.width, height=image.height,
-                                  bytes=len(image.data), media_type=image.media_type,
-                                  transport="base64", tokens=image.tokens))
+            sent.append(
+                ImageSent(
+                    source=source,
+                    width=image.width,
+                    height=image.height,
+                    bytes=len(image.data),
+                    media_type=image.media_type,
+                    transport="base64",
+                    tokens=image.tokens,
+                )
+            )
             if transport == "files":
                 uploaded[len(parts)] = image
                 parts.append(await self._file_part(image, sent[-1], n))
                 continue
             # Off the event loop: a 5 MB image takes milliseconds to encode, every request in flight
             # would wait for it (issue 13).
-            parts.append(ImagePart("base64", await anyio.to_thread.run_sync(b64_text, image.data),
-                                   image.media_type))
+            parts.append(
+                ImagePart("base64", await anyio.to_thread.run_sync(b64_text, image.data), image.media_type)
+            )
         return Prepared(row, parts, sent, warnings, uploaded)
 
     async def _prepare_image(self, source: str, images_in_request: int) -> Any:
@@ -315,16 +341,18 @@ class Pipeline:
                 if self.stopping.is_set():
                     scope.cancel()
                 data = await self._download(source) if _is_url(source) else source
-                return await self.pool.prepare(data, self.profile, self.image_options,
-                                               images_in_request=images_in_request)
+                return await self.pool.prepare(
+                    data, self.profile, self.image_options, images_in_request=images_in_request
+                )
             finally:
                 self._unsent.discard(scope)
         raise Stopped(source)
 
     # --- transport "files" (batcher.files) ------------------------------------------------------
 
-    async def _file_part(self, image: Any, sent: ImageSent, index: int,
-                         stale: str | None = None) -> ImagePart:
+    async def _file_part(
+        self, image: Any, sent: ImageSent, index: int, stale: str | None = None
+    ) -> ImagePart:
         """Refer to ``image`` by file id, uploading it if this job has not (or its id is gone)."""
         from batcher.files import UploadError
 
@@ -350,8 +378,12 @@ class Pipeline:
         from batcher.files import UploadError, stale_file_ids
 
         outcome = await self._send(p)
-        if (not p.uploaded or not isinstance(outcome, Result) or outcome.status != "error"
-                or outcome.error_type != "not_found_error"):
+        if (
+            not p.uploaded
+            or not isinstance(outcome, Result)
+            or outcome.status != "error"
+            or outcome.error_type != "not_found_error"
+        ):
             return outcome
         ids = {i: p.parts[i].value for i in p.uploaded}
         stale = set(stale_file_ids(outcome.error_message or "", list(ids.values())))
@@ -377,18 +409,27 @@ class Pipeline:
         from batcher.api.download import DownloadLimits
 
         imgs = self.job.images
-        return await self.client.fetch(url, DownloadLimits(
-            timeout_s=imgs.download_timeout_s, max_bytes=imgs.download_max_bytes,
-            allow_private=imgs.allow_private_urls))
+        return await self.client.fetch(
+            url,
+            DownloadLimits(
+                timeout_s=imgs.download_timeout_s,
+                max_bytes=imgs.download_max_bytes,
+                allow_private=imgs.allow_private_urls,
+            ),
+        )
 
     def _image_failure(self, row: Row, exc: Exception) -> Result:
         index = getattr(exc, "image_index", None)
         where = f"image {index} ({row.images[index - 1]})" if index else "image"
-        return Result(id=row.id, status="error", model=self.profile.id,
-                      error_type=getattr(exc, "error_type", "image_error"),
-                      error_message=f"{where}: {_named_once(str(exc), row.images, index)}",
-                      fields=dict(row.fields),
-                      images=[ImageSent(source=s) for s in row.images])
+        return Result(
+            id=row.id,
+            status="error",
+            model=self.profile.id,
+            error_type=getattr(exc, "error_type", "image_error"),
+            error_message=f"{where}: {_named_once(str(exc), row.images, index)}",
+            fields=dict(row.fields),
+            images=[ImageSent(source=s) for s in row.images],
+        )
 
     async def _request(self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Written]) -> None:
         async with rows, results:
@@ -418,7 +459,8 @@ class Pipeline:
         """Take a prepared row only while the limits could send it soon (see the module doc)."""
         assert self.limiter is not None and self._hold_changed is not None
         while not self.stopping.is_set() and self._holding >= hold_limit(
-                self.limiter.in_flight_limit(), self.limiter.latency_s is not None, self._preparers):
+            self.limiter.in_flight_limit(), self.limiter.latency_s is not None, self._preparers
+        ):
             if self._hold_changed.is_set():
                 self._hold_changed = anyio.Event()
             # The window also grows as the limiter learns, without a row finishing: look again.
@@ -490,27 +532,44 @@ class Pipeline:
         if self.stopping.is_set():
             raise GaveUp
 
-    def _answered(self, p: Prepared, message: dict[str, Any], request_id: str | None, attempts: int,
-                  latency: float) -> Result:
+    def _answered(
+        self, p: Prepared, message: dict[str, Any], request_id: str | None, attempts: int, latency: float
+    ) -> Result:
         usage = message.get("usage") or {}
         text, tool_input = answer_text(message)
         return Result(
-            id=p.row.id, status="ok", text=text, tool_input=tool_input,
-            model=message.get("model", self.profile.id), stop_reason=message.get("stop_reason"),
-            input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"),
+            id=p.row.id,
+            status="ok",
+            text=text,
+            tool_input=tool_input,
+            model=message.get("model", self.profile.id),
+            stop_reason=message.get("stop_reason"),
+            input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
             cache_read_input_tokens=usage.get("cache_read_input_tokens"),
             cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
-            attempts=attempts, latency_s=round(latency, 4), request_id=request_id,
-            images=p.sent, warnings=p.warnings, cost_usd=usage_cost(self.profile, usage),
+            attempts=attempts,
+            latency_s=round(latency, 4),
+            request_id=request_id,
+            images=p.sent,
+            warnings=p.warnings,
+            cost_usd=usage_cost(self.profile, usage),
             fields=dict(p.row.fields),
         )
 
     def _failed(self, p: Prepared, exc: errors.APIError, attempts: int, latency: float) -> Result:
         return Result(
-            id=p.row.id, status="error", model=self.profile.id, attempts=attempts,
-            latency_s=round(latency, 4), request_id=getattr(exc, "request_id", None),
-            error_type=exc.error_type, error_message=getattr(exc, "message", str(exc)),
-            images=p.sent, warnings=p.warnings, fields=dict(p.row.fields),
+            id=p.row.id,
+            status="error",
+            model=self.profile.id,
+            attempts=attempts,
+            latency_s=round(latency, 4),
+            request_id=getattr(exc, "request_id", None),
+            error_type=exc.error_type,
+            error_message=getattr(exc, "message", str(exc)),
+            images=p.sent,
+            warnings=p.warnings,
+            fields=dict(p.row.fields),
         )
 
     async def _write(self, outcomes: ObjectReceiveStream[Written]) -> None:
@@ -554,8 +613,9 @@ class Pipeline:
         """In a worker thread: each outcome durable in the state, in order."""
         for outcome in batch:
             if isinstance(outcome, Transient):
-                self.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
-                                            outcome.attempts)
+                self.state.record_transient(
+                    outcome.row_id, outcome.error_type, outcome.message, outcome.attempts
+                )
             else:
                 self.state.record(outcome)
 
@@ -594,8 +654,9 @@ B64_CHUNK = 3 * 64 * 1024
 def b64_text(data: bytes) -> str:
     """``base64.b64encode(data)`` as text, in pieces (see :data:`B64_CHUNK`); run it in a thread."""
     view = memoryview(data)
-    return b"".join(base64.b64encode(view[i:i + B64_CHUNK])
-                    for i in range(0, len(view), B64_CHUNK)).decode("ascii")
+    return b"".join(base64.b64encode(view[i : i + B64_CHUNK]) for i in range(0, len(view), B64_CHUNK)).decode(
+        "ascii"
+    )
 
 
 def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int:

@@ -51,52 +51,82 @@ def probe_image(width: int, height: int) -> str:
 
 def probe_bodies(model_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The text-only baseline and one body per probe image, for ``count_tokens``."""
-    def body(*blocks: dict[str, Any]) -> dict[str, Any]:
-        return {"model": model_id, "messages": [{"role": "user", "content": [*blocks,
-                                                 {"type": "text", "text": "probe"}]}]}
 
-    images = [body({"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                "data": probe_image(w, h)}}) for w, h in PROBES]
+    def body(*blocks: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": model_id,
+            "messages": [{"role": "user", "content": [*blocks, {"type": "text", "text": "probe"}]}],
+        }
+
+    images = [
+        body(
+            {
+                "type": "image",
+                "source": {"type": "base64", "media_type": "image/png", "data": probe_image(w, h)},
+            }
+        )
+        for w, h in PROBES
+    ]
     return body(), images
 
 
-def probed_profile(model_id: str, info: Mapping[str, Any], edge: int, budget: int,
-                   registry: ModelRegistry) -> ModelProfile:
+def probed_profile(
+    model_id: str, info: Mapping[str, Any], edge: int, budget: int, registry: ModelRegistry
+) -> ModelProfile:
     """A conservative profile: probed native size, the Models API's limits, the safe defaults."""
     template = min(registry.all(), key=lambda p: (p.images_per_request, p.native_edge))
     priciest = max(registry.all(), key=lambda p: p.prices.input + p.prices.output)
     caps = info.get("capabilities") or {}
-    capabilities = {name: bool(v.get("supported")) if isinstance(v, Mapping) else bool(v)
-                    for name, v in caps.items()} or dict(template.capabilities)
+    capabilities = {
+        name: bool(v.get("supported")) if isinstance(v, Mapping) else bool(v) for name, v in caps.items()
+    } or dict(template.capabilities)
     return replace(
         template,
-        id=model_id, display_name=str(info.get("display_name") or model_id), ids=(),
-        lifecycle="active", retires=None, created_at=None,
+        id=model_id,
+        display_name=str(info.get("display_name") or model_id),
+        ids=(),
+        lifecycle="active",
+        retires=None,
+        created_at=None,
         context_window=int(info.get("max_input_tokens") or template.context_window),
         max_output_tokens=int(info.get("max_tokens") or template.max_output_tokens),
-        native_edge=edge, image_token_budget=budget, budget_confirmed=False,
+        native_edge=edge,
+        image_token_budget=budget,
+        budget_confirmed=False,
         max_image_b64_bytes=facts.PORTABLE_IMAGE_B64_BYTES,
         # omitting sampling parameters is always accepted; sending them may be a 400
-        sampling_params=False, capabilities=capabilities, prices=priciest.prices,
+        sampling_params=False,
+        capabilities=capabilities,
+        prices=priciest.prices,
         source="probed through count_tokens",
     )
 
 
 def to_meta(profile: ModelProfile) -> dict[str, Any]:
-    return {"id": profile.id, "native_edge": profile.native_edge,
-            "image_token_budget": profile.image_token_budget,
-            "context_window": profile.context_window, "max_output_tokens": profile.max_output_tokens,
-            "capabilities": dict(profile.capabilities), "display_name": profile.display_name}
+    return {
+        "id": profile.id,
+        "native_edge": profile.native_edge,
+        "image_token_budget": profile.image_token_budget,
+        "context_window": profile.context_window,
+        "max_output_tokens": profile.max_output_tokens,
+        "capabilities": dict(profile.capabilities),
+        "display_name": profile.display_name,
+    }
 
 
 def from_meta(meta: Mapping[str, Any], registry: ModelRegistry) -> ModelProfile:
-    info = {"display_name": meta["display_name"], "max_input_tokens": meta["context_window"],
-            "max_tokens": meta["max_output_tokens"], "capabilities": meta["capabilities"]}
+    info = {
+        "display_name": meta["display_name"],
+        "max_input_tokens": meta["context_window"],
+        "max_tokens": meta["max_output_tokens"],
+        "capabilities": meta["capabilities"],
+    }
     return probed_profile(meta["id"], info, meta["native_edge"], meta["image_token_budget"], registry)
 
 
-async def probe_model(client: Any, model_id: str, info: Mapping[str, Any],
-                      registry: ModelRegistry) -> tuple[ModelProfile, bool]:
+async def probe_model(
+    client: Any, model_id: str, info: Mapping[str, Any], registry: ModelRegistry
+) -> tuple[ModelProfile, bool]:
     """(profile, matched a known size) for a model the table lacks; three free count_tokens calls."""
     baseline_body, image_bodies = probe_bodies(model_id)
     baseline = await client.count_tokens(baseline_body)

@@ -61,9 +61,11 @@ class BatchProgress:
     live_rows: int = 0
 
     def describe(self) -> str:
-        return (f"submitted {self.submitted_rows:,} rows in {_n(self.submitted_batches, 'batch')} | "
-                f"collected {self.collected_rows:,} rows from {_n(self.collected_batches, 'batch')} | "
-                f"live {_n(self.live_batches, 'batch')} ({self.live_rows:,} rows)")
+        return (
+            f"submitted {self.submitted_rows:,} rows in {_n(self.submitted_batches, 'batch')} | "
+            f"collected {self.collected_rows:,} rows from {_n(self.collected_batches, 'batch')} | "
+            f"live {_n(self.live_batches, 'batch')} ({self.live_rows:,} rows)"
+        )
 
 
 def _n(count: int, noun: str) -> str:
@@ -93,9 +95,15 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-async def report(counters: Counters, remaining: int | None, *, stream: TextIO | None = None,
-                 every_s: float = 5.0, extra: Callable[[], str] = lambda: "",
-                 batch: Callable[[], BatchProgress] | None = None) -> None:
+async def report(
+    counters: Counters,
+    remaining: int | None,
+    *,
+    stream: TextIO | None = None,
+    every_s: float = 5.0,
+    extra: Callable[[], str] = lambda: "",
+    batch: Callable[[], BatchProgress] | None = None,
+) -> None:
     """Run until cancelled: a live display on a terminal, else a plain line every ``every_s``.
 
     ``batch`` (batch mode) replaces the request figures with what the batches did.
@@ -106,13 +114,21 @@ async def report(counters: Counters, remaining: int | None, *, stream: TextIO | 
         return
     while True:
         await anyio.sleep(every_s)
-        line = (batch_status_line(counters, remaining, batch()) if batch is not None
-                else status_line(counters, remaining, extra()))
+        line = (
+            batch_status_line(counters, remaining, batch())
+            if batch is not None
+            else status_line(counters, remaining, extra())
+        )
         print(line, file=stream, flush=True)
 
 
-async def _live(counters: Counters, remaining: int | None, stream: TextIO,
-                extra: Callable[[], str], batch: Callable[[], BatchProgress] | None) -> None:
+async def _live(
+    counters: Counters,
+    remaining: int | None,
+    stream: TextIO,
+    extra: Callable[[], str],
+    batch: Callable[[], BatchProgress] | None,
+) -> None:
     """A bar (rows done of remaining, ETA) with the live numbers on a line of their own below."""
     from rich.console import Console, Group
     from rich.live import Live
@@ -130,14 +146,18 @@ async def _live(counters: Counters, remaining: int | None, stream: TextIO,
         while True:
             bar.update(task, completed=counters.finished)
             if batch is not None:
-                info = (f"ok {counters.ok:,}  error {counters.error:,}  |  {batch().describe()}  |  "
-                        f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
-                        f"${counters.cost_usd:.4f}")
+                info = (
+                    f"ok {counters.ok:,}  error {counters.error:,}  |  {batch().describe()}  |  "
+                    f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
+                    f"${counters.cost_usd:.4f}"
+                )
             else:
-                info = (f"ok {counters.ok:,}  error {counters.error:,}  |  {_rate(counters):.1f} req/s  |  "
-                        f"in flight {counters.in_flight}  |  429s {counters.rate_limited}  |  "
-                        f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
-                        f"${counters.cost_usd:.4f}")
+                info = (
+                    f"ok {counters.ok:,}  error {counters.error:,}  |  {_rate(counters):.1f} req/s  |  "
+                    f"in flight {counters.in_flight}  |  429s {counters.rate_limited}  |  "
+                    f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
+                    f"${counters.cost_usd:.4f}"
+                )
             more = extra()
             live.update(Group(bar, Text(info), *([Text(more)] if more else [])))
             await anyio.sleep(0.25)

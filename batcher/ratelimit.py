@@ -112,17 +112,24 @@ def load_presets(path: Path | None = None) -> tuple[str, dict[str, Limits]]:
     path = path or presets_path()
     with path.open("rb") as fh:
         table = tomllib.load(fh)
-    tiers = {name: Limits(t.get("rpm"), t.get("itpm"), t.get("otpm"))
-             for name, t in (table.get("tiers") or {}).items()}
+    tiers = {
+        name: Limits(t.get("rpm"), t.get("itpm"), t.get("otpm"))
+        for name, t in (table.get("tiers") or {}).items()
+    }
     default = table.get("default")
     if default not in tiers:
         raise RateLimitConfigError(f"{path}: default: {default!r} is not one of its tiers")
     return default, tiers
 
 
-def seed_limits(tier: str | None = None, rpm: float | None = None, itpm: float | None = None,
-                otpm: float | None = None, *, presets: tuple[str, dict[str, Limits]] | None = None,
-                ) -> tuple[Limits, str]:
+def seed_limits(
+    tier: str | None = None,
+    rpm: float | None = None,
+    itpm: float | None = None,
+    otpm: float | None = None,
+    *,
+    presets: tuple[str, dict[str, Limits]] | None = None,
+) -> tuple[Limits, str]:
     """Where a run's picture starts: the job's own numbers over its tier over the lowest tier.
 
     Returns the limits and where they came from (for the display).
@@ -133,8 +140,11 @@ def seed_limits(tier: str | None = None, rpm: float | None = None, itpm: float |
         raise RateLimitConfigError(f"limits.tier: {name!r} is not a known tier ({', '.join(tiers)})")
     base = tiers[name]
     own = rpm is not None or itpm is not None or otpm is not None
-    limits = Limits(rpm if rpm is not None else base.rpm, itpm if itpm is not None else base.itpm,
-                    otpm if otpm is not None else base.otpm)
+    limits = Limits(
+        rpm if rpm is not None else base.rpm,
+        itpm if itpm is not None else base.itpm,
+        otpm if otpm is not None else base.otpm,
+    )
     return limits, (f"job [limits] over {name}" if own else name)
 
 
@@ -232,8 +242,11 @@ def observe(headers: Mapping[str, str], wall_now: float) -> dict[str, Observed] 
         limit = _number(lower.get(facts.ratelimit_header(kind, "limit")))
         if limit is None or limit <= 0:
             continue
-        seen[kind] = Observed(limit, _number(lower.get(facts.ratelimit_header(kind, "remaining"))),
-                              _seconds_until(lower.get(facts.ratelimit_header(kind, "reset")), wall_now))
+        seen[kind] = Observed(
+            limit,
+            _number(lower.get(facts.ratelimit_header(kind, "remaining"))),
+            _seconds_until(lower.get(facts.ratelimit_header(kind, "reset")), wall_now),
+        )
     return seen
 
 
@@ -250,8 +263,9 @@ def corrected(bucket: Bucket | None, seen: Observed, now: float) -> Bucket:
     return bucket
 
 
-def apply_headers(buckets: dict[str, Bucket], seen: dict[str, Observed] | None, now: float, *,
-                  answered: bool) -> None:
+def apply_headers(
+    buckets: dict[str, Bucket], seen: dict[str, Observed] | None, now: float, *, answered: bool
+) -> None:
     """Correct every bucket from one response. Only a successful answer may say a kind is not
     limited (error answers may come from a proxy that strips headers)."""
     if seen is None:
@@ -270,8 +284,11 @@ def pause_after_429(headers: Mapping[str, str], seen: dict[str, Observed] | None
     exhausted budget, else a short default."""
     asked = errors.retry_after_seconds({str(k).lower(): v for k, v in headers.items()})
     if asked is None and seen:
-        resets = [s.reset_in_s for s in seen.values()
-                  if s.reset_in_s is not None and s.remaining is not None and s.remaining < 1]
+        resets = [
+            s.reset_in_s
+            for s in seen.values()
+            if s.reset_in_s is not None and s.remaining is not None and s.remaining < 1
+        ]
         asked = min(resets) if resets else None
     if asked is None:
         asked = DEFAULT_PAUSE_S
@@ -334,8 +351,9 @@ class Cost:
     max_tokens: int
 
 
-def request_cost(body: Mapping[str, Any], profile: Any, image_tokens: Sequence[int | None],
-                 max_tokens: int) -> Cost:
+def request_cost(
+    body: Mapping[str, Any], profile: Any, image_tokens: Sequence[int | None], max_tokens: int
+) -> Cost:
     """A messages body's :class:`Cost`: its estimated input (an image whose tokens are not known,
     one sent by URL, counts at the model's budget, the most it can cost) and ``max_tokens``."""
     from batcher.tokens import estimate_body_tokens
@@ -373,7 +391,8 @@ class Limiter:
     def __post_init__(self) -> None:
         now = self.clock()
         self.buckets: dict[str, Bucket] = {
-            kind: Bucket.full(limit, now) for kind, limit in self.seed.by_kind().items() if limit}
+            kind: Bucket.full(limit, now) for kind, limit in self.seed.by_kind().items() if limit
+        }
         self.paused_until = 0.0
         self.window = float(self.concurrency)  # the AIMD window, below the ceiling
         self.in_flight = 0
@@ -399,8 +418,11 @@ class Limiter:
 
     def cost_of(self, cost: Cost) -> dict[str, float]:
         """What a request takes from each budget (the input estimate corrected by experience)."""
-        return {"requests": 1.0, "input-tokens": math.ceil(cost.input_tokens * self.input_ratio),
-                "output-tokens": float(cost.max_tokens)}
+        return {
+            "requests": 1.0,
+            "input-tokens": math.ceil(cost.input_tokens * self.input_ratio),
+            "output-tokens": float(cost.max_tokens),
+        }
 
     def in_flight_limit(self) -> int:
         rps = allowed_rps(self.buckets, self.per_request)
@@ -553,12 +575,18 @@ class Limiter:
         now = self.clock()
         limits = {kind: (self.buckets[kind].limit if kind in self.buckets else None) for kind in KINDS}
         remaining = {kind: s.remaining for kind, s in self.last_seen.items()}
-        return {"limits": limits, "api_remaining": remaining, "source": self.source,
-                "in_flight": self.in_flight, "in_flight_limit": self.in_flight_limit(),
-                "rate_limited": self.rate_limited, "overloaded": self.overloaded,
-                "paused_s": round(max(0.0, self.paused_until - now), 2),
-                "latency_s": None if self.latency_s is None else round(self.latency_s, 3),
-                "at": round(self.wall(), 3)}
+        return {
+            "limits": limits,
+            "api_remaining": remaining,
+            "source": self.source,
+            "in_flight": self.in_flight,
+            "in_flight_limit": self.in_flight_limit(),
+            "rate_limited": self.rate_limited,
+            "overloaded": self.overloaded,
+            "paused_s": round(max(0.0, self.paused_until - now), 2),
+            "latency_s": None if self.latency_s is None else round(self.latency_s, 3),
+            "at": round(self.wall(), 3),
+        }
 
     def snapshot_due(self) -> bool:
         """True at most every :data:`SNAPSHOT_EVERY_S` (writing the state on every answer is waste)."""
@@ -587,8 +615,11 @@ def describe(snapshot: Mapping[str, Any]) -> str:
     limited = [k for k in KINDS if limits.get(k) and limits[k] < SHOWN_UNLIMITED_AT]
     shown = [f"{short_number(limits[k])} {per_minute[k]}" for k in limited]
     parts = [f"{', '.join(shown) if shown else 'no limits'} ({snapshot.get('source', '?')})"]
-    remaining = [f"{short_number(left[k])} {units[k]}" for k in KINDS
-                 if left.get(k) is not None and left[k] < SHOWN_UNLIMITED_AT]
+    remaining = [
+        f"{short_number(left[k])} {units[k]}"
+        for k in KINDS
+        if left.get(k) is not None and left[k] < SHOWN_UNLIMITED_AT
+    ]
     if remaining:
         parts.append("API left " + ", ".join(remaining))
     parts.append(f"in flight {snapshot.get('in_flight', 0)}/{snapshot.get('in_flight_limit', '?')}")

@@ -122,9 +122,15 @@ class Result:
     def from_row_error(cls, row: Row, *, mode: Literal["online", "batch"] = "online") -> Result:
         """The error result for a row that was bad at read time (nothing was sent for it)."""
         assert row.error is not None, "row has no error"
-        return cls(id=row.id, status="error", error_type=row.error.error_type,
-                   error_message=row.error.message, fields=dict(row.fields), mode=mode,
-                   images=[ImageSent(source=s) for s in row.images])
+        return cls(
+            id=row.id,
+            status="error",
+            error_type=row.error.error_type,
+            error_message=row.error.message,
+            fields=dict(row.fields),
+            mode=mode,
+            images=[ImageSent(source=s) for s in row.images],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -78,8 +78,12 @@ def answer_settings(job: JobConfig) -> bytes:
     images = job.images
     settings = {
         "request": job.request.model_dump(mode="json"),
-        "images": {"max_edge": images.max_edge, "max_image_tokens": images.max_image_tokens,
-                   "max_b64_bytes": images.max_b64_bytes, "allow_truncated": images.allow_truncated},
+        "images": {
+            "max_edge": images.max_edge,
+            "max_image_tokens": images.max_image_tokens,
+            "max_b64_bytes": images.max_b64_bytes,
+            "allow_truncated": images.allow_truncated,
+        },
     }
     return json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
 
@@ -94,11 +98,19 @@ def manifest_fingerprint(job: JobConfig, path: Path) -> str:
             fh.seek(max(_EDGE_BYTES, st.st_size - _EDGE_BYTES))
             edges.update(fh.read(_EDGE_BYTES))
     inp = job.input
-    return json.dumps({
-        "schema": SCHEMA_VERSION, "path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-        "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "edges": edges.hexdigest(),
-        "input": [inp.id_column, inp.image_column, inp.prompt_column, inp.prompt],
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "schema": SCHEMA_VERSION,
+            "path": str(path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino,
+            "edges": edges.hexdigest(),
+            "input": [inp.id_column, inp.image_column, inp.prompt_column, inp.prompt],
+        },
+        sort_keys=True,
+    )
 
 
 class BackgroundSync:
@@ -114,9 +126,17 @@ class BackgroundSync:
     run is gone (the pipe's end closes, and on Linux the kernel kills it with its parent).
     """
 
-    def __init__(self, state: JobState, rows: Callable[[], Iterable[Row]], pass_id: int,
-                 hasher: ContentHasher, fingerprint: str, *, chunk: int = BACKGROUND_CHUNK,
-                 in_process: bool | None = None) -> None:
+    def __init__(
+        self,
+        state: JobState,
+        rows: Callable[[], Iterable[Row]],
+        pass_id: int,
+        hasher: ContentHasher,
+        fingerprint: str,
+        *,
+        chunk: int = BACKGROUND_CHUNK,
+        in_process: bool | None = None,
+    ) -> None:
         self.state = state
         self.gate = SyncGate()
         self._job = _SyncJob(str(state.out_dir), rows, pass_id, hasher.settings, fingerprint, chunk)
@@ -131,7 +151,8 @@ class BackgroundSync:
         if self._in_process:
             ours, theirs = multiprocessing.get_context("spawn").Pipe()
             self._process = multiprocessing.get_context("spawn").Process(
-                target=_sync_in_child, args=(self._job, theirs), name="batcher-sync", daemon=True)
+                target=_sync_in_child, args=(self._job, theirs), name="batcher-sync", daemon=True
+            )
             self._process.start()
             theirs.close()  # the child's end: our reads then see EOF when the child is gone
             self._pipe = ours
@@ -165,9 +186,12 @@ class BackgroundSync:
         except (EOFError, OSError):
             self._process.join(5)
             if not self.gate.settled and not self.gate.cancelled:
-                self.gate.fail(StateError(
-                    f"the manifest sync (pid {self._process.pid}) ended without a word "
-                    f"({_ended(self._process.exitcode)}); nothing is lost: run the job again"))
+                self.gate.fail(
+                    StateError(
+                        f"the manifest sync (pid {self._process.pid}) ended without a word "
+                        f"({_ended(self._process.exitcode)}); nothing is lost: run the job again"
+                    )
+                )
 
     async def first_rows(self, grace_s: float | None = None) -> None:
         """Wait until the sync completes, or has synced its first chunk and ``grace_s`` (default
@@ -215,8 +239,14 @@ class _SyncJob:
     chunk: int
 
     def run(self, state: JobState, gate: SyncProgress) -> SyncReport:
-        return state.sync_rows(self.rows(), self.pass_id, hasher=ContentHasher(self.settings),
-                               gate=gate, fingerprint=self.fingerprint, chunk=self.chunk)
+        return state.sync_rows(
+            self.rows(),
+            self.pass_id,
+            hasher=ContentHasher(self.settings),
+            gate=gate,
+            fingerprint=self.fingerprint,
+            chunk=self.chunk,
+        )
 
 
 class _PipeProgress:
@@ -295,14 +325,18 @@ def begin(state: JobState, job: JobConfig, manifest: Manifest, redo_changed: boo
     if state.synced_fingerprint() == fingerprint:
         state.sync_gate = None
         return None
-    sync = BackgroundSync(state, manifest.rows, pass_id, ContentHasher(settings), fingerprint,
-                          chunk=BACKGROUND_CHUNK)
+    sync = BackgroundSync(
+        state, manifest.rows, pass_id, ContentHasher(settings), fingerprint, chunk=BACKGROUND_CHUNK
+    )
     state.sync_gate = sync.gate
     return sync.start()
 
 
-async def rows_from_thread(batches: Iterator[list[Row]], stop: Callable[[BaseException], None],
-                           fatal: tuple[type[BaseException], ...]) -> AsyncIterator[Row]:
+async def rows_from_thread(
+    batches: Iterator[list[Row]],
+    stop: Callable[[BaseException], None],
+    fatal: tuple[type[BaseException], ...],
+) -> AsyncIterator[Row]:
     """The rows of ``batches`` (:meth:`JobState.pending_batches`), each batch read and judged in a
     worker thread: reading the manifest, hashing rows and waiting for the sync never stall the
     event loop (and the requests in flight on it). Instead of raising one of ``fatal`` (a problem

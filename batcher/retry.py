@@ -47,8 +47,11 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, errors.APIError) and exc.retryable and not exc.fatal
 
 
-def retrying(policy: RetryPolicy, rng: random.Random | None = None,
-             sleep: Callable[[float], Awaitable[None]] | None = None) -> tenacity.AsyncRetrying:
+def retrying(
+    policy: RetryPolicy,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> tenacity.AsyncRetrying:
     """A tenacity controller for one row's request: retryable errors only, bounded both ways.
 
     ``sleep`` replaces the wait between attempts (the pipeline's ends early when the run stops).

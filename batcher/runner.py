@@ -78,8 +78,11 @@ def run(request: RunRequest) -> int:
         cause = _io_cause(exc)
         if cause is None:
             raise
-        print(f"batcher: stopped: {type(cause).__name__}: {cause}; every answer recorded so far is "
-              "kept, and `batcher run` again resumes", file=request.err)
+        print(
+            f"batcher: stopped: {type(cause).__name__}: {cause}; every answer recorded so far is "
+            "kept, and `batcher run` again resumes",
+            file=request.err,
+        )
         return EXIT_FATAL
 
 
@@ -116,8 +119,11 @@ def _load(request: RunRequest) -> tuple[JobConfig, ModelRegistry, ModelProfile |
         return job, registry, None
     today = request.today or dt.date.today()
     if profile.is_retired(today):
-        raise RunRefused(f"{job.path}: request.model: {profile.id} retired on {profile.retires}; "
-                         "choose a current model (see `batcher models`)", EXIT_CONFIG)
+        raise RunRefused(
+            f"{job.path}: request.model: {profile.id} retired on {profile.retires}; "
+            "choose a current model (see `batcher models`)",
+            EXIT_CONFIG,
+        )
     _check(job, profile)
     return job, registry, profile
 
@@ -129,8 +135,14 @@ def _check(job: JobConfig, profile: ModelProfile) -> None:
         raise RunRefused(str(exc), EXIT_CONFIG) from None
 
 
-async def _profile_for(client: Client, job: JobConfig, registry: ModelRegistry, state,  # type: ignore[no-untyped-def]
-                       info: dict, err: TextIO) -> ModelProfile:  # type: ignore[type-arg]
+async def _profile_for(
+    client: Client,
+    job: JobConfig,
+    registry: ModelRegistry,
+    state,  # type: ignore[no-untyped-def]
+    info: dict,
+    err: TextIO,
+) -> ModelProfile:  # type: ignore[type-arg]
     """A model missing from the table: probed once through count_tokens, kept in the job state."""
     from batcher import probe
 
@@ -144,18 +156,29 @@ async def _profile_for(client: Client, job: JobConfig, registry: ModelRegistry, 
     except errors.APIStatusError as exc:
         if model_check_verdict(exc.status, exc.api_shaped, exc.error_type) == "unknown_model":
             # Reached only without the Models API (a gateway): count_tokens gives the API's word.
-            raise RunRefused(f"{job.path}: request.model: the API does not know {model_id!r} "
-                             "(unknown or retired)", EXIT_CONFIG) from None
-        raise RunRefused(f"{job.path}: request.model: {model_id} is not in batcher's model table "
-                         f"and probing it failed: {exc}", EXIT_FATAL) from None
+            raise RunRefused(
+                f"{job.path}: request.model: the API does not know {model_id!r} (unknown or retired)",
+                EXIT_CONFIG,
+            ) from None
+        raise RunRefused(
+            f"{job.path}: request.model: {model_id} is not in batcher's model table "
+            f"and probing it failed: {exc}",
+            EXIT_FATAL,
+        ) from None
     except errors.APIError as exc:
-        raise RunRefused(f"{job.path}: request.model: {model_id} is not in batcher's model table "
-                         f"and probing it failed: {exc}", EXIT_FATAL) from None
+        raise RunRefused(
+            f"{job.path}: request.model: {model_id} is not in batcher's model table "
+            f"and probing it failed: {exc}",
+            EXIT_FATAL,
+        ) from None
     state.set_meta(key, probe.to_meta(profile))
     how = "matches a known size" if matched else "unlike any known size: using the smallest"
-    print(f"batcher: {model_id} is not in configs/models.toml; probed through count_tokens: "
-          f"native {profile.native_edge} px / {profile.image_token_budget} tokens ({how}); "
-          "costs at the highest known price until you set [models." + model_id + ".prices]", file=err)
+    print(
+        f"batcher: {model_id} is not in configs/models.toml; probed through count_tokens: "
+        f"native {profile.native_edge} px / {profile.image_token_budget} tokens ({how}); "
+        "costs at the highest known price until you set [models." + model_id + ".prices]",
+        file=err,
+    )
     return profile
 
 
@@ -163,9 +186,13 @@ def _open_manifest(job: JobConfig):  # type: ignore[no-untyped-def]
     from batcher.manifest import ManifestError, open_manifest
 
     try:
-        manifest = open_manifest(job.manifest_path, id_column=job.input.id_column,
-                                 image_column=job.input.image_column,
-                                 prompt_column=job.input.prompt_column, prompt_template=job.input.prompt)
+        manifest = open_manifest(
+            job.manifest_path,
+            id_column=job.input.id_column,
+            image_column=job.input.image_column,
+            prompt_column=job.input.prompt_column,
+            prompt_template=job.input.prompt,
+        )
         manifest.check()
     except ManifestError as exc:
         raise RunRefused(f"{job.path}: {exc}", EXIT_CONFIG) from None
@@ -189,8 +216,7 @@ def model_check_verdict(status: int, api_shaped: bool, error_type: str) -> Model
     return "error"
 
 
-async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None,
-                      err: TextIO) -> dict:  # type: ignore[type-arg]
+async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None, err: TextIO) -> dict:  # type: ignore[type-arg]
     """``GET /v1/models/{id}`` once: the API's word on whether the model exists today ({} when
     the endpoint has no Models API: then the table's profile, or a probe, stands alone)."""
     model = job.request.model
@@ -199,15 +225,23 @@ async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None
     except errors.APIStatusError as exc:
         verdict = model_check_verdict(exc.status, exc.api_shaped, exc.error_type)
         if verdict == "unknown_model":
-            raise RunRefused(f"{job.path}: request.model: the API does not know {model!r} "
-                             "(unknown or retired)", EXIT_CONFIG) from None
+            raise RunRefused(
+                f"{job.path}: request.model: the API does not know {model!r} (unknown or retired)",
+                EXIT_CONFIG,
+            ) from None
         if verdict == "error":
             raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
-        going_on = (f"going on with configs/models.toml's profile of {known.id}" if known is not None
-                    else f"{model} is not in configs/models.toml either: probing it through count_tokens")
-        print(f"batcher: warning: GET /v1/models/{model} answered HTTP {exc.status} without the API's "
-              f"error shape (a gateway without the Models API?); the model is not checked with the "
-              f"API, {going_on}", file=err)
+        going_on = (
+            f"going on with configs/models.toml's profile of {known.id}"
+            if known is not None
+            else f"{model} is not in configs/models.toml either: probing it through count_tokens"
+        )
+        print(
+            f"batcher: warning: GET /v1/models/{model} answered HTTP {exc.status} without the API's "
+            f"error shape (a gateway without the Models API?); the model is not checked with the "
+            f"API, {going_on}",
+            file=err,
+        )
         return {}
     except errors.APIError as exc:
         raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
@@ -224,14 +258,20 @@ def _check_model_online(job: JobConfig, info: dict) -> None:  # type: ignore[typ
         raise RunRefused(f"{job.path}: run.mode: {model} is not available in the Batch API", EXIT_CONFIG)
     max_tokens = info.get("max_tokens")
     if isinstance(max_tokens, int) and job.request.max_tokens > max_tokens:
-        raise RunRefused(f"{job.path}: request.max_tokens: {job.request.max_tokens} is above "
-                         f"{model}'s maximum of {max_tokens}", EXIT_CONFIG)
+        raise RunRefused(
+            f"{job.path}: request.max_tokens: {job.request.max_tokens} is above "
+            f"{model}'s maximum of {max_tokens}",
+            EXIT_CONFIG,
+        )
 
 
 def _warn_deprecated(profile: ModelProfile, err: TextIO) -> None:
     if profile.lifecycle == "deprecated" and profile.retires:
-        print(f"batcher: warning: {profile.id} is deprecated and retires on {profile.retires}; "
-              "requests fail after that date", file=err)
+        print(
+            f"batcher: warning: {profile.id} is deprecated and retires on {profile.retires}; "
+            "requests fail after that date",
+            file=err,
+        )
 
 
 def _cap_off(caps: dict, name: str) -> bool:  # type: ignore[type-arg]
@@ -241,24 +281,33 @@ def _cap_off(caps: dict, name: str) -> bool:  # type: ignore[type-arg]
     return value is False
 
 
-async def _run_async(request: RunRequest, job: JobConfig, registry: ModelRegistry,
-                     known: ModelProfile | None) -> int:
+async def _run_async(
+    request: RunRequest, job: JobConfig, registry: ModelRegistry, known: ModelProfile | None
+) -> int:
     manifest = _open_manifest(job)
     try:
         key, base_url = settings_from_env()
     except MissingKeyError as exc:
         raise RunRefused(str(exc), EXIT_FATAL) from None
     # One client for the whole run, its pool sized to the concurrency.
-    async with Client(key, base_url, max_connections=job.run.concurrency,
-                      timeout_s=job.run.request_timeout_s) as client:
+    async with Client(
+        key, base_url, max_connections=job.run.concurrency, timeout_s=job.run.request_timeout_s
+    ) as client:
         # The API's word on the model before anything is written: a refused job leaves no trace.
         info = await _model_info(client, job, known, request.err)
         _check_model_online(job, info)
         return await _run_with_client(request, job, registry, known, manifest, client, info)
 
 
-async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelRegistry,  # type: ignore[no-untyped-def]
-                           known: ModelProfile | None, manifest, client: Client, info: dict) -> int:  # type: ignore[type-arg]
+async def _run_with_client(
+    request: RunRequest,
+    job: JobConfig,
+    registry: ModelRegistry,  # type: ignore[no-untyped-def]
+    known: ModelProfile | None,
+    manifest,
+    client: Client,
+    info: dict,
+) -> int:  # type: ignore[type-arg]
     from batcher.batches import left_to_batches_line, live_holds_usd
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
@@ -272,8 +321,9 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
     except AlreadyRunning as exc:
         raise RunRefused(str(exc), EXIT_ALREADY_RUNNING) from None
     except OSError as exc:
-        raise RunRefused(f"{out_dir}: cannot use the output folder: {os_reason(exc, out_dir)}",
-                         EXIT_FATAL) from None
+        raise RunRefused(
+            f"{out_dir}: cannot use the output folder: {os_reason(exc, out_dir)}", EXIT_FATAL
+        ) from None
     try:
         state = JobState.open(out_dir)
     except StateError as exc:
@@ -295,10 +345,12 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
                 collector = await _collect_first(job, profile, client, state, sink, request.err)
                 _, live_rows = collector.live_counts()
                 # Rows this run finishes: those the collection just recorded, and those that need work.
-                to_do = collector.counters.finished + state.count_remaining(request.retry_errors,
-                                                                            request.redo_changed)
-                code = await _run_batches(request, job, profile, client, state, sink, manifest,
-                                          to_do + live_rows, collector)
+                to_do = collector.counters.finished + state.count_remaining(
+                    request.retry_errors, request.redo_changed
+                )
+                code = await _run_batches(
+                    request, job, profile, client, state, sink, manifest, to_do + live_rows, collector
+                )
                 sink.retire_removed()
                 _report_changed(state, request.err)
                 return code
@@ -314,10 +366,20 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
                 collector = await _collect_first(job, profile, client, state, sink, request.err)
                 live_batches, live_rows = collector.live_counts()
                 if collector.collected_batches:
-                    print(f"batcher: collected {collector.collected_rows:,} rows from "
-                          f"{collector.collected_batches} ended batch(es)", file=request.err)
-                pipeline = Pipeline(job=job, profile=profile, client=client, state=state, sink=sink,
-                                    pool=pool, counters=collector.counters)
+                    print(
+                        f"batcher: collected {collector.collected_rows:,} rows from "
+                        f"{collector.collected_batches} ended batch(es)",
+                        file=request.err,
+                    )
+                pipeline = Pipeline(
+                    job=job,
+                    profile=profile,
+                    client=client,
+                    state=state,
+                    sink=sink,
+                    pool=pool,
+                    counters=collector.counters,
+                )
                 pipeline.policy = collector.policy
                 pipeline.budget = _budget_gate(job, profile, state)
                 if pipeline.budget is not None:
@@ -326,8 +388,15 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
                 code = EXIT_OK
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_watch_signals, pipeline)
-                    tg.start_soon(_report_when_counted, pipeline, out_dir, sync, request, to_do_box,
-                                  collector.counters.finished)
+                    tg.start_soon(
+                        _report_when_counted,
+                        pipeline,
+                        out_dir,
+                        sync,
+                        request,
+                        to_do_box,
+                        collector.counters.finished,
+                    )
 
                     def manifest_stop(exc: BaseException) -> None:
                         refused.append(exc)
@@ -356,8 +425,12 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
             from batcher.files import finish_run
 
             # A live batch may refer to the job's uploads: they stay while one is.
-            await finish_run(pipeline.uploader, counters, request.err,
-                             delete_at_end=job.images.delete_files_at_end and not live_batches)
+            await finish_run(
+                pipeline.uploader,
+                counters,
+                request.err,
+                delete_at_end=job.images.delete_files_at_end and not live_batches,
+            )
         _report_changed(state, request.err)
         to_do = to_do_box[0]
         if to_do is None and (sync is None or sync.gate.done):  # a short run, over before the count
@@ -367,14 +440,20 @@ async def _run_with_client(request: RunRequest, job: JobConfig, registry: ModelR
             print(left_to_batches_line(live_rows, live_batches, out_dir), file=request.err)
         print(f"results: {out_dir / 'results'}", file=request.out_stream)
         if refused:
-            print(f"batcher: stopped: {_refusal(refused[0], job)}; nothing more was sent, and every "
-                  "answer so far is kept", file=request.err)
+            print(
+                f"batcher: stopped: {_refusal(refused[0], job)}; nothing more was sent, and every "
+                "answer so far is kept",
+                file=request.err,
+            )
             return EXIT_CONFIG
         if code:
             return code
         if counters.stop_reason == BUDGET_STOP:
-            print(f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
-                  "(raise [limits] budget_usd to go on)", file=request.err)
+            print(
+                f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
+                "(raise [limits] budget_usd to go on)",
+                file=request.err,
+            )
             return EXIT_BUDGET
         if counters.stop_reason is not None or counters.left_for_next_run or live_batches:
             return EXIT_INCOMPLETE
@@ -429,8 +508,14 @@ async def _sync_started(sync: resume.BackgroundSync, job: JobConfig, *, whole: b
         raise RunRefused(_refusal(exc, job), EXIT_CONFIG) from None
 
 
-async def _report_when_counted(pipeline, out_dir: Path, sync: resume.BackgroundSync | None,  # type: ignore[no-untyped-def]
-                               request: RunRequest, box: list[int | None], collected: int) -> None:
+async def _report_when_counted(
+    pipeline,
+    out_dir: Path,
+    sync: resume.BackgroundSync | None,  # type: ignore[no-untyped-def]
+    request: RunRequest,
+    box: list[int | None],
+    collected: int,
+) -> None:
     """The progress display, once the rows left are known (after the sync, counted off the run's
     connection: a scan at millions of rows)."""
     from batcher.progress import report
@@ -443,19 +528,31 @@ async def _report_when_counted(pipeline, out_dir: Path, sync: resume.BackgroundS
     # ``collected``: rows the collection of ended batches recorded before the pipeline started.
     box[0] = collected + await anyio.to_thread.run_sync(
         partial(resume.count_to_do, out_dir, request.retry_errors, request.redo_changed),
-        abandon_on_cancel=True)
-    await report(pipeline.counters, box[0], stream=request.err,
-                 extra=lambda: pipeline.limiter.describe() if pipeline.limiter else "")
+        abandon_on_cancel=True,
+    )
+    await report(
+        pipeline.counters,
+        box[0],
+        stream=request.err,
+        extra=lambda: pipeline.limiter.describe() if pipeline.limiter else "",
+    )
 
 
-async def _collect_first(job: JobConfig, profile: ModelProfile, client: Client, state, sink,  # type: ignore[no-untyped-def]
-                         err: TextIO):
+async def _collect_first(
+    job: JobConfig,
+    profile: ModelProfile,
+    client: Client,
+    state,
+    sink,  # type: ignore[no-untyped-def]
+    err: TextIO,
+):
     """Collect the batches that have ended, before anything is sent; a fatal answer stops the run."""
     from batcher.batches import collect_ended
     from batcher.pipeline import Counters
 
-    collector = await collect_ended(job=job, profile=profile, client=client, state=state, sink=sink,
-                                    counters=Counters(), err=err)
+    collector = await collect_ended(
+        job=job, profile=profile, client=client, state=state, sink=sink, counters=Counters(), err=err
+    )
     if collector.fatal is not None:
         raise RunRefused(f"stopped: {collector.fatal}", EXIT_FATAL)
     return collector
@@ -465,27 +562,52 @@ def _report_changed(state, err: TextIO) -> None:  # type: ignore[no-untyped-def]
     """Answered rows whose content changed are left as they are, and said so."""
     changed = state.count_changed()
     if changed:
-        print(f"batcher: {changed:,} row(s) changed since they were answered (prompt, image or request "
-              "settings); `batcher run --redo-changed` resends them", file=err)
+        print(
+            f"batcher: {changed:,} row(s) changed since they were answered (prompt, image or request "
+            "settings); `batcher run --redo-changed` resends them",
+            file=err,
+        )
 
 
-async def _run_batches(request: RunRequest, job: JobConfig, profile: ModelProfile, client: Client,  # type: ignore[no-untyped-def]
-                       state, sink, manifest, to_do: int, collector) -> int:
+async def _run_batches(
+    request: RunRequest,
+    job: JobConfig,
+    profile: ModelProfile,
+    client: Client,  # type: ignore[no-untyped-def]
+    state,
+    sink,
+    manifest,
+    to_do: int,
+    collector,
+) -> int:
     """``[run] mode = "batch"``: the Message Batches API (see :mod:`batcher.batches`)."""
     from batcher.batches import left_to_batches_line, run_batch_mode
     from batcher.progress import batch_status_line
 
     gate = _budget_gate(job, profile, state, batch=True)
     code, counters, progress = await run_batch_mode(
-        job=job, profile=profile, client=client, state=state, sink=sink, manifest=manifest,
-        retry_errors=request.retry_errors, err=request.err, to_do=to_do, budget=gate, collector=collector)
+        job=job,
+        profile=profile,
+        client=client,
+        state=state,
+        sink=sink,
+        manifest=manifest,
+        retry_errors=request.retry_errors,
+        err=request.err,
+        to_do=to_do,
+        budget=gate,
+        collector=collector,
+    )
     print(batch_status_line(counters, to_do, progress), file=request.err)
     if code == EXIT_BUDGET and gate is not None:
-        print(f"batcher: stopped by the budget: {gate.budget.line()} "
-              "(raise [limits] budget_usd to go on)", file=request.err)
+        print(
+            f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)",
+            file=request.err,
+        )
     if progress.live_batches:
-        print(left_to_batches_line(progress.live_rows, progress.live_batches, state.out_dir),
-              file=request.err)
+        print(
+            left_to_batches_line(progress.live_rows, progress.live_batches, state.out_dir), file=request.err
+        )
     elif code == EXIT_INCOMPLETE:
         print("batcher: rows left to resubmit: `batcher run` again sends them", file=request.err)
     print(f"results: {state.out_dir / 'results'}", file=request.out_stream)

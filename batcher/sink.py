@@ -65,18 +65,37 @@ DEFAULT_PART_ROWS = 50_000
 
 #: The result columns, in order, with their types by name (see :func:`result_schema`).
 RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "string"), ("status", "string"), ("text", "string"), ("model", "string"),
-    ("stop_reason", "string"), ("input_tokens", "int64"), ("output_tokens", "int64"),
-    ("cache_read_input_tokens", "int64"), ("cache_creation_input_tokens", "int64"),
-    ("attempts", "int64"), ("latency_s", "double"), ("request_id", "string"),
-    ("error_type", "string"), ("error_message", "string"), ("images", "images"),
-    ("warnings", "list<string>"), ("cost_usd", "double"), ("finished_at", "timestamp"),
-    ("mode", "string"), ("tool_input", "string"),
+    ("id", "string"),
+    ("status", "string"),
+    ("text", "string"),
+    ("model", "string"),
+    ("stop_reason", "string"),
+    ("input_tokens", "int64"),
+    ("output_tokens", "int64"),
+    ("cache_read_input_tokens", "int64"),
+    ("cache_creation_input_tokens", "int64"),
+    ("attempts", "int64"),
+    ("latency_s", "double"),
+    ("request_id", "string"),
+    ("error_type", "string"),
+    ("error_message", "string"),
+    ("images", "images"),
+    ("warnings", "list<string>"),
+    ("cost_usd", "double"),
+    ("finished_at", "timestamp"),
+    ("mode", "string"),
+    ("tool_input", "string"),
 )
 RESULT_NAMES = frozenset(name for name, _ in RESULT_COLUMNS)
 IMAGE_FIELDS: tuple[tuple[str, str], ...] = (
-    ("source", "string"), ("width", "int64"), ("height", "int64"), ("bytes", "int64"),
-    ("media_type", "string"), ("transport", "string"), ("tokens", "int64"), ("file_id", "string"),
+    ("source", "string"),
+    ("width", "int64"),
+    ("height", "int64"),
+    ("bytes", "int64"),
+    ("media_type", "string"),
+    ("transport", "string"),
+    ("tokens", "int64"),
+    ("file_id", "string"),
 )
 
 
@@ -177,8 +196,14 @@ def _fsync_file(path: Path) -> None:
 def _arrow_type(kind: str) -> pa.DataType:
     import pyarrow as pa
 
-    simple = {"string": pa.string(), "int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(),
-              "list<string>": pa.list_(pa.string()), "timestamp": pa.timestamp("us", tz="UTC")}
+    simple = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "double": pa.float64(),
+        "bool": pa.bool_(),
+        "list<string>": pa.list_(pa.string()),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
     if kind == "images":
         return pa.list_(pa.struct([(n, simple[t]) for n, t in IMAGE_FIELDS]))
     return simple[kind]
@@ -204,12 +229,13 @@ _R = TypeVar("_R")
 def _exclusive(method: Callable[Concatenate[Sink, _P], _R]) -> Callable[Concatenate[Sink, _P], _R]:
     """One writer at a time: exports run in worker threads (off the event loop), and two at once
     would write the same rows into two parts."""
+
     @functools.wraps(method)
     def locked(self: Sink, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._lock:
             return method(self, *args, **kwargs)
-    return locked
 
+    return locked
 
 
 @dataclass(slots=True)
@@ -232,8 +258,14 @@ class Sink:
     or kill the process to simulate a crash there.
     """
 
-    def __init__(self, out_dir: str | Path, state: JobState, fields: Mapping[str, str] | None = None,
-                 *, on_step: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        state: JobState,
+        fields: Mapping[str, str] | None = None,
+        *,
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.dir = self.out_dir / RESULTS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -256,11 +288,13 @@ class Sink:
             new = [n for n in fields if n not in kept]
             changed = [n for n in fields if n in kept and fields[n] != kept[n]]
             if new:
-                self.warnings.append(f"manifest columns added after the first run are not stored: "
-                                     f"{', '.join(new)}")
+                self.warnings.append(
+                    f"manifest columns added after the first run are not stored: {', '.join(new)}"
+                )
             if changed:
-                self.warnings.append(f"manifest columns whose type changed keep their first type: "
-                                     f"{', '.join(changed)}")
+                self.warnings.append(
+                    f"manifest columns whose type changed keep their first type: {', '.join(changed)}"
+                )
         return kept
 
     def _step(self, name: str) -> None:
@@ -328,8 +362,7 @@ class Sink:
         for r in results:
             for name, _ in RESULT_COLUMNS:
                 if name == "images":
-                    columns[name].append([
-                        {n: getattr(img, n) for n, _ in IMAGE_FIELDS} for img in r.images])
+                    columns[name].append([{n: getattr(img, n) for n, _ in IMAGE_FIELDS} for img in r.images])
                 elif name == "finished_at":
                     columns[name].append(int(r.finished_at * 1_000_000))
                 else:
@@ -489,7 +522,7 @@ class Sink:
         report = RecoverReport()
         recorded = {p.name: p for p in self.state.parts()}
         for tmp in sorted(self.dir.glob(".part-*.parquet.tmp")):
-            name = tmp.name[1:-len(".tmp")]
+            name = tmp.name[1 : -len(".tmp")]
             if name not in recorded or (self.dir / name).exists():
                 tmp.unlink()  # never committed, or an interrupted rewrite of a part still in place
                 report.deleted_files.append(tmp.name)
@@ -534,4 +567,3 @@ def read_results(out_dir: str | Path) -> pa.Table:
             return result_schema().empty_table()
         return pa.concat_tables(tables, promote_options="default")
     raise SinkError(f"{folder}: parts kept changing while being read")
-

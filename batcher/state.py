@@ -102,8 +102,9 @@ class AlreadyRunning(StateError):
 
     def __init__(self, out_dir: Path, pid: int | None) -> None:
         holder = f"pid {pid}" if pid else "another process"
-        super().__init__(f"{out_dir} is in use by another batcher run ({holder}); "
-                         f"wait for it to finish or stop it first")
+        super().__init__(
+            f"{out_dir} is in use by another batcher run ({holder}); wait for it to finish or stop it first"
+        )
         self.pid = pid
 
 
@@ -131,8 +132,12 @@ def is_changed(status: str | None, answered_hash: int | None, current_hash: int 
 
     Unknown hashes (a row answered before schema 2 and not yet baselined) never count as changed.
     """
-    return (status in ("done", "error") and answered_hash is not None and current_hash is not None
-            and answered_hash != current_hash)
+    return (
+        status in ("done", "error")
+        and answered_hash is not None
+        and current_hash is not None
+        and answered_hash != current_hash
+    )
 
 
 class ContentHasher:
@@ -381,8 +386,14 @@ class SyncGate:
         ``timeout`` passed (False); raises the sync's error if it failed before ``index``."""
         with self._cond:
             self._cond.wait_for(
-                lambda: self.error is not None or self.report is not None or self.synced >= index
-                or self.cancelled, timeout)
+                lambda: (
+                    self.error is not None
+                    or self.report is not None
+                    or self.synced >= index
+                    or self.cancelled
+                ),
+                timeout,
+            )
             if self.report is not None or self.synced >= index:
                 return True
             if self.error is not None:
@@ -532,13 +543,17 @@ ON CONFLICT(id) DO UPDATE SET
 
 #: A done/error row whose answer was for other content (SQL over ``rows r`` joined to ``results s``;
 #: the same rule as :func:`is_changed`).
-_CHANGED_SQL = ("s.status IN ('done', 'error') AND s.answered_hash IS NOT NULL AND r.hash IS NOT NULL "
-                "AND s.answered_hash != r.hash")
+_CHANGED_SQL = (
+    "s.status IN ('done', 'error') AND s.answered_hash IS NOT NULL AND r.hash IS NOT NULL "
+    "AND s.answered_hash != r.hash"
+)
 
 
 def _collision_error(first: str, second: str, custom_id: str) -> StateError:
-    return StateError(f"row ids {first!r} and {second!r} both map to the Message Batches custom_id "
-                      f"{custom_id!r}; rename one of them")
+    return StateError(
+        f"row ids {first!r} and {second!r} both map to the Message Batches custom_id "
+        f"{custom_id!r}; rename one of them"
+    )
 
 
 class JobState:
@@ -563,15 +578,21 @@ class JobState:
     # -- opening --
 
     @classmethod
-    def open(cls, out_dir: str | Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
-             busy_timeout_s: float = 30.0) -> JobState:
+    def open(
+        cls,
+        out_dir: str | Path,
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        busy_timeout_s: float = 30.0,
+    ) -> JobState:
         """Open (creating if needed) ``OUT/state.sqlite``; see the module docstring on durability."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / STATE_FILE
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   timeout=busy_timeout_s)
+            conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+            )
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -594,8 +615,10 @@ class JobState:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
         if version != 0:
-            raise StateError(f"{self.out_dir / STATE_FILE} has state schema version {version}; this "
-                             f"batcher reads versions 1 to {SCHEMA_VERSION}")
+            raise StateError(
+                f"{self.out_dir / STATE_FILE} has state schema version {version}; this "
+                f"batcher reads versions 1 to {SCHEMA_VERSION}"
+            )
         with self._tx():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -666,8 +689,9 @@ class JobState:
     def end_pass(self, pass_id: int) -> None:
         now = time.time()
         with self._tx() as c:
-            c.execute("UPDATE passes SET finished_at = ?, last_write_at = ? WHERE pass_id = ?",
-                      (now, now, pass_id))
+            c.execute(
+                "UPDATE passes SET finished_at = ?, last_write_at = ? WHERE pass_id = ?", (now, now, pass_id)
+            )
 
     def current_pass(self) -> int | None:
         """The latest pass that synced the manifest, or None before the first."""
@@ -676,9 +700,16 @@ class JobState:
 
     # -- rows --
 
-    def sync_rows(self, rows: Iterable[Row], pass_id: int | None = None, *,
-                  hasher: ContentHasher | None = None, gate: SyncProgress | None = None,
-                  fingerprint: str | None = None, chunk: int = CHUNK) -> SyncReport:
+    def sync_rows(
+        self,
+        rows: Iterable[Row],
+        pass_id: int | None = None,
+        *,
+        hasher: ContentHasher | None = None,
+        gate: SyncProgress | None = None,
+        fingerprint: str | None = None,
+        chunk: int = CHUNK,
+    ) -> SyncReport:
         """Stream the manifest's rows into the ``rows`` table; report new rows and duplicate ids.
 
         Constant memory: rows go in chunks through an upsert; duplicates are counted in SQL
@@ -708,8 +739,9 @@ class JobState:
                 raise self._collision(part) from exc
             total += len(part)
             if gate is not None:
-                if self._query("SELECT 1 FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ? LIMIT 1",
-                               (pass_id,)):
+                if self._query(
+                    "SELECT 1 FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ? LIMIT 1", (pass_id,)
+                ):
                     named, count = self._duplicates(pass_id)
                     raise DuplicateIds(named, count, complete=False, read=total)
                 gate.advance(part[-1].index)
@@ -727,38 +759,59 @@ class JobState:
             if other != row.id:
                 return _collision_error(other, row.id, cid)
         marks = ",".join("?" * len(by_cid))
-        for row_id, cid in self._query(f"SELECT id, custom_id FROM rows WHERE custom_id IN ({marks})",
-                                       list(by_cid)):
+        for row_id, cid in self._query(
+            f"SELECT id, custom_id FROM rows WHERE custom_id IN ({marks})", list(by_cid)
+        ):
             if by_cid[cid] != row_id:
                 return _collision_error(row_id, by_cid[cid], cid)
         return StateError("two row ids map to one Message Batches custom_id; rename one of them")
 
     def _duplicates(self, pass_id: int) -> tuple[list[str], int]:
-        named = [r[0] for r in self._query(
-            "SELECT id FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ? "
-            "ORDER BY manifest_index LIMIT ?", (pass_id, MAX_NAMED_DUPLICATES))]
-        count = self._query("SELECT count(*) FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ?",
-                            (pass_id,))[0][0]
+        named = [
+            r[0]
+            for r in self._query(
+                "SELECT id FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ? "
+                "ORDER BY manifest_index LIMIT ?",
+                (pass_id, MAX_NAMED_DUPLICATES),
+            )
+        ]
+        count = self._query(
+            "SELECT count(*) FROM rows WHERE seen_in_pass > 1 AND last_seen_pass = ?", (pass_id,)
+        )[0][0]
         return named, count
 
     def _sync_report(self, pass_id: int, total: int, fingerprint: str | None = None) -> SyncReport:
         named, dup_count = self._duplicates(pass_id)
-        new_rows = self._query("SELECT count(*) FROM rows WHERE first_seen_pass = ? AND last_seen_pass = ?",
-                               (pass_id, pass_id))[0][0]
+        new_rows = self._query(
+            "SELECT count(*) FROM rows WHERE first_seen_pass = ? AND last_seen_pass = ?", (pass_id, pass_id)
+        )[0][0]
         removed = self._query("SELECT count(*) FROM rows WHERE last_seen_pass < ?", (pass_id,))[0][0]
         with self._tx() as c:
-            c.execute("UPDATE passes SET rows = ?, new_rows = ?, duplicates = ?, last_write_at = ? "
-                      "WHERE pass_id = ?", (total, new_rows, dup_count, time.time(), pass_id))
+            c.execute(
+                "UPDATE passes SET rows = ?, new_rows = ?, duplicates = ?, last_write_at = ? "
+                "WHERE pass_id = ?",
+                (total, new_rows, dup_count, time.time(), pass_id),
+            )
             if c.execute("SELECT 1 FROM meta WHERE key = ?", (HASH_BASELINE_KEY,)).fetchone():
                 # Answers from before schema 2: taken as answered for what the manifest holds now.
-                c.execute("UPDATE results SET answered_hash = (SELECT hash FROM rows WHERE rows.id = "
-                          "results.id) WHERE answered_hash IS NULL AND status IN ('done', 'error')")
+                c.execute(
+                    "UPDATE results SET answered_hash = (SELECT hash FROM rows WHERE rows.id = "
+                    "results.id) WHERE answered_hash IS NULL AND status IN ('done', 'error')"
+                )
                 c.execute("DELETE FROM meta WHERE key = ?", (HASH_BASELINE_KEY,))
             if fingerprint is not None and not dup_count:
-                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                          (SYNC_FINGERPRINT_KEY, json.dumps(fingerprint)))
-        return SyncReport(pass_id=pass_id, rows=total, new_rows=new_rows, duplicates=named,
-                          duplicate_count=dup_count, removed=removed)
+                c.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    (SYNC_FINGERPRINT_KEY, json.dumps(fingerprint)),
+                )
+        return SyncReport(
+            pass_id=pass_id,
+            rows=total,
+            new_rows=new_rows,
+            duplicates=named,
+            duplicate_count=dup_count,
+            removed=removed,
+        )
 
     def synced_fingerprint(self) -> str | None:
         """The manifest fingerprint of the last complete sync without duplicates, if any."""
@@ -772,9 +825,11 @@ class JobState:
         if pass_id is None:
             return
         predicate, statuses = _work_predicate(retry_errors)
-        sql = (f"SELECT r.manifest_index, r.id FROM rows r LEFT JOIN results s ON s.id = r.id "
-               f"WHERE r.last_seen_pass >= ? AND r.manifest_index > ? AND {predicate} "
-               f"ORDER BY r.manifest_index LIMIT {CHUNK}")
+        sql = (
+            f"SELECT r.manifest_index, r.id FROM rows r LEFT JOIN results s ON s.id = r.id "
+            f"WHERE r.last_seen_pass >= ? AND r.manifest_index > ? AND {predicate} "
+            f"ORDER BY r.manifest_index LIMIT {CHUNK}"
+        )
         after = -1
         # Keyset pages: no cursor stays open while the caller writes between pages.
         while page := self._query(sql, (pass_id, after, *statuses)):
@@ -790,8 +845,11 @@ class JobState:
         predicate, statuses = _work_predicate(retry_errors)
         if redo_changed:
             predicate = f"({predicate} OR ({_CHANGED_SQL}))"
-        return self._query(f"SELECT count(*) FROM rows r LEFT JOIN results s ON s.id = r.id "
-                           f"WHERE r.last_seen_pass >= ? AND {predicate}", (pass_id, *statuses))[0][0]
+        return self._query(
+            f"SELECT count(*) FROM rows r LEFT JOIN results s ON s.id = r.id "
+            f"WHERE r.last_seen_pass >= ? AND {predicate}",
+            (pass_id, *statuses),
+        )[0][0]
 
     def count_changed(self) -> int:
         """Done/error rows of the current manifest answered for other content than they now have
@@ -799,11 +857,20 @@ class JobState:
         pass_id = self.current_pass()
         if pass_id is None:
             return 0
-        return self._query(f"SELECT count(*) FROM rows r JOIN results s ON s.id = r.id "
-                           f"WHERE r.last_seen_pass >= ? AND {_CHANGED_SQL}", (pass_id,))[0][0]
+        return self._query(
+            f"SELECT count(*) FROM rows r JOIN results s ON s.id = r.id "
+            f"WHERE r.last_seen_pass >= ? AND {_CHANGED_SQL}",
+            (pass_id,),
+        )[0][0]
 
-    def pending(self, rows: Iterable[Row], retry_errors: bool, *, redo_changed: bool | None = None,
-                gate: SyncGate | None = None) -> Iterator[Row]:
+    def pending(
+        self,
+        rows: Iterable[Row],
+        retry_errors: bool,
+        *,
+        redo_changed: bool | None = None,
+        gate: SyncGate | None = None,
+    ) -> Iterator[Row]:
         """The rows of a second pass over the manifest that need work, in order.
 
         Lets the pipeline stream the manifest again instead of holding it: each chunk's statuses are
@@ -820,8 +887,14 @@ class JobState:
         for batch in self.pending_batches(rows, retry_errors, redo_changed=redo_changed, gate=gate):
             yield from batch
 
-    def pending_batches(self, rows: Iterable[Row], retry_errors: bool, *, redo_changed: bool | None = None,
-                        gate: SyncGate | None = None) -> Iterator[list[Row]]:
+    def pending_batches(
+        self,
+        rows: Iterable[Row],
+        retry_errors: bool,
+        *,
+        redo_changed: bool | None = None,
+        gate: SyncGate | None = None,
+    ) -> Iterator[list[Row]]:
         """:meth:`pending` in non-empty lists, each as soon as it is judged: for a reader in a
         thread of its own (its waits for the sync then never hold up an event loop)."""
         redo = self.redo_changed if redo_changed is None else redo_changed
@@ -839,13 +912,19 @@ class JobState:
             if chunk and (out := self._pending_chunk(chunk, hasher, retry_errors, redo)):
                 yield out
 
-    def _pending_chunk(self, chunk: list[Row], hasher: ContentHasher, retry_errors: bool,
-                       redo: bool) -> list[Row]:
+    def _pending_chunk(
+        self, chunk: list[Row], hasher: ContentHasher, retry_errors: bool, redo: bool
+    ) -> list[Row]:
         ids = [r.id for r in chunk]
         marks = ",".join("?" * len(ids))
-        known = {row_id: rest for row_id, *rest in self._query(
-            f"SELECT r.id, r.manifest_index, r.hash, s.status, s.answered_hash FROM rows r "
-            f"LEFT JOIN results s ON s.id = r.id WHERE r.id IN ({marks})", ids)}
+        known = {
+            row_id: rest
+            for row_id, *rest in self._query(
+                f"SELECT r.id, r.manifest_index, r.hash, s.status, s.answered_hash FROM rows r "
+                f"LEFT JOIN results s ON s.id = r.id WHERE r.id IN ({marks})",
+                ids,
+            )
+        }
         out: list[Row] = []
         updates: list[tuple[int, str]] = []
         unknown = False
@@ -886,14 +965,19 @@ class JobState:
         return self._query(
             "SELECT s.rowid, s.result_json FROM results s JOIN rows r ON r.id = s.id "
             "WHERE r.last_seen_pass < ? AND s.result_json IS NOT NULL AND s.rowid > ? "
-            "ORDER BY s.rowid LIMIT ?", (pass_id, after_rowid, limit))
+            "ORDER BY s.rowid LIMIT ?",
+            (pass_id, after_rowid, limit),
+        )
 
     def count_removed_in_parts(self) -> int:
         pass_id = self.current_pass()
         if pass_id is None:
             return 0
-        return self._query("SELECT count(*) FROM rows r JOIN results s ON s.id = r.id "
-                           "WHERE r.last_seen_pass < ? AND s.part_id IS NOT NULL", (pass_id,))[0][0]
+        return self._query(
+            "SELECT count(*) FROM rows r JOIN results s ON s.id = r.id "
+            "WHERE r.last_seen_pass < ? AND s.part_id IS NOT NULL",
+            (pass_id,),
+        )[0][0]
 
     def unassign_removed(self) -> int:
         """Take the answers of removed rows out of their parts (marked dirty, so the sink rewrites
@@ -901,11 +985,16 @@ class JobState:
         pass_id = self.current_pass()
         if pass_id is None:
             return 0
-        removed = ("SELECT r.id FROM rows r JOIN results s ON s.id = r.id "
-                   "WHERE r.last_seen_pass < ? AND s.part_id IS NOT NULL")
+        removed = (
+            "SELECT r.id FROM rows r JOIN results s ON s.id = r.id "
+            "WHERE r.last_seen_pass < ? AND s.part_id IS NOT NULL"
+        )
         with self._tx() as c:
-            c.execute(f"UPDATE parts SET dirty = dirty + 1 WHERE part_id IN (SELECT part_id FROM results "
-                      f"WHERE id IN ({removed}))", (pass_id,))
+            c.execute(
+                f"UPDATE parts SET dirty = dirty + 1 WHERE part_id IN (SELECT part_id FROM results "
+                f"WHERE id IN ({removed}))",
+                (pass_id,),
+            )
             cur = c.execute(f"UPDATE results SET part_id = NULL WHERE id IN ({removed})", (pass_id,))
         return cur.rowcount
 
@@ -934,13 +1023,19 @@ class JobState:
             old = c.execute("SELECT part_id, attempts FROM results WHERE id = ?", (result.id,)).fetchone()
             result.attempts = (result.attempts or 0) + (old[1] if old else 0)
             params = {
-                "id": result.id, "status": status_for(result, final), "error_type": result.error_type,
-                "error_message": result.error_message, "attempts": result.attempts,
-                "input_tokens": result.input_tokens or 0, "output_tokens": result.output_tokens or 0,
+                "id": result.id,
+                "status": status_for(result, final),
+                "error_type": result.error_type,
+                "error_message": result.error_message,
+                "attempts": result.attempts,
+                "input_tokens": result.input_tokens or 0,
+                "output_tokens": result.output_tokens or 0,
                 "cache_read": result.cache_read_input_tokens or 0,
                 "cache_write": result.cache_creation_input_tokens or 0,
-                "cost_usd": result.cost_usd or 0.0, "latency_s": result.latency_s or 0.0,
-                "result_json": result.to_json(), "now": time.time(),
+                "cost_usd": result.cost_usd or 0.0,
+                "latency_s": result.latency_s or 0.0,
+                "result_json": result.to_json(),
+                "now": time.time(),
             }
             c.execute(_RECORD_SQL, params)
             if old and old[0] is not None:
@@ -956,15 +1051,18 @@ class JobState:
                 "VALUES (?, 'transient', ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = 'transient', "
                 "error_type = excluded.error_type, error_message = excluded.error_message, "
                 "attempts = results.attempts + excluded.attempts, updated_at = excluded.updated_at",
-                (row_id, error_type, message, attempts, time.time()))
+                (row_id, error_type, message, attempts, time.time()),
+            )
             self._touch_pass(c)
 
     def mark_inflight(self, row_ids: Iterable[str]) -> None:
         """Mark rows as sent. A row with no outcome (or a transient one) becomes ``inflight``; done
         and error rows keep their status, so a crash mid-retry leaves them as they were."""
-        sql = ("INSERT INTO results(id, status, updated_at) VALUES (?, 'inflight', ?) "
-               "ON CONFLICT(id) DO UPDATE SET status = 'inflight', updated_at = excluded.updated_at "
-               "WHERE results.status = 'transient'")
+        sql = (
+            "INSERT INTO results(id, status, updated_at) VALUES (?, 'inflight', ?) "
+            "ON CONFLICT(id) DO UPDATE SET status = 'inflight', updated_at = excluded.updated_at "
+            "WHERE results.status = 'transient'"
+        )
         now = time.time()
         for chunk in _chunks(row_ids, CHUNK):
             with self._tx() as c:
@@ -977,17 +1075,21 @@ class JobState:
         anything else happens). Done rows keep their status; an error row retried in a batch
         becomes ``batched`` (its old result stays exported until the new one is recorded).
         """
-        sql = ("INSERT INTO results(id, status, updated_at) VALUES (?, 'batched', ?) "
-               "ON CONFLICT(id) DO UPDATE SET status = 'batched', updated_at = excluded.updated_at "
-               "WHERE results.status != 'done'")
+        sql = (
+            "INSERT INTO results(id, status, updated_at) VALUES (?, 'batched', ?) "
+            "ON CONFLICT(id) DO UPDATE SET status = 'batched', updated_at = excluded.updated_at "
+            "WHERE results.status != 'done'"
+        )
         now = time.time()
         for chunk in _chunks(row_ids, CHUNK):
             with self._tx() as c:
                 c.executemany(sql, [(i, now) for i in chunk])
 
     def _touch_pass(self, c: sqlite3.Connection) -> None:
-        c.execute("UPDATE passes SET last_write_at = ? WHERE pass_id = (SELECT max(pass_id) FROM passes)",
-                  (time.time(),))
+        c.execute(
+            "UPDATE passes SET last_write_at = ? WHERE pass_id = (SELECT max(pass_id) FROM passes)",
+            (time.time(),),
+        )
 
     def status_of(self, row_id: str) -> str | None:
         row = self._query("SELECT status FROM results WHERE id = ?", (row_id,))
@@ -1011,20 +1113,26 @@ class JobState:
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-able value under ``key`` (replacing any)."""
         with self._tx() as c:
-            c.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-                      "value = excluded.value", (key, json.dumps(value)))
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value",
+                (key, json.dumps(value)),
+            )
 
     # -- files (Files API uploads) --
 
     def put_file(self, record: FileRecord) -> None:
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO files(sha256, file_id, bytes, uploaded_at, expires_at) "
-                      "VALUES (?, ?, ?, ?, ?)", (record.sha256, record.file_id, record.bytes,
-                                                 record.uploaded_at, record.expires_at))
+            c.execute(
+                "INSERT OR REPLACE INTO files(sha256, file_id, bytes, uploaded_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record.sha256, record.file_id, record.bytes, record.uploaded_at, record.expires_at),
+            )
 
     def get_file(self, sha256: str) -> FileRecord | None:
-        row = self._query("SELECT sha256, file_id, bytes, uploaded_at, expires_at FROM files "
-                          "WHERE sha256 = ?", (sha256,))
+        row = self._query(
+            "SELECT sha256, file_id, bytes, uploaded_at, expires_at FROM files WHERE sha256 = ?", (sha256,)
+        )
         return FileRecord(*row[0]) if row else None
 
     def delete_file(self, sha256: str) -> None:
@@ -1032,51 +1140,77 @@ class JobState:
             c.execute("DELETE FROM files WHERE sha256 = ?", (sha256,))
 
     def list_files(self) -> list[FileRecord]:
-        return [FileRecord(*r) for r in self._query(
-            "SELECT sha256, file_id, bytes, uploaded_at, expires_at FROM files ORDER BY uploaded_at")]
+        return [
+            FileRecord(*r)
+            for r in self._query(
+                "SELECT sha256, file_id, bytes, uploaded_at, expires_at FROM files ORDER BY uploaded_at"
+            )
+        ]
 
     # -- Message Batches --
 
-    def put_batch(self, batch_id: str, custom_ids: Iterable[str], *, status: str = "in_progress",
-                  created_at: float | None = None, counts: dict[str, int] | None = None) -> None:
+    def put_batch(
+        self,
+        batch_id: str,
+        custom_ids: Iterable[str],
+        *,
+        status: str = "in_progress",
+        created_at: float | None = None,
+        counts: dict[str, int] | None = None,
+    ) -> None:
         """Record a submitted batch and the custom_ids it holds, in one transaction."""
         now = time.time()
         with self._tx() as c:
-            c.execute("INSERT INTO batches(batch_id, created_at, status, request_count, counts, updated_at) "
-                      "VALUES (?, ?, ?, 0, ?, ?)",
-                      (batch_id, created_at or now, status, json.dumps(counts or {}), now))
+            c.execute(
+                "INSERT INTO batches(batch_id, created_at, status, request_count, counts, updated_at) "
+                "VALUES (?, ?, ?, 0, ?, ?)",
+                (batch_id, created_at or now, status, json.dumps(counts or {}), now),
+            )
             total = 0
             for chunk in _chunks(custom_ids, CHUNK):
-                c.executemany("INSERT OR IGNORE INTO batch_items(batch_id, custom_id) VALUES (?, ?)",
-                              [(batch_id, cid) for cid in chunk])
+                c.executemany(
+                    "INSERT OR IGNORE INTO batch_items(batch_id, custom_id) VALUES (?, ?)",
+                    [(batch_id, cid) for cid in chunk],
+                )
                 total += len(chunk)
             c.execute("UPDATE batches SET request_count = ? WHERE batch_id = ?", (total, batch_id))
 
-    def update_batch(self, batch_id: str, *, status: str | None = None,
-                     counts: dict[str, int] | None = None) -> None:
+    def update_batch(
+        self, batch_id: str, *, status: str | None = None, counts: dict[str, int] | None = None
+    ) -> None:
         with self._tx() as c:
             cur = c.execute(
                 "UPDATE batches SET status = coalesce(?, status), counts = coalesce(?, counts), "
                 "updated_at = ? WHERE batch_id = ?",
-                (status, json.dumps(counts) if counts is not None else None, time.time(), batch_id))
+                (status, json.dumps(counts) if counts is not None else None, time.time(), batch_id),
+            )
             if cur.rowcount == 0:
                 raise StateError(f"no batch {batch_id!r} in this job's state")
 
     def get_batch(self, batch_id: str) -> BatchRecord | None:
-        rows = self._query("SELECT batch_id, created_at, status, request_count, counts, updated_at "
-                           "FROM batches WHERE batch_id = ?", (batch_id,))
+        rows = self._query(
+            "SELECT batch_id, created_at, status, request_count, counts, updated_at "
+            "FROM batches WHERE batch_id = ?",
+            (batch_id,),
+        )
         return _batch(rows[0]) if rows else None
 
     def list_batches(self, status: str | None = None) -> list[BatchRecord]:
         sql = "SELECT batch_id, created_at, status, request_count, counts, updated_at FROM batches"
-        rows = (self._query(sql + " WHERE status = ? ORDER BY created_at", (status,)) if status
-                else self._query(sql + " ORDER BY created_at"))
+        rows = (
+            self._query(sql + " WHERE status = ? ORDER BY created_at", (status,))
+            if status
+            else self._query(sql + " ORDER BY created_at")
+        )
         return [_batch(r) for r in rows]
 
     def batch_custom_ids(self, batch_id: str) -> Iterator[str]:
         after = ""
-        while page := self._query("SELECT custom_id FROM batch_items WHERE batch_id = ? AND custom_id > ? "
-                                  f"ORDER BY custom_id LIMIT {CHUNK}", (batch_id, after)):
+        while page := self._query(
+            "SELECT custom_id FROM batch_items WHERE batch_id = ? AND custom_id > ? "
+            f"ORDER BY custom_id LIMIT {CHUNK}",
+            (batch_id, after),
+        ):
             yield from (r[0] for r in page)
             after = page[-1][0]
 
@@ -1095,15 +1229,19 @@ class JobState:
                 "JOIN batch_items i ON i.batch_id = b.batch_id JOIN rows r ON r.custom_id = i.custom_id "
                 f"WHERE b.status NOT IN ({live}) "
                 "ON CONFLICT(id) DO UPDATE SET status = 'batched', updated_at = excluded.updated_at "
-                "WHERE results.status NOT IN ('done', 'batched')", (time.time(), *BATCH_DONE_STATUSES))
+                "WHERE results.status NOT IN ('done', 'batched')",
+                (time.time(), *BATCH_DONE_STATUSES),
+            )
             return c.total_changes - before
 
     def unbatch(self, row_id: str, status: Status) -> None:
         """A ``batched`` row whose answer from its batch was recorded before (a crash mid-collection,
         then :meth:`adopt_batched`) gets that answer's status back; any other status stays."""
         with self._tx() as c:
-            c.execute("UPDATE results SET status = ?, updated_at = ? WHERE id = ? AND status = 'batched'",
-                      (status, time.time(), row_id))
+            c.execute(
+                "UPDATE results SET status = ?, updated_at = ? WHERE id = ? AND status = 'batched'",
+                (status, time.time(), row_id),
+            )
 
     def release_batched(self, batch_id: str, error_type: str, message: str) -> int:
         """Rows of an ended (or lost) batch still ``batched`` become ``transient``: sent again.
@@ -1123,7 +1261,8 @@ class JobState:
                 "  SELECT r.id FROM batches b JOIN batch_items i ON i.batch_id = b.batch_id"
                 "  JOIN rows r ON r.custom_id = i.custom_id"
                 f"  WHERE b.batch_id != ? AND b.status NOT IN ({live}))",
-                (error_type, message, time.time(), batch_id, batch_id, *BATCH_DONE_STATUSES))
+                (error_type, message, time.time(), batch_id, batch_id, *BATCH_DONE_STATUSES),
+            )
             self._touch_pass(c)
         return cur.rowcount
 
@@ -1134,8 +1273,9 @@ class JobState:
         with self._tx() as c:
             row = c.execute("SELECT value FROM meta WHERE key = 'next_part'").fetchone()
             number = json.loads(row[0]) if row else 1
-            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_part', ?)",
-                      (json.dumps(number + 1),))
+            c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_part', ?)", (json.dumps(number + 1),)
+            )
         return number
 
     def unexported(self, after_rowid: int, limit: int) -> list[tuple[int, str, int, str]]:
@@ -1145,7 +1285,8 @@ class JobState:
             "SELECT rowid, id, version, result_json FROM results WHERE part_id IS NULL "
             "AND result_json IS NOT NULL AND rowid > ? AND NOT EXISTS (SELECT 1 FROM rows r "
             "WHERE r.id = results.id AND r.last_seen_pass < ?) ORDER BY rowid LIMIT ?",
-            (after_rowid, self.current_pass() or 0, limit))
+            (after_rowid, self.current_pass() or 0, limit),
+        )
 
     def commit_part(self, part_id: int, name: str, members: Sequence[tuple[str, int]]) -> bool:
         """Record a written part and mark its rows exported, in ONE transaction.
@@ -1154,13 +1295,18 @@ class JobState:
         not claimed; then the part holds a stale copy and is born dirty (returns False).
         """
         with self._tx() as c:
-            c.execute("INSERT INTO parts(part_id, name, rows, state, dirty, created_at) "
-                      "VALUES (?, ?, ?, 'pending', 0, ?)", (part_id, name, len(members), time.time()))
+            c.execute(
+                "INSERT INTO parts(part_id, name, rows, state, dirty, created_at) "
+                "VALUES (?, ?, ?, 'pending', 0, ?)",
+                (part_id, name, len(members), time.time()),
+            )
             claimed = 0
             for chunk in _chunks(members, CHUNK):
                 before = c.total_changes
-                c.executemany("UPDATE results SET part_id = ? WHERE id = ? AND version = ? "
-                              "AND part_id IS NULL", [(part_id, i, v) for i, v in chunk])
+                c.executemany(
+                    "UPDATE results SET part_id = ? WHERE id = ? AND version = ? AND part_id IS NULL",
+                    [(part_id, i, v) for i, v in chunk],
+                )
                 claimed += c.total_changes - before
             if claimed != len(members):
                 c.execute("UPDATE parts SET dirty = 1 WHERE part_id = ?", (part_id,))
@@ -1174,10 +1320,14 @@ class JobState:
         """
         marks = ",".join("?" * len(old_parts))
         with self._tx() as c:
-            c.execute("INSERT INTO parts(part_id, name, rows, state, dirty, created_at) "
-                      "VALUES (?, ?, ?, 'pending', 0, ?)", (part_id, name, written, time.time()))
-            moved = c.execute(f"UPDATE results SET part_id = ? WHERE part_id IN ({marks})",
-                              (part_id, *old_parts)).rowcount
+            c.execute(
+                "INSERT INTO parts(part_id, name, rows, state, dirty, created_at) "
+                "VALUES (?, ?, ?, 'pending', 0, ?)",
+                (part_id, name, written, time.time()),
+            )
+            moved = c.execute(
+                f"UPDATE results SET part_id = ? WHERE part_id IN ({marks})", (part_id, *old_parts)
+            ).rowcount
             c.execute(f"DELETE FROM parts WHERE part_id IN ({marks})", tuple(old_parts))
             if moved != written:
                 c.execute("UPDATE parts SET dirty = 1, rows = ? WHERE part_id = ?", (moved, part_id))
@@ -1188,23 +1338,31 @@ class JobState:
             c.execute("UPDATE parts SET state = 'final' WHERE part_id = ?", (part_id,))
 
     def parts(self) -> list[PartRecord]:
-        return [PartRecord(*r) for r in self._query(
-            "SELECT part_id, name, rows, state, dirty FROM parts ORDER BY part_id")]
+        return [
+            PartRecord(*r)
+            for r in self._query("SELECT part_id, name, rows, state, dirty FROM parts ORDER BY part_id")
+        ]
 
     def part_members(self, part_id: int, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the state says part ``part_id`` holds now."""
         out: set[str] = set()
         for chunk in _chunks(ids, CHUNK):
-            out.update(r[0] for r in self._query(
-                f"SELECT id FROM results WHERE part_id = ? AND id IN ({','.join('?' * len(chunk))})",
-                (part_id, *chunk)))
+            out.update(
+                r[0]
+                for r in self._query(
+                    f"SELECT id FROM results WHERE part_id = ? AND id IN ({','.join('?' * len(chunk))})",
+                    (part_id, *chunk),
+                )
+            )
         return out
 
     def part_cleaned(self, part_id: int, dirty_seen: int, rows: int) -> bool:
         """After a rewrite: clean, unless the part was dirtied again meanwhile (then False)."""
         with self._tx() as c:
-            cur = c.execute("UPDATE parts SET dirty = 0, rows = ? WHERE part_id = ? AND dirty = ?",
-                            (rows, part_id, dirty_seen))
+            cur = c.execute(
+                "UPDATE parts SET dirty = 0, rows = ? WHERE part_id = ? AND dirty = ?",
+                (rows, part_id, dirty_seen),
+            )
         return cur.rowcount == 1
 
     def drop_part(self, part_id: int) -> int:
@@ -1225,38 +1383,69 @@ class JobState:
         rows = 0
         if pass_id is not None:
             for status, n in self._query(
-                    "SELECT coalesce(s.status, 'pending'), count(*) FROM rows r LEFT JOIN results s "
-                    "ON s.id = r.id WHERE r.last_seen_pass >= ? GROUP BY 1", (pass_id,)):
+                "SELECT coalesce(s.status, 'pending'), count(*) FROM rows r LEFT JOIN results s "
+                "ON s.id = r.id WHERE r.last_seen_pass >= ? GROUP BY 1",
+                (pass_id,),
+            ):
                 by_status["ok" if status == "done" else status] = n
                 rows += n
             # json_valid: a result stored by an older batcher may hold NaN, which json_each refuses.
-            warnings = dict(self._query(
-                "SELECT w.value, count(*) FROM rows r JOIN results s ON s.id = r.id, "
-                "json_each(CASE WHEN json_valid(s.result_json) THEN s.result_json END, '$.warnings') w "
-                "WHERE r.last_seen_pass >= ? AND s.result_json IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
-                (pass_id,)))
-            errors = dict(self._query(
-                "SELECT s.error_type, count(*) FROM rows r JOIN results s ON s.id = r.id "
-                "WHERE r.last_seen_pass >= ? AND s.status IN ('error', 'transient') "
-                "AND s.error_type IS NOT NULL GROUP BY 1 ORDER BY 2 DESC", (pass_id,)))
+            warnings = dict(
+                self._query(
+                    "SELECT w.value, count(*) FROM rows r JOIN results s ON s.id = r.id, "
+                    "json_each(CASE WHEN json_valid(s.result_json) THEN s.result_json END, '$.warnings') w "
+                    "WHERE r.last_seen_pass >= ? AND s.result_json IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
+                    (pass_id,),
+                )
+            )
+            errors = dict(
+                self._query(
+                    "SELECT s.error_type, count(*) FROM rows r JOIN results s ON s.id = r.id "
+                    "WHERE r.last_seen_pass >= ? AND s.status IN ('error', 'transient') "
+                    "AND s.error_type IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
+                    (pass_id,),
+                )
+            )
         tin, tout, cread, cwrite, cost, latency, exported = self._query(
             "SELECT coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
             "coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), "
-            "coalesce(sum(cost_usd), 0), coalesce(sum(latency_s), 0), count(part_id) FROM results")[0]
+            "coalesce(sum(cost_usd), 0), coalesce(sum(latency_s), 0), count(part_id) FROM results"
+        )[0]
         spent, runs = self._query(
-            "SELECT coalesce(sum(coalesce(finished_at, last_write_at) - started_at), 0), count(*) "
-            "FROM passes")[0]
+            "SELECT coalesce(sum(coalesce(finished_at, last_write_at) - started_at), 0), count(*) FROM passes"
+        )[0]
         parts = self._query("SELECT count(*) FROM parts")[0][0]
         files, file_bytes = self._query("SELECT count(*), coalesce(sum(bytes), 0) FROM files")[0]
-        removed, removed_answers = self._query(
-            "SELECT count(*), count(s.result_json) FROM rows r LEFT JOIN results s ON s.id = r.id "
-            "WHERE r.last_seen_pass < ?", (pass_id,))[0] if pass_id is not None else (0, 0)
-        return Summary(rows=rows, by_status=by_status, errors_by_type=errors, input_tokens=tin,
-                       output_tokens=tout, cache_read_input_tokens=cread,
-                       cache_creation_input_tokens=cwrite, cost_usd=cost, time_spent_s=spent,
-                       request_time_s=latency, runs=runs, exported_rows=exported, parts=parts,
-                       files=files, file_bytes=file_bytes, removed_rows=removed, warnings=warnings,
-                       changed_rows=self.count_changed(), removed_answers=removed_answers)
+        removed, removed_answers = (
+            self._query(
+                "SELECT count(*), count(s.result_json) FROM rows r LEFT JOIN results s ON s.id = r.id "
+                "WHERE r.last_seen_pass < ?",
+                (pass_id,),
+            )[0]
+            if pass_id is not None
+            else (0, 0)
+        )
+        return Summary(
+            rows=rows,
+            by_status=by_status,
+            errors_by_type=errors,
+            input_tokens=tin,
+            output_tokens=tout,
+            cache_read_input_tokens=cread,
+            cache_creation_input_tokens=cwrite,
+            cost_usd=cost,
+            time_spent_s=spent,
+            request_time_s=latency,
+            runs=runs,
+            exported_rows=exported,
+            parts=parts,
+            files=files,
+            file_bytes=file_bytes,
+            removed_rows=removed,
+            warnings=warnings,
+            changed_rows=self.count_changed(),
+            removed_answers=removed_answers,
+        )
 
 
 #: Batch statuses of a batch that holds no row any more (``batcher.batches`` names them); any other
@@ -1266,5 +1455,11 @@ BATCH_DONE_STATUSES = ("collected", "lost")
 
 def _batch(row: tuple[Any, ...]) -> BatchRecord:
     batch_id, created_at, status, request_count, counts, updated_at = row
-    return BatchRecord(batch_id=batch_id, created_at=created_at, status=status,
-                       request_count=request_count, counts=json.loads(counts), updated_at=updated_at)
+    return BatchRecord(
+        batch_id=batch_id,
+        created_at=created_at,
+        status=status,
+        request_count=request_count,
+        counts=json.loads(counts),
+        updated_at=updated_at,
+    )

@@ -44,22 +44,30 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
     if s.warnings:
         shown = ", ".join(f"{kind} {n:,}" for kind, n in s.warnings.items())
         print(f"  warnings   {shown} (per row in the results' warnings column)")
-    print(f"  tokens     in {s.input_tokens:,}  out {s.output_tokens:,}  "
-          f"cache read {s.cache_read_input_tokens:,}  cache write {s.cache_creation_input_tokens:,}")
+    print(
+        f"  tokens     in {s.input_tokens:,}  out {s.output_tokens:,}  "
+        f"cache read {s.cache_read_input_tokens:,}  cache write {s.cache_creation_input_tokens:,}"
+    )
     print(f"  spend      ${s.cost_usd:.4f}")
     print(f"  time       {s.time_spent_s:,.1f} s of runs, {s.request_time_s:,.1f} s of requests")
     if rate_limits:
         from batcher.ratelimit import describe
 
-        print(f"  limits     {describe(rate_limits)}; {rate_limits.get('rate_limited', 0)} 429(s) "
-              "in the last run")
+        print(
+            f"  limits     {describe(rate_limits)}; {rate_limits.get('rate_limited', 0)} 429(s) "
+            "in the last run"
+        )
     print(f"  results    {s.exported_rows:,} rows in {s.parts} Parquet part(s) under {out / 'results'}")
     if s.files:
         print(f"  files      {s.files:,} uploaded, {s.file_bytes:,} bytes stored")
     if s.changed_rows:
-        print(f"  changed    {s.changed_rows:,} answered rows whose prompt, image or request settings "
-              "changed since (`batcher run --redo-changed` resends them)")
+        print(
+            f"  changed    {s.changed_rows:,} answered rows whose prompt, image or request settings "
+            "changed since (`batcher run --redo-changed` resends them)"
+        )
     if s.removed_rows:
-        print(f"  removed    {s.removed_rows:,} rows no longer in the manifest, not in results/ "
-              f"({s.removed_answers:,} answers kept apart in {out / REMOVED_DIR / REMOVED_FILE})")
+        print(
+            f"  removed    {s.removed_rows:,} rows no longer in the manifest, not in results/ "
+            f"({s.removed_answers:,} answers kept apart in {out / REMOVED_DIR / REMOVED_FILE})"
+        )
     return 0

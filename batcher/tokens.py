@@ -42,8 +42,9 @@ def estimate_text_tokens(text: str, profile: ModelProfile) -> int:
     return -(-n_bytes * factor_hundredths(profile) // _BYTES_PER_TOKEN_X100)
 
 
-def estimate_body_tokens(body: Mapping[str, Any], profile: ModelProfile,
-                         image_tokens: Callable[[int, dict[str, Any]], int]) -> tuple[int, int]:
+def estimate_body_tokens(
+    body: Mapping[str, Any], profile: ModelProfile, image_tokens: Callable[[int, dict[str, Any]], int]
+) -> tuple[int, int]:
     """(text-and-framing tokens, image tokens) of a messages body.
 
     ``image_tokens(n, block)`` answers the visual tokens of the n-th image block (0-based, in body

@@ -79,9 +79,13 @@ def refused_address(address: str, *, allow_private: bool) -> str | None:
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    for what, test in (("a loopback", ip.is_loopback), ("a link-local", ip.is_link_local),
-                       ("a multicast", ip.is_multicast), ("an unspecified", ip.is_unspecified),
-                       ("a private", ip.is_private)):
+    for what, test in (
+        ("a loopback", ip.is_loopback),
+        ("a link-local", ip.is_link_local),
+        ("a multicast", ip.is_multicast),
+        ("an unspecified", ip.is_unspecified),
+        ("a private", ip.is_private),
+    ):
         if test:
             return f"{what} address"
     return None if ip.is_global else "not a global address"

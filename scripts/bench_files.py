@@ -50,9 +50,16 @@ transport = "{transport}"
 files_rpm = 100000
 """
 
-PROMPTS = ("Write a one-line caption.", "List five tags.", "Is anything unsafe here? yes/no.",
-           "What is the dominant colour?", "Count the people.", "Describe the lighting.",
-           "Indoor or outdoor?", "What season is it?")
+PROMPTS = (
+    "Write a one-line caption.",
+    "List five tags.",
+    "Is anything unsafe here? yes/no.",
+    "What is the dominant colour?",
+    "Count the people.",
+    "Describe the lighting.",
+    "Indoor or outdoor?",
+    "What season is it?",
+)
 
 
 @dataclass
@@ -111,8 +118,11 @@ def make_dataset(folder: Path, images: int, prompts: int, edge: int) -> int:
             total += len(data)
             (folder / "images" / f"photo{i:03d}.jpg").write_bytes(data)
             for q in range(prompts):
-                row = {"id": f"p{i:03d}-q{q}", "image": f"images/photo{i:03d}.jpg",
-                       "prompt": PROMPTS[q % len(PROMPTS)]}
+                row = {
+                    "id": f"p{i:03d}-q{q}",
+                    "image": f"images/photo{i:03d}.jpg",
+                    "prompt": PROMPTS[q % len(PROMPTS)],
+                }
                 fh.write(json.dumps(row) + "\n")
     return total
 
@@ -174,8 +184,10 @@ def main() -> None:
         folder = Path(tmp)
         source_bytes = make_dataset(folder, args.images, args.prompts, args.edge)
         rows = args.images * args.prompts
-        print(f"{args.images} photos ({mb(source_bytes)} of JPEG, {args.edge} px long edge) x "
-              f"{args.prompts} prompts = {rows} rows; claude-haiku-5-5, one simulator subprocess")
+        print(
+            f"{args.images} photos ({mb(source_bytes)} of JPEG, {args.edge} px long edge) x "
+            f"{args.prompts} prompts = {rows} rows; claude-haiku-5-5, one simulator subprocess"
+        )
         base_url, proc = start_subprocess(["--seed", "1"])
         try:
             inline, inline_s, _ = run_once(folder, "base64", base_url)
@@ -191,13 +203,19 @@ def main() -> None:
     print()
     print(f"{'':<10} {'messages':>14} {'uploads':>14} {'total':>14} {'requests':>9} {'wall':>8}")
     for name, tally, secs in (("base64", inline, inline_s), ("files", files, files_s)):
-        print(f"{name:<10} {mb(tally.bytes['messages']):>14} {mb(tally.bytes['uploads']):>14} "
-              f"{mb(tally.total):>14} {sum(tally.requests.values()):>9} {secs:>7.1f}s")
+        print(
+            f"{name:<10} {mb(tally.bytes['messages']):>14} {mb(tally.bytes['uploads']):>14} "
+            f"{mb(tally.total):>14} {sum(tally.requests.values()):>9} {secs:>7.1f}s"
+        )
     print()
-    print(f"bytes sent, base64 / files: {inline.total / files.total:.2f}x "
-          f"({mb(inline.total - files.total)} less with files)")
-    print(f"ledger: base64 run {by_b64} inline images; files run {len(uploads)} images uploaded "
-          f"({sorted(set(uploads.values()))} upload(s) each), {by_file} messages images by file id")
+    print(
+        f"bytes sent, base64 / files: {inline.total / files.total:.2f}x "
+        f"({mb(inline.total - files.total)} less with files)"
+    )
+    print(
+        f"ledger: base64 run {by_b64} inline images; files run {len(uploads)} images uploaded "
+        f"({sorted(set(uploads.values()))} upload(s) each), {by_file} messages images by file id"
+    )
 
 
 if __name__ == "__main__":

@@ -96,8 +96,9 @@ async def old_write(pipeline: Pipeline, outcomes: ObjectReceiveStream[Outcome]) 
     async with outcomes:
         async for outcome in outcomes:
             if isinstance(outcome, Transient):
-                pipeline.state.record_transient(outcome.row_id, outcome.error_type, outcome.message,
-                                                outcome.attempts)
+                pipeline.state.record_transient(
+                    outcome.row_id, outcome.error_type, outcome.message, outcome.attempts
+                )
                 pipeline.counters.left_for_next_run += 1
                 continue
             pipeline.state.record(outcome)
@@ -123,24 +124,54 @@ async def new_b64(data: bytes) -> str:
 
 
 def rows(n: int) -> list[Row]:
-    return [Row(id=f"row-{i:08d}", images=["a.jpg"], prompt="Describe it.", index=i,
-                fields={"title": f"Title {i}", "kind": "photo", "page": str(i % 400)}) for i in range(n)]
+    return [
+        Row(
+            id=f"row-{i:08d}",
+            images=["a.jpg"],
+            prompt="Describe it.",
+            index=i,
+            fields={"title": f"Title {i}", "kind": "photo", "page": str(i % 400)},
+        )
+        for i in range(n)
+    ]
 
 
 def answer(row: Row) -> Result:
     text = f"A photograph of item {row.id}: " + "a quiet street in the rain, seen from above. " * 8
-    return Result(id=row.id, status="ok", text=text, model="claude-haiku-5-5", stop_reason="end_turn",
-                  input_tokens=1600, output_tokens=90, attempts=1, latency_s=1.2, request_id="req_x",
-                  cost_usd=0.0021, fields=dict(row.fields))
+    return Result(
+        id=row.id,
+        status="ok",
+        text=text,
+        model="claude-haiku-5-5",
+        stop_reason="end_turn",
+        input_tokens=1600,
+        output_tokens=90,
+        attempts=1,
+        latency_s=1.2,
+        request_id="req_x",
+        cost_usd=0.0021,
+        fields=dict(row.fields),
+    )
 
 
 def pipeline_for(out: Path, part_rows: int, state: JobState) -> Pipeline:
-    job = parse_job({"input": {"manifest": "m.jsonl", "prompt": "{x}"},
-                     "request": {"model": "claude-haiku-5-5", "max_tokens": 100},
-                     "run": {"part_rows": part_rows}}, Path("bench.toml"))
+    job = parse_job(
+        {
+            "input": {"manifest": "m.jsonl", "prompt": "{x}"},
+            "request": {"model": "claude-haiku-5-5", "max_tokens": 100},
+            "run": {"part_rows": part_rows},
+        },
+        Path("bench.toml"),
+    )
     profile = load_registry().get("claude-haiku-5-5")
-    return Pipeline(job=job, profile=profile, client=None, state=state,  # type: ignore[arg-type]
-                    sink=Sink(out, state, FIELDS), pool=None)
+    return Pipeline(
+        job=job,
+        profile=profile,
+        client=None,
+        state=state,  # type: ignore[arg-type]
+        sink=Sink(out, state, FIELDS),
+        pool=None,
+    )
 
 
 async def measure_writes(out: Path, n: int, part_rows: int, old: bool) -> dict[str, float]:
@@ -229,15 +260,22 @@ def main(argv: list[str] | None = None) -> int:
     before_runs, after_runs = [], []
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         for i in range(args.repeat):  # alternated, so a busy moment of the machine hits both
-            before_runs.append(anyio.run(measure_writes, Path(tmp) / f"before{i}", args.rows,
-                                         args.part_rows, True))
-            after_runs.append(anyio.run(measure_writes, Path(tmp) / f"after{i}", args.rows,
-                                        args.part_rows, False))
+            before_runs.append(
+                anyio.run(measure_writes, Path(tmp) / f"before{i}", args.rows, args.part_rows, True)
+            )
+            after_runs.append(
+                anyio.run(measure_writes, Path(tmp) / f"after{i}", args.rows, args.part_rows, False)
+            )
     parts = -(-args.rows // args.part_rows)
-    print(table(f"event loop while {args.rows:,} answers are recorded and written as {parts} Parquet "
-                f"part(s) of {args.part_rows:,} rows, median of {args.repeat} runs\n"
-                "(before: state and sink on the loop; after: worker threads)",
-                median_of(before_runs), median_of(after_runs)))
+    print(
+        table(
+            f"event loop while {args.rows:,} answers are recorded and written as {parts} Parquet "
+            f"part(s) of {args.part_rows:,} rows, median of {args.repeat} runs\n"
+            "(before: state and sink on the loop; after: worker threads)",
+            median_of(before_runs),
+            median_of(after_runs),
+        )
+    )
     size = int(args.image_mb * 1024 * 1024)
     b_before, b_after = [], []
     for _ in range(args.repeat):
@@ -245,11 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         b_after.append(anyio.run(measure_b64, args.images, size, new_b64))
     idle = [anyio.run(measure_idle, 1.0) for _ in range(args.repeat)]
     print()
-    print(table(f"event loop while {args.images} images of {args.image_mb:g} MB are base64-encoded, "
-                f"median of {args.repeat} runs\n(before: on the loop; after: a worker thread, in pieces)",
-                median_of(b_before), median_of(b_after)))
-    print(f"\nfor scale, an idle loop on this machine: longest stall "
-          f"{median_of(idle)['longest stall (ms)']:.2f} ms (other processes share the cores)")
+    print(
+        table(
+            f"event loop while {args.images} images of {args.image_mb:g} MB are base64-encoded, "
+            f"median of {args.repeat} runs\n(before: on the loop; after: a worker thread, in pieces)",
+            median_of(b_before),
+            median_of(b_after),
+        )
+    )
+    print(
+        f"\nfor scale, an idle loop on this machine: longest stall "
+        f"{median_of(idle)['longest stall (ms)']:.2f} ms (other processes share the cores)"
+    )
     return 0
 
 

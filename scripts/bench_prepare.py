@@ -119,8 +119,9 @@ async def main_async(args: argparse.Namespace) -> int:
     scores = [psnr(a, b) for a, b in zip(ours_out, plain_out, strict=True)]
     plain_rate, ours_rate = args.images / best_plain, args.images / best_ours
     ratio = ours_rate / plain_rate
-    print(f"{args.images} JPEGs {SIZE[0]}x{SIZE[1]} -> {profile.id} native size, "
-          f"best of {args.rounds} rounds")
+    print(
+        f"{args.images} JPEGs {SIZE[0]}x{SIZE[1]} -> {profile.id} native size, best of {args.rounds} rounds"
+    )
     print(f"plain Pillow (1 process): {plain_rate:6.2f} images/s")
     print(f"batcher ({pool.workers} workers):    {ours_rate:6.2f} images/s   (pool start {startup:.2f} s)")
     print(f"ratio: {ratio:.2f}x  (target >= 2.5x)")

@@ -69,8 +69,18 @@ class Regime:
         return {"requests": self.rpm, "input": self.itpm, "output": self.otpm}[self.binds]
 
     def sim_args(self) -> list[str]:
-        return ["--rpm", str(self.rpm), "--itpm", str(self.itpm), "--otpm", str(self.otpm),
-                "--burst-window", str(BURST_WINDOW_S), "--latency", str(LATENCY_S)]
+        return [
+            "--rpm",
+            str(self.rpm),
+            "--itpm",
+            str(self.itpm),
+            "--otpm",
+            str(self.otpm),
+            "--burst-window",
+            str(BURST_WINDOW_S),
+            "--latency",
+            str(LATENCY_S),
+        ]
 
 
 REGIMES: Final = (
@@ -96,16 +106,24 @@ def prompt(i: int) -> str:
     return f"Describe this image in one line. nonce=row-{i:05d}"
 
 
-def prepared_rows(n: int, edge: int, media_type: str = "image/jpeg",
-                  data: bytes | None = None) -> list[Prepared]:
+def prepared_rows(
+    n: int, edge: int, media_type: str = "image/jpeg", data: bytes | None = None
+) -> list[Prepared]:
     data = data if data is not None else jpeg(edge)
     b64 = base64.b64encode(data).decode()
     tokens = facts.visual_tokens(edge, edge)
     out = []
     for i in range(n):
         row = Row(id=f"row-{i:05d}", images=["bench.jpg"], prompt=prompt(i), fields={}, index=i)
-        sent = ImageSent(source="bench.jpg", width=edge, height=edge, bytes=len(data),
-                         media_type=media_type, transport="base64", tokens=tokens)
+        sent = ImageSent(
+            source="bench.jpg",
+            width=edge,
+            height=edge,
+            bytes=len(data),
+            media_type=media_type,
+            transport="base64",
+            tokens=tokens,
+        )
         out.append(Prepared(row, [ImagePart("base64", b64, media_type)], [sent], []))
     return out
 
@@ -118,9 +136,14 @@ class NoState:
 
 
 def bench_job(max_tokens: int) -> JobConfig:
-    return parse_job({"input": {"manifest": "bench.jsonl", "prompt": "{x}"},
-                      "request": {"model": MODEL, "max_tokens": max_tokens},
-                      "run": {"concurrency": CONCURRENCY}}, Path("bench.toml"))
+    return parse_job(
+        {
+            "input": {"manifest": "bench.jsonl", "prompt": "{x}"},
+            "request": {"model": MODEL, "max_tokens": max_tokens},
+            "run": {"concurrency": CONCURRENCY},
+        },
+        Path("bench.toml"),
+    )
 
 
 # --- the two clients -----------------------------------------------------------------------------
@@ -170,11 +193,26 @@ async def run_sdk(url: str, rows: list[Prepared], max_tokens: int, max_retries: 
             part = p.parts[0]
             async with semaphore:
                 try:
-                    await client.messages.create(model=MODEL, max_tokens=max_tokens, messages=[
-                        {"role": "user", "content": [
-                            {"type": "image", "source": {"type": "base64", "media_type": part.media_type,
-                                                         "data": part.value}},
-                            {"type": "text", "text": p.row.prompt}]}])
+                    await client.messages.create(
+                        model=MODEL,
+                        max_tokens=max_tokens,
+                        messages=[
+                            {
+                                "role": "user",
+                                "content": [
+                                    {
+                                        "type": "image",
+                                        "source": {
+                                            "type": "base64",
+                                            "media_type": part.media_type,
+                                            "data": part.value,
+                                        },
+                                    },
+                                    {"type": "text", "text": p.row.prompt},
+                                ],
+                            }
+                        ],
+                    )
                 except anthropic.APIError:
                     return  # the SDK gave up on this row
                 answered += 1
@@ -200,8 +238,12 @@ class Figures:
     requests: int
 
     def meets(self) -> bool:
-        return (self.answered == self.rows and self.share is not None and self.share >= TARGET_SHARE
-                and self.rate_limited <= TARGET_429)
+        return (
+            self.answered == self.rows
+            and self.share is not None
+            and self.share >= TARGET_SHARE
+            and self.rate_limited <= TARGET_429
+        )
 
 
 def figures(run: Run, regime: Regime) -> Figures:
@@ -209,9 +251,11 @@ def figures(run: Run, regime: Regime) -> Figures:
     statuses = Counter({int(k): v for k, v in ledger["requests"].get("POST /v1/messages", {}).items()})
     requests = sum(statuses.values())
     ok_times = sorted(t for t, status in ledger["message_log"] if status == 200)
-    per_request = {"requests": 1.0,
-                   "input": ledger["input_tokens"] / max(1, len(ok_times)),
-                   "output": ledger["output_tokens"] / max(1, len(ok_times))}[regime.binds]
+    per_request = {
+        "requests": 1.0,
+        "input": ledger["input_tokens"] / max(1, len(ok_times)),
+        "output": ledger["output_tokens"] / max(1, len(ok_times)),
+    }[regime.binds]
     share = None
     if len(ok_times) > 2:
         start = ok_times[0] + WARMUP_S
@@ -225,8 +269,10 @@ def figures(run: Run, regime: Regime) -> Figures:
 
 def print_row(name: str, f: Figures) -> None:
     share = "n/a" if f.share is None else f"{f.share * 100:.1f}%"
-    print(f"  {name:<22}{f.answered:>5}/{f.rows:<5}{share:>10}{f.rate_limited * 100:>9.1f}%"
-          f"{f.requests:>10}{f.wall_s:>9.1f}s")
+    print(
+        f"  {name:<22}{f.answered:>5}/{f.rows:<5}{share:>10}{f.rate_limited * 100:>9.1f}%"
+        f"{f.requests:>10}{f.wall_s:>9.1f}s"
+    )
 
 
 # --- the runs -----------------------------------------------------------------------------------
@@ -246,26 +292,45 @@ async def regime_run(regime: Regime, rows: int, profile: ModelProfile, sdk_retri
             stop_subprocess(proc)
         results[name] = figures(run, regime)
     unit = {"requests": "RPM", "input": "ITPM", "output": "OTPM"}[regime.binds]
-    print(f"{regime.name}: binding {regime.limit:,.0f} {unit} (limits {regime.rpm:,.0f} RPM, "
-          f"{regime.itpm:,.0f} ITPM, {regime.otpm:,.0f} OTPM), image {regime.image_edge}px "
-          f"({facts.visual_tokens(regime.image_edge, regime.image_edge)} tokens), "
-          f"max_tokens {regime.max_tokens}")
+    print(
+        f"{regime.name}: binding {regime.limit:,.0f} {unit} (limits {regime.rpm:,.0f} RPM, "
+        f"{regime.itpm:,.0f} ITPM, {regime.otpm:,.0f} OTPM), image {regime.image_edge}px "
+        f"({facts.visual_tokens(regime.image_edge, regime.image_edge)} tokens), "
+        f"max_tokens {regime.max_tokens}"
+    )
     print(f"  {'client':<22}{'answered':>11}{'of limit':>10}{'429s':>10}{'requests':>10}{'wall':>10}")
     for name, f in results.items():
         print_row(name, f)
-    print(f"  (n/a: fewer than {WARMUP_S:g} s of answers after the warm-up: the client answered or "
-          "gave up on every row before that)")
+    print(
+        f"  (n/a: fewer than {WARMUP_S:g} s of answers after the warm-up: the client answered or "
+        "gave up on every row before that)"
+    )
     ok = results["batcher"].meets()
-    print(f"  batcher target (all rows, >= {TARGET_SHARE:.0%} of the limit, <= {TARGET_429:.0%} 429s): "
-          f"{'met' if ok else 'NOT met'}\n")
+    print(
+        f"  batcher target (all rows, >= {TARGET_SHARE:.0%} of the limit, <= {TARGET_429:.0%} 429s): "
+        f"{'met' if ok else 'NOT met'}\n"
+    )
     return ok
     return ok
 
 
 async def fault_run(rows: int, profile: ModelProfile) -> bool:
-    args = ["--rpm", "240", "--burst-window", str(BURST_WINDOW_S), "--latency", str(LATENCY_S),
-            "--fault", "overloaded=0.05", "--fault", "server_error=0.03", "--fault", "drop=0.03",
-            "--seed", "5"]
+    args = [
+        "--rpm",
+        "240",
+        "--burst-window",
+        str(BURST_WINDOW_S),
+        "--latency",
+        str(LATENCY_S),
+        "--fault",
+        "overloaded=0.05",
+        "--fault",
+        "server_error=0.03",
+        "--fault",
+        "drop=0.03",
+        "--seed",
+        "5",
+    ]
     prepared = prepared_rows(rows, 200)
     url, proc = start_subprocess(args)
     try:
@@ -278,14 +343,20 @@ async def fault_run(rows: int, profile: ModelProfile) -> bool:
     twice = [k for k, n in charges.items() if n > 1]
     statuses = run.ledger["requests"].get("POST /v1/messages", {})
     print(f"fault run: 240 RPM, 5% 529, 3% 500, 3% dropped connections; {rows} rows through batcher")
-    print(f"  answered {run.answered}/{rows} in {run.wall_s:.1f}s; requests by status "
-          f"{dict(sorted(statuses.items()))}; faults injected {faults}")
-    print(f"  ledger: {rows - len(missing)} rows charged, none missing: {not missing}; charged twice: "
-          f"{len(twice)} (each a dropped connection the API had answered and billed; drops: "
-          f"{faults.get('drop', 0)})")
+    print(
+        f"  answered {run.answered}/{rows} in {run.wall_s:.1f}s; requests by status "
+        f"{dict(sorted(statuses.items()))}; faults injected {faults}"
+    )
+    print(
+        f"  ledger: {rows - len(missing)} rows charged, none missing: {not missing}; charged twice: "
+        f"{len(twice)} (each a dropped connection the API had answered and billed; drops: "
+        f"{faults.get('drop', 0)})"
+    )
     ok = run.answered == rows and not missing and len(twice) <= faults.get("drop", 0)
-    print(f"  target (every row answered exactly once; the only double charges are cut answers): "
-          f"{'met' if ok else 'NOT met'}\n")
+    print(
+        f"  target (every row answered exactly once; the only double charges are cut answers): "
+        f"{'met' if ok else 'NOT met'}\n"
+    )
     return ok
 
 
@@ -307,8 +378,10 @@ async def overhead_run(n: int, profile: ModelProfile) -> bool:
     finally:
         stop_subprocess(proc)
     print(f"client overhead: {n} requests, unlimited zero-latency simulator, concurrency {CONCURRENCY}")
-    print(f"  batcher request path {batcher_rps:,.0f} req/s; bare httpx (one AsyncClient, same bodies) "
-          f"{bare_rps:,.0f} req/s; ratio {batcher_rps / bare_rps:.2f}")
+    print(
+        f"  batcher request path {batcher_rps:,.0f} req/s; bare httpx (one AsyncClient, same bodies) "
+        f"{bare_rps:,.0f} req/s; ratio {batcher_rps / bare_rps:.2f}"
+    )
     ok = batcher_rps >= TARGET_RPS
     print(f"  target (>= {TARGET_RPS} req/s): {'met' if ok else 'NOT met'}\n")
     return ok
@@ -321,10 +394,14 @@ async def bare_httpx(url: str, rows: list[Prepared], max_tokens: int) -> float:
 
     profile = load_registry().get(MODEL)
     assert profile is not None
-    bodies = [orjson.dumps(messages_body(profile, RequestSettings(max_tokens), p.parts, p.row.prompt))
-              for p in rows]
-    headers = {"x-api-key": "bench", "anthropic-version": facts.API_VERSION,
-               "content-type": "application/json"}
+    bodies = [
+        orjson.dumps(messages_body(profile, RequestSettings(max_tokens), p.parts, p.row.prompt)) for p in rows
+    ]
+    headers = {
+        "x-api-key": "bench",
+        "anthropic-version": facts.API_VERSION,
+        "content-type": "application/json",
+    }
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     todo = iter(bodies)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as client:
@@ -344,23 +421,26 @@ async def bench(args: argparse.Namespace) -> int:
     profile = load_registry().get(MODEL)
     assert profile is not None
     scale = 0.5 if args.quick else 1.0
-    print(f"bench_ratelimit: simulator as a subprocess, {LATENCY_S:g} s latency, {BURST_WINDOW_S:g} s "
-          f"burst window; concurrency {CONCURRENCY}; batcher given no limits (it starts at the "
-          f"lowest tier and learns); the SDK baseline retries {args.sdk_retries} times a row; "
-          f"throughput counted {WARMUP_S:g} s after the first answer\n")
+    print(
+        f"bench_ratelimit: simulator as a subprocess, {LATENCY_S:g} s latency, {BURST_WINDOW_S:g} s "
+        f"burst window; concurrency {CONCURRENCY}; batcher given no limits (it starts at the "
+        f"lowest tier and learns); the SDK baseline retries {args.sdk_retries} times a row; "
+        f"throughput counted {WARMUP_S:g} s after the first answer\n"
+    )
     started = time.monotonic()
     results = []
     for regime in REGIMES:
         if args.only and regime.name not in args.only:
             continue
-        results.append(await regime_run(regime, max(40, int(regime.rows * scale)), profile,
-                                        args.sdk_retries))
+        results.append(await regime_run(regime, max(40, int(regime.rows * scale)), profile, args.sdk_retries))
     if not args.only or "faults" in args.only:
         results.append(await fault_run(max(40, int(200 * scale)), profile))
     if not args.only or "overhead" in args.only:
         results.append(await overhead_run(int(3000 * scale), profile))
-    print(f"whole bench: {time.monotonic() - started:.0f} s; all batcher targets "
-          f"{'met' if all(results) else 'NOT met'}")
+    print(
+        f"whole bench: {time.monotonic() - started:.0f} s; all batcher targets "
+        f"{'met' if all(results) else 'NOT met'}"
+    )
     return 0 if all(results) else 1
 
 
@@ -368,8 +448,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="half the rows in every run")
     parser.add_argument("--only", nargs="*", help="regime names, 'faults', 'overhead'")
-    parser.add_argument("--sdk-retries", type=int, default=10,
-                        help="the baseline's max_retries (the issue's figures were taken with 10)")
+    parser.add_argument(
+        "--sdk-retries",
+        type=int,
+        default=10,
+        help="the baseline's max_retries (the issue's figures were taken with 10)",
+    )
     return anyio.run(bench, parser.parse_args())
 
 

@@ -56,8 +56,13 @@ max_tokens = 40
 output = "out"
 concurrency = 32
 """
-TARGETS = {"estimate_s": 60.0, "first_fresh_s": 10.0, "first_resumed_s": 10.0, "peak_mb": 400.0,
-           "rate_ratio": 0.9}
+TARGETS = {
+    "estimate_s": 60.0,
+    "first_fresh_s": 10.0,
+    "first_resumed_s": 10.0,
+    "peak_mb": 400.0,
+    "rate_ratio": 0.9,
+}
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -138,8 +143,9 @@ class Watched:
     peak_mb: float
 
 
-def watch(proc: subprocess.Popen[bytes], started: float, *, stop_at: float | None = None,
-          until: float = 3600.0) -> Watched:
+def watch(
+    proc: subprocess.Popen[bytes], started: float, *, stop_at: float | None = None, until: float = 3600.0
+) -> Watched:
     """Wait for ``proc`` sampling its tree's memory; SIGTERM it at monotonic ``stop_at``."""
     peak, signalled = 0.0, False
     while proc.poll() is None:
@@ -158,14 +164,14 @@ def watch(proc: subprocess.Popen[bytes], started: float, *, stop_at: float | Non
 
 
 def env_for(url: str) -> dict[str, str]:
-    return {**os.environ, "ANTHROPIC_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": url,
-            "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "ANTHROPIC_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": url, "PYTHONUNBUFFERED": "1"}
 
 
 def batcher(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "batcher.cli", *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "batcher.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+    )
 
 
 def estimate(job: Path, log: Path) -> tuple[float, float]:
@@ -214,8 +220,13 @@ def run_once(job: Path, seconds: float, log: Path) -> RunFigures:
         got = watch(proc, started, stop_at=first + seconds, until=seconds + 600)
         entries = ledger(url)["message_log"]
         window = [t for t, status in entries if status == 200 and t <= first + seconds]
-        return RunFigures(first_request_s=first - started, rows_per_s=len(window) / seconds,
-                          answered=len(window), peak_mb=max(peak, got.peak_mb), code=got.code)
+        return RunFigures(
+            first_request_s=first - started,
+            rows_per_s=len(window) / seconds,
+            answered=len(window),
+            peak_mb=max(peak, got.peak_mb),
+            code=got.code,
+        )
     finally:
         stop_subprocess(sim)
 
@@ -249,17 +260,26 @@ class Figures:
 def measure(folder: Path, rows: int, seconds: float, resumed_seconds: float) -> Figures:
     t = time.monotonic()
     job = make_job(folder, rows)
-    print(f"  wrote {rows:,} rows in {time.monotonic() - t:.1f} s "
-          f"({(folder / 'manifest.csv').stat().st_size / 1e6:.0f} MB)", flush=True)
+    print(
+        f"  wrote {rows:,} rows in {time.monotonic() - t:.1f} s "
+        f"({(folder / 'manifest.csv').stat().st_size / 1e6:.0f} MB)",
+        flush=True,
+    )
     log = folder / "batcher.log"
     est_s, est_mb = estimate(job, log)
     print(f"  estimate {est_s:.1f} s, peak {est_mb:.0f} MB", flush=True)
     fresh = run_once(job, seconds, log)
-    print(f"  fresh run: first request {fresh.first_request_s:.2f} s, {fresh.rows_per_s:.0f} rows/s, "
-          f"peak {fresh.peak_mb:.0f} MB, exit {fresh.code}", flush=True)
+    print(
+        f"  fresh run: first request {fresh.first_request_s:.2f} s, {fresh.rows_per_s:.0f} rows/s, "
+        f"peak {fresh.peak_mb:.0f} MB, exit {fresh.code}",
+        flush=True,
+    )
     resumed = run_once(job, resumed_seconds, log)
-    print(f"  resumed run: first request {resumed.first_request_s:.2f} s, peak {resumed.peak_mb:.0f} MB, "
-          f"exit {resumed.code}", flush=True)
+    print(
+        f"  resumed run: first request {resumed.first_request_s:.2f} s, peak {resumed.peak_mb:.0f} MB, "
+        f"exit {resumed.code}",
+        flush=True,
+    )
     return Figures(rows, est_s, est_mb, fresh, resumed, state_mb(folder), [fresh.rows_per_s])
 
 
@@ -272,8 +292,11 @@ def more_rounds(pairs: list[tuple[Path, Figures]], rounds: int, seconds: float) 
             got = run_once(folder / "job.toml", seconds, folder / "batcher.log")
             figures.rates.append(got.rows_per_s)
             figures.more_peak_mb = max(figures.more_peak_mb, got.peak_mb)
-            print(f"  round {n}, {figures.rows:,} rows: fresh run {got.rows_per_s:.0f} rows/s, "
-                  f"peak {got.peak_mb:.0f} MB", flush=True)
+            print(
+                f"  round {n}, {figures.rows:,} rows: fresh run {got.rows_per_s:.0f} rows/s, "
+                f"peak {got.peak_mb:.0f} MB",
+                flush=True,
+            )
 
 
 def verdict(ok: bool) -> str:
@@ -284,17 +307,41 @@ def report(big: Figures, base: Figures) -> list[str]:
     ratio = big.rows_per_s / base.rows_per_s if base.rows_per_s else 0.0
     lines = [
         f"{'figure':<34}{base.rows:>14,} rows{big.rows:>14,} rows{'ratio':>9}   target at {big.rows:,}",
-        _line("estimate, s", base.estimate_s, big.estimate_s, f"<= {TARGETS['estimate_s']:.0f} s",
-              big.estimate_s <= TARGETS["estimate_s"]),
-        _line("first request, fresh, s", base.fresh.first_request_s, big.fresh.first_request_s,
-              f"<= {TARGETS['first_fresh_s']:.0f} s", big.fresh.first_request_s <= TARGETS["first_fresh_s"]),
-        _line("first request, resumed, s", base.resumed.first_request_s, big.resumed.first_request_s,
-              f"<= {TARGETS['first_resumed_s']:.0f} s",
-              big.resumed.first_request_s <= TARGETS["first_resumed_s"]),
-        _line(f"rows/s, first minute, mean of {len(big.rates)}", base.rows_per_s, big.rows_per_s,
-              f">= {TARGETS['rate_ratio']:.0%} of baseline", ratio >= TARGETS["rate_ratio"]),
-        _line("peak memory of the tree, MB", base.peak_mb, big.peak_mb,
-              f"<= {TARGETS['peak_mb']:.0f} MB", big.peak_mb <= TARGETS["peak_mb"]),
+        _line(
+            "estimate, s",
+            base.estimate_s,
+            big.estimate_s,
+            f"<= {TARGETS['estimate_s']:.0f} s",
+            big.estimate_s <= TARGETS["estimate_s"],
+        ),
+        _line(
+            "first request, fresh, s",
+            base.fresh.first_request_s,
+            big.fresh.first_request_s,
+            f"<= {TARGETS['first_fresh_s']:.0f} s",
+            big.fresh.first_request_s <= TARGETS["first_fresh_s"],
+        ),
+        _line(
+            "first request, resumed, s",
+            base.resumed.first_request_s,
+            big.resumed.first_request_s,
+            f"<= {TARGETS['first_resumed_s']:.0f} s",
+            big.resumed.first_request_s <= TARGETS["first_resumed_s"],
+        ),
+        _line(
+            f"rows/s, first minute, mean of {len(big.rates)}",
+            base.rows_per_s,
+            big.rows_per_s,
+            f">= {TARGETS['rate_ratio']:.0%} of baseline",
+            ratio >= TARGETS["rate_ratio"],
+        ),
+        _line(
+            "peak memory of the tree, MB",
+            base.peak_mb,
+            big.peak_mb,
+            f"<= {TARGETS['peak_mb']:.0f} MB",
+            big.peak_mb <= TARGETS["peak_mb"],
+        ),
         _line("state size, MB", base.state_mb, big.state_mb, "", None),
     ]
     return lines
@@ -312,8 +359,12 @@ def main() -> int:
     parser.add_argument("--baseline-rows", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=60.0, help="Sending time measured per fresh run.")
     parser.add_argument("--resumed-seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="Fresh runs per job for rows/s, alternating between the two jobs.")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="Fresh runs per job for rows/s, alternating between the two jobs.",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="Work folder (default: a temporary one).")
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
     parser.add_argument("--json", action="store_true", help="Also print the figures as JSON.")

@@ -47,11 +47,22 @@ def tiny_png() -> str:
 
 
 def messages_body() -> dict[str, Any]:
-    return {"model": "claude-haiku-5-5", "max_tokens": 64, "messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                     "data": tiny_png()}},
-        {"type": "text", "text": "Describe this image in one line. nonce=bench"},
-    ]}]}
+    return {
+        "model": "claude-haiku-5-5",
+        "max_tokens": 64,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": tiny_png()},
+                    },
+                    {"type": "text", "text": "Describe this image in one line. nonce=bench"},
+                ],
+            }
+        ],
+    }
 
 
 # --- the baseline server (run in a child: ``bench_simulator.py --serve-baseline``) --------------
@@ -65,9 +76,16 @@ async def constant_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while more:
         message = await receive()
         more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(CONSTANT)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(CONSTANT)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": CONSTANT})
 
 
@@ -114,8 +132,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(name: str, url: str, body: bytes, n: int, concurrency: int, clients: int,
-                max_seconds: float, server_pid: int) -> Result:
+async def drive(
+    name: str,
+    url: str,
+    body: bytes,
+    n: int,
+    concurrency: int,
+    clients: int,
+    max_seconds: float,
+    server_pid: int,
+) -> Result:
     """Send ``n`` POSTs (or as many as fit in ``max_seconds``) from ``concurrency`` workers
     spread over ``clients`` AsyncClients.
 
@@ -130,8 +156,10 @@ async def drive(name: str, url: str, body: bytes, n: int, concurrency: int, clie
     limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
     headers = {**HEADERS, "content-type": "application/json"}
     async with contextlib.AsyncExitStack() as stack:
-        pool = [await stack.enter_async_context(
-            httpx.AsyncClient(headers=headers, limits=limits, timeout=30)) for _ in range(clients)]
+        pool = [
+            await stack.enter_async_context(httpx.AsyncClient(headers=headers, limits=limits, timeout=30))
+            for _ in range(clients)
+        ]
 
         async def warm(client: httpx.AsyncClient) -> None:
             await client.post(url, content=body)
@@ -164,11 +192,15 @@ async def drive(name: str, url: str, body: bytes, n: int, concurrency: int, clie
 
 
 def report(best: dict[str, Result]) -> float:
-    print(f"{'run':<14}{'requests':>10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
-          f"{'server CPU ms/req':>20}  statuses")
+    print(
+        f"{'run':<14}{'requests':>10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'server CPU ms/req':>20}  statuses"
+    )
     for r in best.values():
-        print(f"{r.name:<14}{r.requests:>10}{r.rps:>10.0f}{r.quantile(0.5) * 1000:>10.1f}"
-              f"{r.quantile(0.99) * 1000:>10.1f}{r.server_ms:>20}  {dict(r.statuses)}")
+        print(
+            f"{r.name:<14}{r.requests:>10}{r.rps:>10.0f}{r.quantile(0.5) * 1000:>10.1f}"
+            f"{r.quantile(0.99) * 1000:>10.1f}{r.server_ms:>20}  {dict(r.statuses)}"
+        )
     ratio = best["simulator"].rps / best["bare-uvicorn"].rps
     print(f"simulator / bare-uvicorn ratio: {ratio:.2f}")
     return ratio
@@ -179,28 +211,33 @@ async def bench(args: argparse.Namespace) -> int:
 
     body = orjson.dumps(messages_body())
     sim_url, sim = start_subprocess([])
-    base_url, base = start_subprocess(
-        [], command=[sys.executable, __file__, "--serve-baseline"])
+    base_url, base = start_subprocess([], command=[sys.executable, __file__, "--serve-baseline"])
     try:
-        check = httpx.post(f"{sim_url}{PATH}", content=body,
-                           headers={**HEADERS, "content-type": "application/json"})
+        check = httpx.post(
+            f"{sim_url}{PATH}", content=body, headers={**HEADERS, "content-type": "application/json"}
+        )
         if check.status_code != 200:
             print(f"the simulator answers {check.status_code}: {check.text[:300]}")
             return 1
         best: dict[str, Result] = {}
         for _ in range(args.rounds):
-            for name, url, proc in (("bare-uvicorn", f"{base_url}/", base),
-                                    ("simulator", f"{sim_url}{PATH}", sim)):
-                result = await drive(name, url, body, args.requests, args.concurrency,
-                                     args.clients, args.max_seconds, proc.pid)
+            for name, url, proc in (
+                ("bare-uvicorn", f"{base_url}/", base),
+                ("simulator", f"{sim_url}{PATH}", sim),
+            ):
+                result = await drive(
+                    name, url, body, args.requests, args.concurrency, args.clients, args.max_seconds, proc.pid
+                )
                 if name not in best or result.rps > best[name].rps:
                     best[name] = result
     finally:
         stop_subprocess(sim)
         stop_subprocess(base)
-    print(f"{args.requests} POST {PATH} a run, concurrency {args.concurrency} over "
-          f"{args.clients} httpx.AsyncClient(s), best of {args.rounds} rounds; body {len(body)} "
-          f"bytes (a 16x16 PNG and a prompt)")
+    print(
+        f"{args.requests} POST {PATH} a run, concurrency {args.concurrency} over "
+        f"{args.clients} httpx.AsyncClient(s), best of {args.rounds} rounds; body {len(body)} "
+        f"bytes (a 16x16 PNG and a prompt)"
+    )
     report(best)
     ok = best["simulator"].statuses == Counter({200: best["simulator"].requests})
     rps = best["simulator"].rps
@@ -212,8 +249,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests a run")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--clients", type=int, default=8,
-                        help="AsyncClients sharing the concurrency (see drive())")
+    parser.add_argument(
+        "--clients", type=int, default=8, help="AsyncClients sharing the concurrency (see drive())"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="runs of each, alternating")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time bound a run")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
@@ -224,6 +262,7 @@ def main() -> int:
     # uvloop, when installed, on the client side too: the driver must outrun the server
     try:
         import uvloop  # noqa: F401
+
         options = {"use_uvloop": True}
     except ImportError:
         options = {}

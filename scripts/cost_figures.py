@@ -24,8 +24,20 @@ from batcher.demo import write_demo
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.simulator.server import running
 
-MIXED_SIZES = [(200, 200), (1000, 1000), (1092, 1092), (1075, 1520), (2000, 1500), (3840, 2160),
-               (4000, 300), (90, 1400), (2576, 1449), (6000, 4000), (640, 480), (1568, 1568)]
+MIXED_SIZES = [
+    (200, 200),
+    (1000, 1000),
+    (1092, 1092),
+    (1075, 1520),
+    (2000, 1500),
+    (3840, 2160),
+    (4000, 300),
+    (90, 1400),
+    (2576, 1449),
+    (6000, 4000),
+    (640, 480),
+    (1568, 1568),
+]
 
 MIXED_JOB = """
 [input]
@@ -53,8 +65,11 @@ def write_mixed(folder: Path, model: str) -> Path:
         Image.linear_gradient("L").resize((w, h)).convert("RGB").save(folder / name)
         names.append(name)
     rows = [{"id": f"one-{i}", "image": n} for i, n in enumerate(names)]
-    rows += [{"id": "pair", "image": names[:2]}, {"id": "triple", "image": names[3:6]},
-             {"id": "many", "image": [names[i % len(names)] for i in range(21)]}]
+    rows += [
+        {"id": "pair", "image": names[:2]},
+        {"id": "triple", "image": names[3:6]},
+        {"id": "many", "image": [names[i % len(names)] for i in range(21)]},
+    ]
     with (folder / "manifest.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     job = folder / "job.toml"
@@ -63,8 +78,9 @@ def write_mixed(folder: Path, model: str) -> Path:
 
 
 def batcher(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "batcher.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "batcher.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def run_job(job: Path, out: Path, mode: str) -> dict:
@@ -89,15 +105,22 @@ def figures(name: str, job: Path, work: Path) -> None:
     counted = online["ledger"]
     diff = (est["input_tokens"] - counted["input_tokens"]) / counted["input_tokens"]
     print(f"{name}: model {est['model']}, {est['rows']} rows, {est['images']} images")
-    print(f"  input tokens  estimate {est['input_tokens']:>9,}  counted {counted['input_tokens']:>9,}"
-          f"  ({diff:+.2%})")
-    print(f"  image tokens  estimate {est['image_tokens']:>9,}  counted {counted['image_tokens']:>9,}"
-          f"  (resized by the API: {counted['images_resized']})")
+    print(
+        f"  input tokens  estimate {est['input_tokens']:>9,}  counted {counted['input_tokens']:>9,}"
+        f"  ({diff:+.2%})"
+    )
+    print(
+        f"  image tokens  estimate {est['image_tokens']:>9,}  counted {counted['image_tokens']:>9,}"
+        f"  (resized by the API: {counted['images_resized']})"
+    )
     print(f"  output tokens at most  {est['output_tokens_max']:>9,}  counted {counted['output_tokens']:>9,}")
-    print(f"  cost estimate (worst)  online ${est['cost_usd_online']:.6f}"
-          f"  batch ${est['cost_usd_batch']:.6f}")
-    print(f"  cost spent             online ${online['cost_usd']:.6f}  batch ${batch['cost_usd']:.6f}"
-          f"  (batch/online {batch['cost_usd'] / online['cost_usd']:.3f})")
+    print(
+        f"  cost estimate (worst)  online ${est['cost_usd_online']:.6f}  batch ${est['cost_usd_batch']:.6f}"
+    )
+    print(
+        f"  cost spent             online ${online['cost_usd']:.6f}  batch ${batch['cost_usd']:.6f}"
+        f"  (batch/online {batch['cost_usd'] / online['cost_usd']:.3f})"
+    )
 
 
 def main() -> None:

@@ -13,16 +13,19 @@ from tests.test_run_e2e import batcher, good_rows, messages_sent, write_job
 SECRET = "sk-ant-api03-SECRETSECRET"
 
 
-@pytest.mark.parametrize(("key", "said"), [
-    (SECRET + "\nXYZ", "contains a newline (character 26)"),
-    (SECRET + "\r\nXYZ", "contains a carriage return (character 26)"),
-    (SECRET + " XYZ", "contains a space (character 26)"),
-    (SECRET + "\tXYZ", "contains a tab (character 26)"),
-    (SECRET + "é", "contains a non-ASCII character (U+00E9) (character 26)"),
-    (SECRET + "\u2028x", "contains a whitespace character (U+2028) (character 26)"),
-    (SECRET + "\x07", "contains a control character (U+0007) (character 26)"),
-    ("  " + SECRET + "\nXYZ", "contains a newline (character 28)"),  # counted in the value as set
-])
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        (SECRET + "\nXYZ", "contains a newline (character 26)"),
+        (SECRET + "\r\nXYZ", "contains a carriage return (character 26)"),
+        (SECRET + " XYZ", "contains a space (character 26)"),
+        (SECRET + "\tXYZ", "contains a tab (character 26)"),
+        (SECRET + "é", "contains a non-ASCII character (U+00E9) (character 26)"),
+        (SECRET + "\u2028x", "contains a whitespace character (U+2028) (character 26)"),
+        (SECRET + "\x07", "contains a control character (U+0007) (character 26)"),
+        ("  " + SECRET + "\nXYZ", "contains a newline (character 28)"),  # counted in the value as set
+    ],
+)
 def test_a_bad_key_is_named_by_its_problem_never_shown(key: str, said: str) -> None:
     with pytest.raises(InvalidKeyError) as info:
         settings_from_env({"ANTHROPIC_API_KEY": key})

@@ -54,15 +54,21 @@ def test_polling_backs_off_by_doubling_to_the_cap() -> None:
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
 
 
-@pytest.mark.parametrize(("result", "kind"), [
-    ({"type": "succeeded", "message": {}}, "ok"),
-    ({"type": "expired"}, "again"),
-    ({"type": "canceled"}, "again"),
-    ({"type": "errored", "error": {"error": {"type": "invalid_request_error", "message": "bad"}}}, "error"),
-    ({"type": "errored", "error": {"error": {"type": "not_found_error", "message": "no file"}}}, "error"),
-    ({"type": "errored", "error": {"error": {"type": "overloaded_error", "message": "busy"}}}, "again"),
-    ({"type": "errored", "error": {"error": {"type": "api_error", "message": "oops"}}}, "again"),
-])
+@pytest.mark.parametrize(
+    ("result", "kind"),
+    [
+        ({"type": "succeeded", "message": {}}, "ok"),
+        ({"type": "expired"}, "again"),
+        ({"type": "canceled"}, "again"),
+        (
+            {"type": "errored", "error": {"error": {"type": "invalid_request_error", "message": "bad"}}},
+            "error",
+        ),
+        ({"type": "errored", "error": {"error": {"type": "not_found_error", "message": "no file"}}}, "error"),
+        ({"type": "errored", "error": {"error": {"type": "overloaded_error", "message": "busy"}}}, "again"),
+        ({"type": "errored", "error": {"error": {"type": "api_error", "message": "oops"}}}, "again"),
+    ],
+)
 def test_batch_outcomes_final_or_again(result: dict, kind: str) -> None:
     assert classify(result)[0] == kind
 
@@ -85,14 +91,23 @@ def test_the_builder_keeps_within_requests_and_bytes() -> None:
 # --- against the simulator -------------------------------------------------------------------------
 
 
-def write_job(tmp: Path, n_good: int, *, mode: str = "batch", extra: str = "", bad: bool = False,
-              output: str = "out", model: str = "claude-haiku-5-5") -> Path:
+def write_job(
+    tmp: Path,
+    n_good: int,
+    *,
+    mode: str = "batch",
+    extra: str = "",
+    bad: bool = False,
+    output: str = "out",
+    model: str = "claude-haiku-5-5",
+) -> Path:
     (tmp / "images").mkdir(exist_ok=True)
     rows = []
     for i in range(n_good):
         Image.new("RGB", (300 + 10 * i, 200), (i * 30 % 256, 80, 160)).save(tmp / "images" / f"g{i}.jpg")
-        rows.append({"id": f"row-{i:02d}", "image": f"images/g{i}.jpg",
-                     "prompt": f"Caption it. nonce=row-{i:02d}"})
+        rows.append(
+            {"id": f"row-{i:02d}", "image": f"images/g{i}.jpg", "prompt": f"Caption it. nonce=row-{i:02d}"}
+        )
     if bad:
         (tmp / "images" / "text.png").write_text("not a picture")
         rows += [
@@ -113,8 +128,9 @@ def run_in_process(job: Path, sim, monkeypatch, *args: str) -> tuple[int, str]: 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
     err = io.StringIO()
-    code = run(RunRequest(job_path=job, err=err, out_stream=io.StringIO(),
-                          retry_errors="--retry-errors" in args))
+    code = run(
+        RunRequest(job_path=job, err=err, out_stream=io.StringIO(), retry_errors="--retry-errors" in args)
+    )
     return code, err.getvalue()
 
 
@@ -128,8 +144,11 @@ def results(out: Path) -> dict[str, dict]:
     return {r["id"]: r for r in rows}
 
 
-def test_good_and_bad_rows_in_batches_same_shape_as_online(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                             monkeypatch) -> None:
+def test_good_and_bad_rows_in_batches_same_shape_as_online(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.3)))
     job = write_job(tmp_path, 7, bad=True, extra="batch_max_requests = 3", model="claude-haiku-4-5")
     code, err = run_in_process(job, sim, monkeypatch)
@@ -170,7 +189,8 @@ def test_good_and_bad_rows_in_batches_same_shape_as_online(tmp_path: Path, make_
     assert batch_table.schema == online_table.schema
     on = results(tmp_path / "out-online")
     assert {k: (v["status"], v["error_type"]) for k, v in on.items()} == {
-        k: (v["status"], v["error_type"]) for k, v in got.items()}
+        k: (v["status"], v["error_type"]) for k, v in got.items()
+    }
     profile = load_registry()["claude-haiku-4-5"]
     for row_id, row in got.items():
         if row["status"] == "ok":
@@ -181,8 +201,11 @@ def test_good_and_bad_rows_in_batches_same_shape_as_online(tmp_path: Path, make_
             assert row["cost_usd"] == pytest.approx(half)
 
 
-def test_submit_and_exit_then_the_next_run_collects_and_submits_nothing(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                        monkeypatch) -> None:
+def test_submit_and_exit_then_the_next_run_collects_and_submits_nothing(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.3)))
     now = [0.0]
     sim.sim.batches.clock = lambda: now[0]  # frozen: the batch cannot end until the test says so
@@ -202,8 +225,12 @@ def test_submit_and_exit_then_the_next_run_collects_and_submits_nothing(tmp_path
     assert code == EXIT_OK, err
     assert batches_created(sim) == 1
     assert {r["status"] for r in results(tmp_path / "out").values()} == {"ok"}
-    listing = subprocess.run([sys.executable, "-m", "batcher.cli", "batches", str(tmp_path / "out"),
-                              "--json"], capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "batches", str(tmp_path / "out"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     [entry] = json.loads(listing.stdout)
     assert entry["status"] == "collected" and entry["counts"]["succeeded"] == 5
 
@@ -221,8 +248,11 @@ def test_expired_requests_are_resubmitted(tmp_path: Path, make_simulator, monkey
     assert sim.sim.ledger.snapshot()["double_charged"] == []
 
 
-def test_rows_that_keep_expiring_are_left_for_the_next_run(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                           monkeypatch) -> None:
+def test_rows_that_keep_expiring_are_left_for_the_next_run(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.1, expire_share=1.0)))
     job = write_job(tmp_path, 3)
     code, err = run_in_process(job, sim, monkeypatch)
@@ -253,8 +283,13 @@ def release(sim) -> None:  # type: ignore[no-untyped-def]
 def _cli(job: Path, sim, *args: str) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env.update(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=sim.base_url)
-    return subprocess.Popen([sys.executable, "-m", "batcher.cli", *args, str(job)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "batcher.cli", *args, str(job)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def frozen(sim) -> list[float]:  # type: ignore[no-untyped-def]
@@ -279,8 +314,11 @@ def interrupt_while_waiting(job: Path, sim, now: list[float]) -> str:  # type: i
     return err
 
 
-def test_sigint_while_waiting_cancels_the_batch_and_the_rerun_finishes(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                      monkeypatch) -> None:
+def test_sigint_while_waiting_cancels_the_batch_and_the_rerun_finishes(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=1.0)))
     now = frozen(sim)
     job = write_job(tmp_path, 6)
@@ -325,19 +363,27 @@ def _files_batch_job(tmp: Path, questions: int, *, delete_at_end: bool) -> Path:
     for i in range(4):
         Image.new("RGB", (400 + 10 * i, 300), (i * 50 % 256, 90, 140)).save(tmp / "images" / f"f{i}.jpg")
         for q in range(questions):
-            rows.append({"id": f"img{i}-q{q}", "image": f"images/f{i}.jpg",
-                         "prompt": f"Question {q}. nonce=img{i}-q{q}"})
+            rows.append(
+                {
+                    "id": f"img{i}-q{q}",
+                    "image": f"images/f{i}.jpg",
+                    "prompt": f"Question {q}. nonce=img{i}-q{q}",
+                }
+            )
     with (tmp / "manifest.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
-    extra = ("[images]\ntransport = \"files\"\nfiles_rpm = 6000\n"
-             f"delete_files_at_end = {str(delete_at_end).lower()}\n")
+    extra = (
+        '[images]\ntransport = "files"\nfiles_rpm = 6000\n'
+        f"delete_files_at_end = {str(delete_at_end).lower()}\n"
+    )
     job = tmp / "files-batch.toml"
     job.write_text(JOB.format(mode="batch", extra=extra, output="out", model="claude-haiku-5-5"))
     return job
 
 
 def test_batch_mode_with_files_uploads_each_image_once_and_deletes_them_at_the_end(
-        tmp_path: Path, make_simulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, make_simulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
     job = _files_batch_job(tmp_path, 3, delete_at_end=True)
     code, err = run_in_process(job, sim, monkeypatch)
@@ -355,7 +401,8 @@ def test_batch_mode_with_files_uploads_each_image_once_and_deletes_them_at_the_e
 
 
 def test_batch_mode_uploads_again_a_file_id_the_api_no_longer_knows(
-        tmp_path: Path, make_simulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, make_simulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
     job = _files_batch_job(tmp_path, 1, delete_at_end=False)
     code, err = run_in_process(job, sim, monkeypatch)
@@ -373,7 +420,8 @@ def test_batch_mode_uploads_again_a_file_id_the_api_no_longer_knows(
     assert uploads == {h: 2 if h == gone_hash else 1 for h in before}
     out = results(tmp_path / "out")
     assert len(out) == 12 and {r["status"] for r in out.values()} == {"ok"}, {
-        k: r["error_message"] for k, r in out.items() if r["status"] != "ok"}
+        k: r["error_message"] for k, r in out.items() if r["status"] != "ok"
+    }
     with JobState.open(tmp_path / "out") as state:
         after = {f.sha256: f.file_id for f in state.list_files()}
     assert after[gone_hash] != gone_id

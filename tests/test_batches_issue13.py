@@ -44,8 +44,9 @@ def once_each(n: int) -> dict[str, int]:
 def to_mode(job: Path, mode: str) -> None:
     """Switch the same job file (same output folder) to another mode."""
     text = job.read_text()
-    job.write_text(text.replace('mode = "batch"', f'mode = "{mode}"')
-                   .replace('mode = "online"', f'mode = "{mode}"'))
+    job.write_text(
+        text.replace('mode = "batch"', f'mode = "{mode}"').replace('mode = "online"', f'mode = "{mode}"')
+    )
 
 
 def statuses(out: Path) -> dict[str, int]:
@@ -65,8 +66,11 @@ def submit_and_leave(tmp_path: Path, sim, monkeypatch, n: int) -> Path:  # type:
 # --- the issue's scenario ----------------------------------------------------------------------------
 
 
-def test_an_online_run_never_sends_rows_in_a_live_batch(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                       monkeypatch) -> None:
+def test_an_online_run_never_sends_rows_in_a_live_batch(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5)))
     frozen(sim)
     job = write_job(tmp_path, 6, extra="wait = false")
@@ -111,8 +115,12 @@ def test_an_online_run_never_sends_rows_in_a_live_batch(tmp_path: Path, make_sim
 
 
 @pytest.mark.parametrize("mode", ["batch", "online"])
-def test_the_next_run_of_either_mode_collects_an_ended_batch(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                             monkeypatch, mode: str) -> None:
+def test_the_next_run_of_either_mode_collects_an_ended_batch(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+    mode: str,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5)))
     frozen(sim)
     job = submit_and_leave(tmp_path, sim, monkeypatch, 4)
@@ -128,8 +136,11 @@ def test_the_next_run_of_either_mode_collects_an_ended_batch(tmp_path: Path, mak
 # --- every way a batched row becomes sendable again -------------------------------------------------
 
 
-def test_a_row_the_ended_batch_has_no_result_for_is_sent_again(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                               monkeypatch) -> None:
+def test_a_row_the_ended_batch_has_no_result_for_is_sent_again(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     # One of four requests expires (not billed); the results file then leaves its line out.
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5, expire_share=0.25)))
     frozen(sim)
@@ -155,8 +166,11 @@ def test_a_row_the_ended_batch_has_no_result_for_is_sent_again(tmp_path: Path, m
     assert charges(sim) == once_each(4)
 
 
-def test_the_rows_of_a_batch_gone_from_the_api_are_sent_again(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                              monkeypatch) -> None:
+def test_the_rows_of_a_batch_gone_from_the_api_are_sent_again(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5)))
     frozen(sim)
     job = submit_and_leave(tmp_path, sim, monkeypatch, 3)
@@ -172,8 +186,12 @@ def test_the_rows_of_a_batch_gone_from_the_api_are_sent_again(tmp_path: Path, ma
 
 
 @pytest.mark.parametrize("how", ["batches --cancel", "Ctrl-C"])
-def test_a_cancelled_batch_holds_its_rows_until_it_ends(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                        monkeypatch, how: str) -> None:
+def test_a_cancelled_batch_holds_its_rows_until_it_ends(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+    how: str,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=1.0)))
     now = frozen(sim)
     if how == "Ctrl-C":
@@ -186,8 +204,12 @@ def test_a_cancelled_batch_holds_its_rows_until_it_ends(tmp_path: Path, make_sim
         now[0] = 0.5
         monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
         err_stream = io.StringIO()
-        assert batches_command(tmp_path / "out", as_json=False, cancel=True, err=err_stream,
-                               stdout=io.StringIO()) == 0
+        assert (
+            batches_command(
+                tmp_path / "out", as_json=False, cancel=True, err=err_stream, stdout=io.StringIO()
+            )
+            == 0
+        )
         assert "1 batch(es) cancelled" in err_stream.getvalue()
     [batch] = sim.sim.batches.all()
     assert batch.cancel_at_s is not None and not batch.ended
@@ -207,8 +229,11 @@ def test_a_cancelled_batch_holds_its_rows_until_it_ends(tmp_path: Path, make_sim
     assert messages_sent(sim) == 3 and charges(sim) == once_each(6)
 
 
-def test_retry_errors_does_not_send_an_error_row_that_is_in_a_live_batch(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                         monkeypatch) -> None:
+def test_retry_errors_does_not_send_an_error_row_that_is_in_a_live_batch(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
     job = write_job(tmp_path, 1, bad=True, model="claude-haiku-4-5", extra="wait = false")
     job.write_text(job.read_text().replace("wait = false", "wait = true"))
@@ -236,8 +261,12 @@ def test_retry_errors_does_not_send_an_error_row_that_is_in_a_live_batch(tmp_pat
 
 
 @pytest.mark.parametrize("old_status", ["inflight", None])
-def test_rows_of_a_live_batch_not_marked_batched_are_adopted(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                             monkeypatch, old_status: str | None) -> None:
+def test_rows_of_a_live_batch_not_marked_batched_are_adopted(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+    old_status: str | None,
+) -> None:
     """A state from before issue 13 (submitted rows ``inflight``), or a crash between recording the
     batch and marking its rows (no status): the rows are in a live batch all the same."""
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5)))
@@ -259,7 +288,8 @@ def test_rows_of_a_live_batch_not_marked_batched_are_adopted(tmp_path: Path, mak
 
 
 def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_row(
-        tmp_path: Path, make_simulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, make_simulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     """Results recorded, then the process died before the batch was marked collected: the next
     run adopts its rows again and collects it again; each row keeps its one outcome and cost."""
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
@@ -283,8 +313,11 @@ def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_
     assert results(tmp_path / "out")["too-long"]["attempts"] == 1
 
 
-def test_an_online_run_counts_what_live_batches_hold_against_the_budget(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                        monkeypatch) -> None:
+def test_an_online_run_counts_what_live_batches_hold_against_the_budget(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5)))
     frozen(sim)
     # ~$0.0000137 worst case a row at the batch price, twice that online: 4 rows fit in batches,
@@ -327,7 +360,13 @@ def test_adopt_marks_the_rows_of_live_batches_only(state: JobState) -> None:
     state.record(Result(id="c", status="error", error_type="api_error", attempts=1))
     assert state.adopt_batched() == 3  # a (inflight), c (error), d (never recorded)
     assert {i: state.status_of(i) for i in "abcdef"} == {
-        "a": "batched", "b": "done", "c": "batched", "d": "batched", "e": None, "f": None}
+        "a": "batched",
+        "b": "done",
+        "c": "batched",
+        "d": "batched",
+        "e": None,
+        "f": None,
+    }
     assert state.adopt_batched() == 0
     assert list(state.remaining(retry_errors=True)) == ["e", "f"]
 
@@ -354,9 +393,18 @@ def test_unbatch_gives_a_recorded_row_its_status_back(state: JobState) -> None:
 def test_batch_progress_shows_batches_not_a_request_rate() -> None:
     counters = Counters(ok=2, requests=500)
     counters.started = time.monotonic() - 1
-    line = batch_status_line(counters, 10, BatchProgress(
-        submitted_rows=500, submitted_batches=1, collected_rows=2, collected_batches=1,
-        live_batches=1, live_rows=498))
+    line = batch_status_line(
+        counters,
+        10,
+        BatchProgress(
+            submitted_rows=500,
+            submitted_batches=1,
+            collected_rows=2,
+            collected_batches=1,
+            live_batches=1,
+            live_rows=498,
+        ),
+    )
     assert "req/s" not in line and "ETA" not in line and "in flight" not in line
     assert "submitted 500 rows in 1 batch | collected 2 rows from 1 batch | live 1 batch (498 rows)" in line
     assert "left 8" in line

@@ -52,8 +52,11 @@ def _billed(sim) -> float:  # type: ignore[no-untyped-def]
     return usage_cost(profile, {"input_tokens": led["input_tokens"], "output_tokens": led["output_tokens"]})
 
 
-def test_the_budget_stops_the_run_with_exit_5_and_spend_within_it(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                  monkeypatch) -> None:
+def test_the_budget_stops_the_run_with_exit_5_and_spend_within_it(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     sim = make_simulator(SimConfig())
     rows = good_rows(tmp_path, 12)
     job = write_job(tmp_path, rows, concurrency=2)

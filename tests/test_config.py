@@ -43,12 +43,16 @@ def test_a_good_job_loads_with_defaults(tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (("concurrency = 8", "concurency = 8"), "run.concurency: unknown key"),
-        (("max_tokens = 300", 'max_tokens = "lots"'),
-         'request.max_tokens: Input should be a valid integer, not the string "lots"'),
+        (
+            ("max_tokens = 300", 'max_tokens = "lots"'),
+            'request.max_tokens: Input should be a valid integer, not the string "lots"',
+        ),
         (("max_tokens = 300", "max_tokens = 0"), "request.max_tokens: Input should be greater than 0"),
         (('model = "claude-haiku-5-5"', ""), "request.model: missing"),
-        (('prompt = "Describe {title}"', ""),
-         "input: set exactly one of prompt_column or prompt (a template)"),
+        (
+            ('prompt = "Describe {title}"', ""),
+            "input: set exactly one of prompt_column or prompt (a template)",
+        ),
         (("concurrency = 8", 'mode = "turbo"'), "run.mode: Input should be 'online' or 'batch'"),
     ],
 )
@@ -81,11 +85,21 @@ def test_model_rules_name_the_key(tmp_path: Path) -> None:
             check_against_model(parse_job(raw, path), profile)
 
     bad({"request": {"temperature": 0.2}}, haiku5, "request.temperature: claude-haiku-5-5 refuses")
-    check_against_model(parse_job({**job.model_dump(exclude={"path", "base_dir"}),
-                                   "request": {"model": "claude-haiku-4-5", "max_tokens": 10,
-                                               "temperature": 0.2}}, path), haiku4)
-    bad({"request": {"model": "claude-haiku-4-5", "temperature": 0.2, "top_p": 0.9}}, haiku4,
-        "request.top_p: claude-haiku-4-5 takes temperature or top_p, not both")
+    check_against_model(
+        parse_job(
+            {
+                **job.model_dump(exclude={"path", "base_dir"}),
+                "request": {"model": "claude-haiku-4-5", "max_tokens": 10, "temperature": 0.2},
+            },
+            path,
+        ),
+        haiku4,
+    )
+    bad(
+        {"request": {"model": "claude-haiku-4-5", "temperature": 0.2, "top_p": 0.9}},
+        haiku4,
+        "request.top_p: claude-haiku-4-5 takes temperature or top_p, not both",
+    )
     bad({"request": {"max_tokens": 10**6}}, haiku5, "request.max_tokens: 1000000 is above")
     bad({"images": {"max_edge": 2000}}, haiku5, "images.max_edge: 2000 is above")
     bad({"images": {"max_image_tokens": 5000}}, haiku5, "images.max_image_tokens")
@@ -93,9 +107,9 @@ def test_model_rules_name_the_key(tmp_path: Path) -> None:
 
 
 def test_job_models_table_overrides_a_profile(tmp_path: Path) -> None:
-    job = load_job(write(tmp_path, GOOD + '\n[models.claude-haiku-5-5]\nimage_token_budget = 999\n'))
+    job = load_job(write(tmp_path, GOOD + "\n[models.claude-haiku-5-5]\nimage_token_budget = 999\n"))
     assert job_registry(job)["claude-haiku-5-5"].image_token_budget == 999
-    job = load_job(write(tmp_path, GOOD + '\n[models.claude-haiku-5-5]\nbudget = 999\n', "b.toml"))
+    job = load_job(write(tmp_path, GOOD + "\n[models.claude-haiku-5-5]\nbudget = 999\n", "b.toml"))
     with pytest.raises(ConfigError, match=r"b.toml: models.claude-haiku-5-5.budget: unknown"):
         job_registry(job)
 
@@ -108,17 +122,32 @@ def test_job_models_table_overrides_a_profile(tmp_path: Path) -> None:
     [
         ("run", 'concurrency = "8"', 'run.concurrency: Input should be a valid integer, not the string "8"'),
         ("run", 'wait = "no"', 'run.wait: Input should be a valid boolean, not the string "no"'),
-        ("request", 'temperature = "0.5"',
-         'request.temperature: Input should be a valid number, not the string "0.5"'),
-        ("images", 'allow_truncated = "1"',
-         'images.allow_truncated: Input should be a valid boolean, not the string "1"'),
-        ("images", "allow_truncated = 1", "images.allow_truncated: Input should be a valid boolean, "
-         "not the integer 1"),
-        ("request", "max_tokens = true", "request.max_tokens: Input should be a valid integer, "
-         "not the boolean true"),
+        (
+            "request",
+            'temperature = "0.5"',
+            'request.temperature: Input should be a valid number, not the string "0.5"',
+        ),
+        (
+            "images",
+            'allow_truncated = "1"',
+            'images.allow_truncated: Input should be a valid boolean, not the string "1"',
+        ),
+        (
+            "images",
+            "allow_truncated = 1",
+            "images.allow_truncated: Input should be a valid boolean, not the integer 1",
+        ),
+        (
+            "request",
+            "max_tokens = true",
+            "request.max_tokens: Input should be a valid integer, not the boolean true",
+        ),
         ("run", "concurrency = 8.0", "run.concurrency: Input should be a valid integer, not the number 8.0"),
-        ("limits", 'budget_usd = "5"',
-         'limits.budget_usd: Input should be a valid number, not the string "5"'),
+        (
+            "limits",
+            'budget_usd = "5"',
+            'limits.budget_usd: Input should be a valid number, not the string "5"',
+        ),
         ("run", "output = 5", "run.output: Input should be a valid string, not the integer 5"),
     ],
 )
@@ -126,8 +155,11 @@ def test_wrong_types_are_refused_not_coerced(tmp_path: Path, section: str, line:
     text = GOOD.replace("max_tokens = 300\n", "") if line.startswith("max_tokens") else GOOD
     text = text.replace("concurrency = 8\n", "") if line.startswith("concurrency") else text
     text = text.replace('output = "out/{job}"\n', "") if line.startswith("output") else text
-    text = text.replace(f"[{section}]\n", f"[{section}]\n{line}\n") if f"[{section}]" in text else (
-        f"{text}\n[{section}]\n{line}\n")
+    text = (
+        text.replace(f"[{section}]\n", f"[{section}]\n{line}\n")
+        if f"[{section}]" in text
+        else (f"{text}\n[{section}]\n{line}\n")
+    )
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_job(path)
@@ -135,28 +167,45 @@ def test_wrong_types_are_refused_not_coerced(tmp_path: Path, section: str, line:
 
 
 def test_integers_are_still_taken_where_floats_are_expected(tmp_path: Path) -> None:
-    job = load_job(write(tmp_path, GOOD.replace("[run]", "[run]\nmax_retry_wait_s = 30\npoll_max_s = 5")
-                         + "\n[limits]\nbudget_usd = 5\nrpm = 50\n"))
+    job = load_job(
+        write(
+            tmp_path,
+            GOOD.replace("[run]", "[run]\nmax_retry_wait_s = 30\npoll_max_s = 5")
+            + "\n[limits]\nbudget_usd = 5\nrpm = 50\n",
+        )
+    )
     assert job.run.max_retry_wait_s == 30.0 and isinstance(job.run.max_retry_wait_s, float)
     assert job.limits.budget_usd == 5.0 and job.limits.rpm == 50.0
-    job = load_job(write(tmp_path, GOOD.replace('model = "claude-haiku-5-5"',
-                                                'model = "claude-haiku-4-5"\ntemperature = 1'), "t.toml"))
+    job = load_job(
+        write(
+            tmp_path,
+            GOOD.replace('model = "claude-haiku-5-5"', 'model = "claude-haiku-4-5"\ntemperature = 1'),
+            "t.toml",
+        )
+    )
     assert job.request.temperature == 1.0
 
 
 @pytest.mark.parametrize(
     ("output", "shown"),
-    [("out/{jobb}", "unknown placeholder {jobb}"), ("out/{0}", "unknown placeholder {0}"),
-     ("out/{}", "unknown placeholder {}"), ("out/{job.name}", "unknown placeholder {job.name}"),
-     ("out/{job!r}", "unknown placeholder {job!r}"), ("out/{job", "a single { or } outside a placeholder"),
-     ("out/job}", "a single { or } outside a placeholder")],
+    [
+        ("out/{jobb}", "unknown placeholder {jobb}"),
+        ("out/{0}", "unknown placeholder {0}"),
+        ("out/{}", "unknown placeholder {}"),
+        ("out/{job.name}", "unknown placeholder {job.name}"),
+        ("out/{job!r}", "unknown placeholder {job!r}"),
+        ("out/{job", "a single { or } outside a placeholder"),
+        ("out/job}", "a single { or } outside a placeholder"),
+    ],
 )
 def test_a_bad_output_placeholder_is_one_line_naming_the_key(tmp_path: Path, output: str, shown: str) -> None:
     path = write(tmp_path, GOOD.replace('output = "out/{job}"', f'output = "{output}"'))
     with pytest.raises(ConfigError) as info:
         load_job(path)
-    assert str(info.value) == (f"{path}: run.output: {shown}; only {{job}} (the job file's name) is "
-                               "replaced; write {{ and }} for literal braces")
+    assert str(info.value) == (
+        f"{path}: run.output: {shown}; only {{job}} (the job file's name) is "
+        "replaced; write {{ and }} for literal braces"
+    )
 
 
 def test_doubled_braces_are_literal_in_the_output(tmp_path: Path) -> None:
@@ -165,8 +214,11 @@ def test_doubled_braces_are_literal_in_the_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("output", ["out/{jobb}", "out/{0}"])
-def test_batcher_run_refuses_a_bad_output_placeholder_in_one_line(tmp_path: Path, simulator,  # type: ignore[no-untyped-def]
-                                                                  output: str) -> None:
+def test_batcher_run_refuses_a_bad_output_placeholder_in_one_line(
+    tmp_path: Path,
+    simulator,  # type: ignore[no-untyped-def]
+    output: str,
+) -> None:
     from tests.test_run_e2e import batcher, good_rows, messages_sent, write_job
 
     job = write_job(tmp_path, good_rows(tmp_path, 1))
@@ -174,15 +226,22 @@ def test_batcher_run_refuses_a_bad_output_placeholder_in_one_line(tmp_path: Path
     done = batcher(job, simulator)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines == [f"batcher: {job}: run.output: unknown placeholder {output[4:]}; only {{job}} (the job "
-                     "file's name) is replaced; write {{ and }} for literal braces"]
+    assert lines == [
+        f"batcher: {job}: run.output: unknown placeholder {output[4:]}; only {{job}} (the job "
+        "file's name) is replaced; write {{ and }} for literal braces"
+    ]
     assert messages_sent(simulator) == 0
 
 
-@pytest.mark.parametrize(("line", "key"),
-                         [('concurrency = "8"', "run.concurrency"), ('wait = "no"', "run.wait")])
-def test_batcher_run_refuses_a_quoted_number_or_boolean_in_one_line(tmp_path: Path, simulator,  # type: ignore[no-untyped-def]
-                                                                    line: str, key: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "key"), [('concurrency = "8"', "run.concurrency"), ('wait = "no"', "run.wait")]
+)
+def test_batcher_run_refuses_a_quoted_number_or_boolean_in_one_line(
+    tmp_path: Path,
+    simulator,  # type: ignore[no-untyped-def]
+    line: str,
+    key: str,
+) -> None:
     from tests.test_run_e2e import batcher, good_rows, messages_sent, write_job
 
     job = write_job(tmp_path, good_rows(tmp_path, 1))

@@ -14,17 +14,29 @@ from tests.test_run_e2e import batcher, good_rows, write_job
 
 @pytest.mark.parametrize(
     ("value", "shown"),
-    [(50, "50"), (8000, "8000"), (30_000, "30k"), (999_999, "1M"), (1_500_000, "1.5M"),
-     (99_950_000, "100M"), (999_999_999, "1G"), (4e12, "4T")],
+    [
+        (50, "50"),
+        (8000, "8000"),
+        (30_000, "30k"),
+        (999_999, "1M"),
+        (1_500_000, "1.5M"),
+        (99_950_000, "100M"),
+        (999_999_999, "1G"),
+        (4e12, "4T"),
+    ],
 )
 def test_short_numbers_pick_their_unit_after_rounding(value: float, shown: str) -> None:
     assert short_number(value) == shown
 
 
 def test_unlimited_kinds_are_not_shown_as_a_number() -> None:
-    snapshot = {"limits": {"requests": 1e9, "input-tokens": 1e9, "output-tokens": 1e9},
-                "api_remaining": {"requests": 1e9, "input-tokens": 1e9, "output-tokens": 1e9},
-                "source": "API", "in_flight": 0, "in_flight_limit": 8}
+    snapshot = {
+        "limits": {"requests": 1e9, "input-tokens": 1e9, "output-tokens": 1e9},
+        "api_remaining": {"requests": 1e9, "input-tokens": 1e9, "output-tokens": 1e9},
+        "source": "API",
+        "in_flight": 0,
+        "in_flight_limit": 8,
+    }
     assert describe(snapshot) == "no limits (API) | in flight 0/8"
     snapshot["limits"]["requests"] = 50
     snapshot["api_remaining"]["requests"] = 49
@@ -35,8 +47,12 @@ def test_status_after_a_run_without_limits_says_no_limits(tmp_path: Path, simula
     # The default simulator has no limits and reports them as a billion a minute, as "unlimited".
     job = write_job(tmp_path, good_rows(tmp_path, 2))
     assert batcher(job, simulator).returncode == 0
-    shown = subprocess.run([sys.executable, "-m", "batcher.cli", "status", str(tmp_path / "out")],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "status", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     line = next(x for x in shown.stdout.splitlines() if x.strip().startswith("limits"))
     assert "e+" not in line and "no limits (" in line, line
@@ -88,8 +104,11 @@ def test_an_output_folder_that_is_a_file_is_named_once(tmp_path: Path, simulator
 
 @pytest.mark.parametrize(
     ("errno_name", "filename", "shown"),
-    [("EEXIST", "/o", "File exists"), ("EACCES", "/o/.lock", "Permission denied: /o/.lock"),
-     ("EIO", None, "Input/output error")],
+    [
+        ("EEXIST", "/o", "File exists"),
+        ("EACCES", "/o/.lock", "Permission denied: /o/.lock"),
+        ("EIO", None, "Input/output error"),
+    ],
 )
 def test_os_reason_names_only_another_file(errno_name: str, filename: str | None, shown: str) -> None:
     import errno

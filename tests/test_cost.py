@@ -18,8 +18,12 @@ def test_plain_usage() -> None:
 
 def test_cache_reads_and_writes_priced_as_such() -> None:
     haiku4 = REG["claude-haiku-4-5"]
-    usage = {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 1_000_000,
-             "cache_creation_input_tokens": 1_000_000}
+    usage = {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_input_tokens": 1_000_000,
+        "cache_creation_input_tokens": 1_000_000,
+    }
     assert usage_cost(haiku4, usage) == pytest.approx(0.1 + 1.25)
     assert usage_cost(haiku4, usage, cache_ttl="1h") == pytest.approx(0.1 + 2.0)
 

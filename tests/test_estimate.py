@@ -34,8 +34,10 @@ HAIKU = REGISTRY["claude-haiku-5-5"]
 OPUS = REGISTRY["claude-opus-4-8"]
 
 
-PROSE = ("Write a one-line caption for this photograph. Name the main subject, the setting and the "
-         "light, and leave out anything you cannot see in the picture itself. ") * 12
+PROSE = (
+    "Write a one-line caption for this photograph. Name the main subject, the setting and the "
+    "light, and leave out anything you cannot see in the picture itself. "
+) * 12
 
 
 @pytest.mark.parametrize("profile", [HAIKU, OPUS, REGISTRY["claude-haiku-4-5"]], ids=lambda p: p.id)
@@ -50,8 +52,16 @@ def test_on_prose_the_text_estimate_is_near_the_simulators_tokenizer(profile) ->
     assert estimate_text_tokens("", profile) == sim_tokens.text_tokens("", f100) == 0
 
 
-@pytest.mark.parametrize(("size", "tokens"), [((200, 200), 64), ((1000, 1000), 1296), ((1092, 1092), 1521),
-                                              ((1075, 1520), 33 * 47), ((3840, 2160), 52 * 30)])
+@pytest.mark.parametrize(
+    ("size", "tokens"),
+    [
+        ((200, 200), 64),
+        ((1000, 1000), 1296),
+        ((1092, 1092), 1521),
+        ((1075, 1520), 33 * 47),
+        ((3840, 2160), 52 * 30),
+    ],
+)
 def test_image_tokens_by_the_patch_rule_after_sizing(size: tuple[int, int], tokens: int) -> None:
     # the guide's examples: 1075x1520 is sent at 924x1307, 3840x2160 at 1456x819
     assert sent_image_tokens(HAIKU, ImageOptions(), size, 1) == tokens
@@ -92,8 +102,9 @@ def test_the_count_body_drops_what_count_tokens_refuses() -> None:
 
 
 def test_a_sample_measures_the_text_error() -> None:
-    assert Sample(rows=2, input_tokens_exact=1100, input_tokens_estimated=1050,
-                  image_tokens=1000).text_ratio == pytest.approx(2.0)
+    assert Sample(
+        rows=2, input_tokens_exact=1100, input_tokens_estimated=1050, image_tokens=1000
+    ).text_ratio == pytest.approx(2.0)
 
 
 # --- against the simulator ---------------------------------------------------------------------
@@ -107,8 +118,11 @@ def _run_job(job: Path, sim, monkeypatch) -> dict:  # type: ignore[no-untyped-de
     return sim.sim.ledger.snapshot()
 
 
-def test_the_demo_estimate_matches_what_the_simulator_counts(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                              monkeypatch) -> None:
+def test_the_demo_estimate_matches_what_the_simulator_counts(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     job_path = write_demo(tmp_path)
     job, profile = load(job_path)
     est = estimate_job(job, profile)
@@ -119,8 +133,17 @@ def test_the_demo_estimate_matches_what_the_simulator_counts(tmp_path: Path, mak
     assert est.output_tokens_max == 24 * job.request.max_tokens >= ledger["output_tokens"]
 
 
-MIXED_SIZES = [(200, 200), (1000, 1000), (1092, 1092), (1075, 1520), (2000, 1500), (3840, 2160),
-               (4000, 300), (90, 1400), (2576, 1449)]
+MIXED_SIZES = [
+    (200, 200),
+    (1000, 1000),
+    (1092, 1092),
+    (1075, 1520),
+    (2000, 1500),
+    (3840, 2160),
+    (4000, 300),
+    (90, 1400),
+    (2576, 1449),
+]
 
 MIXED_JOB = """
 [input]
@@ -160,8 +183,12 @@ def mixed_job(folder: Path, model: str, extra: str = "") -> Path:
 
 
 @pytest.mark.parametrize("model", ["claude-haiku-5-5", "claude-opus-4-8"])
-def test_mixed_sizes_image_tokens_exact_input_within_5_percent(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                monkeypatch, model: str) -> None:
+def test_mixed_sizes_image_tokens_exact_input_within_5_percent(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+    model: str,
+) -> None:
     job_path = mixed_job(tmp_path, model)
     job, profile = load(job_path)
     est = estimate_job(job, profile)
@@ -184,10 +211,15 @@ def test_an_exact_sample_is_counted_by_the_api(tmp_path: Path, make_simulator, m
     picked = (0, 3, 6)
     f100 = sim_tokens.factor_hundredths(profile)
     framing = sim_tokens.MESSAGE_OVERHEAD + sim_tokens.IMAGE_BLOCK_OVERHEAD
-    text = sum(sim_tokens.text_tokens("You write alt text.", f100) + framing + sim_tokens.text_tokens(
-        f"Describe this picture in one line. nonce=one-{i}", f100) for i in picked)
-    assert est.sample.image_tokens == sum(sent_image_tokens(profile, ImageOptions(), MIXED_SIZES[i], 1)
-                                          for i in picked)
+    text = sum(
+        sim_tokens.text_tokens("You write alt text.", f100)
+        + framing
+        + sim_tokens.text_tokens(f"Describe this picture in one line. nonce=one-{i}", f100)
+        for i in picked
+    )
+    assert est.sample.image_tokens == sum(
+        sent_image_tokens(profile, ImageOptions(), MIXED_SIZES[i], 1) for i in picked
+    )
     assert est.sample.input_tokens_exact == est.sample.image_tokens + text
     assert est.sample.input_tokens_exact != est.sample.input_tokens_estimated
     counted = sim.sim.ledger.snapshot()["requests"]["POST /v1/messages/count_tokens"]
@@ -217,13 +249,16 @@ HOUSE_STYLE = (
     "1. One sentence, at most 25 words; no 'image of' or 'picture of'.\n"
     "2. Name the object first, then its material, then its colour (e.g. 'Bronze bowl, green patina').\n"
     "3. Dates as YYYY or YYYY-YYYY, sizes in cm (e.g. 12.5 x 30 cm), never inches.\n"
-    "4. Quote any visible inscription verbatim, in \"double quotes\".\n"
+    '4. Quote any visible inscription verbatim, in "double quotes".\n'
     "5. If unsure, say so: 'possibly', 'appears to be'. Do not guess a maker or a provenance.\n"
 ) * 4
 
 
-def test_an_exact_sample_brings_the_text_estimate_closer(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                         monkeypatch) -> None:
+def test_an_exact_sample_brings_the_text_estimate_closer(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     # a long system prompt, small images: text is most of the input, so the text estimate matters
     tmp_path.mkdir(exist_ok=True)
     rows = []
@@ -250,11 +285,15 @@ def test_an_exact_sample_brings_the_text_estimate_closer(tmp_path: Path, make_si
 
 
 def test_the_command_json_and_a_failing_row(tmp_path: Path) -> None:
-    job_path = mixed_job(tmp_path, "claude-haiku-5-5", extra='\n[limits]\nrpm = 60\nbudget_usd = 0.001\n')
+    job_path = mixed_job(tmp_path, "claude-haiku-5-5", extra="\n[limits]\nrpm = 60\nbudget_usd = 0.001\n")
     with (tmp_path / "manifest.jsonl").open("a") as fh:
         fh.write(json.dumps({"id": "gone", "image": "nope.jpg"}) + "\n")
-    done = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job_path), "--json"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "estimate", str(job_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     est = json.loads(done.stdout)
     for key in ("rows", "images", "input_tokens", "output_tokens_max", "cost_usd_online", "cost_usd_batch"):
@@ -265,16 +304,25 @@ def test_the_command_json_and_a_failing_row(tmp_path: Path) -> None:
     half = est["cost_usd_online"] * HAIKU.prices.batch_discount
     assert est["cost_usd_batch"] == pytest.approx(half, rel=1e-5)
     # rpm = 60 is the job's; input and output start at the lowest tier's (30k / 8k a minute)
-    assert est["time_s"] == pytest.approx(run_time_s(est["rows"] - 1, est["input_tokens"],
-                                                     est["output_tokens_max"], 60, 30_000, 8_000))
+    assert est["time_s"] == pytest.approx(
+        run_time_s(est["rows"] - 1, est["input_tokens"], est["output_tokens_max"], 60, 30_000, 8_000)
+    )
     assert est["limits_source"].startswith("job [limits] over tier-1")
 
-    text = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job_path)],
-                          capture_output=True, text=True, timeout=60)
+    text = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "estimate", str(job_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert text.returncode == 0 and "cost batch" in text.stdout and "budget" in text.stdout
 
-    bad = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(tmp_path / "nope.toml")],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "estimate", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "nope.toml" in bad.stderr
 
 
@@ -289,18 +337,25 @@ def test_the_time_is_at_the_tier_a_job_names_or_the_lowest(tmp_path: Path) -> No
     assert est.time_s == run_time_s(est.rows, est.input_tokens, est.output_tokens_max, 50, 30_000, 8_000)
 
 
-def test_after_a_run_the_time_is_at_the_limits_the_api_reported(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                monkeypatch) -> None:
+def test_after_a_run_the_time_is_at_the_limits_the_api_reported(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    monkeypatch,
+) -> None:
     from batcher.simulator.config import RateLimits
 
     job_path = mixed_job(tmp_path, "claude-haiku-5-5")
-    _run_job(job_path, make_simulator(SimConfig(limits=RateLimits(rpm=600, itpm=2_000_000,
-                                                                  otpm=400_000))), monkeypatch)
+    _run_job(
+        job_path,
+        make_simulator(SimConfig(limits=RateLimits(rpm=600, itpm=2_000_000, otpm=400_000))),
+        monkeypatch,
+    )
     job, profile = load(job_path)
     est = estimate_job(job, profile)
     assert est.limits_source is not None and "learned from the API" in est.limits_source
-    assert est.time_s == run_time_s(est.rows, est.input_tokens, est.output_tokens_max,
-                                    600, 2_000_000, 400_000)
+    assert est.time_s == run_time_s(
+        est.rows, est.input_tokens, est.output_tokens_max, 600, 2_000_000, 400_000
+    )
 
 
 def test_the_sample_spreads_over_the_manifest() -> None:

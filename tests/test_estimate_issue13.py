@@ -55,8 +55,15 @@ def _records(names: list[str], n: int) -> list[dict]:
         image: str | list[str] = names[i % len(names)]
         if i % 7 == 3:
             image = [names[i % len(names)], names[(i + 1) % len(names)]]
-        rows.append({"id": f"r{i}", "image": image, "title": TITLES[i % len(TITLES)],
-                     "prompt": f"What is in picture {i}?", "n": i})
+        rows.append(
+            {
+                "id": f"r{i}",
+                "image": image,
+                "title": TITLES[i % len(TITLES)],
+                "prompt": f"What is in picture {i}?",
+                "n": i,
+            }
+        )
     trouble = [
         {"id": "url", "image": "https://example.test/a.png", "title": "by URL"},
         {"id": "url-list", "image": ["https://example.test/b.png", names[0]], "title": "mixed"},
@@ -96,11 +103,18 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    images = [r["image"] if isinstance(r["image"], list) else [r["image"]] if r["image"] else []
-              for r in rows]
-    table = pa.table({"id": [r["id"] for r in rows], "image": pa.array(images, pa.list_(pa.string())),
-                      "title": [r["title"] or None for r in rows], "prompt": [r["prompt"] for r in rows],
-                      "n": [float("nan") if r["n"] == 1003 else float(r["n"]) for r in rows]})
+    images = [
+        r["image"] if isinstance(r["image"], list) else [r["image"]] if r["image"] else [] for r in rows
+    ]
+    table = pa.table(
+        {
+            "id": [r["id"] for r in rows],
+            "image": pa.array(images, pa.list_(pa.string())),
+            "title": [r["title"] or None for r in rows],
+            "prompt": [r["prompt"] for r in rows],
+            "n": [float("nan") if r["n"] == 1003 else float(r["n"]) for r in rows],
+        }
+    )
     pq.write_table(table, path, row_group_size=7)
 
 
@@ -129,9 +143,15 @@ def test_csv_by_chunks_equals_row_by_row(tmp_path: Path, prompt: dict, model: st
     names = _images(tmp_path)
     rows = _records(names, 60)
     # a row with a cell too many, one with bytes that are not UTF-8, one with a stray quote
-    _write_csv(tmp_path / "m.csv", rows, extra_lines={5: b"x1,img0.jpg,t,p,1,extra",
-                                                       9: b"x2,img1.jpg,caf\xe9,p,2",
-                                                       12: b'x3,"img2.jpg"z,t,p,3'})
+    _write_csv(
+        tmp_path / "m.csv",
+        rows,
+        extra_lines={
+            5: b"x1,img0.jpg,t,p,1,extra",
+            9: b"x2,img1.jpg,caf\xe9,p,2",
+            12: b'x3,"img2.jpg"z,t,p,3',
+        },
+    )
     job, profile = _job(tmp_path, "m.csv", model, extra="[images]\nmax_image_tokens = 900")
     manifest = _opened(tmp_path / "m.csv", prompt)
     by_chunks, by_rows = _both(manifest, job, profile)
@@ -163,14 +183,22 @@ def _plain_csv(path: Path, n: int, names: list[str], *, quoted: bool = False) ->
 
 
 @pytest.mark.parametrize("quoted", [False, True])
-def test_a_csv_arrow_can_read_is_read_by_arrow_with_the_same_figures(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
-                                                                    quoted: bool) -> None:
+def test_a_csv_arrow_can_read_is_read_by_arrow_with_the_same_figures(
+    tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+    quoted: bool,
+) -> None:
 
     names = _images(tmp_path)
     _plain_csv(tmp_path / "m.csv", 3000, names, quoted=quoted)
     job, profile = _job(tmp_path, "m.csv")
-    manifest = open_manifest(tmp_path / "m.csv", id_column="id", image_column="image", prompt_column=None,
-                             prompt_template="Describe {title}")
+    manifest = open_manifest(
+        tmp_path / "m.csv",
+        id_column="id",
+        image_column="image",
+        prompt_column=None,
+        prompt_template="Describe {title}",
+    )
     manifest.check()
     arrow_used = spy_arrow_chunks(monkeypatch)
     by_chunks, by_rows = _both(manifest, job, profile)
@@ -178,10 +206,21 @@ def test_a_csv_arrow_can_read_is_read_by_arrow_with_the_same_figures(tmp_path: P
     assert by_chunks == by_rows and by_rows["rows_failing"] == 0
 
 
-@pytest.mark.parametrize("trouble", [b"r-x,img0.jpg,one,cell too many", b"r-x,img0.jpg,caf\xe9",
-                                     b"   ", b'r-x,"img0.jpg",quoted', b'r-x,"img0.jpg"x,quoted'])
-def test_arrow_hands_over_to_the_csv_module_where_they_would_differ(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
-                                                                   trouble: bytes) -> None:
+@pytest.mark.parametrize(
+    "trouble",
+    [
+        b"r-x,img0.jpg,one,cell too many",
+        b"r-x,img0.jpg,caf\xe9",
+        b"   ",
+        b'r-x,"img0.jpg",quoted',
+        b'r-x,"img0.jpg"x,quoted',
+    ],
+)
+def test_arrow_hands_over_to_the_csv_module_where_they_would_differ(
+    tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+    trouble: bytes,
+) -> None:
     import batcher.manifest as manifest_module
 
     monkeypatch.setattr(manifest_module, "_ARROW_CSV_BLOCK", 16 * 1024)  # many chunks before the line
@@ -191,8 +230,13 @@ def test_arrow_hands_over_to_the_csv_module_where_they_would_differ(tmp_path: Pa
     lines.insert(3500, trouble)
     (tmp_path / "m.csv").write_bytes(b"\n".join(lines))
     job, profile = _job(tmp_path, "m.csv")
-    manifest = open_manifest(tmp_path / "m.csv", id_column="id", image_column="image", prompt_column=None,
-                             prompt_template="Describe {title}")
+    manifest = open_manifest(
+        tmp_path / "m.csv",
+        id_column="id",
+        image_column="image",
+        prompt_column=None,
+        prompt_template="Describe {title}",
+    )
     manifest.check()
     by_chunks, by_rows = _both(manifest, job, profile)
     assert by_chunks == by_rows
@@ -245,8 +289,12 @@ def test_image_headers_are_read_once_per_distinct_image_cell(tmp_path: Path, mon
 
 def _opened(path: Path, prompt: dict) -> Manifest:
     """The manifest at ``path`` with one of PROMPTS' ways of making the prompt, checked."""
-    manifest = open_manifest(path, id_column="id", image_column="image",
-                             prompt_column=prompt.get("prompt_column"),
-                             prompt_template=prompt.get("prompt_template"))
+    manifest = open_manifest(
+        path,
+        id_column="id",
+        image_column="image",
+        prompt_column=prompt.get("prompt_column"),
+        prompt_template=prompt.get("prompt_template"),
+    )
     manifest.check()
     return manifest

@@ -71,7 +71,8 @@ async def test_answers_keep_coming_while_a_part_is_written(make_simulator, tmp_p
             pipeline = _pipeline(client, 4, CountingPool(), state)  # type: ignore[arg-type]
             pipeline.sink = sink
             pipeline.job = pipeline.job.model_copy(
-                update={"run": pipeline.job.run.model_copy(update={"part_rows": 10})})
+                update={"run": pipeline.job.run.model_copy(update={"part_rows": 10})}
+            )
             pipeline.on_result = lambda _result: answered.append(time.monotonic())
             await pipeline.run(_rows(60))
         assert stall.windows, "no part was written during the run"

@@ -102,8 +102,10 @@ def test_bucket_refills_continuously_and_pauses_after_429() -> None:
 
 
 def test_listing_names_each_file_and_the_total() -> None:
-    records = [FileRecord("a" * 64, "file_1", 1200, 0.0, None),
-               FileRecord("b" * 64, "file_2", 34, 0.0, 100.0)]
+    records = [
+        FileRecord("a" * 64, "file_1", 1200, 0.0, None),
+        FileRecord("b" * 64, "file_2", 34, 0.0, 100.0),
+    ]
     lines = list_lines(records, now=200.0)
     assert "file_1" in lines[1] and "1,200" in lines[1] and "never" in lines[1]
     assert "file_2" in lines[2] and "(expired)" in lines[2]
@@ -179,13 +181,13 @@ async def test_a_stale_id_is_replaced_once_for_all_who_name_it(simulator: Any, s
 
 
 @pytest.mark.anyio
-async def test_expiry_is_asked_for_and_a_recorded_expiry_means_upload_again(simulator: Any,
-                                                                             state: Any) -> None:
+async def test_expiry_is_asked_for_and_a_recorded_expiry_means_upload_again(
+    simulator: Any, state: Any
+) -> None:
     image = jpeg((0, 0, 200))
     now = [1_000_000.0]
     async with Client("k", simulator.base_url) as client:
-        uploader = FileUploader(client, state, expires_in_s=3600, budget=fast_budget(),
-                                clock=lambda: now[0])
+        uploader = FileUploader(client, state, expires_in_s=3600, budget=fast_budget(), clock=lambda: now[0])
         first = await uploader.file_id(image, "b.jpg")
         record = state.get_file(image.sha256)
         # The API's own expires_at (wall time), not the uploader's clock, is what is recorded.
@@ -255,8 +257,12 @@ async def test_uploads_keep_within_the_files_budget(make_simulator: Any, state: 
     sim = make_simulator(SimConfig(limits=RateLimits(files_rpm=600.0, burst_window_s=1.0)))
     images = [jpeg((i * 16, 7, 7)) for i in range(16)]
     async with Client("k", sim.base_url) as client:
-        budget = FilesBudget(rpm=6000.0, concurrency=8,
-                             policy=RetryPolicy(max_attempts=8, max_wait_s=30.0), rng=random.Random(1))
+        budget = FilesBudget(
+            rpm=6000.0,
+            concurrency=8,
+            policy=RetryPolicy(max_attempts=8, max_wait_s=30.0),
+            rng=random.Random(1),
+        )
         uploader = FileUploader(client, state, budget=budget)
         async with anyio.create_task_group() as tg:
             for n, img in enumerate(images):
@@ -291,14 +297,16 @@ def test_the_expiry_margin_follows_the_mode_and_never_exceeds_half_the_life(stat
 
 
 @pytest.mark.anyio
-async def test_an_image_uploaded_with_a_short_life_is_reused_in_batch_mode(simulator: Any,
-                                                                          state: Any) -> None:
+async def test_an_image_uploaded_with_a_short_life_is_reused_in_batch_mode(
+    simulator: Any, state: Any
+) -> None:
     from batcher.files import BATCH_EXPIRY_MARGIN_S
 
     image = jpeg((123, 45, 67))
     async with Client("k", simulator.base_url) as client:
-        uploader = FileUploader(client, state, expires_in_s=3600, margin_s=BATCH_EXPIRY_MARGIN_S,
-                                budget=fast_budget())
+        uploader = FileUploader(
+            client, state, expires_in_s=3600, margin_s=BATCH_EXPIRY_MARGIN_S, budget=fast_budget()
+        )
         ids = {await uploader.file_id(image, "x.jpg") for _ in range(3)}
     assert len(ids) == 1 and uploads(simulator) == {image.sha256: 1}
 

@@ -57,8 +57,9 @@ def make_images(folder: Path, n: int) -> list[str]:
     return names
 
 
-def write_job(tmp: Path, rows: list[dict], *, concurrency: int = 16, delete_at_end: bool = False,
-              extra: str = "") -> Path:
+def write_job(
+    tmp: Path, rows: list[dict], *, concurrency: int = 16, delete_at_end: bool = False, extra: str = ""
+) -> Path:
     with (tmp / "manifest.jsonl").open("w") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
@@ -68,8 +69,11 @@ def write_job(tmp: Path, rows: list[dict], *, concurrency: int = 16, delete_at_e
 
 
 def rows_over(images: list[str], questions: int, start: int = 0) -> list[dict]:
-    return [{"id": f"r{img[-7:-4]}-q{q}", "image": img, "q": q}
-            for q in range(start, start + questions) for img in images]
+    return [
+        {"id": f"r{img[-7:-4]}-q{q}", "image": img, "q": q}
+        for q in range(start, start + questions)
+        for img in images
+    ]
 
 
 def run_job(job: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
@@ -95,7 +99,8 @@ def results(out: Path) -> dict[str, dict]:
 
 
 def test_300_rows_over_30_images_upload_30_and_a_rerun_uploads_nothing(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = make_images(tmp_path / "images", 30)
     job = write_job(tmp_path, rows_over(images, 10), concurrency=32)
 
@@ -137,7 +142,8 @@ def test_300_rows_over_30_images_upload_30_and_a_rerun_uploads_nothing(
 
 
 def test_fifty_concurrent_rows_on_one_image_upload_it_once(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (image,) = make_images(tmp_path / "images", 1)
     job = write_job(tmp_path, rows_over([image], 50), concurrency=50, extra="files_expire_s = 7200")
     code, err = run_job(job, simulator, monkeypatch)
@@ -158,7 +164,8 @@ def test_fifty_concurrent_rows_on_one_image_upload_it_once(
 
 
 def test_deleted_and_expired_file_ids_are_uploaded_again_once(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = make_images(tmp_path / "images", 4)
     job = write_job(tmp_path, rows_over(images, 1), concurrency=8)
     assert run_job(job, simulator, monkeypatch)[0] == 0
@@ -195,7 +202,8 @@ def test_deleted_and_expired_file_ids_are_uploaded_again_once(
 
 
 def test_an_upload_failure_fails_only_the_rows_that_need_that_image(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from batcher.api import errors
 
     images = make_images(tmp_path / "images", 3)
@@ -204,8 +212,9 @@ def test_an_upload_failure_fails_only_the_rows_that_need_that_image(
 
     async def refuse_img001(self: Client, data: bytes, filename: str, *args: Any, **kw: Any) -> Any:
         if filename.startswith("img001"):
-            raise errors.from_response(400, {"error": {"type": "invalid_request_error",
-                                                       "message": "refused for the test"}}, {})
+            raise errors.from_response(
+                400, {"error": {"type": "invalid_request_error", "message": "refused for the test"}}, {}
+            )
         return await real_upload(self, data, filename, *args, **kw)
 
     monkeypatch.setattr(Client, "upload_file", refuse_img001)
@@ -223,7 +232,8 @@ def test_an_upload_failure_fails_only_the_rows_that_need_that_image(
 
 
 def test_an_upload_out_of_retries_leaves_its_rows_for_the_next_run(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from batcher.api import errors
 
     images = make_images(tmp_path / "images", 2)
@@ -235,8 +245,9 @@ def test_an_upload_out_of_retries_leaves_its_rows_for_the_next_run(
         if filename.startswith("img001"):
             tries[filename] += 1
             # retry-after 0: the retries happen at once, so the test stays fast.
-            raise errors.from_response(529, {"error": {"type": "overloaded_error", "message": "busy"}},
-                                       {"retry-after": "0"})
+            raise errors.from_response(
+                529, {"error": {"type": "overloaded_error", "message": "busy"}}, {"retry-after": "0"}
+            )
         return await real_upload(self, data, filename, *args, **kw)
 
     monkeypatch.setattr(Client, "upload_file", overloaded_for_img001)
@@ -254,8 +265,9 @@ def test_an_upload_out_of_retries_leaves_its_rows_for_the_next_run(
     assert set(ledger(simulator)["uploads_by_hash"].values()) == {1}
 
 
-def test_files_list_delete_and_delete_at_end(tmp_path: Path, simulator: Any,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_list_delete_and_delete_at_end(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = make_images(tmp_path / "images", 3)
     job = write_job(tmp_path, rows_over(images, 2))
     assert run_job(job, simulator, monkeypatch)[0] == 0
@@ -295,15 +307,19 @@ def test_files_list_delete_and_delete_at_end(tmp_path: Path, simulator: Any,
 
 
 def test_a_401_on_an_upload_stops_the_job_as_fatal(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from batcher.api import errors
 
     images = make_images(tmp_path / "images", 3)
     job = write_job(tmp_path, rows_over(images, 2), concurrency=2)
 
     async def key_revoked(self: Client, *args: Any, **kw: Any) -> Any:
-        raise errors.from_response(401, {"type": "error", "error": {"type": "authentication_error",
-                                                                    "message": "invalid x-api-key"}}, {})
+        raise errors.from_response(
+            401,
+            {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}},
+            {},
+        )
 
     monkeypatch.setattr(Client, "upload_file", key_revoked)
     code, err = run_job(job, simulator, monkeypatch)

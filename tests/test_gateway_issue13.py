@@ -18,38 +18,46 @@ from tests.test_runner_models import BEFORE, requests, run_job, write_job
 API_404 = {"type": "error", "error": {"type": "not_found_error", "message": "model: x"}, "request_id": "r"}
 
 
-@pytest.mark.parametrize(("body", "shaped"), [
-    (API_404, True),
-    ({"message": "no Route matched with those values"}, False),
-    ({"error": {"type": "not_found_error", "message": "x"}}, False),  # no envelope type
-    ({"type": "error", "error": "Not Found"}, False),
-    ("<html>404</html>", False),
-    ("", False),
-    (None, False),
-])
+@pytest.mark.parametrize(
+    ("body", "shaped"),
+    [
+        (API_404, True),
+        ({"message": "no Route matched with those values"}, False),
+        ({"error": {"type": "not_found_error", "message": "x"}}, False),  # no envelope type
+        ({"type": "error", "error": "Not Found"}, False),
+        ("<html>404</html>", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_the_api_error_shape_is_recognised(body: Any, shaped: bool) -> None:
     assert is_api_error_body(body) is shaped
     assert from_response(404, body, {}).api_shaped is shaped
 
 
-@pytest.mark.parametrize(("status", "shaped", "error_type", "verdict"), [
-    (404, True, "not_found_error", "unknown_model"),
-    (404, False, "not_found_error", "no_models_route"),  # the type a bare 404 defaults to
-    (405, False, "api_error", "no_models_route"),
-    (501, False, "api_error", "no_models_route"),
-    (405, True, "invalid_request_error", "error"),
-    (500, False, "api_error", "error"),
-    (403, False, "permission_error", "error"),
-    (400, True, "invalid_request_error", "error"),
-])
-def test_what_an_error_from_the_models_api_means(status: int, shaped: bool, error_type: str,
-                                                  verdict: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "shaped", "error_type", "verdict"),
+    [
+        (404, True, "not_found_error", "unknown_model"),
+        (404, False, "not_found_error", "no_models_route"),  # the type a bare 404 defaults to
+        (405, False, "api_error", "no_models_route"),
+        (501, False, "api_error", "no_models_route"),
+        (405, True, "invalid_request_error", "error"),
+        (500, False, "api_error", "error"),
+        (403, False, "permission_error", "error"),
+        (400, True, "invalid_request_error", "error"),
+    ],
+)
+def test_what_an_error_from_the_models_api_means(
+    status: int, shaped: bool, error_type: str, verdict: str
+) -> None:
     assert model_check_verdict(status, shaped, error_type) == verdict
 
 
 @pytest.mark.parametrize("status", [404, 405, 501])
 def test_a_gateway_without_the_models_api_warns_once_and_runs_with_the_tables_profile(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE, models_route_missing=status))
     code, err = run_job(write_job(tmp_path), sim, monkeypatch, today=BEFORE)
     assert code == EXIT_OK, err
@@ -61,8 +69,9 @@ def test_a_gateway_without_the_models_api_warns_once_and_runs_with_the_tables_pr
     assert sent["GET /v1/models/{id}"] == 1 and sent["POST /v1/messages"] == 2, sent
 
 
-def test_the_apis_own_not_found_still_refuses(tmp_path: Path, make_simulator: Any,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_apis_own_not_found_still_refuses(
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE))
     code, err = run_job(write_job(tmp_path, model="claude-nonesuch-9"), sim, monkeypatch, today=BEFORE)
     assert code == EXIT_CONFIG and "does not know 'claude-nonesuch-9'" in err
@@ -70,7 +79,8 @@ def test_the_apis_own_not_found_still_refuses(tmp_path: Path, make_simulator: An
 
 
 def test_behind_a_gateway_a_model_missing_from_the_table_is_probed(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE, models_route_missing=404))
     newer = dataclasses.replace(sim.sim.registry.get("claude-haiku-5-5"), id="claude-newer-1", ids=())
     sim.sim.registry = sim.sim.registry.with_profile(newer)
@@ -82,7 +92,8 @@ def test_behind_a_gateway_a_model_missing_from_the_table_is_probed(
 
 
 def test_behind_a_gateway_a_model_nobody_knows_is_refused_by_the_probe(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE, models_route_missing=404))
     code, err = run_job(write_job(tmp_path, model="claude-nonesuch-9"), sim, monkeypatch, today=BEFORE)
     lines = err.strip().splitlines()

@@ -99,12 +99,17 @@ def test_derive_id_depends_on_content_only() -> None:
 
 
 def test_csv_rows_with_bom_lists_and_template(tmp_path: Path) -> None:
-    path = _csv(tmp_path / "m.csv", ["id", "image", "title"], [
-        ["r1", "a.jpg", "Cat"],
-        ["r2", '["b.jpg","https://x.test/c.png"]', "Dog"],
-        ["r3", "", "Empty"],
-        ["r4", "d.jpg", ""],
-    ], bom=True)
+    path = _csv(
+        tmp_path / "m.csv",
+        ["id", "image", "title"],
+        [
+            ["r1", "a.jpg", "Cat"],
+            ["r2", '["b.jpg","https://x.test/c.png"]', "Dog"],
+            ["r3", "", "Empty"],
+            ["r4", "d.jpg", ""],
+        ],
+        bom=True,
+    )
     m = _open(path, id_column="id", prompt_template="Describe {title}")
     m.check()
     assert m.columns == ["id", "image", "title"]
@@ -127,15 +132,23 @@ def test_csv_prompt_column_and_empty_prompt(tmp_path: Path) -> None:
     assert rows[1].error is not None and rows[1].error.error_type == "bad_row"
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"image_column": "img"},
-     r"^input\.image_column: column 'img' is not in m\.csv \(columns: id, image, title\)$"),
-    ({"id_column": "key"}, r"^input\.id_column: column 'key' is not in m\.csv"),
-    ({"prompt_column": "p"}, r"^input\.prompt_column: column 'p' is not in m\.csv"),
-    ({"prompt_template": "Describe {author}"},
-     r"^input\.prompt: template field \{author\} is not a column of m\.csv \(columns: id, image, title\)$"),
-    ({"prompt_template": "Describe {a.b}"}, r"^input\.prompt: template field \{a\.b\} must be a plain"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (
+            {"image_column": "img"},
+            r"^input\.image_column: column 'img' is not in m\.csv \(columns: id, image, title\)$",
+        ),
+        ({"id_column": "key"}, r"^input\.id_column: column 'key' is not in m\.csv"),
+        ({"prompt_column": "p"}, r"^input\.prompt_column: column 'p' is not in m\.csv"),
+        (
+            {"prompt_template": "Describe {author}"},
+            r"^input\.prompt: template field \{author\} is not a column of m\.csv "
+            r"\(columns: id, image, title\)$",
+        ),
+        ({"prompt_template": "Describe {a.b}"}, r"^input\.prompt: template field \{a\.b\} must be a plain"),
+    ],
+)
 def test_csv_check_names_file_and_key(tmp_path: Path, kw: dict, match: str) -> None:
     path = _csv(tmp_path / "m.csv", ["id", "image", "title"], [["1", "a.jpg", "t"]])
     with pytest.raises(ManifestError, match=match):
@@ -174,8 +187,11 @@ def test_derived_ids_stable_when_manifest_grows(tmp_path: Path) -> None:
 
 
 def test_identical_rows_without_id_are_reported_as_duplicates(tmp_path: Path) -> None:
-    path = _csv(tmp_path / "m.csv", ["image", "title"],
-                [["a.jpg", "x"], ["b.jpg", "y"], ["a.jpg", "x"], ["c.jpg", "z"], ["a.jpg", "x"]])
+    path = _csv(
+        tmp_path / "m.csv",
+        ["image", "title"],
+        [["a.jpg", "x"], ["b.jpg", "y"], ["a.jpg", "x"], ["c.jpg", "z"], ["a.jpg", "x"]],
+    )
     rows = list(_open(path, prompt_template="{title}").rows())
     with JobState.open(tmp_path / "out") as state:
         report = state.sync_rows(rows)
@@ -230,20 +246,28 @@ def test_parquet_rows_native_types_and_lists(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "key": pa.array([10, 11, 12], pa.int32()),
-        "image": pa.array([["a.jpg"], ["b.jpg", "c.jpg"], []], pa.list_(pa.string())),
-        "score": pa.array([0.5, None, 1.5]),
-        "flag": pa.array([True, False, None]),
-        "title": pa.array(["A", None, "C"]),
-        "when": pa.array([1, 2, 3], pa.timestamp("s")),
-    })
+    table = pa.table(
+        {
+            "key": pa.array([10, 11, 12], pa.int32()),
+            "image": pa.array([["a.jpg"], ["b.jpg", "c.jpg"], []], pa.list_(pa.string())),
+            "score": pa.array([0.5, None, 1.5]),
+            "flag": pa.array([True, False, None]),
+            "title": pa.array(["A", None, "C"]),
+            "when": pa.array([1, 2, 3], pa.timestamp("s")),
+        }
+    )
     path = tmp_path / "m.parquet"
     pq.write_table(table, path, row_group_size=2)
     m = _open(path, id_column="key", prompt_template="Title {title}")
     m.check()
-    assert m.field_types() == {"key": "int64", "image": "string", "score": "double", "flag": "bool",
-                               "title": "string", "when": "string"}
+    assert m.field_types() == {
+        "key": "int64",
+        "image": "string",
+        "score": "double",
+        "flag": "bool",
+        "title": "string",
+        "when": "string",
+    }
     rows = list(m.rows())
     assert [r.id for r in rows] == ["10", "11", "12"]
     assert rows[0].fields["score"] == 0.5 and rows[0].fields["flag"] is True and rows[0].error is None

@@ -19,8 +19,12 @@ from tests.test_run_e2e import batcher, make_images, messages_sent, results_by_i
 
 
 def _open(path: Path, **kw):  # type: ignore[no-untyped-def]
-    args = {"id_column": "id", "image_column": "image", "prompt_column": None,
-            "prompt_template": "Describe {title}"}
+    args = {
+        "id_column": "id",
+        "image_column": "image",
+        "prompt_column": None,
+        "prompt_template": "Describe {title}",
+    }
     args.update(kw)
     return open_manifest(path, **args)
 
@@ -38,8 +42,9 @@ def _errors(rows: list[Row]) -> dict[int, str]:
 # --- pure helpers ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "n"), [("", 0), ("a", 1), ("a\n", 1), ("a\r\nb", 2), ("a\rb\r", 2),
-                                         ("\n\n", 2), ("a\n\rb", 3)])
+@pytest.mark.parametrize(
+    ("text", "n"), [("", 0), ("a", 1), ("a\n", 1), ("a\r\nb", 2), ("a\rb\r", 2), ("\n\n", 2), ("a\n\rb", 3)]
+)
 def test_count_lines_counts_as_the_reader_splits(text: str, n: int) -> None:
     import io
 
@@ -58,17 +63,20 @@ def test_utf8_problem_names_line_column_and_byte() -> None:
 def test_a_row_with_more_or_fewer_cells_is_an_error_on_that_row_only(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_text(
-        "id,image,title\n"                      # line 1
-        "r1,a.jpg,Cat\n"                        # 2
-        "r2,b.jpg,Dog, with a comma\n"          # 3: an unquoted extra comma
-        "\n"                                    # 4: blank, skipped
-        "r3,c.jpg\n"                            # 5: a cell short
-        'r4,d.jpg,"two\nlines, quoted"\n'       # 6-7: a legitimate multi-line cell
-        "r5,e.jpg,Cow\n")                       # 8
+        "id,image,title\n"  # line 1
+        "r1,a.jpg,Cat\n"  # 2
+        "r2,b.jpg,Dog, with a comma\n"  # 3: an unquoted extra comma
+        "\n"  # 4: blank, skipped
+        "r3,c.jpg\n"  # 5: a cell short
+        'r4,d.jpg,"two\nlines, quoted"\n'  # 6-7: a legitimate multi-line cell
+        "r5,e.jpg,Cow\n"
+    )  # 8
     rows = _rows(path)
     assert [r.index for r in rows] == [0, 1, 2, 3, 4]
-    assert _errors(rows) == {1: "line 3 has 4 cells where the header has 3",
-                             2: "line 5 has 2 cells where the header has 3"}
+    assert _errors(rows) == {
+        1: "line 3 has 4 cells where the header has 3",
+        2: "line 5 has 2 cells where the header has 3",
+    }
     assert all(rows[i].error.error_type == "bad_row" for i in (1, 2))  # type: ignore[union-attr]
     assert rows[0].prompt == "Describe Cat" and rows[4].prompt == "Describe Cow"
     assert rows[3].prompt == "Describe two\nlines, quoted" and rows[3].id == "r4"
@@ -81,31 +89,44 @@ def test_a_stray_quote_closed_later_makes_one_bad_row_naming_where_it_ran(tmp_pa
     # the quote opened on line 2 is closed by the one that opens "Cow" on line 4: the csv module's
     # default would make lines 2-4 one row of three cells, the middle rows swallowed without a word
     path = tmp_path / "m.csv"
-    path.write_text('id,image,title\nr1,a.jpg,"Cat\nr2,b.jpg,Dog\nr3,c.jpg,"Cow"\nr4,d.jpg,Ox\n'
-                    'r5,"e.jpg" ,Ox\nr6,f.jpg,"a ""quoted"" word, and a comma"\n')
+    path.write_text(
+        'id,image,title\nr1,a.jpg,"Cat\nr2,b.jpg,Dog\nr3,c.jpg,"Cow"\nr4,d.jpg,Ox\n'
+        'r5,"e.jpg" ,Ox\nr6,f.jpg,"a ""quoted"" word, and a comma"\n'
+    )
     rows = _rows(path)
-    after = ("a quoted cell goes on after its closing quote (',' expected after '\"'; a quote inside one "
-             'is written "")')
-    assert _errors(rows) == {0: f"line 2 (a row running on to line 4: is a quote left open?): {after}",
-                             2: f"line 6: {after}"}
+    after = (
+        "a quoted cell goes on after its closing quote (',' expected after '\"'; a quote inside one "
+        'is written "")'
+    )
+    assert _errors(rows) == {
+        0: f"line 2 (a row running on to line 4: is a quote left open?): {after}",
+        2: f"line 6: {after}",
+    }
     assert [r.id for r in rows if r.error is None] == ["r4", "r6"]
     assert rows[3].prompt == 'Describe a "quoted" word, and a comma'
 
 
-@pytest.mark.parametrize(("text", "line"), [
-    ('id,image,title\nr1,a.jpg,Cat\nr2,b.jpg,"Dog\nr3,c.jpg,Cow\nr4,d.jpg,Ox\n', 3),
-    ('id,image,title\nr1,a.jpg,Cat\nr2,b.jpg,"Dog', 3),        # no newline at the end
-    ('id,image,title\nr1,a.jpg,Cat\nr2,"b\n.jpg","Dog\nr3,c.jpg,Cow\n', 4),  # after a good 2-line cell
-    ('id,image,title\r\nr1,a.jpg,Cat\r\nr2,b.jpg,"\r\n', 3),
-])
-def test_a_quote_open_at_the_end_is_a_manifest_error_naming_its_line(tmp_path: Path, text: str,
-                                                                     line: int) -> None:
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('id,image,title\nr1,a.jpg,Cat\nr2,b.jpg,"Dog\nr3,c.jpg,Cow\nr4,d.jpg,Ox\n', 3),
+        ('id,image,title\nr1,a.jpg,Cat\nr2,b.jpg,"Dog', 3),  # no newline at the end
+        ('id,image,title\nr1,a.jpg,Cat\nr2,"b\n.jpg","Dog\nr3,c.jpg,Cow\n', 4),  # after a good 2-line cell
+        ('id,image,title\r\nr1,a.jpg,Cat\r\nr2,b.jpg,"\r\n', 3),
+    ],
+)
+def test_a_quote_open_at_the_end_is_a_manifest_error_naming_its_line(
+    tmp_path: Path, text: str, line: int
+) -> None:
     path = tmp_path / "m.csv"
     path.write_text(text, newline="")
     m = _open(path)
     m.check()  # the header is fine
-    with pytest.raises(ManifestError, match=rf"^input\.manifest: m\.csv line {line}: a quote opened on "
-                                            "this line is never closed"):
+    with pytest.raises(
+        ManifestError,
+        match=rf"^input\.manifest: m\.csv line {line}: a quote opened on "
+        "this line is never closed",
+    ):
         list(m.rows())
 
 
@@ -130,8 +151,9 @@ def test_a_cell_past_the_size_limit_is_a_manifest_error(tmp_path: Path, monkeypa
 
 
 def _latin1_manifest(path: Path, n: int, bad: set[int]) -> None:
-    lines = ["id,image,title"] + [f"r{i},img{i % 3}.jpg,{'Caf' + chr(0xE9) if i in bad else 'Cafe'} {i}"
-                                  for i in range(n)]
+    lines = ["id,image,title"] + [
+        f"r{i},img{i % 3}.jpg,{'Caf' + chr(0xE9) if i in bad else 'Cafe'} {i}" for i in range(n)
+    ]
     path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
 
 
@@ -150,8 +172,11 @@ def test_a_byte_that_is_not_utf8_fails_its_row_naming_line_and_byte(tmp_path: Pa
 def test_a_header_that_is_not_utf8_names_line_and_byte(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_bytes("id,image,tître\nr1,a.jpg,x\n".encode("latin-1"))
-    with pytest.raises(ManifestError, match=r"cannot read the header of m\.csv: line 1, column 11: "
-                                            r"byte 0xEE is not UTF-8"):
+    with pytest.raises(
+        ManifestError,
+        match=r"cannot read the header of m\.csv: line 1, column 11: "
+        r"byte 0xEE is not UTF-8",
+    ):
         _open(path).check()
     (tmp_path / "u16.csv").write_bytes("id,image\nr1,a.jpg\n".encode("utf-16"))
     with pytest.raises(ManifestError, match=r"byte 0xFF is not UTF-8 .*\(it looks like UTF-16\)"):
@@ -160,12 +185,16 @@ def test_a_header_that_is_not_utf8_names_line_and_byte(tmp_path: Path) -> None:
 
 def test_line_numbers_hold_with_crlf_a_bom_and_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
-    path.write_bytes(b"\xef\xbb\xbfid,image,title\r\n\r\nr1,a.jpg,Cat\r\nr2,b.jpg\r\n\r\n"
-                     b'r3,"c.jpg","x\r\ny"\r\nr4,d.jpg,D\xe9\r\nr5,e.jpg,E\r\n')
+    path.write_bytes(
+        b"\xef\xbb\xbfid,image,title\r\n\r\nr1,a.jpg,Cat\r\nr2,b.jpg\r\n\r\n"
+        b'r3,"c.jpg","x\r\ny"\r\nr4,d.jpg,D\xe9\r\nr5,e.jpg,E\r\n'
+    )
     rows = _rows(path)
     assert [r.id for r in rows if r.error is None] == ["r1", "r3", "r5"]
-    assert _errors(rows) == {1: "line 4 has 2 cells where the header has 3",
-                             3: "line 8, column 11: byte 0xE9 is not UTF-8 (save the manifest as UTF-8)"}
+    assert _errors(rows) == {
+        1: "line 4 has 2 cells where the header has 3",
+        3: "line 8, column 11: byte 0xE9 is not UTF-8 (save the manifest as UTF-8)",
+    }
 
 
 # --- end to end -----------------------------------------------------------------------------------
@@ -195,18 +224,34 @@ def _csv_job(tmp: Path, body: bytes) -> Path:
 
 
 def _estimate(job: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_run_bad_rows_are_named_and_the_rest_answered(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     names = make_images(tmp_path / "images", 3)
     good = [f"g{i},{names[i % 3]},plain{i}" for i in range(6)]
-    body = "\n".join(["id,image,title", good[0], good[1],
-                      f"extra,{names[0]},a title, with a comma",   # line 4
-                      good[2], f"short,{names[1]}",                # line 6
-                      good[3], f"latin,{names[2]},Caf\xe9",        # line 8
-                      good[4], good[5]]) + "\n"
+    body = (
+        "\n".join(
+            [
+                "id,image,title",
+                good[0],
+                good[1],
+                f"extra,{names[0]},a title, with a comma",  # line 4
+                good[2],
+                f"short,{names[1]}",  # line 6
+                good[3],
+                f"latin,{names[2]},Caf\xe9",  # line 8
+                good[4],
+                good[5],
+            ]
+        )
+        + "\n"
+    )
     job = _csv_job(tmp_path, body.encode("latin-1"))
 
     est = _estimate(job)
@@ -223,18 +268,30 @@ def test_run_bad_rows_are_named_and_the_rest_answered(tmp_path: Path, simulator)
         if r["status"] == "ok":
             assert f"nonce={r['id']}:plain{r['id'][1:]}" in r["text"]
     errors = sorted(r["error_message"] for r in results.values() if r["status"] == "error")
-    assert errors == ["line 4 has 4 cells where the header has 3",
-                      "line 6 has 2 cells where the header has 3",
-                      f"line 8, column {len(f'latin,{names[2]},Caf') + 1}: byte 0xE9 is not UTF-8 "
-                      "(save the manifest as UTF-8)"]
+    assert errors == [
+        "line 4 has 4 cells where the header has 3",
+        "line 6 has 2 cells where the header has 3",
+        f"line 8, column {len(f'latin,{names[2]},Caf') + 1}: byte 0xE9 is not UTF-8 "
+        "(save the manifest as UTF-8)",
+    ]
     assert {r["error_type"] for r in results.values() if r["status"] == "error"} == {"bad_row"}
     assert len(read_results(tmp_path / "out")) == 9
 
 
 def test_run_with_a_quote_open_at_the_end_refuses_and_sends_nothing(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     names = make_images(tmp_path / "images", 2)
-    body = "\n".join(["id,image,title", f"a,{names[0]},fine", f'b,{names[1]},"a quote that never closes',
-                      f"c,{names[0]},swallowed", f"d,{names[1]},swallowed too"]) + "\n"
+    body = (
+        "\n".join(
+            [
+                "id,image,title",
+                f"a,{names[0]},fine",
+                f'b,{names[1]},"a quote that never closes',
+                f"c,{names[0]},swallowed",
+                f"d,{names[1]},swallowed too",
+            ]
+        )
+        + "\n"
+    )
     job = _csv_job(tmp_path, body.encode())
     done = batcher(job, simulator)
     assert done.returncode == 2, done.stderr
@@ -251,19 +308,32 @@ def test_run_with_a_quote_open_at_the_end_refuses_and_sends_nothing(tmp_path: Pa
 # --- Arrow reads a quote-free CSV; the csv module reads the rest: the same rows ---------------------
 
 
-@pytest.mark.parametrize("trouble", [
-    None, b"r-x,b.jpg,one,cell too many", b"r-x,b.jpg,caf\xe9", b"  ", b"r-x,b.jpg,nul\x00",
-    b'r-x,"b.jpg","quoted, with ""quotes"" and a\nline break"',  # fine: Arrow reads it too
-    b'r-x,"b.jpg"z,quoted then more', b'r-x,b.jpg,"a stray quote\nr-y,c.jpg,"x"', b'""',
-])
-def test_rows_read_by_arrow_are_the_rows_the_csv_module_reads(tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
-                                                              trouble: bytes | None) -> None:
+@pytest.mark.parametrize(
+    "trouble",
+    [
+        None,
+        b"r-x,b.jpg,one,cell too many",
+        b"r-x,b.jpg,caf\xe9",
+        b"  ",
+        b"r-x,b.jpg,nul\x00",
+        b'r-x,"b.jpg","quoted, with ""quotes"" and a\nline break"',  # fine: Arrow reads it too
+        b'r-x,"b.jpg"z,quoted then more',
+        b'r-x,b.jpg,"a stray quote\nr-y,c.jpg,"x"',
+        b'""',
+    ],
+)
+def test_rows_read_by_arrow_are_the_rows_the_csv_module_reads(
+    tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+    trouble: bytes | None,
+) -> None:
     import batcher.manifest as manifest_module
 
     monkeypatch.setattr(manifest_module, "_ARROW_CSV_BLOCK", 8 * 1024)  # many chunks before the line
     monkeypatch.setattr(manifest_module, "_ARROW_ROWS_MIN_BYTES", 0)
-    lines = [b"id,image,title"] + [f"r{i},{'ab'[i % 2]}.jpg,t\xeftle {i}{' ' if i % 3 else ''}".encode()
-                                   for i in range(3000)]
+    lines = [b"id,image,title"] + [
+        f"r{i},{'ab'[i % 2]}.jpg,t\xeftle {i}{' ' if i % 3 else ''}".encode() for i in range(3000)
+    ]
     lines[700:700] = [b"", b"r-e,,", b"r-f,c.jpg,", b"\r"]
     if trouble is not None:
         lines.insert(2500, trouble)
@@ -296,18 +366,22 @@ def test_rows_read_by_arrow_stream_in_constant_memory(tmp_path: Path, monkeypatc
     assert peak < 1_000_000 < path.stat().st_size, peak
 
 
-@pytest.mark.parametrize(("text", "arrow"), [
-    ('id,image\nr1,a.jpg\n', False),
-    ('id,image\n"r1",a.jpg\nr2,"b ""x"" y"\n', True),
-    ('\ufeff"id",image\nr1,"a\r\nb"\n', True),
-    ('id,image\nr1,a "mid-cell" quote\n', False),  # a character, to both
-    ('id,image\nr1,"a.jpg"b\n', None),  # strict refuses what follows a closing quote
-    ('id,image\nr1,"a.jpg\n', None),  # open at the end
-    ('"id\n",image\nr1,a.jpg\n', None),  # a header over two lines
-    ('id,image\nr1,a\x00.jpg\n', None),
-])
-def test_arrow_reads_a_csv_only_where_it_reads_as_the_strict_csv_module(tmp_path: Path, text: str,
-                                                                         arrow: bool | None) -> None:
+@pytest.mark.parametrize(
+    ("text", "arrow"),
+    [
+        ("id,image\nr1,a.jpg\n", False),
+        ('id,image\n"r1",a.jpg\nr2,"b ""x"" y"\n', True),
+        ('\ufeff"id",image\nr1,"a\r\nb"\n', True),
+        ('id,image\nr1,a "mid-cell" quote\n', False),  # a character, to both
+        ('id,image\nr1,"a.jpg"b\n', None),  # strict refuses what follows a closing quote
+        ('id,image\nr1,"a.jpg\n', None),  # open at the end
+        ('"id\n",image\nr1,a.jpg\n', None),  # a header over two lines
+        ("id,image\nr1,a\x00.jpg\n", None),
+    ],
+)
+def test_arrow_reads_a_csv_only_where_it_reads_as_the_strict_csv_module(
+    tmp_path: Path, text: str, arrow: bool | None
+) -> None:
     from batcher.manifest import _arrow_quoting
 
     path = tmp_path / "m.csv"

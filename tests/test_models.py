@@ -11,9 +11,18 @@ import pytest
 from batcher.models import ModelConfigError, build_registry, load_registry, packaged_models_path
 
 NOTES_MODELS = [
-    "claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5", "claude-fable-5-1",
-    "claude-sonnet-5", "claude-opus-5", "claude-opus-4-8", "claude-opus-4-7",
-    "claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5", "claude-sonnet-4-5",
+    "claude-haiku-5-5",
+    "claude-sonnet-5-5",
+    "claude-opus-5-5",
+    "claude-fable-5-1",
+    "claude-sonnet-5",
+    "claude-opus-5",
+    "claude-opus-4-8",
+    "claude-opus-4-7",
+    "claude-sonnet-4-6",
+    "claude-opus-4-6",
+    "claude-haiku-4-5",
+    "claude-sonnet-4-5",
 ]
 
 
@@ -62,10 +71,12 @@ def test_native_size_per_model() -> None:
 
 
 def test_a_layer_overrides_a_field_and_adds_a_model() -> None:
-    layer = {"models": {
-        "claude-haiku-4-5-20251001": {"prices": {"input": 0.8}},
-        "my-finetune": {"prices": {"input": 1.0, "output": 2.0}, "native_edge": 1000},
-    }}
+    layer = {
+        "models": {
+            "claude-haiku-4-5-20251001": {"prices": {"input": 0.8}},
+            "my-finetune": {"prices": {"input": 1.0, "output": 2.0}, "native_edge": 1000},
+        }
+    }
     r = build_registry(base(), [("job.toml", layer)])
     assert r["claude-haiku-4-5"].prices.input == 0.8
     assert r["claude-haiku-4-5"].prices.output == 5.0  # untouched fields stay
@@ -92,7 +103,7 @@ def test_bad_override_names_the_key(layer: dict, message: str) -> None:
 
 def test_user_config_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     user = tmp_path / "models.toml"
-    user.write_text('[models.claude-haiku-5-5]\nimage_token_budget = 1000\n')
+    user.write_text("[models.claude-haiku-5-5]\nimage_token_budget = 1000\n")
     monkeypatch.setenv("BATCHER_MODELS", str(user))
     assert load_registry()["claude-haiku-5-5"].image_token_budget == 1000
 

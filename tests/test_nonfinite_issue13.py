@@ -30,8 +30,13 @@ def strict_loads(text: str) -> dict:
 
 
 def test_result_json_is_strict_with_non_finite_numbers_as_null() -> None:
-    result = Result(id="a", status="ok", fields={"score": math.nan, "n": [1.5, math.inf], "ok": 2.5},
-                    latency_s=-math.inf, cost_usd=0.25)
+    result = Result(
+        id="a",
+        status="ok",
+        fields={"score": math.nan, "n": [1.5, math.inf], "ok": 2.5},
+        latency_s=-math.inf,
+        cost_usd=0.25,
+    )
     data = strict_loads(result.to_json())
     assert data["fields"] == {"score": None, "n": [1.5, None], "ok": 2.5}
     assert data["latency_s"] is None and data["cost_usd"] == 0.25
@@ -45,8 +50,14 @@ def _write_parquet(path: Path, rows: list[dict], scores: list[float]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
-                      "kind": [r["kind"] for r in rows], "score": pa.array(scores, pa.float64())})
+    table = pa.table(
+        {
+            "id": [r["id"] for r in rows],
+            "image": [r["image"] for r in rows],
+            "kind": [r["kind"] for r in rows],
+            "score": pa.array(scores, pa.float64()),
+        }
+    )
     pq.write_table(table, path)
 
 
@@ -61,33 +72,54 @@ def test_manifest_fields_hold_null_for_non_finite_numbers(tmp_path: Path) -> Non
     _write_parquet(tmp_path / "m.parquet", rows, scores)
     _write_jsonl(tmp_path / "m.jsonl", rows, scores)
     for name in ("m.parquet", "m.jsonl"):
-        m = open_manifest(tmp_path / name, id_column="id", image_column="image", prompt_column=None,
-                          prompt_template="A {kind}")
+        m = open_manifest(
+            tmp_path / name,
+            id_column="id",
+            image_column="image",
+            prompt_column=None,
+            prompt_template="A {kind}",
+        )
         got = [r.fields["score"] for r in m.rows()]
         assert got == [None, None, None, 0.5], name
     # a template over a NaN cell is that row's template_error, as a missing one is
-    m = open_manifest(tmp_path / "m.parquet", id_column="id", image_column="image", prompt_column=None,
-                      prompt_template="Score {score}")
+    m = open_manifest(
+        tmp_path / "m.parquet",
+        id_column="id",
+        image_column="image",
+        prompt_column=None,
+        prompt_template="Score {score}",
+    )
     errors = [r.error.error_type if r.error else None for r in m.rows()]
     assert errors == ["template_error", None, None, None]
 
 
 def _job(tmp: Path, manifest: str) -> Path:
     job = tmp / "job.toml"
-    job.write_text(JOB.format(concurrency=4, max_attempts=4, part_rows=5000)
-                   .replace('manifest = "manifest.jsonl"', f'manifest = "{manifest}"'))
+    job.write_text(
+        JOB.format(concurrency=4, max_attempts=4, part_rows=5000).replace(
+            'manifest = "manifest.jsonl"', f'manifest = "{manifest}"'
+        )
+    )
     return job
 
 
 def _status(out: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    return subprocess.run([sys.executable, "-m", "batcher.cli", "status", str(out), "--json"],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "status", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("kind", ["parquet", "jsonl"])
-def test_a_run_over_non_finite_numbers_finishes_and_status_reads_it(tmp_path: Path, simulator,  # type: ignore[no-untyped-def]
-                                                                    kind: str) -> None:
+def test_a_run_over_non_finite_numbers_finishes_and_status_reads_it(
+    tmp_path: Path,
+    simulator,  # type: ignore[no-untyped-def]
+    kind: str,
+) -> None:
     rows = good_rows(tmp_path, 5)
     scores = [*NON_FINITE, 0.5, 2.0]
     writer = _write_parquet if kind == "parquet" else _write_jsonl

@@ -54,15 +54,20 @@ def test_prepare_and_probe_refuse_before_reading(tmp_path: Path, name: str) -> N
             with pytest.raises(NotAFile, match="not a regular file") as info:
                 attempt()
             assert info.value.error_type == "not_a_file" and str(path) in str(info.value)
-    kinds = {"fifo": "a named pipe (FIFO)", "zero": "a character device", "urandom": "a character device",
-             "folder": "a directory"}
+    kinds = {
+        "fifo": "a named pipe (FIFO)",
+        "zero": "a character device",
+        "urandom": "a character device",
+        "folder": "a directory",
+    }
     assert kinds[name] in str(info.value)
 
 
 def test_run_records_not_a_file_and_finishes(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     paths = make_not_files(tmp_path)
-    rows = good_rows(tmp_path, 2) + [{"id": name, "image": str(path), "kind": "photo"}
-                                     for name, path in paths.items()]
+    rows = good_rows(tmp_path, 2) + [
+        {"id": name, "image": str(path), "kind": "photo"} for name, path in paths.items()
+    ]
     job = write_job(tmp_path, rows)
     with unblocking(paths["fifo"]):
         done = batcher(job, simulator)
@@ -76,8 +81,16 @@ def test_run_records_not_a_file_and_finishes(tmp_path: Path, simulator) -> None:
 def test_prepare_command_reports_not_a_file(tmp_path: Path) -> None:
     paths = make_not_files(tmp_path)
     with unblocking(paths["fifo"]):
-        result = CliRunner().invoke(main, ["prepare", "--json", "--workers", "1",
-                                           *(str(paths[name]) for name in ("fifo", "zero", "urandom"))])
+        result = CliRunner().invoke(
+            main,
+            [
+                "prepare",
+                "--json",
+                "--workers",
+                "1",
+                *(str(paths[name]) for name in ("fifo", "zero", "urandom")),
+            ],
+        )
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.exit_code == 3
     assert [row["error_type"] for row in rows] == ["not_a_file"] * 3
@@ -85,11 +98,16 @@ def test_prepare_command_reports_not_a_file(tmp_path: Path) -> None:
 
 def test_estimate_counts_not_a_file_and_does_not_hang(tmp_path: Path) -> None:
     paths = make_not_files(tmp_path)
-    rows = good_rows(tmp_path, 1) + [{"id": name, "image": str(path), "kind": "photo"}
-                                     for name, path in paths.items()]
+    rows = good_rows(tmp_path, 1) + [
+        {"id": name, "image": str(path), "kind": "photo"} for name, path in paths.items()
+    ]
     job = write_job(tmp_path, rows)
     with unblocking(paths["fifo"]):
-        done = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["failures"] == {"not_a_file": len(NOT_FILES)}

@@ -42,9 +42,17 @@ class CountingPool:
     async def prepare(self, source: Any, profile: Any, options: Any, images_in_request: int = 1) -> Any:
         self.prepared += 1
         await anyio.sleep(0)
-        return PreparedImage(data=self.data, media_type="image/jpeg", width=256, height=256,
-                             source_width=256, source_height=256, source_format="JPEG",
-                             tokens=facts.visual_tokens(256, 256), passthrough=True)
+        return PreparedImage(
+            data=self.data,
+            media_type="image/jpeg",
+            width=256,
+            height=256,
+            source_width=256,
+            source_height=256,
+            source_format="JPEG",
+            tokens=facts.visual_tokens(256, 256),
+            passthrough=True,
+        )
 
 
 class MemoryState:
@@ -71,14 +79,21 @@ class NoSink:
 
 
 def _rows(n: int) -> list[Row]:
-    return [Row(id=f"r{i}", images=["a.jpg"], prompt=f"Describe. nonce=r{i}", fields={}, index=i)
-            for i in range(n)]
+    return [
+        Row(id=f"r{i}", images=["a.jpg"], prompt=f"Describe. nonce=r{i}", fields={}, index=i)
+        for i in range(n)
+    ]
 
 
 def _pipeline(client: Client, concurrency: int, pool: CountingPool, state: MemoryState) -> Pipeline:
-    job = parse_job({"input": {"manifest": "m.jsonl", "prompt": "{x}"},
-                     "request": {"model": "claude-haiku-5-5", "max_tokens": 16},
-                     "run": {"concurrency": concurrency}}, Path("job.toml"))
+    job = parse_job(
+        {
+            "input": {"manifest": "m.jsonl", "prompt": "{x}"},
+            "request": {"model": "claude-haiku-5-5", "max_tokens": 16},
+            "run": {"concurrency": concurrency},
+        },
+        Path("job.toml"),
+    )
     profile = load_registry().get("claude-haiku-5-5")
     return Pipeline(job=job, profile=profile, client=client, state=state, sink=NoSink(), pool=pool)
 
@@ -94,11 +109,13 @@ def test_hold_limit() -> None:
 
 
 async def test_concurrency_500_on_a_slow_key_reads_ahead_only_what_the_limits_let_through(
-        make_simulator) -> None:  # type: ignore[no-untyped-def]
+    make_simulator,
+) -> None:  # type: ignore[no-untyped-def]
     # 60 RPM with a 2 s burst: one request a second. The old pipeline held 2 x concurrency
     # prepared rows (1,000 images in memory at concurrency 500) that would wait for minutes.
-    sim = make_simulator(SimConfig(limits=RateLimits(rpm=60, burst_window_s=2.0),
-                                   latency=Latency(base_s=0.05)))
+    sim = make_simulator(
+        SimConfig(limits=RateLimits(rpm=60, burst_window_s=2.0), latency=Latency(base_s=0.05))
+    )
     pool, state = CountingPool(), MemoryState()
     async with Client("k", sim.base_url, max_connections=16) as client:
         pipeline = _pipeline(client, 500, pool, state)

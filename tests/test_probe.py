@@ -30,8 +30,11 @@ def test_the_probes_tell_the_two_sizes_apart() -> None:
 
 def test_a_probed_profile_is_conservative() -> None:
     registry = load_registry()
-    info = {"max_tokens": 32000, "max_input_tokens": 500_000,
-            "capabilities": {"image_input": {"supported": True}, "batch": {"supported": False}}}
+    info = {
+        "max_tokens": 32000,
+        "max_input_tokens": 500_000,
+        "capabilities": {"image_input": {"supported": True}, "batch": {"supported": False}},
+    }
     profile = probe.probed_profile("claude-new-1", info, 2576, 4784, registry)
     assert (profile.native_edge, profile.image_token_budget) == (2576, 4784)
     assert profile.max_output_tokens == 32000 and profile.context_window == 500_000
@@ -44,9 +47,17 @@ def test_a_probed_profile_is_conservative() -> None:
 
 def test_run_probes_an_unknown_model_once_and_sends_at_its_size(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     base = tomllib.loads(packaged_models_path().read_text())
-    new = {"models": {"claude-future-9": {"native_edge": 2576, "image_token_budget": 4784,
-                                          "images_per_request": 600, "sampling_params": False,
-                                          "prices": {"input": 1.0, "output": 2.0}}}}
+    new = {
+        "models": {
+            "claude-future-9": {
+                "native_edge": 2576,
+                "image_token_budget": 4784,
+                "images_per_request": 600,
+                "sampling_params": False,
+                "prices": {"input": 1.0, "output": 2.0},
+            }
+        }
+    }
     simulator.sim.registry = build_registry(base, [("test", new)])
     rows = good_rows(tmp_path, 2)
     from PIL import Image
@@ -75,8 +86,12 @@ def test_run_probes_an_unknown_model_once_and_sends_at_its_size(tmp_path: Path, 
     import subprocess
     import sys
 
-    shown = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["image_tokens"] == simulator.sim.ledger.snapshot()["image_tokens"]
 

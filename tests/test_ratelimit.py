@@ -224,8 +224,11 @@ def test_answers_settle_output_and_input_against_usage() -> None:
     lim = limiter(clock, Limits(None, 60_000, 6_000))
     before_out = lim.buckets["output-tokens"].level
     ticket = lim.acquire_now(Cost(1000, 300))
-    lim.answered(ticket, headers(input_tokens=(60_000, 50_000, 1), output_tokens=(6_000, 5_000, 1)),
-                 {"input_tokens": 1100, "output_tokens": 40})
+    lim.answered(
+        ticket,
+        headers(input_tokens=(60_000, 50_000, 1), output_tokens=(6_000, 5_000, 1)),
+        {"input_tokens": 1100, "output_tokens": 40},
+    )
     assert lim.buckets["output-tokens"].level == pytest.approx(before_out - 40)
     assert lim.input_ratio == pytest.approx(1 + 0.1 * 0.1)  # learning that estimates run 10% low
     assert lim.cost_of(Cost(1000, 300))["input-tokens"] == math.ceil(1000 * lim.input_ratio)
@@ -309,10 +312,23 @@ def test_seeds_start_at_the_lowest_tier_unless_the_job_says_otherwise() -> None:
 def test_a_request_costs_its_images_and_text_and_an_unknown_image_its_budget() -> None:
     profile = load_registry().get("claude-haiku-5-5")
     assert profile is not None
-    body = {"model": profile.id, "max_tokens": 60, "messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "url", "url": "http://x/a.jpg"}},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
-        {"type": "text", "text": "a" * 400}]}]}
+    body = {
+        "model": profile.id,
+        "max_tokens": 60,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "url", "url": "http://x/a.jpg"}},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": "AA=="},
+                    },
+                    {"type": "text", "text": "a" * 400},
+                ],
+            }
+        ],
+    }
     cost = request_cost(body, profile, [None, 1369], 60)
     assert cost.max_tokens == 60
     text = math.ceil(400 * profile.text_token_factor / 4)

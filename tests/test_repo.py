@@ -12,8 +12,9 @@ from tests.conftest import REPO
 def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff")
     cmd = [ruff] if ruff else [sys.executable, "-m", "ruff"]
-    result = subprocess.run([*cmd, "check", "batcher", "tests", "scripts"], cwd=REPO,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*cmd, "check", "batcher", "tests", "scripts"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -28,14 +28,16 @@ def write_csv(path: Path, ids: list[str]) -> Manifest:
         out.write("id,image,title\n")
         for row_id in ids:
             out.write(f"{row_id},images/{row_id}.jpg,item {row_id}\n")
-    return open_manifest(path, id_column="id", image_column="image", prompt_column=None,
-                         prompt_template="Caption {title}.")
+    return open_manifest(
+        path, id_column="id", image_column="image", prompt_column=None, prompt_template="Caption {title}."
+    )
 
 
 def start_sync(out: Path, manifest: Manifest, *, chunk: int = 500) -> tuple[JobState, resume.BackgroundSync]:
     state = JobState.open(out)
-    sync = resume.BackgroundSync(state, manifest.rows, state.begin_pass(), ContentHasher(b"s"), "fp",
-                                 chunk=chunk, in_process=True)
+    sync = resume.BackgroundSync(
+        state, manifest.rows, state.begin_pass(), ContentHasher(b"s"), "fp", chunk=chunk, in_process=True
+    )
     return state, sync.start()
 
 
@@ -134,8 +136,9 @@ def test_the_sync_process_dies_with_the_run(tmp_path: Path) -> None:
             print(sync._process.pid, flush=True)
             time.sleep(600)
     """)
-    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                           cwd=Path(__file__).parent.parent)
+    run = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
+    )
     try:
         assert run.stdout is not None
         child = int(run.stdout.readline())

@@ -11,8 +11,10 @@ from batcher.retry import RetryPolicy, backoff_s, is_retryable, retrying, wait_f
 
 
 def status_error(status: int, headers: dict | None = None, code: str | None = None) -> errors.APIStatusError:
-    body = {"type": "error", "error": {"type": "x", "message": "m",
-                                       **({"details": {"error_code": code}} if code else {})}}
+    body = {
+        "type": "error",
+        "error": {"type": "x", "message": "m", **({"details": {"error_code": code}} if code else {})},
+    }
     return errors.from_response(status, body, headers or {})
 
 
@@ -35,11 +37,16 @@ def test_retry_after_wins_when_sane() -> None:
 @pytest.mark.parametrize(
     ("exc", "retry"),
     [
-        (status_error(429), True), (status_error(529), True), (status_error(500), True),
-        (status_error(400), False), (status_error(404), False), (status_error(401), False),
+        (status_error(429), True),
+        (status_error(529), True),
+        (status_error(500), True),
+        (status_error(400), False),
+        (status_error(404), False),
+        (status_error(401), False),
         (status_error(400, {"x-should-retry": "true"}), True),
         (status_error(429, code="enforced_spend_limit_reached"), False),
-        (errors.APIConnectionError("reset"), True), (errors.APITimeoutError("slow"), True),
+        (errors.APIConnectionError("reset"), True),
+        (errors.APITimeoutError("slow"), True),
         (ValueError("bug"), False),
     ],
 )

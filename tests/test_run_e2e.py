@@ -47,8 +47,9 @@ def make_images(folder: Path, n: int) -> list[str]:
     return names
 
 
-def write_job(tmp: Path, rows: list[dict], *, concurrency: int = 8, max_attempts: int = 4,
-              part_rows: int = 5000) -> Path:
+def write_job(
+    tmp: Path, rows: list[dict], *, concurrency: int = 8, max_attempts: int = 4, part_rows: int = 5000
+) -> Path:
     # nonce={id}: the simulator echoes it, so each answer proves which row it belongs to.
     with (tmp / "manifest.jsonl").open("w") as fh:
         for row in rows:
@@ -64,8 +65,9 @@ def good_rows(tmp: Path, n: int, start: int = 0) -> list[dict]:
     return [{"id": f"row-{i:03d}", "image": names[i], "kind": "photo"} for i in range(start, start + n)]
 
 
-def batcher(job: Path, sim: RunningSimulator | None, *args: str, key: str | None = "test-key",
-            wait: bool = True) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+def batcher(
+    job: Path, sim: RunningSimulator | None, *args: str, key: str | None = "test-key", wait: bool = True
+) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     if key is not None:
         env["ANTHROPIC_API_KEY"] = key
@@ -82,8 +84,9 @@ def messages_sent(sim: RunningSimulator) -> int:
     return sum(counts.values())
 
 
-def wait_for_messages(sim: RunningSimulator, n: int, proc: subprocess.Popen[str], *,
-                      timeout_s: float = 30, poll_s: float = 0.05) -> None:
+def wait_for_messages(
+    sim: RunningSimulator, n: int, proc: subprocess.Popen[str], *, timeout_s: float = 30, poll_s: float = 0.05
+) -> None:
     """Until the simulator has had ``n`` messages requests from the running ``proc``."""
     deadline = time.monotonic() + timeout_s
     while messages_sent(sim) < n:
@@ -121,8 +124,13 @@ def test_mixed_manifest_good_rows_answered_bad_rows_named(tmp_path: Path, simula
         got = results[row["id"]]
         assert got["status"] == "ok" and f"nonce={row['id']}" in got["text"]
         assert got["images"][0]["media_type"] == "image/jpeg" and got["input_tokens"] > 0
-    expected = {"missing": "not_found", "empty": "empty_file", "truncated": "truncated",
-                "text-as-png": "not_an_image", "no-kind": "template_error"}
+    expected = {
+        "missing": "not_found",
+        "empty": "empty_file",
+        "truncated": "truncated",
+        "text-as-png": "not_an_image",
+        "no-kind": "template_error",
+    }
     for row_id, error_type in expected.items():
         assert results[row_id]["status"] == "error"
         assert results[row_id]["error_type"] == error_type, results[row_id]["error_message"]
@@ -155,8 +163,10 @@ def test_growing_manifest_sends_only_new_rows(tmp_path: Path, simulator) -> None
         (('manifest = "manifest.jsonl"', 'manifest = "nope.jsonl"'), "nope.jsonl"),
         (('image_column = "image"', 'image_column = "picture"'), "input.image_column"),
         (('model = "claude-haiku-5-5"', 'model = "claude-imaginary-9"'), "request.model"),
-        (('model = "claude-haiku-5-5"', 'model = "claude-haiku-5-5"\ntemperature = 0.5'),
-         "request.temperature"),
+        (
+            ('model = "claude-haiku-5-5"', 'model = "claude-haiku-5-5"\ntemperature = 0.5'),
+            "request.temperature",
+        ),
     ],
 )
 def test_config_errors_are_one_line_exit_2_nothing_sent(tmp_path: Path, simulator, edit, message) -> None:  # type: ignore[no-untyped-def]
@@ -214,8 +224,9 @@ def test_a_second_run_exits_at_once_touching_nothing(tmp_path: Path, make_simula
         before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*"))
         second = batcher(job, sim)
         assert second.returncode == 4 and "in use by another batcher run" in second.stderr
-        after = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*")
-                       if p.name in dict(before))
+        after = sorted(
+            (p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*") if p.name in dict(before)
+        )
         assert [n for n, _ in after] == [n for n, _ in before]
     finally:
         first.send_signal(signal.SIGINT)
@@ -244,8 +255,9 @@ def test_sigint_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, make_simula
 def test_a_signal_stops_at_once_under_a_slow_rate_limit(tmp_path: Path, make_simulator, signum) -> None:  # type: ignore[no-untyped-def]
     # One request a second and concurrency 16: rows queue for the limits. A stop must not send
     # them all first (that took a minute here), only let the requests already sent finish.
-    sim = make_simulator(SimConfig(limits=RateLimits(rpm=60, burst_window_s=2.0),
-                                   latency=Latency(base_s=0.2)))
+    sim = make_simulator(
+        SimConfig(limits=RateLimits(rpm=60, burst_window_s=2.0), latency=Latency(base_s=0.2))
+    )
     rows = good_rows(tmp_path, 40)
     job = write_job(tmp_path, rows, concurrency=16)
     proc = batcher(job, sim, wait=False)
@@ -260,13 +272,20 @@ def test_a_signal_stops_at_once_under_a_slow_rate_limit(tmp_path: Path, make_sim
     assert len(results_by_id(tmp_path / "out")) == messages_sent(sim)
 
 
-@pytest.mark.parametrize(("fault", "said"), [
-    ("auth_error_after", "authentication_error"),
-    ("billing_error_after", "billing_error"),
-    ("spend_limit_after", "enforced_spend_limit_reached"),
-])
-def test_a_fatal_answer_mid_run_stops_the_job_and_keeps_what_is_done(tmp_path: Path, make_simulator,  # type: ignore[no-untyped-def]
-                                                                     fault: str, said: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ("auth_error_after", "authentication_error"),
+        ("billing_error_after", "billing_error"),
+        ("spend_limit_after", "enforced_spend_limit_reached"),
+    ],
+)
+def test_a_fatal_answer_mid_run_stops_the_job_and_keeps_what_is_done(
+    tmp_path: Path,
+    make_simulator,  # type: ignore[no-untyped-def]
+    fault: str,
+    said: str,
+) -> None:
     # The key is revoked, the credit runs out, the monthly spend limit is hit: after 5 answers
     # nothing else can succeed. Stop at once (no retries, no storm), exit 1, keep the 5.
     sim = make_simulator(SimConfig(faults=Faults(**{fault: 5})))
@@ -386,8 +405,7 @@ def test_status_reports_counts_errors_tokens_and_spend(tmp_path: Path, simulator
     assert "warnings   small_image 1" in shown.stdout
     # the limits as the run ended (in flight 0), not as they were at its first answer
     assert "in flight 0/" in shown.stdout
-    as_json = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True,
-                                        timeout=60).stdout)
+    as_json = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60).stdout)
     assert as_json["by_status"] == {"ok": 4, "error": 1}
     assert as_json["warnings"] == {"small_image": 1}
     assert as_json["input_tokens"] == simulator.sim.ledger.snapshot()["input_tokens"]

@@ -49,7 +49,8 @@ def run_job(job: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[int, 
 
 
 def test_a_full_disk_mid_run_stops_with_one_line_and_keeps_every_answer(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = write_job(tmp_path, 8)
     real_export = Sink.export
 

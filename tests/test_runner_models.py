@@ -33,8 +33,9 @@ poll_initial_s = 0.05
 """
 
 
-def write_job(tmp: Path, *, model: str = "claude-haiku-5-5", max_tokens: int = 50,
-              mode: str = "online") -> Path:
+def write_job(
+    tmp: Path, *, model: str = "claude-haiku-5-5", max_tokens: int = 50, mode: str = "online"
+) -> Path:
     (tmp / "images").mkdir(exist_ok=True)
     with (tmp / "manifest.jsonl").open("w") as fh:
         for i in range(2):
@@ -54,8 +55,9 @@ def run_job(job: Path, sim: Any, monkeypatch: pytest.MonkeyPatch, today: dt.date
 
 
 def requests(sim: Any) -> dict[str, int]:
-    return {route: sum(by_status.values())
-            for route, by_status in sim.sim.ledger.snapshot()["requests"].items()}
+    return {
+        route: sum(by_status.values()) for route, by_status in sim.sim.ledger.snapshot()["requests"].items()
+    }
 
 
 def api_says(sim: Any, model: str, **changes: Any) -> None:
@@ -79,7 +81,8 @@ def assert_refused(code: int, err: str, sim: Any, tmp: Path, key: str) -> None:
 
 
 def test_a_model_the_api_retired_is_refused_though_the_local_table_still_lists_it(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # batcher's clock says November; the API's says December, after claude-sonnet-4-5 retired.
     sim = make_simulator(SimConfig(today=AFTER))
     job = write_job(tmp_path, model="claude-sonnet-4-5")
@@ -89,7 +92,8 @@ def test_a_model_the_api_retired_is_refused_though_the_local_table_still_lists_i
 
 
 def test_a_retired_model_in_the_local_table_is_refused_before_any_request(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_simulator(SimConfig(today=AFTER))
     code, err = run_job(write_job(tmp_path, model="claude-sonnet-4-5"), sim, monkeypatch, today=AFTER)
     assert code == EXIT_CONFIG and "retired on 2026-11-30" in err and len(err.strip().splitlines()) == 1
@@ -97,28 +101,38 @@ def test_a_retired_model_in_the_local_table_is_refused_before_any_request(
 
 
 def test_a_model_that_does_not_exist_is_refused_and_never_probed(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE))
     code, err = run_job(write_job(tmp_path, model="claude-nonesuch-9"), sim, monkeypatch, today=BEFORE)
     assert_refused(code, err, sim, tmp_path, "request.model")
 
 
 def test_a_deprecated_model_runs_with_a_warning_naming_its_retirement(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE))
     code, err = run_job(write_job(tmp_path, model="claude-sonnet-4-5"), sim, monkeypatch, today=BEFORE)
     assert code == EXIT_OK, err
     assert "claude-sonnet-4-5 is deprecated and retires on 2026-11-30" in err
 
 
-@pytest.mark.parametrize(("changes", "job_args", "key"), [
-    ({"capabilities": {"image_input": False}}, {}, "request.model"),
-    ({"capabilities": {"batch": False}}, {"mode": "batch"}, "run.mode"),
-    ({"max_output_tokens": 40}, {"max_tokens": 50}, "request.max_tokens"),
-])
+@pytest.mark.parametrize(
+    ("changes", "job_args", "key"),
+    [
+        ({"capabilities": {"image_input": False}}, {}, "request.model"),
+        ({"capabilities": {"batch": False}}, {"mode": "batch"}, "run.mode"),
+        ({"max_output_tokens": 40}, {"max_tokens": 50}, "request.max_tokens"),
+    ],
+)
 def test_what_the_models_api_says_the_model_cannot_do_refuses_the_job(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch,
-        changes: dict[str, Any], job_args: dict[str, Any], key: str) -> None:
+    tmp_path: Path,
+    make_simulator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, Any],
+    job_args: dict[str, Any],
+    key: str,
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE))
     api_says(sim, "claude-haiku-5-5", **changes)
     code, err = run_job(write_job(tmp_path, **job_args), sim, monkeypatch, today=BEFORE)
@@ -126,11 +140,13 @@ def test_what_the_models_api_says_the_model_cannot_do_refuses_the_job(
 
 
 def test_a_model_missing_from_the_table_that_takes_no_images_is_refused_before_probing(
-        tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = make_simulator(SimConfig(today=BEFORE))
     profile = sim.sim.registry.get("claude-haiku-5-5")
-    text_only = dataclasses.replace(profile, id="claude-textonly-1", ids=(),
-                                    capabilities={**profile.capabilities, "image_input": False})
+    text_only = dataclasses.replace(
+        profile, id="claude-textonly-1", ids=(), capabilities={**profile.capabilities, "image_input": False}
+    )
     sim.sim.registry = sim.sim.registry.with_profile(text_only)
     code, err = run_job(write_job(tmp_path, model="claude-textonly-1"), sim, monkeypatch, today=BEFORE)
     assert_refused(code, err, sim, tmp_path, "request.model")  # no count_tokens probe either

@@ -75,8 +75,10 @@ class HangingPool:
 
 
 def _rows(images: list[str]) -> list[Row]:
-    return [Row(id=f"r{i}", images=[image], prompt=f"Describe. nonce=r{i}", fields={}, index=i)
-            for i, image in enumerate(images)]
+    return [
+        Row(id=f"r{i}", images=[image], prompt=f"Describe. nonce=r{i}", fields={}, index=i)
+        for i, image in enumerate(images)
+    ]
 
 
 async def _stop_when(pipeline: Any, ready: Any, rows: list[Row]) -> float:
@@ -107,12 +109,12 @@ async def test_stop_kills_pool_workers_and_cuts_downloads(simulator, tmp_path: P
     # Two stuck workers and a download dripping one byte every 2 s: the stop ends all three.
     state = MemoryState()
     with serve_images() as server:
-        async with (ImagePool(workers=2, work=stuck_work) as pool,
-                    Client("k", simulator.base_url) as client):
+        async with ImagePool(workers=2, work=stuck_work) as pool, Client("k", simulator.base_url) as client:
             pids = [w.process.pid for w in pool._idle]
             pipeline = _pipeline(client, 4, pool, state)  # type: ignore[arg-type]
-            pipeline.job = pipeline.job.model_copy(update={
-                "images": pipeline.job.images.model_copy(update={"allow_private_urls": True})})
+            pipeline.job = pipeline.job.model_copy(
+                update={"images": pipeline.job.images.model_copy(update={"allow_private_urls": True})}
+            )
             rows = _rows([STUCK, STUCK, f"{server.url}/drip"])
             with anyio.fail_after(15):
                 took = await _stop_when(pipeline, lambda: pool._slots.value == 0 and server.hits, rows)
@@ -138,8 +140,12 @@ def _allow_private(job: Path, extra: str = "") -> None:
 
 
 @pytest.mark.parametrize(("signum", "fifos"), [(signal.SIGINT, 0), (signal.SIGTERM, 2)])
-def test_the_first_signal_stops_a_run_stuck_on_a_slow_download(tmp_path: Path, simulator, signum: int,  # type: ignore[no-untyped-def]
-                                                               fifos: int) -> None:
+def test_the_first_signal_stops_a_run_stuck_on_a_slow_download(
+    tmp_path: Path,
+    simulator,
+    signum: int,  # type: ignore[no-untyped-def]
+    fifos: int,
+) -> None:
     # An image served one byte every 2 s (and FIFOs that no one writes): before issue 13 the first
     # signal never took effect (a 60 s per-read timeout, no overall deadline; workers blocked on
     # the FIFOs), now the run exits 75 within a second or two.

@@ -35,17 +35,36 @@ def _crash_at(step: str):  # type: ignore[no-untyped-def]
     def hook(name: str) -> None:
         if name == step:
             raise Crash(step)
+
     return hook
 
 
 def _result(i: int, text: str = "ok", status: str = "ok") -> Result:
     return Result(
-        id=f"r{i:04d}", status=status, text=f"{text} {i}", model="claude-x", stop_reason="end_turn",
-        input_tokens=100 + i, output_tokens=7, attempts=1, latency_s=0.25, request_id=f"req_{i}",
+        id=f"r{i:04d}",
+        status=status,
+        text=f"{text} {i}",
+        model="claude-x",
+        stop_reason="end_turn",
+        input_tokens=100 + i,
+        output_tokens=7,
+        attempts=1,
+        latency_s=0.25,
+        request_id=f"req_{i}",
         error_type=None if status == "ok" else "invalid_request_error",
-        images=[ImageSent(source=f"img/{i}.jpg", width=640, height=480, bytes=1000 + i,
-                          media_type="image/jpeg", transport="base64", tokens=400)],
-        warnings=["small image"] if i % 2 else [], cost_usd=0.001,
+        images=[
+            ImageSent(
+                source=f"img/{i}.jpg",
+                width=640,
+                height=480,
+                bytes=1000 + i,
+                media_type="image/jpeg",
+                transport="base64",
+                tokens=400,
+            )
+        ],
+        warnings=["small image"] if i % 2 else [],
+        cost_usd=0.001,
         fields={"title": f"t{i}", "text": f"manifest text {i}", "score": i / 2, "n": str(i), "ok": "true"},
     )
 
@@ -79,30 +98,50 @@ def _assert_parts_readable(out: Path) -> None:
 
 def test_column_names_prefix_collisions() -> None:
     names = column_names({"title": "string", "id": "string", "text": "string", "manifest_text": "int64"})
-    assert names == {"title": "title", "id": "manifest_id", "text": "manifest_text",
-                     "manifest_text": "manifest_manifest_text"}
+    assert names == {
+        "title": "title",
+        "id": "manifest_id",
+        "text": "manifest_text",
+        "manifest_text": "manifest_manifest_text",
+    }
 
 
-@pytest.mark.parametrize(("value", "kind", "expected"), [
-    ("x", "string", "x"), (3, "string", "3"), (True, "string", "true"), (None, "int64", None),
-    ("12", "int64", 12), (4.0, "int64", 4), (4.5, "int64", None), ("abc", "int64", None),
-    ("1.5", "double", 1.5), (2, "double", 2.0), ("nan?", "double", None),
-    ("true", "bool", True), ("0", "bool", False), ("maybe", "bool", None), (False, "bool", False),
-])
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        ("x", "string", "x"),
+        (3, "string", "3"),
+        (True, "string", "true"),
+        (None, "int64", None),
+        ("12", "int64", 12),
+        (4.0, "int64", 4),
+        (4.5, "int64", None),
+        ("abc", "int64", None),
+        ("1.5", "double", 1.5),
+        (2, "double", 2.0),
+        ("nan?", "double", None),
+        ("true", "bool", True),
+        ("0", "bool", False),
+        ("maybe", "bool", None),
+        (False, "bool", False),
+    ],
+)
 def test_coerce(value: object, kind: str, expected: object) -> None:
     assert coerce(value, kind) == expected
 
 
 def test_schema_fixed_and_documented_order() -> None:
     schema = result_schema(FIELDS)
-    assert schema.names[:len(RESULT_COLUMNS)] == [n for n, _ in RESULT_COLUMNS]
-    assert schema.names[len(RESULT_COLUMNS):] == ["title", "manifest_text", "score", "n", "ok"]
+    assert schema.names[: len(RESULT_COLUMNS)] == [n for n, _ in RESULT_COLUMNS]
+    assert schema.names[len(RESULT_COLUMNS) :] == ["title", "manifest_text", "score", "n", "ok"]
     assert str(schema.field("images").type).startswith("list<item: struct<source: string, width: int64")
 
 
 def test_importing_storage_modules_does_not_import_pyarrow() -> None:
-    code = ("import sys, batcher.sink, batcher.state, batcher.manifest, batcher.records;"
-            "print('pyarrow' in sys.modules)")
+    code = (
+        "import sys, batcher.sink, batcher.state, batcher.manifest, batcher.records;"
+        "print('pyarrow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -131,9 +170,18 @@ def test_export_parts_schema_and_values(out: Path) -> None:
         row = table.filter(pc.equal(table.column("id"), "r0003")).to_pylist()[0]
         assert row["text"] == "ok 3" and row["manifest_text"] == "manifest text 3"
         assert row["score"] == 1.5 and row["n"] == 3 and row["ok"] is True
-        assert row["images"] == [{"source": "img/3.jpg", "width": 640, "height": 480, "bytes": 1003,
-                                  "media_type": "image/jpeg", "transport": "base64", "tokens": 400,
-                                  "file_id": None}]
+        assert row["images"] == [
+            {
+                "source": "img/3.jpg",
+                "width": 640,
+                "height": 480,
+                "bytes": 1003,
+                "media_type": "image/jpeg",
+                "transport": "base64",
+                "tokens": 400,
+                "file_id": None,
+            }
+        ]
         assert row["warnings"] == ["small image"] and row["finished_at"].tzinfo is not None
         assert state.summary().exported_rows == 30 and state.summary().parts == 4
 
@@ -233,8 +281,12 @@ def test_sigkill_mid_export_then_recover(out: Path, step: str) -> None:
             _record(state, range(10), text="first")
             Sink(out, state, FIELDS).export()
         start = 5
-    proc = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(out), step, str(REPO), str(start)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_EXPORT, str(out), step, str(REPO), str(start)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     with JobState.open(out) as state:
         state.lock()
@@ -244,7 +296,8 @@ def test_sigkill_mid_export_then_recover(out: Path, step: str) -> None:
         table = read_results(out)
     assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(40)})
     assert set(table.column("text").to_pylist()) == (
-        {f"first {i}" for i in range(start)} | {f"ok {i}" for i in range(start, 40)})
+        {f"first {i}" for i in range(start)} | {f"ok {i}" for i in range(start, 40)}
+    )
     _assert_parts_readable(out)
 
 
@@ -265,8 +318,14 @@ def test_rerecorded_row_rewrites_its_old_part(out: Path) -> None:
         assert names == [part_name(1), part_name(3)]
         assert [p.rows for p in state.parts()] == [2, 4] and not any(p.dirty for p in state.parts())
     by_id = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
-    assert by_id == {"r0000": "bad 0", "r0001": "retried 1", "r0002": "bad 2",
-                     "r0003": "retried 3", "r0004": "retried 4", "r0005": "retried 5"}
+    assert by_id == {
+        "r0000": "bad 0",
+        "r0001": "retried 1",
+        "r0002": "bad 2",
+        "r0003": "retried 3",
+        "r0004": "retried 4",
+        "r0005": "retried 5",
+    }
     assert table.num_rows == 6
 
 
@@ -328,15 +387,29 @@ def test_transient_results_exported_then_replaced(out: Path) -> None:
 def _part(part_id: int, rows: int, dirty: int = 0, state: str = "final"):  # type: ignore[no-untyped-def]
     from batcher.state import PartRecord
 
-    return PartRecord(part_id=part_id, name=part_name(part_id), rows=rows, state=state,  # type: ignore[arg-type]
-                      dirty=dirty)
+    return PartRecord(
+        part_id=part_id,
+        name=part_name(part_id),
+        rows=rows,
+        state=state,  # type: ignore[arg-type]
+        dirty=dirty,
+    )
 
 
 def test_plan_compaction_groups_small_clean_parts() -> None:
     from batcher.sink import plan_compaction
 
-    parts = [_part(1, 10), _part(2, 10), _part(3, 100), _part(4, 5), _part(5, 5, dirty=1),
-             _part(6, 40), _part(7, 40), _part(8, 30), _part(9, 1, state="pending")]
+    parts = [
+        _part(1, 10),
+        _part(2, 10),
+        _part(3, 100),
+        _part(4, 5),
+        _part(5, 5, dirty=1),
+        _part(6, 40),
+        _part(7, 40),
+        _part(8, 30),
+        _part(9, 1, state="pending"),
+    ]
     groups = plan_compaction(parts, target_rows=100)
     assert [[p.part_id for p in g] for g in groups] == [[1, 2], [6, 7]]
     assert plan_compaction([_part(1, 10)], 100) == []

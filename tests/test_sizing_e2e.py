@@ -46,8 +46,10 @@ def test_images_arrive_at_the_models_native_size(tmp_path: Path, simulator, mode
 
 def test_a_job_may_ask_for_less(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
     job = write_job(tmp_path, mixed_rows(tmp_path))
-    job.write_text(job.read_text().replace("claude-haiku-5-5", "claude-opus-4-8")
-                   + "\n[images]\nmax_image_tokens = 800\n")
+    job.write_text(
+        job.read_text().replace("claude-haiku-5-5", "claude-opus-4-8")
+        + "\n[images]\nmax_image_tokens = 800\n"
+    )
     done = batcher(job, simulator)
     assert done.returncode == 0, done.stderr
     for row in results_by_id(tmp_path / "out").values():

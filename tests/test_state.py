@@ -47,14 +47,23 @@ def state(tmp_path: Path):  # type: ignore[no-untyped-def]
 # --- pure decisions ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "retry", "expected"), [
-    (None, False, True), (None, True, True),
-    ("transient", False, True), ("transient", True, True),
-    ("inflight", False, True), ("inflight", True, True),
-    ("done", False, False), ("done", True, False),
-    ("batched", False, False), ("batched", True, False),
-    ("error", False, False), ("error", True, True),
-])
+@pytest.mark.parametrize(
+    ("status", "retry", "expected"),
+    [
+        (None, False, True),
+        (None, True, True),
+        ("transient", False, True),
+        ("transient", True, True),
+        ("inflight", False, True),
+        ("inflight", True, True),
+        ("done", False, False),
+        ("done", True, False),
+        ("batched", False, False),
+        ("batched", True, False),
+        ("error", False, False),
+        ("error", True, True),
+    ],
+)
 def test_needs_work(status: str | None, retry: bool, expected: bool) -> None:
     assert needs_work(status, retry) is expected
 
@@ -237,8 +246,9 @@ _WRITER = textwrap.dedent("""
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_recorded_results_survive_process_death(tmp_path: Path, how: str) -> None:
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), "37", how],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(out), "37", how], stdout=subprocess.PIPE, text=True
+    )
     try:
         if how == "sigkill":
             assert proc.stdout is not None and proc.stdout.readline().strip() == "recorded"
@@ -323,8 +333,9 @@ def test_batches_crud(state: JobState) -> None:
 
 def test_summary_counts_tokens_cost_and_spend_of_retries(state: JobState) -> None:
     state.sync_rows(_rows(["a", "b", "c", "d"]))
-    state.record(_ok("a", input_tokens=100, output_tokens=20, cost_usd=0.01, latency_s=1.5,
-                     cache_read_input_tokens=7))
+    state.record(
+        _ok("a", input_tokens=100, output_tokens=20, cost_usd=0.01, latency_s=1.5, cache_read_input_tokens=7)
+    )
     state.record(_err("b", "invalid_request_error"))
     state.record_transient("c", "overloaded_error", "529", 3)
     s = state.summary()
@@ -343,10 +354,10 @@ def test_summary_counts_tokens_cost_and_spend_of_retries(state: JobState) -> Non
 def test_time_spent_over_passes(state: JobState, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([100.0, 105.0, 110.0, 200.0, 201.0, 230.0])
     monkeypatch.setattr("batcher.state.time.time", lambda: next(clock))
-    p1 = state.begin_pass()          # 100
+    p1 = state.begin_pass()  # 100
     state.sync_rows(_rows(["a"]), p1)  # 105 (last write)
-    state.end_pass(p1)               # 110
-    p2 = state.begin_pass()          # 200
+    state.end_pass(p1)  # 110
+    p2 = state.begin_pass()  # 200
     state.sync_rows(_rows(["a"]), p2)  # 201; never ended: counts to its last write
     monkeypatch.undo()
     s = state.summary()

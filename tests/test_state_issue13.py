@@ -103,11 +103,20 @@ def assert_status_agrees_with_parquet(out: Path) -> None:
 # --- pure decisions ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "answered", "current", "expected"), [
-    ("done", 1, 2, True), ("error", 1, 2, True), ("done", 1, 1, False),
-    ("done", None, 2, False), ("done", 1, None, False),
-    ("transient", 1, 2, False), ("inflight", 1, 2, False), ("batched", 1, 2, False), (None, None, 2, False),
-])
+@pytest.mark.parametrize(
+    ("status", "answered", "current", "expected"),
+    [
+        ("done", 1, 2, True),
+        ("error", 1, 2, True),
+        ("done", 1, 1, False),
+        ("done", None, 2, False),
+        ("done", 1, None, False),
+        ("transient", 1, 2, False),
+        ("inflight", 1, 2, False),
+        ("batched", 1, 2, False),
+        (None, None, 2, False),
+    ],
+)
 def test_is_changed(status: str | None, answered: int | None, current: int | None, expected: bool) -> None:
     assert is_changed(status, answered, current) is expected
 
@@ -120,8 +129,9 @@ def test_content_hash_covers_prompt_images_file_and_settings(tmp_path: Path) -> 
     assert ContentHasher(b"s1")(row) == base
     assert ContentHasher(b"s2")(row) != base  # request settings
     assert ContentHasher(b"s1")(Row(id="a", images=[str(img)], prompt="q", fields={}, index=0)) != base
-    assert ContentHasher(b"s1")(Row(id="a", images=[str(img), str(img)], prompt="p", fields={},
-                                    index=0)) != base
+    assert (
+        ContentHasher(b"s1")(Row(id="a", images=[str(img), str(img)], prompt="p", fields={}, index=0)) != base
+    )
     img.write_bytes(b"y" * 11)  # the file, edited in place
     assert ContentHasher(b"s1")(row) != base
 
@@ -167,13 +177,19 @@ def _v1_state(out: Path, done: list[str], pending: list[str]) -> None:
     out.mkdir(parents=True)
     conn = sqlite3.connect(out / "state.sqlite")
     conn.executescript(_V1_SCHEMA)
-    conn.execute("INSERT INTO passes(started_at, last_write_at, finished_at, rows, new_rows, duplicates) "
-                 "VALUES (1, 2, 2, ?, ?, 0)", (len(done + pending),) * 2)
+    conn.execute(
+        "INSERT INTO passes(started_at, last_write_at, finished_at, rows, new_rows, duplicates) "
+        "VALUES (1, 2, 2, ?, ?, 0)",
+        (len(done + pending),) * 2,
+    )
     for n, row_id in enumerate(done + pending):
         conn.execute("INSERT INTO rows VALUES (?, ?, ?, 1, 1, 1)", (row_id, row_id, n))
     for row_id in done:
-        conn.execute("INSERT INTO results(id, status, attempts, result_json, updated_at, version) "
-                     "VALUES (?, 'done', 1, ?, 2, 1)", (row_id, Result(id=row_id, status="ok").to_json()))
+        conn.execute(
+            "INSERT INTO results(id, status, attempts, result_json, updated_at, version) "
+            "VALUES (?, 'done', 1, ?, 2, 1)",
+            (row_id, Result(id=row_id, status="ok").to_json()),
+        )
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -206,8 +222,10 @@ def test_a_v1_state_opens_migrated_and_its_answers_are_taken_as_current(tmp_path
 def test_a_custom_id_collision_names_both_ids(tmp_path: Path) -> None:
     hashed = custom_id_for("x y")
     assert hashed.startswith(HASHED_CUSTOM_ID_PREFIX)
-    rows = [Row(id="x y", images=[], prompt="", fields={}, index=0),
-            Row(id=hashed, images=[], prompt="", fields={}, index=1)]
+    rows = [
+        Row(id="x y", images=[], prompt="", fields={}, index=0),
+        Row(id=hashed, images=[], prompt="", fields={}, index=1),
+    ]
     with JobState.open(tmp_path / "out") as state, pytest.raises(StateError) as caught:
         state.sync_rows(rows)
     assert "'x y'" in str(caught.value) and repr(hashed) in str(caught.value)
@@ -239,14 +257,23 @@ def test_a_sync_beside_the_pipeline_stops_at_the_first_chunk_with_a_duplicate(tm
 # --- lock_holder and the stale in-flight figure ------------------------------------------------------
 
 
-def test_status_after_a_dead_run_shows_nothing_in_flight(tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_after_a_dead_run_shows_nothing_in_flight(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     with JobState.open(out) as state:
         state.sync_rows([Row(id="a", images=[], prompt="", fields={}, index=0)])
         # The last snapshot a run wrote before it was killed with 15 requests in flight.
-        state.set_meta("rate_limits", {"limits": {"requests": 50}, "source": "headers", "in_flight": 15,
-                                       "in_flight_limit": 16, "rate_limited": 0})
+        state.set_meta(
+            "rate_limits",
+            {
+                "limits": {"requests": 50},
+                "source": "headers",
+                "in_flight": 15,
+                "in_flight_limit": 16,
+                "rate_limited": 0,
+            },
+        )
     (out / ".lock").write_text("999999\n")  # the dead run's pid, no lock held
     assert lock_holder(out) is None
     assert show_status(out) == 0
@@ -302,7 +329,8 @@ def test_edited_rows_are_reported_then_resent_only_with_redo_changed(tmp_path: P
 
 
 def test_removed_rows_leave_the_results_and_a_fixed_broken_line_leaves_no_stale_error(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_images(tmp_path, 6)
     good = rows_for(range(6))
     write_manifest(tmp_path, [*good[:3], '{"id": "r9", "image": ', *good[3:]])
@@ -331,7 +359,8 @@ def test_removed_rows_leave_the_results_and_a_fixed_broken_line_leaves_no_stale_
     assert first[broken]["status"] == "error"
     assert sorted(r["id"] for r in removed) == sorted(["r0", "r4", broken])
     assert {r["id"]: r["text"] for r in removed if r["id"] in ("r0", "r4")} == {
-        i: first[i]["text"] for i in ("r0", "r4")}
+        i: first[i]["text"] for i in ("r0", "r4")
+    }
     with JobState.open(tmp_path / "out") as state:
         s = state.summary()
     assert (s.rows, s.removed_rows, s.removed_answers) == (5, 3, 3)
@@ -380,7 +409,8 @@ def _slow_sync(monkeypatch: pytest.MonkeyPatch, sim: Any, after_rows: int, log: 
 
 
 def test_a_run_sends_from_the_synced_prefix_while_the_sync_goes_on(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_images(tmp_path, 8)
     write_manifest(tmp_path, rows_for(range(8)))
     job = write_job(tmp_path)
@@ -403,7 +433,8 @@ def test_a_run_sends_from_the_synced_prefix_while_the_sync_goes_on(
 
 
 def test_duplicate_ids_found_after_rows_were_sent_stop_the_run_with_exit_2(
-        tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_images(tmp_path, 12)
     rows = rows_for(range(12))
     rows[10]["id"] = "r2"  # a later occurrence of r2, with another image

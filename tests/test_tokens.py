@@ -27,9 +27,11 @@ def jpeg(width: int, height: int) -> str:
 
 
 def count(simulator, body: dict) -> int:  # type: ignore[no-untyped-def]
-    answer = httpx.post(f"{simulator.base_url}/v1/messages/count_tokens",
-                        json={k: v for k, v in body.items() if k != "max_tokens"},
-                        headers={"x-api-key": "t", "anthropic-version": facts.API_VERSION})
+    answer = httpx.post(
+        f"{simulator.base_url}/v1/messages/count_tokens",
+        json={k: v for k, v in body.items() if k != "max_tokens"},
+        headers={"x-api-key": "t", "anthropic-version": facts.API_VERSION},
+    )
     return int(answer.json()["input_tokens"])
 
 
@@ -49,8 +51,10 @@ def test_a_rows_cost_is_near_what_the_api_counts_and_exact_for_images(simulator,
     assert cost.max_tokens == 50
     # images are exact: the same body without its image blocks costs their tokens and framing less
     [message] = body["messages"]
-    text_only = {**body, "messages": [{**message, "content": [
-        b for b in message["content"] if b["type"] != "image"]}]}
+    text_only = {
+        **body,
+        "messages": [{**message, "content": [b for b in message["content"] if b["type"] != "image"]}],
+    }
     without = request_cost(text_only, profile, [], 50)
     assert cost.input_tokens - without.input_tokens == counted - count(simulator, text_only)
     assert counted - count(simulator, text_only) == sum(image_tokens) + 2 * IMAGE_BLOCK_OVERHEAD

@@ -28,20 +28,23 @@ from tests.test_run_e2e import batcher, good_rows, results_by_id, write_job
 LOOPBACK_OK = DownloadLimits(allow_private=True)
 
 
-@pytest.mark.parametrize(("source", "kind"), [
-    ("http://example.com/a.jpg", "url"),
-    ("https://example.com/a.jpg", "url"),
-    ("HTTP://EXAMPLE.COM/A.JPG", "url"),  # schemes are case-insensitive (RFC 3986)
-    ("HtTpS://example.com/a.jpg", "url"),
-    ("file:///srv/images/a.jpg", "unsupported"),
-    ("FTP://example.com/a.jpg", "unsupported"),
-    ("s3://bucket/key.jpg", "unsupported"),
-    ("images/a.jpg", "local"),
-    ("/srv/images/a.jpg", "local"),
-    ("a:b.jpg", "local"),
-    ("C://not-a-scheme.jpg", "local"),  # one letter: a drive, not a scheme
-    ("images/http://x.jpg", "local"),  # a scheme only at the start
-])
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        ("http://example.com/a.jpg", "url"),
+        ("https://example.com/a.jpg", "url"),
+        ("HTTP://EXAMPLE.COM/A.JPG", "url"),  # schemes are case-insensitive (RFC 3986)
+        ("HtTpS://example.com/a.jpg", "url"),
+        ("file:///srv/images/a.jpg", "unsupported"),
+        ("FTP://example.com/a.jpg", "unsupported"),
+        ("s3://bucket/key.jpg", "unsupported"),
+        ("images/a.jpg", "local"),
+        ("/srv/images/a.jpg", "local"),
+        ("a:b.jpg", "local"),
+        ("C://not-a-scheme.jpg", "local"),  # one letter: a drive, not a scheme
+        ("images/http://x.jpg", "local"),  # a scheme only at the start
+    ],
+)
 def test_a_source_is_a_url_a_path_or_an_unsupported_scheme(source: str, kind: str) -> None:
     assert urls.source_kind(source) == kind
     assert urls.is_url(source) == (kind == "url")
@@ -61,24 +64,27 @@ def test_the_manifest_keeps_every_scheme_as_written() -> None:
     assert resolve_image("x.jpg", "/data") == "/data/x.jpg"
 
 
-@pytest.mark.parametrize(("address", "kind"), [
-    ("127.0.0.1", "a loopback address"),
-    ("127.8.9.10", "a loopback address"),
-    ("::1", "a loopback address"),
-    ("::ffff:127.0.0.1", "a loopback address"),  # IPv4-mapped: judged as the IPv4 address
-    ("169.254.169.254", "a link-local address"),  # the cloud metadata endpoint
-    ("fe80::1", "a link-local address"),
-    ("10.1.2.3", "a private address"),
-    ("172.16.5.4", "a private address"),
-    ("192.168.1.1", "a private address"),
-    ("fd00::1", "a private address"),
-    ("0.0.0.0", "an unspecified address"),
-    ("224.0.0.251", "a multicast address"),
-    ("100.64.0.1", "not a global address"),  # carrier-grade NAT
-    ("8.8.8.8", None),
-    ("93.184.216.34", None),
-    ("2606:4700:4700::1111", None),
-])
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "a loopback address"),
+        ("127.8.9.10", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),  # IPv4-mapped: judged as the IPv4 address
+        ("169.254.169.254", "a link-local address"),  # the cloud metadata endpoint
+        ("fe80::1", "a link-local address"),
+        ("10.1.2.3", "a private address"),
+        ("172.16.5.4", "a private address"),
+        ("192.168.1.1", "a private address"),
+        ("fd00::1", "a private address"),
+        ("0.0.0.0", "an unspecified address"),
+        ("224.0.0.251", "a multicast address"),
+        ("100.64.0.1", "not a global address"),  # carrier-grade NAT
+        ("8.8.8.8", None),
+        ("93.184.216.34", None),
+        ("2606:4700:4700::1111", None),
+    ],
+)
 def test_only_global_addresses_may_be_downloaded_from(address: str, kind: str | None) -> None:
     assert urls.refused_address(address, allow_private=False) == kind
     assert urls.refused_address(address, allow_private=True) is None
@@ -217,15 +223,21 @@ def test_run_downloads_by_the_policy(tmp_path: Path, simulator) -> None:  # type
             {"id": "slow", "image": f"{server.url}/drip", "kind": "photo"},
             {"id": "big", "image": f"{server.url}/stream-big", "kind": "photo"},
         ]
-        job = _with_images(write_job(tmp_path, rows), "allow_private_urls = true\n"
-                           "download_timeout_s = 1.5\ndownload_max_bytes = 1048576")
+        job = _with_images(
+            write_job(tmp_path, rows),
+            "allow_private_urls = true\ndownload_timeout_s = 1.5\ndownload_max_bytes = 1048576",
+        )
         done = batcher(job, simulator)
         assert done.returncode == 3, done.stderr
         got = results_by_id(tmp_path / "out")
         assert got["upper"]["status"] == "ok"
         assert {k: got[k]["error_type"] for k in ("file", "ftp", "to-ftp", "slow", "big")} == {
-            "file": "unsupported_scheme", "ftp": "unsupported_scheme", "to-ftp": "unsupported_scheme",
-            "slow": "download_timeout", "big": "too_large"}
+            "file": "unsupported_scheme",
+            "ftp": "unsupported_scheme",
+            "to-ftp": "unsupported_scheme",
+            "slow": "download_timeout",
+            "big": "too_large",
+        }
         assert "'file'" in got["file"]["error_message"] and "'ftp'" in got["ftp"]["error_message"]
         assert "redirect 1 to ftp://files.example" in got["to-ftp"]["error_message"]
         assert str(tmp_path / "file:") not in got["file"]["error_message"]  # not a mangled path
@@ -250,8 +262,12 @@ def test_estimate_names_unsupported_schemes(tmp_path: Path) -> None:
         {"id": "url", "image": "HTTPS://images.example/a.jpg", "kind": "photo"},
     ]
     job = write_job(tmp_path, rows)
-    done = subprocess.run([sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     est = json.loads(done.stdout)
     assert est["failures"] == {"unsupported_scheme": 2}

@@ -56,8 +56,9 @@ def user_content(images: Sequence[ImagePart], prompt: str) -> list[dict[str, Any
     return blocks
 
 
-def messages_body(profile: ModelProfile, settings: RequestSettings, images: Sequence[ImagePart],
-                  prompt: str) -> dict[str, Any]:
+def messages_body(
+    profile: ModelProfile, settings: RequestSettings, images: Sequence[ImagePart], prompt: str
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": profile.id,
         "max_tokens": settings.max_tokens,

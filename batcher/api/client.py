@@ -63,8 +63,10 @@ def check_key(key: str, name: str = "the API key", offset: int = 0) -> None:
     bad = bad_key_char(key)
     if bad is not None:
         what, position = bad
-        raise InvalidKeyError(f"{name} contains {what} (character {position + offset}); an API key is "
-                              "printable ASCII without spaces or line breaks: check how it was set")
+        raise InvalidKeyError(
+            f"{name} contains {what} (character {position + offset}); an API key is "
+            "printable ASCII without spaces or line breaks: check how it was set"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +101,16 @@ SHARD_CONNECTIONS = 8
 class Client:
     """``async with Client(key, base_url, max_connections=n) as client: await client.messages(body)``."""
 
-    def __init__(self, api_key: str, base_url: str = facts.DEFAULT_BASE_URL, *,
-                 max_connections: int = 32, timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = facts.DEFAULT_BASE_URL,
+        *,
+        max_connections: int = 32,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         if not api_key:
             raise MissingKeyError("no API key")
         # Before any header is built: httpx would echo a bad key in its error, or fail on non-ASCII.
@@ -112,23 +121,32 @@ class Client:
         # A request takes the least busy shard, so a small job uses one shard and few sockets.
         shards = max(1, math.ceil(max_connections / SHARD_CONNECTIONS))
         per_shard = math.ceil(max_connections / shards)
-        self._pools = [self._pool(api_key, base_url, per_shard, timeout_s, connect_timeout_s, transport)
-                       for _ in range(shards)]
+        self._pools = [
+            self._pool(api_key, base_url, per_shard, timeout_s, connect_timeout_s, transport)
+            for _ in range(shards)
+        ]
         self._busy = [0] * shards
         self._downloaders: dict[DownloadLimits, Downloader] = {}
 
     @staticmethod
-    def _pool(api_key: str, base_url: str, connections: int, timeout_s: float,
-              connect_timeout_s: float, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    def _pool(
+        api_key: str,
+        base_url: str,
+        connections: int,
+        timeout_s: float,
+        connect_timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={"x-api-key": api_key, "anthropic-version": facts.API_VERSION,
-                     "user-agent": "batcher"},
+            headers={"x-api-key": api_key, "anthropic-version": facts.API_VERSION, "user-agent": "batcher"},
             # Requests in flight on a shard never exceed ``connections``, but a connection stays
             # busy a moment after its answer is read; with no spare, requests queue inside the
             # pool, whose queue hands a freed connection to every waiter (pydantic/httpx2#1075).
-            limits=httpx.Limits(max_connections=POOL_HEADROOM * connections,
-                                max_keepalive_connections=POOL_HEADROOM * connections),
+            limits=httpx.Limits(
+                max_connections=POOL_HEADROOM * connections,
+                max_keepalive_connections=POOL_HEADROOM * connections,
+            ),
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             transport=transport,
         )
@@ -159,9 +177,18 @@ class Client:
 
     # --- the seam -------------------------------------------------------------------------
 
-    async def request(self, method: str, path: str, *, json: Any = None, betas: Iterable[str] = (),
-                      params: Mapping[str, Any] | None = None, files: Any = None,
-                      data: Mapping[str, Any] | None = None, raw: bool = False) -> APIResponse:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        betas: Iterable[str] = (),
+        params: Mapping[str, Any] | None = None,
+        files: Any = None,
+        data: Mapping[str, Any] | None = None,
+        raw: bool = False,
+    ) -> APIResponse:
         headers = {"anthropic-beta": ",".join(betas)} if betas else {}
         content = None
         if json is not None:
@@ -171,8 +198,9 @@ class Client:
         shard = self._busy.index(min(self._busy))
         self._busy[shard] += 1
         try:
-            resp = await self._pools[shard].request(method, path, content=content, headers=headers,
-                                                    params=params, files=files, data=data)
+            resp = await self._pools[shard].request(
+                method, path, content=content, headers=headers, params=params, files=files, data=data
+            )
         except httpx.TimeoutException as exc:
             raise errors.APITimeoutError(f"{method} {path}: timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
@@ -199,11 +227,13 @@ class Client:
     async def get_model(self, model_id: str) -> dict[str, Any]:
         return (await self.request("GET", f"/v1/models/{model_id}")).body  # type: ignore[no-any-return]
 
-    async def upload_file(self, data: bytes, filename: str, media_type: str, *, beta: str,
-                          expires_in_seconds: int | None = None) -> dict[str, Any]:
+    async def upload_file(
+        self, data: bytes, filename: str, media_type: str, *, beta: str, expires_in_seconds: int | None = None
+    ) -> dict[str, Any]:
         form = {"expires_in_seconds": str(expires_in_seconds)} if expires_in_seconds else None
-        resp = await self.request("POST", "/v1/files", betas=[beta],
-                                  files={"file": (filename, data, media_type)}, data=form)
+        resp = await self.request(
+            "POST", "/v1/files", betas=[beta], files={"file": (filename, data, media_type)}, data=form
+        )
         return resp.body  # type: ignore[no-any-return]
 
     async def delete_file(self, file_id: str, *, beta: str) -> None:

@@ -43,8 +43,11 @@ from batcher.images.errors import (
 #: ``check(address) -> kind``: what an IP address is when a download may not connect to it, or None.
 AddressCheck = Callable[[str], str | None]
 
-_HEADERS = [(b"Accept", b"image/*, */*;q=0.5"), (b"Accept-Encoding", b"identity"),
-            (b"User-Agent", b"batcher")]
+_HEADERS = [
+    (b"Accept", b"image/*, */*;q=0.5"),
+    (b"Accept-Encoding", b"identity"),
+    (b"User-Agent", b"batcher"),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +67,23 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         self._check = check
         self._inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         addresses = await _resolve(host, port)
         for address in addresses:
             kind = self._check(address)
             if kind is not None:
-                said = f"{address} is {kind}" if address == host.strip("[]") else \
-                    f"{host} resolves to {address}, {kind}"
+                said = (
+                    f"{address} is {kind}"
+                    if address == host.strip("[]")
+                    else f"{host} resolves to {address}, {kind}"
+                )
                 raise BlockedAddress(f"{said}: refused unless [images] allow_private_urls = true")
         failure: Exception | None = None
         for address in addresses:  # in the resolver's order, as a browser would try them
@@ -84,8 +95,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         raise failure
 
     async def connect_unix_socket(
-            self, path: str, timeout: float | None = None,
-            socket_options: Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
+        self, path: str, timeout: float | None = None, socket_options: Iterable[typing.Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
         raise httpcore.UnsupportedProtocol("image downloads do not use unix sockets")
 
     async def sleep(self, seconds: float) -> None:
@@ -114,8 +125,11 @@ class Downloader:
         if check is None:
             check = partial(urls.refused_address, allow_private=limits.allow_private)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(), max_connections=None,
-            max_keepalive_connections=20, keepalive_expiry=5.0, network_backend=_GuardedBackend(check),
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=None,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_GuardedBackend(check),
         )
 
     async def __aenter__(self) -> Downloader:
@@ -134,8 +148,9 @@ class Downloader:
             with anyio.fail_after(limits.timeout_s):
                 return await self._follow(url)
         except (TimeoutError, httpcore.TimeoutException):
-            raise DownloadTimeout(f"not downloaded within {limits.timeout_s:g} s "
-                                  "([images] download_timeout_s)") from None
+            raise DownloadTimeout(
+                f"not downloaded within {limits.timeout_s:g} s ([images] download_timeout_s)"
+            ) from None
 
     async def _follow(self, url: str) -> bytes:
         current, where = url, ""
@@ -156,8 +171,9 @@ class Downloader:
         """One request: the body of a 200, or the URL a redirect leads to."""
         timeouts = dict.fromkeys(("connect", "read", "write", "pool"), self.limits.timeout_s)
         try:
-            async with self._pool.stream("GET", _core_url(target), headers=_HEADERS,
-                                         extensions={"timeout": timeouts}) as resp:
+            async with self._pool.stream(
+                "GET", _core_url(target), headers=_HEADERS, extensions={"timeout": timeouts}
+            ) as resp:
                 if resp.status in urls.REDIRECTS:
                     location = _header(resp.headers, b"location")
                     if not location:
@@ -209,8 +225,9 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 async def _read(resp: httpcore.Response, max_bytes: int) -> bytes:
     length = _header(resp.headers, b"content-length")
     if length is not None and length.strip().isdigit() and int(length) > max_bytes:
-        raise DownloadTooLarge(f"{int(length):,} bytes, over the {max_bytes:,}-byte limit "
-                               "([images] download_max_bytes)")
+        raise DownloadTooLarge(
+            f"{int(length):,} bytes, over the {max_bytes:,}-byte limit ([images] download_max_bytes)"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.aiter_stream():

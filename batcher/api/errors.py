@@ -53,8 +53,16 @@ class APIResponseError(APIError):
 
 
 class APIStatusError(APIError):
-    def __init__(self, status: int, error_type: str, message: str, *, request_id: str | None,
-                 headers: Mapping[str, str], error_code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        request_id: str | None,
+        headers: Mapping[str, str],
+        error_code: str | None = None,
+    ) -> None:
         # The error code names what a bare type would not (a 429 that is a spend limit, not a rate).
         code = f" ({error_code})" if error_code else ""
         super().__init__(f"{status} {error_type}{code}: {message}")
@@ -116,9 +124,14 @@ class ServerError(APIStatusError):
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
-    400: BadRequestError, 401: AuthenticationError, 402: BillingError,
-    403: PermissionDeniedError, 404: NotFoundError, 413: RequestTooLargeError,
-    429: RateLimitError, 529: OverloadedError,
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: BillingError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    413: RequestTooLargeError,
+    429: RateLimitError,
+    529: OverloadedError,
 }
 
 
@@ -145,8 +158,12 @@ def is_api_error_body(body: Any) -> bool:
     404 in that shape is the API's word; one in any other shape comes from whatever stands in
     front of it (a gateway or proxy without the route)."""
     error = body.get("error") if isinstance(body, dict) else None
-    return (isinstance(error, dict) and body.get("type") == "error"
-            and isinstance(error.get("type"), str) and isinstance(error.get("message"), str))
+    return (
+        isinstance(error, dict)
+        and body.get("type") == "error"
+        and isinstance(error.get("type"), str)
+        and isinstance(error.get("message"), str)
+    )
 
 
 def from_response(status: int, body: Any, headers: Mapping[str, str]) -> APIStatusError:

@@ -43,8 +43,9 @@ class UnknownModelError(LookupError):
     """``--model`` names a model neither batcher's table nor the job's ``[models]`` has."""
 
 
-def prepare_settings(*, job_path: Path | None, model: str | None, options: Mapping[str, Any],
-                     images_in_request: int = 1) -> tuple[ModelProfile, ImageOptions]:
+def prepare_settings(
+    *, job_path: Path | None, model: str | None, options: Mapping[str, Any], images_in_request: int = 1
+) -> tuple[ModelProfile, ImageOptions]:
     """The model and :class:`ImageOptions` to prepare with: the job's, then the explicit values.
 
     ``options`` maps :class:`ImageOptions` fields to explicit values (None: not given, the job's or
@@ -85,8 +86,10 @@ def prepare_settings(*, job_path: Path | None, model: str | None, options: Mappi
     if images_in_request < 1:
         raise ImageConfigError(f"--images-per-request: must be at least 1, got {images_in_request}")
     if images_in_request > profile.images_per_request:
-        raise ImageConfigError(f"--images-per-request: {images_in_request} is above {profile.id}'s limit "
-                               f"of {profile.images_per_request} images a request")
+        raise ImageConfigError(
+            f"--images-per-request: {images_in_request} is above {profile.id}'s limit "
+            f"of {profile.images_per_request} images a request"
+        )
     return profile, merged
 
 
@@ -104,8 +107,9 @@ class Summary:
 
     def line(self) -> str:
         failed = self.total - self.ok
-        text = (f"{self.total} inputs: {self.ok} prepared ({self.passthrough} sent as they were), "
-                f"{failed} failed")
+        text = (
+            f"{self.total} inputs: {self.ok} prepared ({self.passthrough} sent as they were), {failed} failed"
+        )
         if self.errors:
             text += " (" + ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) + ")"
         if self.warnings:
@@ -141,11 +145,18 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 
 def ok_row(path: Path, prepared: PreparedImage, written: Path | None) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "path": str(path), "ok": True, "media_type": prepared.media_type,
-        "width": prepared.width, "height": prepared.height, "bytes": len(prepared.data),
-        "tokens": prepared.tokens, "warnings": prepared.warnings,
-        "source_width": prepared.source_width, "source_height": prepared.source_height,
-        "source_format": prepared.source_format, "passthrough": prepared.passthrough,
+        "path": str(path),
+        "ok": True,
+        "media_type": prepared.media_type,
+        "width": prepared.width,
+        "height": prepared.height,
+        "bytes": len(prepared.data),
+        "tokens": prepared.tokens,
+        "warnings": prepared.warnings,
+        "source_width": prepared.source_width,
+        "source_height": prepared.source_height,
+        "source_format": prepared.source_format,
+        "passthrough": prepared.passthrough,
         "sha256": prepared.sha256,
     }
     if written is not None:
@@ -162,14 +173,23 @@ def human_line(row: dict[str, Any]) -> str:
         return f"FAIL {row['path']}: {row['error_type']}: {without_label(row['error'], row['path'])}"
     notes = f"  [{', '.join(row['warnings'])}]" if row["warnings"] else ""
     kept = " as is" if row["passthrough"] else ""
-    return (f"ok   {row['path']}: {row['source_width']}x{row['source_height']} {row['source_format']} -> "
-            f"{row['width']}x{row['height']} {row['media_type']}{kept}, {row['bytes']:,} bytes, "
-            f"{row['tokens']} tokens{notes}")
+    return (
+        f"ok   {row['path']}: {row['source_width']}x{row['source_height']} {row['source_format']} -> "
+        f"{row['width']}x{row['height']} {row['media_type']}{kept}, {row['bytes']:,} bytes, "
+        f"{row['tokens']} tokens{notes}"
+    )
 
 
-async def run_prepare(paths: Sequence[Path], profile: ModelProfile, options: ImageOptions, *,
-                      out_dir: Path | None, emit: Callable[[dict[str, Any]], None],
-                      workers: int | None = None, images_in_request: int = 1) -> Summary:
+async def run_prepare(
+    paths: Sequence[Path],
+    profile: ModelProfile,
+    options: ImageOptions,
+    *,
+    out_dir: Path | None,
+    emit: Callable[[dict[str, Any]], None],
+    workers: int | None = None,
+    images_in_request: int = 1,
+) -> Summary:
     """Prepare every input through the pool; ``emit`` gets one row per input, in input order.
 
     Each image is sized as one of ``images_in_request`` images in a request (the many-image rule).
@@ -192,8 +212,9 @@ async def run_prepare(paths: Sequence[Path], profile: ModelProfile, options: Ima
 
         async def one(index: int, path: Path) -> None:
             try:
-                row = await _prepare_one(pool, path, stems[index], profile, options, out_dir,
-                                         images_in_request)
+                row = await _prepare_one(
+                    pool, path, stems[index], profile, options, out_dir, images_in_request
+                )
             finally:
                 in_flight.release()
             _count(summary, row)
@@ -207,9 +228,15 @@ async def run_prepare(paths: Sequence[Path], profile: ModelProfile, options: Ima
     return summary
 
 
-async def _prepare_one(pool: ImagePool, path: Path, stem: str, profile: ModelProfile,
-                       options: ImageOptions, out_dir: Path | None,
-                       images_in_request: int) -> dict[str, Any]:
+async def _prepare_one(
+    pool: ImagePool,
+    path: Path,
+    stem: str,
+    profile: ModelProfile,
+    options: ImageOptions,
+    out_dir: Path | None,
+    images_in_request: int,
+) -> dict[str, Any]:
     try:
         prepared = await pool.prepare(path, profile, options, images_in_request=images_in_request)
     except ImageError as exc:

@@ -68,8 +68,21 @@ from batcher.images.sizing import ImageOptions
 #: Pillow format names batcher decodes. MPO comes through the JPEG opener (its primary image); HEIF
 #: from pillow-heif; AVIF and JPEG2000 from Pillow where it was built with them.
 ALLOWED_FORMATS: tuple[str, ...] = (
-    "JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "ICO", "PPM", "TGA", "PCX",
-    "JPEG2000", "QOI", "AVIF", "HEIF",
+    "JPEG",
+    "PNG",
+    "GIF",
+    "WEBP",
+    "TIFF",
+    "BMP",
+    "DIB",
+    "ICO",
+    "PPM",
+    "TGA",
+    "PCX",
+    "JPEG2000",
+    "QOI",
+    "AVIF",
+    "HEIF",
 )
 #: Modes every later step handles: anything else is converted to one of these first.
 STANDARD_MODES = ("L", "LA", "RGB", "RGBA")
@@ -84,8 +97,14 @@ _TRANSPOSE: dict[int, Image.Transpose] = {
     8: Image.Transpose.ROTATE_90,
 }
 #: The transposes that exchange width and height.
-_SWAPPING = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
-                       Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270})
+_SWAPPING = frozenset(
+    {
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_270,
+    }
+)
 ORIENTATION_TAG = ExifTags.Base.Orientation
 #: TIFF's stored width and length tags (the header size Pillow may have swapped).
 _TIFF_WIDTH, _TIFF_LENGTH = 256, 257
@@ -203,9 +222,13 @@ def _file_errors(label: str) -> Iterator[None]:
         raise ImageIOError(f"{label}: cannot read: {exc.strerror or exc}") from None
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def not_a_file_message(mode: int) -> str | None:
@@ -272,8 +295,9 @@ def open_header(path: Path | str) -> tuple[BinaryIO, str]:
     return fp, label
 
 
-def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions, *,
-               header_only: bool = False) -> Opened:
+def open_image(
+    source: bytes | BinaryIO, label: str, options: ImageOptions, *, header_only: bool = False
+) -> Opened:
     """Parse the header with an allowlisted decoder; call inside :func:`pillow_limits`.
 
     ``header_only`` (for probing) never decodes pixels, at the price of missing an EXIF chunk that a
@@ -292,7 +316,8 @@ def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions, *,
         if width * height > options.max_pixels:
             raise TooManyPixels(
                 f"{label}: {width}x{height} is {width * height:,} pixels, over the limit of "
-                f"{options.max_pixels:,} (refused as a possible decompression bomb)")
+                f"{options.max_pixels:,} (refused as a possible decompression bomb)"
+            )
         if image.format == "PNG" and not header_only:
             # PNG's getexif() loads the pixels to reach chunks after IDAT: load here, where a failure
             # is this file's error, rather than inside the tolerant orientation read below.
@@ -300,9 +325,15 @@ def open_image(source: bytes | BinaryIO, label: str, options: ImageOptions, *,
         orientation, notes = _orientation(image)
         fmt = str(image.format)
         behaviour = pillow_orientation(fmt) if orientation != 1 else LEAVES_IT
-        return Opened(image, label, fmt, orientation, notes,
-                      header_upright=_header_upright(image, orientation, behaviour),
-                      pillow_transposes=behaviour.load_transposes)
+        return Opened(
+            image,
+            label,
+            fmt,
+            orientation,
+            notes,
+            header_upright=_header_upright(image, orientation, behaviour),
+            pillow_transposes=behaviour.load_transposes,
+        )
 
 
 @functools.cache
@@ -365,7 +396,8 @@ def _unidentified(fp: BinaryIO, label: str) -> ImageError:
         fmt = None
     if fmt:
         return UnsupportedFormat(
-            f"{label}: {fmt} images are not decoded by batcher (allowed: {', '.join(available_formats())})")
+            f"{label}: {fmt} images are not decoded by batcher (allowed: {', '.join(available_formats())})"
+        )
     return NotAnImage(f"{label}: not an image file (no image decoder recognises its contents)")
 
 
@@ -490,7 +522,8 @@ def _cmyk_to_rgb(image: Image.Image, icc: bytes | None, notes: list[str]) -> Ima
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             srgb = ImageCms.createProfile("sRGB")
             return ImageCms.profileToProfile(
-                image, source, srgb, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+                image, source, srgb, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
+            )
         except (ImageCms.PyCMSError, OSError, ValueError):
             notes.append("icc_profile_unusable")
     return image.convert("RGB")

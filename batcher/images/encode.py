@@ -40,7 +40,10 @@ PASSTHROUGH_MODES: dict[str, frozenset[str]] = {
     "WEBP": frozenset({"RGB", "RGBA"}),
 }
 MEDIA_TYPES: dict[str, str] = {
-    "JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
 }
 #: Qualities tried, in order, after the job's own, while a JPEG is over the byte limit.
 FALLBACK_QUALITIES = (75, 60, 45)
@@ -60,8 +63,9 @@ class Encoded:
     warnings: list[str] = field(default_factory=list)
 
 
-def passthrough_media_type(opened: Opened, data: bytes, target: tuple[int, int],
-                           options: ImageOptions, stored_mode: str) -> str | None:
+def passthrough_media_type(
+    opened: Opened, data: bytes, target: tuple[int, int], options: ImageOptions, stored_mode: str
+) -> str | None:
     """The media type to send ``data`` as it is under, or None if it must be re-encoded.
 
     ``stored_mode`` is the mode the header declared (before any conversion). The caller must have
@@ -125,7 +129,8 @@ def _jpeg_to_fit(image: Image.Image, icc: bytes | None, options: ImageOptions, l
         if max(width, height) < MIN_EDGE or min(width, height) < 1:
             raise TooLarge(
                 f"{label}: no JPEG of it fits {options.max_b64_bytes:,} bytes of base64, even at "
-                f"quality {qualities[-1]} and under {MIN_EDGE} px")
+                f"quality {qualities[-1]} and under {MIN_EDGE} px"
+            )
         small = image.resize((width, height), Image.Resampling.LANCZOS)
         data = _save(small, "JPEG", icc, quality=qualities[-1])
         if fits_b64(len(data), options):

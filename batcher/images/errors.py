@@ -133,9 +133,24 @@ class BlockedAddress(DownloadError):
 
 ERROR_CLASSES: dict[str, type[ImageError]] = {
     cls.error_type: cls
-    for cls in (NotFound, EmptyFile, NotAnImage, UnsupportedFormat, Truncated, TooManyPixels,
-                DecodeError, ImageTimeout, OutOfMemory, TooLarge, ImageIOError, NotAFile,
-                UnsupportedScheme, DownloadError, DownloadTimeout, BlockedAddress)
+    for cls in (
+        NotFound,
+        EmptyFile,
+        NotAnImage,
+        UnsupportedFormat,
+        Truncated,
+        TooManyPixels,
+        DecodeError,
+        ImageTimeout,
+        OutOfMemory,
+        TooLarge,
+        ImageIOError,
+        NotAFile,
+        UnsupportedScheme,
+        DownloadError,
+        DownloadTimeout,
+        BlockedAddress,
+    )
 }
 #: Every error type a prepared image may fail with, in a stable order.
 ERROR_TYPES: tuple[str, ...] = tuple(ERROR_CLASSES)
@@ -155,7 +170,7 @@ def without_label(message: str, *labels: str) -> str:
     otherwise the path is said twice (issue 13)."""
     for label in (*labels, BYTES_LABEL):
         if message.startswith(f"{label}: "):
-            return message[len(label) + 2:]
+            return message[len(label) + 2 :]
     return message
 
 

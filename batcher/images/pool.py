@@ -100,8 +100,11 @@ def _run_task(task: _Task) -> tuple[Any, ...]:
         return ("config", str(exc))
     except MemoryError:
         limit = task.options.memory_limit_bytes
-        return ("error", "out_of_memory",
-                f"{_label(task.source)}: needed more than the {limit:,}-byte memory bound")
+        return (
+            "error",
+            "out_of_memory",
+            f"{_label(task.source)}: needed more than the {limit:,}-byte memory bound",
+        )
     except Exception as exc:  # a bug or an unclassified decoder failure: still only this image's
         return ("error", "decode_error", f"{_label(task.source)}: {type(exc).__name__}: {exc}")
     finally:
@@ -147,8 +150,9 @@ class _Worker:
         #: set (from the event loop) when the task it runs is cancelled: it is killed, not awaited
         self.abandoned = False
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, work), daemon=True,
-                                       name="batcher-image-worker")
+        self.process = context.Process(
+            target=_worker_main, args=(child, work), daemon=True, name="batcher-image-worker"
+        )
         self.process.start()
         child.close()
         if not self.conn.poll(START_TIMEOUT_S):
@@ -218,8 +222,9 @@ class ImagePool:
         self._open = True
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._open = False
         idle, self._idle = self._idle, []
         with anyio.CancelScope(shield=True):
@@ -231,8 +236,13 @@ class ImagePool:
         worker = await anyio.to_thread.run_sync(_Worker, self._context, self._work, limiter=self._threads)
         self._idle.append(worker)
 
-    async def prepare(self, source: Path | str | bytes, profile: ModelProfile,
-                      options: ImageOptions | None = None, images_in_request: int = 1) -> PreparedImage:
+    async def prepare(
+        self,
+        source: Path | str | bytes,
+        profile: ModelProfile,
+        options: ImageOptions | None = None,
+        images_in_request: int = 1,
+    ) -> PreparedImage:
         """Prepare one image in a worker; raises its ``ImageError`` (timeout, out_of_memory...)."""
         if not self._open:
             raise PoolError("ImagePool.prepare called outside `async with ImagePool(...)`")
@@ -245,7 +255,8 @@ class ImagePool:
             try:
                 # Cancellable: a stopped run (a signal) does not wait for an image nothing will send.
                 alive, reply = await anyio.to_thread.run_sync(
-                    self._run, worker, task, limiter=self._threads, abandon_on_cancel=True)
+                    self._run, worker, task, limiter=self._threads, abandon_on_cancel=True
+                )
             except BaseException:
                 worker.abandon()
                 self._missing += 1
@@ -287,8 +298,11 @@ class ImagePool:
 def _failure(task: _Task, elapsed: float, exitcode: int | None) -> tuple[Any, ...]:
     label = _label(task.source)
     if exitcode == -signal.SIGKILL and elapsed >= task.options.timeout_s:
-        return ("error", "timeout",
-                f"{label}: not prepared within {task.options.timeout_s:g} s; its worker was killed")
+        return (
+            "error",
+            "timeout",
+            f"{label}: not prepared within {task.options.timeout_s:g} s; its worker was killed",
+        )
     if exitcode == -signal.SIGKILL:
         return ("error", "out_of_memory", f"{label}: its worker was killed (out of memory)")
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"

@@ -54,8 +54,12 @@ class PreparedImage:
         return cls(**fields)
 
 
-def prepare_file(source: Path | str | bytes, profile: ModelProfile, options: ImageOptions | None = None,
-                 images_in_request: int = 1) -> PreparedImage:
+def prepare_file(
+    source: Path | str | bytes,
+    profile: ModelProfile,
+    options: ImageOptions | None = None,
+    images_in_request: int = 1,
+) -> PreparedImage:
     """Prepare one image for ``profile``; raises an ``ImageError`` subclass naming what went wrong.
 
     The source size is measured upright (after EXIF orientation); the output is upright, at
@@ -74,8 +78,15 @@ def prepare_file(source: Path | str | bytes, profile: ModelProfile, options: Ima
     return _prepare_bytes(data, label, profile, options, images_in_request, lenient=True)
 
 
-def _prepare_bytes(data: bytes, label: str, profile: ModelProfile, options: ImageOptions,
-                   images_in_request: int, *, lenient: bool) -> PreparedImage:
+def _prepare_bytes(
+    data: bytes,
+    label: str,
+    profile: ModelProfile,
+    options: ImageOptions,
+    images_in_request: int,
+    *,
+    lenient: bool,
+) -> PreparedImage:
     # Where the file's own structure ends: a file cut short is ``truncated`` even where its decoder
     # reads it without complaint (a PNG without IEND) or says only "broken data stream" (JPEG 2000).
     ending = structure.examine(data)
@@ -86,8 +97,7 @@ def _prepare_bytes(data: bytes, label: str, profile: ModelProfile, options: Imag
                 raise Truncated(f"{label}: the file ends early ({ending.reason})")
             if lenient:
                 opened.warnings.append("truncated_accepted")
-            return _prepare_opened(opened, data, ending, profile, options, images_in_request,
-                                   lenient=lenient)
+            return _prepare_opened(opened, data, ending, profile, options, images_in_request, lenient=lenient)
         finally:
             opened.image.close()
 
@@ -104,8 +114,16 @@ def _truncated_if(ending: structure.Ending, label: str, *, lenient: bool) -> Ite
         raise Truncated(f"{label}: the file ends early ({ending.reason}){even}: {exc.message}") from None
 
 
-def _prepare_opened(opened: decode.Opened, data: bytes, ending: structure.Ending, profile: ModelProfile,
-                    options: ImageOptions, images_in_request: int, *, lenient: bool) -> PreparedImage:
+def _prepare_opened(
+    opened: decode.Opened,
+    data: bytes,
+    ending: structure.Ending,
+    profile: ModelProfile,
+    options: ImageOptions,
+    images_in_request: int,
+    *,
+    lenient: bool,
+) -> PreparedImage:
     source_w, source_h = opened.upright_size
     target = target_size(profile, source_w, source_h, options=options, images_in_request=images_in_request)
     stored_mode = opened.image.mode

@@ -62,24 +62,31 @@ def job_image_options(job: JobConfig) -> ImageOptions:
     """The job's ``[images]`` settings as :class:`ImageOptions`: the one mapping, shared by the run,
     ``batcher estimate`` and ``batcher prepare --job`` so the three never prepare differently."""
     imgs = job.images
-    return ImageOptions(max_edge=imgs.max_edge, max_image_tokens=imgs.max_image_tokens,
-                        max_b64_bytes=imgs.max_b64_bytes, allow_truncated=imgs.allow_truncated)
+    return ImageOptions(
+        max_edge=imgs.max_edge,
+        max_image_tokens=imgs.max_image_tokens,
+        max_b64_bytes=imgs.max_b64_bytes,
+        allow_truncated=imgs.allow_truncated,
+    )
 
 
 def check_options(profile: ModelProfile, options: ImageOptions) -> None:
     """Raise :class:`ImageConfigError` naming the option if ``options`` cannot be used with ``profile``."""
     if options.max_edge is not None and options.max_edge < 1:
         raise ImageConfigError(
-            f"images.max_edge: must be a positive number of pixels, got {options.max_edge}")
+            f"images.max_edge: must be a positive number of pixels, got {options.max_edge}"
+        )
     if options.max_image_tokens is not None and options.max_image_tokens < 1:
         raise ImageConfigError(
-            f"images.max_image_tokens: must be a positive number of tokens, got {options.max_image_tokens}")
+            f"images.max_image_tokens: must be a positive number of tokens, got {options.max_image_tokens}"
+        )
     if options.max_b64_bytes < 1024:
         raise ImageConfigError(f"images.max_b64_bytes: {options.max_b64_bytes} is too small to hold an image")
     if options.max_b64_bytes > profile.max_image_b64_bytes:
         raise ImageConfigError(
             f"images.max_b64_bytes: {options.max_b64_bytes} is above what {profile.id} accepts "
-            f"({profile.max_image_b64_bytes} bytes of base64 an image)")
+            f"({profile.max_image_b64_bytes} bytes of base64 an image)"
+        )
     if not 1 <= options.jpeg_quality <= 95:
         raise ImageConfigError(f"images.jpeg_quality: must be 1..95, got {options.jpeg_quality}")
     if options.max_pixels < 1:
@@ -100,8 +107,9 @@ def scale_to_edge(width: int, height: int, edge: int) -> tuple[int, int]:
     return max(1, edge * width // height), edge
 
 
-def target_size(profile: ModelProfile, width: int, height: int, *, options: ImageOptions,
-                images_in_request: int = 1) -> tuple[int, int]:
+def target_size(
+    profile: ModelProfile, width: int, height: int, *, options: ImageOptions, images_in_request: int = 1
+) -> tuple[int, int]:
     """The size to send an upright ``width`` x ``height`` image at, for this model and job.
 
     Exactly ``profile.native_size`` unless the job caps it lower or the request carries many images;

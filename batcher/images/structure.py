@@ -92,10 +92,12 @@ def _png(data: bytes) -> Ending:
         length, kind = struct.unpack_from(">I4s", data, pos)
         end = pos + 12 + length
         if end > size:
-            return _truncated(f"PNG ends inside a {kind.decode('latin-1')!r} chunk, {size - pos} of its "
-                              f"{12 + length} bytes present, before a complete IEND chunk")
+            return _truncated(
+                f"PNG ends inside a {kind.decode('latin-1')!r} chunk, {size - pos} of its "
+                f"{12 + length} bytes present, before a complete IEND chunk"
+            )
         (crc,) = struct.unpack_from(">I", data, end - 4)
-        if zlib.crc32(memoryview(data)[pos + 4:end - 4]) != crc:
+        if zlib.crc32(memoryview(data)[pos + 4 : end - 4]) != crc:
             return Ending(State.UNKNOWN, f"PNG chunk {kind.decode('latin-1')!r} has a wrong CRC")
         animated = animated or kind == b"acTL"
         if kind == b"IEND":
@@ -195,7 +197,7 @@ def _jp2(data: bytes) -> Ending:
 
 def _codestream(data: bytes, start: int, end: int) -> Ending:
     """A JPEG 2000 codestream in ``data[start:end]``: SOC, main header, tile-parts, EOC."""
-    if data[start:start + 2] != b"\xff\x4f":
+    if data[start : start + 2] != b"\xff\x4f":
         return Ending(State.UNKNOWN, "JPEG 2000 codestream does not start with SOC")
     pos = start + 2
     while pos + 2 <= end:
@@ -211,7 +213,7 @@ def _codestream(data: bytes, start: int, end: int) -> Ending:
                 break
             (psot,) = struct.unpack_from(">I", data, pos + 6)
             if psot == 0:  # the last tile-part runs up to EOC
-                if data[end - 2:end] == b"\xff\xd9":
+                if data[end - 2 : end] == b"\xff\xd9":
                     return COMPLETE
                 break
             pos += psot

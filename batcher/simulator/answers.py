@@ -72,27 +72,40 @@ def answer(checked: Checked, sim: Simulator) -> Processed:
         "output_tokens": output_tokens,
         "cache_creation_input_tokens": write_5m + write_1h,
         "cache_read_input_tokens": read,
-        "cache_creation": {"ephemeral_5m_input_tokens": write_5m,
-                           "ephemeral_1h_input_tokens": write_1h},
+        "cache_creation": {"ephemeral_5m_input_tokens": write_5m, "ephemeral_1h_input_tokens": write_1h},
         "inference_geo": None,
         "output_tokens_details": {"thinking_tokens": 0},
         "server_tool_use": None,
         "service_tier": "standard",
     }
     message = {
-        "id": new_id("msg"), "type": "message", "role": "assistant", "model": checked.model,
-        "content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-        "stop_details": None, "usage": usage, "container": None,
+        "id": new_id("msg"),
+        "type": "message",
+        "role": "assistant",
+        "model": checked.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "stop_details": None,
+        "usage": usage,
+        "container": None,
     }
-    return Processed(message, checked.input_tokens, output_tokens, checked.image_tokens, nonces,
-                     [seen_of(image) for image in checked.images])
+    return Processed(
+        message,
+        checked.input_tokens,
+        output_tokens,
+        checked.image_tokens,
+        nonces,
+        [seen_of(image) for image in checked.images],
+    )
 
 
 def seen_of(image: ImageIn) -> ImageSeen:
     """The ledger's record of an image (``resized_to`` only when the model had to resize it)."""
     resized = image.seen if image.seen != (image.width, image.height) else None
-    return ImageSeen(image.width, image.height, image.media_type, image.source, image.b64_bytes,
-                     resized, image.tokens)
+    return ImageSeen(
+        image.width, image.height, image.media_type, image.source, image.b64_bytes, resized, image.tokens
+    )
 
 
 def find_nonces(texts: list[str]) -> list[str]:
@@ -144,8 +157,13 @@ def _content(checked: Checked, described: str) -> tuple[list[dict[str, Any]], st
         used = tokens.text_tokens(tokens.tool_use_text(tool["name"], tool_input), f100)
         if used > checked.max_tokens:
             return [], "max_tokens", None, checked.max_tokens
-        block = {"type": "tool_use", "id": new_id("toolu"), "name": tool["name"],
-                 "input": tool_input, "caller": {"type": "direct"}}
+        block = {
+            "type": "tool_use",
+            "id": new_id("toolu"),
+            "name": tool["name"],
+            "input": tool_input,
+            "caller": {"type": "direct"},
+        }
         return [block], "tool_use", None, used
     if checked.output_schema is not None:
         text = orjson.dumps(instance(checked.output_schema, described)).decode()
@@ -157,8 +175,7 @@ def _content(checked: Checked, described: str) -> tuple[list[dict[str, Any]], st
     return [{"type": "text", "text": text, "citations": None}], stop_reason, stop_sequence, used
 
 
-def _cut(text: str, stop_sequences: list[str], max_tokens: int, f100: int
-         ) -> tuple[str, str, str | None]:
+def _cut(text: str, stop_sequences: list[str], max_tokens: int, f100: int) -> tuple[str, str, str | None]:
     """The text as generated up to whichever comes first: a stop sequence or ``max_tokens``."""
     hits = [(text.find(s), s) for s in stop_sequences if s in text]
     stop_at, stop_seq = min(hits) if hits else (len(text), None)
@@ -173,9 +190,15 @@ def _cut(text: str, stop_sequences: list[str], max_tokens: int, f100: int
 # --- instances of a JSON schema ------------------------------------------------------------------
 
 _FORMATS: Final = {
-    "date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01", "time": "00:00:00Z",
-    "email": "row@example.com", "uri": "https://example.com/", "url": "https://example.com/",
-    "uuid": "00000000-0000-4000-8000-000000000000", "ipv4": "127.0.0.1", "ipv6": "::1",
+    "date-time": "2026-01-01T00:00:00Z",
+    "date": "2026-01-01",
+    "time": "00:00:00Z",
+    "email": "row@example.com",
+    "uri": "https://example.com/",
+    "url": "https://example.com/",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "ipv4": "127.0.0.1",
+    "ipv6": "::1",
     "hostname": "example.com",
 }
 _PATTERN_TRIES: Final = ("", "a", "A", "0", "a0", "A0", "aa", "00", "a-0", "x_0")
@@ -202,8 +225,9 @@ def instance(schema: Any, filler: str, root: Any = None, depth: int = 0) -> Any:
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
             branches = schema[key]
-            pick = next((b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")),
-                        branches[0])
+            pick = next(
+                (b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")), branches[0]
+            )
             return instance(pick, filler, root, depth + 1)
     if schema.get("allOf"):
         return instance(_merged(schema, root), filler, root, depth + 1)

@@ -143,11 +143,11 @@ class Batch:
             "created_at": rfc3339(self.created_at),
             "expires_at": rfc3339(self.at(facts.BATCH_EXPIRY_HOURS * 3600)),
             "ended_at": rfc3339(self.at(self.ended_s)) if self.ended_s is not None else None,
-            "cancel_initiated_at": (rfc3339(self.at(self.cancel_at_s))
-                                    if self.cancel_at_s is not None else None),
+            "cancel_initiated_at": (
+                rfc3339(self.at(self.cancel_at_s)) if self.cancel_at_s is not None else None
+            ),
             "archived_at": None,
-            "results_url": (f"{base_url}/v1/messages/batches/{self.id}/results"
-                            if self.ended else None),
+            "results_url": (f"{base_url}/v1/messages/batches/{self.id}/results" if self.ended else None),
         }
 
     def result_lines(self) -> bytes:
@@ -172,9 +172,14 @@ def errored(exc: ApiError) -> dict[str, Any]:
     """The ``ErroredResult`` for a request the API refused."""
     from batcher.simulator.core import new_id
 
-    return {"type": "errored",
-            "error": {"type": "error", "error": {"type": exc.error_type, "message": exc.message},
-                      "request_id": new_id("req")}}
+    return {
+        "type": "errored",
+        "error": {
+            "type": "error",
+            "error": {"type": exc.error_type, "message": exc.message},
+            "request_id": new_id("req"),
+        },
+    }
 
 
 class BatchStore:
@@ -200,15 +205,21 @@ class BatchStore:
             rng = random.Random(f"{clock.seed}/{seq}")
             n = len(requests)
             expiring = frozenset(rng.sample(range(n), round(n * clock.expire_share)))
-            batch = Batch(id=new_id("msgbatch"), seq=seq, requests=requests, betas=betas,
-                          created_at=dt.datetime.now(dt.UTC), started=self.clock(),
-                          duration_s=max(0.0, clock.duration_s),
-                          order=processing_order(n, rng), expiring=expiring)
+            batch = Batch(
+                id=new_id("msgbatch"),
+                seq=seq,
+                requests=requests,
+                betas=betas,
+                created_at=dt.datetime.now(dt.UTC),
+                started=self.clock(),
+                duration_s=max(0.0, clock.duration_s),
+                order=processing_order(n, rng),
+                expiring=expiring,
+            )
             self._batches[batch.id] = batch
             self._seqs[batch.id] = seq
             if self._ticker is None and not self._closed.is_set():
-                self._ticker = threading.Thread(target=self._tick, name="batcher-sim-batches",
-                                                daemon=True)
+                self._ticker = threading.Thread(target=self._tick, name="batcher-sim-batches", daemon=True)
                 self._ticker.start()
         return batch
 
@@ -264,9 +275,11 @@ class BatchStore:
         if batch.ended:
             return False
         elapsed = self.elapsed(batch)
-        return (batch.due_count(batch.horizon(elapsed)) > batch.done
-                or batch.done == len(batch.order)
-                or (batch.cancel_done_s is not None and elapsed >= batch.cancel_done_s))
+        return (
+            batch.due_count(batch.horizon(elapsed)) > batch.done
+            or batch.done == len(batch.order)
+            or (batch.cancel_done_s is not None and elapsed >= batch.cancel_done_s)
+        )
 
     def advance(self, batch: Batch) -> None:
         """Process whatever is due by now and end the batch when its time has come.
@@ -292,8 +305,7 @@ class BatchStore:
         self.advance(batch)
         with batch.lock:
             if batch.ended:
-                raise invalid("", f"Message Batch {batch.id} has already ended and cannot be "
-                                  "canceled")
+                raise invalid("", f"Message Batch {batch.id} has already ended and cannot be canceled")
             if batch.cancel_at_s is not None:
                 return
             now = self.elapsed(batch)
@@ -310,8 +322,9 @@ class BatchStore:
         except ApiError as exc:
             return errored(exc)
         record(self.sim, processed)
-        self.sim.ledger.charge_batch(input_tokens=processed.input_tokens,
-                                     output_tokens=processed.output_tokens)
+        self.sim.ledger.charge_batch(
+            input_tokens=processed.input_tokens, output_tokens=processed.output_tokens
+        )
         message = processed.message
         if isinstance(message.get("usage"), dict):  # the tier the API reports for batch work
             message = {**message, "usage": {**message["usage"], "service_tier": "batch"}}
@@ -319,7 +332,7 @@ class BatchStore:
 
     @staticmethod
     def _cancel_rest(batch: Batch) -> None:
-        for index in batch.order[batch.done:]:
+        for index in batch.order[batch.done :]:
             batch.requests[index].result = {"type": "canceled"}
         batch.done = len(batch.order)
         batch.ended_s = batch.cancel_done_s
@@ -343,16 +356,20 @@ def check_create(body: Any, sim: Simulator) -> list[BatchRequest]:
     if not raw:
         raise invalid("requests", "List should have at least 1 item after validation, not 0")
     if len(raw) > facts.BATCH_MAX_REQUESTS:
-        raise invalid("requests", f"List should have at most {facts.BATCH_MAX_REQUESTS} items "
-                                  f"after validation, not {len(raw)}")
+        raise invalid(
+            "requests",
+            f"List should have at most {facts.BATCH_MAX_REQUESTS} items after validation, not {len(raw)}",
+        )
     seen: dict[str, int] = {}
     requests = []
     for i, item in enumerate(raw):
         request = _check_request(item, f"requests.{i}", sim)
         if request.custom_id in seen:
-            raise invalid(f"requests.{i}.custom_id",
-                          f"Duplicate custom_id {request.custom_id!r}: also used by "
-                          f"requests.{seen[request.custom_id]}; custom_id must be unique in a batch")
+            raise invalid(
+                f"requests.{i}.custom_id",
+                f"Duplicate custom_id {request.custom_id!r}: also used by "
+                f"requests.{seen[request.custom_id]}; custom_id must be unique in a batch",
+            )
         seen[request.custom_id] = i
         requests.append(request)
     return requests
@@ -371,8 +388,7 @@ def _check_request(item: Any, path: str, sim: Simulator) -> BatchRequest:
     if not isinstance(custom_id, str):
         raise invalid(f"{path}.custom_id", "Input should be a valid string")
     if not facts.CUSTOM_ID_PATTERN.fullmatch(custom_id):
-        raise invalid(f"{path}.custom_id",
-                      f"String should match pattern '{facts.CUSTOM_ID_PATTERN.pattern}'")
+        raise invalid(f"{path}.custom_id", f"String should match pattern '{facts.CUSTOM_ID_PATTERN.pattern}'")
     if not isinstance(params, dict):
         raise invalid(f"{path}.params", "Input should be a valid dictionary")
     _check_batch_model(params.get("model"), f"{path}.params.model", sim)
@@ -391,8 +407,9 @@ def _check_batch_model(name: Any, path: str, sim: Simulator) -> None:
 
 def _enter(request: Request, sim: Simulator) -> None:
     if sim.config.platform != "anthropic":
-        raise not_found(f"{request.method} {request.url.path}: Message Batches are not available "
-                        f"on {sim.config.platform}")
+        raise not_found(
+            f"{request.method} {request.url.path}: Message Batches are not available on {sim.config.platform}"
+        )
 
 
 def _base_url(request: Request) -> str:
@@ -477,8 +494,11 @@ async def results(request: Request, sim: Simulator) -> Response:
     """GET /v1/messages/batches/{batch_id}/results: JSON lines, once the batch has ended."""
     batch = await _found(request, sim)
     if not batch.ended:
-        raise invalid("", f"Message Batch {batch.id} has not finished processing: results are "
-                          "available once processing_status is `ended`")
+        raise invalid(
+            "",
+            f"Message Batch {batch.id} has not finished processing: results are "
+            "available once processing_status is `ended`",
+        )
     return Response(batch.result_lines(), media_type="application/x-jsonl")
 
 
@@ -488,7 +508,10 @@ async def delete(request: Request, sim: Simulator) -> Response:
 
     batch = await _found(request, sim)
     if not batch.ended:
-        raise invalid("", f"Message Batch {batch.id} cannot be deleted while it is being "
-                          "processed: cancel it first, then delete it once it has ended")
+        raise invalid(
+            "",
+            f"Message Batch {batch.id} cannot be deleted while it is being "
+            "processed: cancel it first, then delete it once it has ended",
+        )
     sim.batches.remove(batch.id)
     return JSON({"id": batch.id, "type": "message_batch_deleted"})

@@ -71,8 +71,9 @@ _UNITS: Final = {
 class Bucket:
     """One continuously refilled bucket; all times come from the caller (no clock in here)."""
 
-    def __init__(self, limit: float, burst_window_s: float, now: float, *,
-                 at_least_one: bool = False) -> None:
+    def __init__(
+        self, limit: float, burst_window_s: float, now: float, *, at_least_one: bool = False
+    ) -> None:
         self.limit = limit
         self.rate = limit / 60.0
         capacity = limit * burst_window_s / 60.0
@@ -117,8 +118,7 @@ class Admission:
 class Buckets:
     """The simulator's rate limits (see the module docstring)."""
 
-    def __init__(self, limits: RateLimits, clock: Clock = time.monotonic,
-                 wall: Clock = time.time) -> None:
+    def __init__(self, limits: RateLimits, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
@@ -144,9 +144,11 @@ class Buckets:
     def admit(self, cost: MessageCost) -> Admission:
         """Take the request's cost from every bucket, or nothing and raise the API's 429."""
         with self._lock:
-            wants = ((self.requests, 1.0, "requests"),
-                     (self.input, float(cost.input_tokens), "input-tokens"),
-                     (self.output, float(cost.max_tokens), "output-tokens"))
+            wants = (
+                (self.requests, 1.0, "requests"),
+                (self.input, float(cost.input_tokens), "input-tokens"),
+                (self.output, float(cost.max_tokens), "output-tokens"),
+            )
             now = self._clock()
             waits: list[tuple[float, str, Bucket, float]] = []
             for bucket, amount, kind in wants:
@@ -164,11 +166,13 @@ class Buckets:
             for bucket, amount, _kind in wants:
                 if bucket is not None:
                     bucket.level -= amount
-            return Admission(cost, output_taken=float(cost.max_tokens) if self.output else 0.0,
-                             input_taken=float(cost.input_tokens) if self.input else 0.0)
+            return Admission(
+                cost,
+                output_taken=float(cost.max_tokens) if self.output else 0.0,
+                input_taken=float(cost.input_tokens) if self.input else 0.0,
+            )
 
-    def settle(self, admission: Admission, output_tokens: int,
-               input_tokens: int | None = None) -> None:
+    def settle(self, admission: Admission, output_tokens: int, input_tokens: int | None = None) -> None:
         """Give back the output tokens ``admit`` took beyond what the answer used, and square
         the input bucket with ``input_tokens`` when given (once)."""
         with self._lock:
@@ -209,16 +213,18 @@ class Buckets:
             now = self._clock()
             wall = self._wall()
             out: list[tuple[bytes, bytes]] = []
-            for kind, bucket in (("requests", self.requests), ("input-tokens", self.input),
-                                 ("output-tokens", self.output)):
+            for kind, bucket in (
+                ("requests", self.requests),
+                ("input-tokens", self.input),
+                ("output-tokens", self.output),
+            ):
                 if bucket is not None:
                     bucket.refill(now)
                     out.extend(_triple(kind, bucket, wall))
                 else:
                     out.extend(_unlimited(kind, wall))
             tight = _most_restrictive(self.input, self.output)
-            out.extend(_triple("tokens", tight, wall) if tight is not None
-                       else _unlimited("tokens", wall))
+            out.extend(_triple("tokens", tight, wall) if tight is not None else _unlimited("tokens", wall))
             return out
 
 
@@ -232,8 +238,9 @@ def _check(limits: RateLimits) -> None:
             raise ApiError(400, f"limits.{name}: must be positive or null (unlimited), got {value}")
 
 
-def _reshape(bucket: Bucket | None, limit: float | None, window: float, now: float, *,
-             at_least_one: bool = False) -> Bucket | None:
+def _reshape(
+    bucket: Bucket | None, limit: float | None, window: float, now: float, *, at_least_one: bool = False
+) -> Bucket | None:
     if limit is None:
         return None
     if bucket is None:
@@ -260,8 +267,7 @@ def _triple(kind: str, bucket: Bucket, wall: float) -> list[tuple[bytes, bytes]]
 
 def _unlimited(kind: str, wall: float) -> list[tuple[bytes, bytes]]:
     names = _header_names(kind)
-    return [(names[0], _UNLIMITED_BYTES), (names[1], _UNLIMITED_BYTES),
-            (names[2], _rfc3339(math.ceil(wall)))]
+    return [(names[0], _UNLIMITED_BYTES), (names[1], _UNLIMITED_BYTES), (names[2], _rfc3339(math.ceil(wall)))]
 
 
 @lru_cache(maxsize=8)
@@ -288,23 +294,29 @@ def retry_after_s(wait: float) -> int:
 
 def _exceeded(kind: str, limit: float, wait: float) -> ApiError:
     after = retry_after_s(wait)
-    message = (f"This request would exceed the rate limit for your organization of "
-               f"{_number(limit).decode()} {_UNITS[kind]}. {_DOCS} You can see the response "
-               f"headers for current usage. Please reduce the prompt length or the maximum tokens "
-               f"requested, or try again later.")
-    return ApiError(429, message, error_type="rate_limit_error",
-                    headers={"retry-after": str(after)})
+    message = (
+        f"This request would exceed the rate limit for your organization of "
+        f"{_number(limit).decode()} {_UNITS[kind]}. {_DOCS} You can see the response "
+        f"headers for current usage. Please reduce the prompt length or the maximum tokens "
+        f"requested, or try again later."
+    )
+    return ApiError(429, message, error_type="rate_limit_error", headers={"retry-after": str(after)})
 
 
 def _never_fits(kind: str, bucket: Bucket, amount: float, window: float) -> ApiError:
-    message = (f"This request would exceed the rate limit for your organization of "
-               f"{_number(bucket.limit).decode()} {_UNITS[kind]}: it needs "
-               f"{_number(amount).decode()} {kind.replace('-', ' ')} at once, more than the "
-               f"{_number(bucket.capacity).decode()} the limit allows in any {window:g} s, so it "
-               f"can never be admitted at this limit. {_DOCS} Please reduce the prompt length or "
-               f"the maximum tokens requested.")
+    message = (
+        f"This request would exceed the rate limit for your organization of "
+        f"{_number(bucket.limit).decode()} {_UNITS[kind]}: it needs "
+        f"{_number(amount).decode()} {kind.replace('-', ' ')} at once, more than the "
+        f"{_number(bucket.capacity).decode()} the limit allows in any {window:g} s, so it "
+        f"can never be admitted at this limit. {_DOCS} Please reduce the prompt length or "
+        f"the maximum tokens requested."
+    )
     # Waiting cannot help; retry-after still says when the bucket is full, for clients that
     # ignore x-should-retry, so they do not spin.
-    return ApiError(429, message, error_type="rate_limit_error",
-                    headers={"retry-after": str(retry_after_s(bucket.to_full())),
-                             "x-should-retry": "false"})
+    return ApiError(
+        429,
+        message,
+        error_type="rate_limit_error",
+        headers={"retry-after": str(retry_after_s(bucket.to_full())), "x-should-retry": "false"},
+    )

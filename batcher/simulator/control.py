@@ -47,8 +47,7 @@ def _apply(target: Any, changes: dict[str, Any], path: str) -> None:
 def _typed(kind: Any, value: Any, where: str) -> Any:
     """``value`` as a setting of type ``kind`` (``float | None``, ``int``, a ``Literal``, a date),
     or the API's 400 naming ``where``."""
-    options = typing.get_args(kind) if typing.get_origin(kind) in (types.UnionType, typing.Union) \
-        else (kind,)
+    options = typing.get_args(kind) if typing.get_origin(kind) in (types.UnionType, typing.Union) else (kind,)
     if value is None:
         if type(None) in options:
             return None
@@ -70,8 +69,9 @@ def _typed(kind: Any, value: Any, where: str) -> Any:
             try:
                 return dt.date.fromisoformat(value)
             except ValueError:
-                raise ApiError(400, f"{where}: expected an ISO date (YYYY-MM-DD), got "
-                                    f"{_shown(value)}") from None
+                raise ApiError(
+                    400, f"{where}: expected an ISO date (YYYY-MM-DD), got {_shown(value)}"
+                ) from None
         if typing.get_origin(option) is typing.Literal and value in typing.get_args(option):
             return value
     raise ApiError(400, f"{where}: expected {_describe(options)}, got {_shown(value)}")
@@ -85,8 +85,15 @@ def _describe(options: tuple[Any, ...]) -> str:
         elif typing.get_origin(option) is typing.Literal:
             words.append("one of " + ", ".join(repr(v) for v in typing.get_args(option)))
         else:
-            words.append({float: "a number", int: "an integer", str: "a string", bool: "a boolean",
-                          dt.date: "an ISO date (YYYY-MM-DD)"}.get(option, str(option)))
+            words.append(
+                {
+                    float: "a number",
+                    int: "an integer",
+                    str: "a string",
+                    bool: "a boolean",
+                    dt.date: "an ISO date (YYYY-MM-DD)",
+                }.get(option, str(option))
+            )
     return " or ".join(words)
 
 
@@ -99,8 +106,7 @@ def _check_batch_clock(clock: BatchClock) -> None:
     if clock.duration_s < 0:
         raise ApiError(400, f"batches.duration_s: must not be negative, got {clock.duration_s:g}")
     if not 0.0 <= clock.expire_share <= 1.0:
-        raise ApiError(400, f"batches.expire_share: a share must be within 0..1, got "
-                            f"{clock.expire_share:g}")
+        raise ApiError(400, f"batches.expire_share: a share must be within 0..1, got {clock.expire_share:g}")
 
 
 async def update(request: Request, sim: Simulator) -> Response:

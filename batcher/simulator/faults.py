@@ -100,10 +100,10 @@ class DroppedResponse(Response):
     media_type = "application/json"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.body[: len(self.body) // 2],
-                    "more_body": True})
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send(
+            {"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True}
+        )
         raise ConnectionDropped("injected fault: connection cut mid-response")
 
 
@@ -234,25 +234,32 @@ def _fatal_error(kind: str) -> ApiError:
     if kind == "auth_error":
         return ApiError(401, "invalid x-api-key", error_type="authentication_error")
     if kind == "billing_error":
-        return ApiError(402, "Your credit balance is too low to access the Anthropic API. Please "
-                             "go to Plans & Billing to upgrade or purchase credits.",
-                        error_type="billing_error")
+        return ApiError(
+            402,
+            "Your credit balance is too low to access the Anthropic API. Please "
+            "go to Plans & Billing to upgrade or purchase credits.",
+            error_type="billing_error",
+        )
     today = dt.datetime.now(dt.UTC).date()
     regain = (today.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
-    return ApiError(429, f"You have reached your specified API usage limits. You will regain "
-                         f"access on {regain.isoformat()} at 00:00 UTC.",
-                    error_type="rate_limit_error",
-                    details={"error_code": facts.SPEND_LIMIT_CODE})
+    return ApiError(
+        429,
+        f"You have reached your specified API usage limits. You will regain "
+        f"access on {regain.isoformat()} at 00:00 UTC.",
+        error_type="rate_limit_error",
+        details={"error_code": facts.SPEND_LIMIT_CODE},
+    )
 
 
 def _check(faults: Faults, latency: Latency) -> None:
     """Refuse settings no draw can follow, before anything changes."""
     for kind in FATAL_KINDS:
         after = getattr(faults, f"{kind}_after")
-        if after is not None and (isinstance(after, bool) or not isinstance(after, int)
-                                  or after < 0):
-            raise ApiError(400, f"faults.{kind}_after: must be a whole number of requests (0 or "
-                                f"more) or null, got {after!r}")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise ApiError(
+                400,
+                f"faults.{kind}_after: must be a whole number of requests (0 or more) or null, got {after!r}",
+            )
     shares = {kind: getattr(faults, kind) for kind in KINDS}
     for kind, share in shares.items():
         if not 0.0 <= share <= 1.0:

@@ -83,8 +83,9 @@ def parse_limit(raw: str | None) -> int:
     return limit
 
 
-def page(entries: Sequence[tuple[int, dict[str, Any]]], limit: int, after: int | None,
-         before: int | None) -> dict[str, Any]:
+def page(
+    entries: Sequence[tuple[int, dict[str, Any]]], limit: int, after: int | None, before: int | None
+) -> dict[str, Any]:
     """One page of ``entries`` — (sequence number, object) pairs, newest (highest) first.
 
     ``after`` and ``before`` are the sequence numbers of the cursors: ``after`` pages towards
@@ -99,8 +100,12 @@ def page(entries: Sequence[tuple[int, dict[str, Any]]], limit: int, after: int |
     else:
         chosen, has_more = list(entries[:limit]), len(entries) > limit
     data = [obj for _, obj in chosen]
-    return {"data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return {
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
 
 
 def cursors(request: Request, seq_of: Callable[[str], int | None]) -> tuple[int, int | None, int | None]:
@@ -165,8 +170,7 @@ class FileStore:
         self._seqs: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def add(self, data: bytes, filename: str, mime_type: str,
-            expires_in_s: int | None = None) -> StoredFile:
+    def add(self, data: bytes, filename: str, mime_type: str, expires_in_s: int | None = None) -> StoredFile:
         """Store an upload and return it."""
         from batcher.simulator.core import new_id
 
@@ -174,10 +178,15 @@ class FileStore:
         with self._lock:
             seq = len(self._seqs)
             stored = StoredFile(
-                id=new_id("file"), seq=seq, filename=filename, mime_type=mime_type, data=data,
+                id=new_id("file"),
+                seq=seq,
+                filename=filename,
+                mime_type=mime_type,
+                data=data,
                 created_at=now,
                 expires_at=now + dt.timedelta(seconds=expires_in_s) if expires_in_s else None,
-                deadline=self.clock() + expires_in_s if expires_in_s else None)
+                deadline=self.clock() + expires_in_s if expires_in_s else None,
+            )
             self._files[stored.id] = stored
             self._seqs[stored.id] = seq
         self._report()
@@ -298,8 +307,9 @@ def _enter(request: Request, sim: Simulator) -> None:
     from batcher.simulator.messages import betas_of
 
     if sim.config.platform != "anthropic":
-        raise not_found(f"{request.method} {request.url.path}: the Files API is not available on "
-                        f"{sim.config.platform}")
+        raise not_found(
+            f"{request.method} {request.url.path}: the Files API is not available on {sim.config.platform}"
+        )
     sim.buckets.admit_files()
     betas_of(request)
 
@@ -358,9 +368,15 @@ async def list_files(request: Request, sim: Simulator) -> Response:
         if "page" in query or "limit" in query:
             raise invalid("ids", "ids cannot be combined with page or limit")
         data = [f.metadata() for f in sim.files.live() if f.id in wanted]
-        return JSON({"data": data, "first_id": data[0]["id"] if data else None,
-                     "last_id": data[-1]["id"] if data else None, "has_more": False,
-                     "next_page": None})
+        return JSON(
+            {
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+                "next_page": None,
+            }
+        )
     limit, after, before = cursors(request, sim.files.seq_of)
     if query.get("page"):
         if after is not None or before is not None:
@@ -379,8 +395,7 @@ def requested_ids(values: list[str]) -> frozenset[str] | None:
     if not values:
         return None
     if len(ids) > _MAX_IDS:
-        raise invalid("ids", f"List should have at most {_MAX_IDS} items after validation, "
-                             f"not {len(ids)}")
+        raise invalid("ids", f"List should have at most {_MAX_IDS} items after validation, not {len(ids)}")
     return ids
 
 
@@ -435,5 +450,8 @@ async def download_file(request: Request, sim: Simulator) -> Response:
     downloadable (only files a tool made are), as the API answers."""
     _enter(request, sim)
     stored = _live_or_404(request, sim)
-    raise ApiError(400, f"File {stored.id} is not downloadable: only files created by a tool can be "
-                        "downloaded", details={"error_code": "file_not_downloadable"})
+    raise ApiError(
+        400,
+        f"File {stored.id} is not downloadable: only files created by a tool can be downloaded",
+        details={"error_code": "file_not_downloadable"},
+    )

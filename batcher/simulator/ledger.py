@@ -59,8 +59,7 @@ class Ledger:
             if path == "/v1/messages":
                 self.message_log.append((when, status))
 
-    def charge(self, *, input_tokens: int, output_tokens: int, image_tokens: int,
-               nonces: list[str]) -> None:
+    def charge(self, *, input_tokens: int, output_tokens: int, image_tokens: int, nonces: list[str]) -> None:
         """A messages answer the API would bill (counted whether or not the client got it)."""
         with self._lock:
             self.input_tokens += input_tokens
@@ -112,10 +111,15 @@ class Ledger:
                 "double_charged": sorted(k for k, n in self.charges_by_nonce.items() if n > 1),
                 "uploads_by_hash": dict(self.uploads_by_hash),
                 "images": [
-                    {"width": s.width, "height": s.height, "media_type": s.media_type,
-                     "source": s.source, "b64_bytes": s.b64_bytes,
-                     "resized_to": list(s.resized_to) if s.resized_to else None,
-                     "tokens": s.tokens}
+                    {
+                        "width": s.width,
+                        "height": s.height,
+                        "media_type": s.media_type,
+                        "source": s.source,
+                        "b64_bytes": s.b64_bytes,
+                        "resized_to": list(s.resized_to) if s.resized_to else None,
+                        "tokens": s.tokens,
+                    }
                     for s in self.images
                 ],
                 "images_resized": self.images_resized,

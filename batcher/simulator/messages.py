@@ -44,8 +44,12 @@ def process(body: Any, sim: Simulator, *, betas: frozenset[str], path: str = "")
 
 def record(sim: Simulator, processed: Processed) -> None:
     """Bill an answered body: tokens and nonces to the ledger, and the images it saw."""
-    sim.ledger.charge(input_tokens=processed.input_tokens, output_tokens=processed.output_tokens,
-                      image_tokens=processed.image_tokens, nonces=processed.nonces)
+    sim.ledger.charge(
+        input_tokens=processed.input_tokens,
+        output_tokens=processed.output_tokens,
+        image_tokens=processed.image_tokens,
+        nonces=processed.nonces,
+    )
     sim.ledger.saw_images(processed.images)
 
 
@@ -97,9 +101,7 @@ async def count_tokens(request: Request, sim: Simulator) -> Response:
     betas = betas_of(request)
     body = await read_json(request)
     if _is_heavy(request):
-        checked = await anyio.to_thread.run_sync(
-            lambda: check_body(body, sim, betas=betas, count=True))
+        checked = await anyio.to_thread.run_sync(lambda: check_body(body, sim, betas=betas, count=True))
     else:
         checked = check_body(body, sim, betas=betas, count=True)
-    return Response(orjson.dumps({"input_tokens": checked.input_tokens}),
-                    media_type="application/json")
+    return Response(orjson.dumps({"input_tokens": checked.input_tokens}), media_type="application/json")

@@ -43,15 +43,16 @@ def capabilities(profile: ModelProfile) -> dict[str, Any]:
         for key in ("batch", "image_input", "structured_outputs", *_PLAIN_CAPABILITIES)
     }
     caps["context_management"] = {
-        "supported": profile.can("context_management"), "clear_thinking_20251015": None,
-        "clear_tool_uses_20250919": None, "compact_20260112": None,
+        "supported": profile.can("context_management"),
+        "clear_thinking_20251015": None,
+        "clear_tool_uses_20250919": None,
+        "compact_20260112": None,
     }
     caps["effort"] = {"supported": effort, **{level: _support(effort) for level in facts.EFFORT_LEVELS}}
     # Models that refuse sampling parameters refuse manual ("enabled") thinking too.
     caps["thinking"] = {
         "supported": thinking,
-        "types": {"adaptive": _support(thinking),
-                  "enabled": _support(thinking and profile.sampling_params)},
+        "types": {"adaptive": _support(thinking), "enabled": _support(thinking and profile.sampling_params)},
     }
     return caps
 
@@ -75,23 +76,28 @@ def _live(sim: Simulator) -> list[ModelProfile]:
     return [p for p in sim.registry.all() if not p.is_retired(today)]
 
 
-def page(models: list[ModelProfile], limit: int, after_id: str | None,
-         before_id: str | None) -> dict[str, Any]:
+def page(
+    models: list[ModelProfile], limit: int, after_id: str | None, before_id: str | None
+) -> dict[str, Any]:
     """One page of ``models`` as the API pages a list (cursors are model ids)."""
     if after_id is not None and before_id is not None:
         raise invalid("", "after_id and before_id cannot both be given")
     ids = [p.id for p in models]
     if after_id is not None:
         start = _cursor(ids, after_id, "after_id") + 1
-        chosen, has_more = models[start:start + limit], start + limit < len(models)
+        chosen, has_more = models[start : start + limit], start + limit < len(models)
     elif before_id is not None:
         end = _cursor(ids, before_id, "before_id")
-        chosen, has_more = models[max(0, end - limit):end], end - limit > 0
+        chosen, has_more = models[max(0, end - limit) : end], end - limit > 0
     else:
         chosen, has_more = models[:limit], limit < len(models)
     data = [model_info(p) for p in chosen]
-    return {"data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return {
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
 
 
 def _cursor(ids: list[str], cursor: str, name: str) -> int:

@@ -80,8 +80,9 @@ def announce_line(base_url: str) -> str:
     return f"simulator listening on {base_url}  (ANTHROPIC_BASE_URL={base_url}; Ctrl-C stops)"
 
 
-def serve_forever(config: SimConfig, host: str = "127.0.0.1", port: int = 0,
-                  on_ready: Callable[[str], None] | None = None) -> None:
+def serve_forever(
+    config: SimConfig, host: str = "127.0.0.1", port: int = 0, on_ready: Callable[[str], None] | None = None
+) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both, then returns);
     ``on_ready(base_url)`` is called once it listens."""
     sim = Simulator(config)
@@ -91,8 +92,9 @@ def serve_forever(config: SimConfig, host: str = "127.0.0.1", port: int = 0,
         sim.close()
 
 
-def serve_app_forever(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
-                      on_ready: Callable[[str], None] | None = None) -> None:
+def serve_app_forever(
+    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, on_ready: Callable[[str], None] | None = None
+) -> None:
     """Serve any ASGI app the way the simulator is served (a benchmark's baseline uses this)."""
     port = port or free_port(host)
     server = uvicorn.Server(uvicorn_config(app, host, port, "warning"))
@@ -177,8 +179,9 @@ def running(config: SimConfig | None = None) -> Iterator[RunningSimulator]:
 # --- as a subprocess -----------------------------------------------------------------------------
 
 
-def start_subprocess(args: Sequence[str] = (), *, timeout_s: float = _START_TIMEOUT_S,
-                     command: Sequence[str] | None = None) -> tuple[str, subprocess.Popen[str]]:
+def start_subprocess(
+    args: Sequence[str] = (), *, timeout_s: float = _START_TIMEOUT_S, command: Sequence[str] | None = None
+) -> tuple[str, subprocess.Popen[str]]:
     """Run ``batcher simulate ARGS`` in a child process; returns (base URL, process) once it
     listens. Stop it with :func:`stop_subprocess` (SIGINT, as Ctrl-C would).
 
@@ -219,8 +222,10 @@ def _read_url(proc: subprocess.Popen[str], stdout: IO[str], timeout_s: float) ->
     if proc.poll() is not None and proc.stderr is not None:
         stderr = proc.stderr.read()
     what = " ".join(str(a) for a in proc.args[1:4])  # type: ignore[index]
-    raise SimulatorStartError(f"`{what}` did not print its URL within {timeout_s:g} s "
-                              f"(exit code {proc.poll()}): {stderr.strip()[-2000:]}")
+    raise SimulatorStartError(
+        f"`{what}` did not print its URL within {timeout_s:g} s "
+        f"(exit code {proc.poll()}): {stderr.strip()[-2000:]}"
+    )
 
 
 def _drain(stream: IO[str] | None) -> None:

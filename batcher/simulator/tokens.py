@@ -61,12 +61,12 @@ IMAGE_BLOCK_OVERHEAD: Final = 3
 #: The pre-tokenizer: one alternative per kind of piece, tried in this order.
 _PIECE: Final = re.compile(
     r"'(?:[stdm]|ll|ve|re)(?![A-Za-z])"  # contraction
-    r"| ?[A-Za-z]+"                      # ASCII word, its leading space folded in
-    r"|[0-9]{1,3}"                       # digits, up to three
-    r"| ?[!-/:-@\[-`{-~]+"               # ASCII punctuation run
-    r"| ?[^\x00-\x7f]+"                  # non-ASCII run
-    r"|[ \t\n\r\f\v]+"                   # ASCII whitespace run
-    r"|[\s\S]"                           # anything else, one character
+    r"| ?[A-Za-z]+"  # ASCII word, its leading space folded in
+    r"|[0-9]{1,3}"  # digits, up to three
+    r"| ?[!-/:-@\[-`{-~]+"  # ASCII punctuation run
+    r"| ?[^\x00-\x7f]+"  # non-ASCII run
+    r"|[ \t\n\r\f\v]+"  # ASCII whitespace run
+    r"|[\s\S]"  # anything else, one character
 )
 _SPACE: Final = frozenset(" \t\n\r\f\v")
 #: Words up to this many letters are one unit; longer ones add a unit for each started 5 letters.
@@ -140,7 +140,7 @@ def cut_to_tokens(text: str, max_tokens: int, f100: int) -> str:
             k = len(piece) - 1
             while k > 0 and units + text_units(piece[:k]) > budget:
                 k -= 1
-            kept = text[:start + k]
+            kept = text[: start + k]
             break
         units += cost
     while kept and text_tokens(kept, f100) > max_tokens:  # a piece that re-splits at the cut

@@ -41,15 +41,40 @@ URL_DEFAULT_SIZE: Final = (1024, 768)
 #: The only values a model that refuses sampling parameters accepts (see ``_sampling``).
 SAMPLING_DEFAULTS: Final = {"temperature": 1.0, "top_p": 1.0}
 
-CREATE_FIELDS: Final = frozenset({
-    "model", "messages", "cache_control", "container", "inference_geo", "max_tokens", "metadata",
-    "output_config", "service_tier", "stop_sequences", "stream", "system", "temperature",
-    "thinking", "tool_choice", "tools", "top_k", "top_p",
-})
-COUNT_FIELDS: Final = frozenset({
-    "cache_control", "messages", "model", "output_config", "system", "thinking", "tool_choice",
-    "tools",
-})
+CREATE_FIELDS: Final = frozenset(
+    {
+        "model",
+        "messages",
+        "cache_control",
+        "container",
+        "inference_geo",
+        "max_tokens",
+        "metadata",
+        "output_config",
+        "service_tier",
+        "stop_sequences",
+        "stream",
+        "system",
+        "temperature",
+        "thinking",
+        "tool_choice",
+        "tools",
+        "top_k",
+        "top_p",
+    }
+)
+COUNT_FIELDS: Final = frozenset(
+    {
+        "cache_control",
+        "messages",
+        "model",
+        "output_config",
+        "system",
+        "thinking",
+        "tool_choice",
+        "tools",
+    }
+)
 _BLOCK_KEYS: Final = {
     "text": frozenset({"type", "text", "cache_control", "citations"}),
     "image": frozenset({"type", "source", "cache_control"}),
@@ -63,23 +88,49 @@ _ROLE_BLOCKS: Final = {
     "assistant": ("text", "tool_use", "thinking", "redacted_thinking"),
 }
 #: Block types the API takes that batcher never sends: refused by name, not silently mis-answered.
-_UNSUPPORTED_BLOCKS: Final = frozenset({
-    "document", "search_result", "server_tool_use", "web_search_tool_result",
-    "web_fetch_tool_result", "code_execution_tool_result", "bash_code_execution_tool_result",
-    "text_editor_code_execution_tool_result", "tool_search_tool_result", "container_upload",
-    "mid_conv_system", "tool_reference",
-})
-_TOOL_KEYS: Final = frozenset({
-    "type", "description", "name", "input_schema", "cache_control", "strict",
-    "eager_input_streaming", "allowed_callers", "defer_loading", "input_examples",
-})
+_UNSUPPORTED_BLOCKS: Final = frozenset(
+    {
+        "document",
+        "search_result",
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "container_upload",
+        "mid_conv_system",
+        "tool_reference",
+    }
+)
+_TOOL_KEYS: Final = frozenset(
+    {
+        "type",
+        "description",
+        "name",
+        "input_schema",
+        "cache_control",
+        "strict",
+        "eager_input_streaming",
+        "allowed_callers",
+        "defer_loading",
+        "input_examples",
+    }
+)
 _TOOL_NAME: Final = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 _ID: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
 _PILLOW_FORMAT: Final = {
-    "image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF", "image/webp": "WEBP",
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/gif": "GIF",
+    "image/webp": "WEBP",
 }
 _EXTENSION_TYPE: Final = {
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
     ".webp": "image/webp",
 }
 _MIB: Final = 1024 * 1024
@@ -142,14 +193,18 @@ def parse_betas(values: Iterable[str]) -> frozenset[str]:
     unknown = sorted(betas - facts.KNOWN_BETAS)
     if unknown:
         shown = ", ".join(f"`{u}`" for u in unknown)
-        raise ApiError(400, f"anthropic-beta: Unexpected value(s) {shown} for the `anthropic-beta` "
-                            "header. Please consult our documentation at docs.claude.com or try "
-                            "again without the header.")
+        raise ApiError(
+            400,
+            f"anthropic-beta: Unexpected value(s) {shown} for the `anthropic-beta` "
+            "header. Please consult our documentation at docs.claude.com or try "
+            "again without the header.",
+        )
     return betas
 
 
-def check_body(body: Any, sim: Simulator, *, betas: frozenset[str], path: str = "",
-               count: bool = False) -> Checked:
+def check_body(
+    body: Any, sim: Simulator, *, betas: frozenset[str], path: str = "", count: bool = False
+) -> Checked:
     """Validate and count one messages body (``count``: a count_tokens body, no ``max_tokens``)."""
     walk = _Walk(sim, betas, count)
     return walk.body(body, path)
@@ -227,8 +282,10 @@ def _tag(obj: dict[str, Any], tags: Iterable[str], path: str) -> str:
     tag = _need(obj, "type", path)
     if tag not in tags:
         expected = ", ".join(f"'{t}'" for t in tags)
-        raise invalid(_at(path, "type"), f"Input tag '{tag}' found using 'type' does not match any "
-                                         f"of the expected tags: {expected}")
+        raise invalid(
+            _at(path, "type"),
+            f"Input tag '{tag}' found using 'type' does not match any of the expected tags: {expected}",
+        )
     return tag
 
 
@@ -275,8 +332,7 @@ class _Walk:
         messages = _list(_need(body, "messages", path), _at(path, "messages"))
         if not messages:
             raise invalid(_at(path, "messages"), "at least one message is required")
-        checked = Checked(self.profile, body["model"], max_tokens, self.segments, self.images,
-                          self.texts)
+        checked = Checked(self.profile, body["model"], max_tokens, self.segments, self.images, self.texts)
         self._options(body, path, checked)
         self._tools(body, path, checked)
         if "system" in body:
@@ -295,8 +351,11 @@ class _Walk:
             raise invalid(where, "Input should be greater than or equal to 0")
         limit = self.profile.max_output_tokens
         if value > limit:
-            raise invalid(where, f"{value} > {limit}, which is the maximum allowed number of "
-                                 f"output tokens for {self.profile.id}")
+            raise invalid(
+                where,
+                f"{value} > {limit}, which is the maximum allowed number of "
+                f"output tokens for {self.profile.id}",
+            )
         return value
 
     def _options(self, body: dict[str, Any], path: str, checked: Checked) -> None:
@@ -304,8 +363,7 @@ class _Walk:
         if body.get("stream") is not None and _bool(body["stream"], _at(path, "stream")):
             raise invalid(_at(path, "stream"), "streaming is not supported by the simulator")
         if "stop_sequences" in body:
-            checked.stop_sequences = self._stop_sequences(body["stop_sequences"],
-                                                          _at(path, "stop_sequences"))
+            checked.stop_sequences = self._stop_sequences(body["stop_sequences"], _at(path, "stop_sequences"))
         if "metadata" in body:
             self._metadata(body["metadata"], _at(path, "metadata"))
         if "service_tier" in body:
@@ -317,8 +375,7 @@ class _Walk:
         if "thinking" in body:
             self._thinking(body["thinking"], _at(path, "thinking"), checked.max_tokens)
         if "output_config" in body:
-            checked.output_schema = self._output_config(body["output_config"],
-                                                        _at(path, "output_config"))
+            checked.output_schema = self._output_config(body["output_config"], _at(path, "output_config"))
 
     def _stop_sequences(self, value: Any, path: str) -> list[str]:
         out = []
@@ -352,13 +409,16 @@ class _Walk:
             if key in body:
                 value = _num(body[key], _at(path, key), 0, 1)
                 if refuse and value != SAMPLING_DEFAULTS[key]:
-                    raise invalid(_at(path, key), f"{key} is not supported on {model} (only its "
-                                                  f"default, {SAMPLING_DEFAULTS[key]:g}, is "
-                                                  f"accepted); omit it")
-        if (not refuse and self.profile.sampling_one_of and "temperature" in body
-                and "top_p" in body):
-            raise invalid("", "`temperature` and `top_p` cannot both be specified for this model. "
-                              "Please use only one.")
+                    raise invalid(
+                        _at(path, key),
+                        f"{key} is not supported on {model} (only its "
+                        f"default, {SAMPLING_DEFAULTS[key]:g}, is "
+                        f"accepted); omit it",
+                    )
+        if not refuse and self.profile.sampling_one_of and "temperature" in body and "top_p" in body:
+            raise invalid(
+                "", "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+            )
         if "top_k" in body:
             value = _int(body["top_k"], _at(path, "top_k"))
             if value < 0:
@@ -369,8 +429,11 @@ class _Walk:
     def _thinking(self, value: Any, path: str, max_tokens: int) -> None:
         thinking = _dict(value, path)
         kind = _tag(thinking, ("enabled", "disabled", "adaptive"), path)
-        allowed = {"enabled": {"type", "budget_tokens", "display"}, "disabled": {"type"},
-                   "adaptive": {"type", "display"}}[kind]
+        allowed = {
+            "enabled": {"type", "budget_tokens", "display"},
+            "disabled": {"type"},
+            "adaptive": {"type", "display"},
+        }[kind]
         _no_extra(thinking, frozenset(allowed), path)
         if thinking.get("display") is not None:
             _one_of(thinking["display"], ("summarized", "omitted"), _at(path, "display"))
@@ -381,15 +444,17 @@ class _Walk:
         if kind == "enabled":
             # The models that refuse sampling parameters refuse manual extended thinking too.
             if not self.profile.sampling_params:
-                raise invalid(_at(path, "type"), f"'enabled' thinking is not supported on "
-                                                 f"{self.profile.id}; use 'adaptive'")
+                raise invalid(
+                    _at(path, "type"),
+                    f"'enabled' thinking is not supported on {self.profile.id}; use 'adaptive'",
+                )
             budget = _int(_need(thinking, "budget_tokens", path), _at(path, "budget_tokens"))
             if budget < 1024:
-                raise invalid(_at(path, "budget_tokens"), "Input should be greater than or equal "
-                                                          "to 1024")
+                raise invalid(_at(path, "budget_tokens"), "Input should be greater than or equal to 1024")
             if not self.count and budget >= max_tokens:
-                raise invalid(_at(path, "budget_tokens"), "`max_tokens` must be greater than "
-                                                          "`thinking.budget_tokens`")
+                raise invalid(
+                    _at(path, "budget_tokens"), "`max_tokens` must be greater than `thinking.budget_tokens`"
+                )
         self.thinking_on = True
 
     def _output_config(self, value: Any, path: str) -> dict[str, Any] | None:
@@ -421,14 +486,17 @@ class _Walk:
                     raise invalid(where, "Tool names must be unique.")
                 checked.tools[tool["name"]] = tool
         if "tool_choice" in body:
-            checked.forced_tool = self._tool_choice(body["tool_choice"], _at(path, "tool_choice"),
-                                                    checked.tools)
+            checked.forced_tool = self._tool_choice(
+                body["tool_choice"], _at(path, "tool_choice"), checked.tools
+            )
 
     def _tool(self, value: Any, path: str) -> dict[str, Any]:
         tool = _dict(value, path)
         if tool.get("type") not in (None, "custom"):
-            raise invalid(_at(path, "type"), f"tool type '{tool['type']}' is not supported by the "
-                                             "simulator (custom tools only)")
+            raise invalid(
+                _at(path, "type"),
+                f"tool type '{tool['type']}' is not supported by the simulator (custom tools only)",
+            )
         _no_extra(tool, _TOOL_KEYS, path)
         name = _str(_need(tool, "name", path), _at(path, "name"))
         if not _TOOL_NAME.match(name):
@@ -446,25 +514,36 @@ class _Walk:
         if "strict" in tool:
             _bool(tool["strict"], _at(path, "strict"))
         ttl = self._cache_control(tool, path)
-        self.segments.append(Segment(text=tokens.tool_definition_text(tool), ttl=ttl,
-                                     key="tool:" + tokens.tool_definition_text(tool)))
+        self.segments.append(
+            Segment(
+                text=tokens.tool_definition_text(tool),
+                ttl=ttl,
+                key="tool:" + tokens.tool_definition_text(tool),
+            )
+        )
         return tool
 
     def _tool_choice(self, value: Any, path: str, tools: dict[str, dict[str, Any]]) -> str | None:
         choice = _dict(value, path)
         kind = _tag(choice, ("auto", "any", "tool", "none"), path)
-        allowed = {"auto": {"type", "disable_parallel_tool_use"},
-                   "any": {"type", "disable_parallel_tool_use"},
-                   "tool": {"type", "name", "disable_parallel_tool_use"}, "none": {"type"}}[kind]
+        allowed = {
+            "auto": {"type", "disable_parallel_tool_use"},
+            "any": {"type", "disable_parallel_tool_use"},
+            "tool": {"type", "name", "disable_parallel_tool_use"},
+            "none": {"type"},
+        }[kind]
         _no_extra(choice, frozenset(allowed), path)
         if "disable_parallel_tool_use" in choice:
             _bool(choice["disable_parallel_tool_use"], _at(path, "disable_parallel_tool_use"))
         if kind in ("auto", "none"):
             return None
         if not self.profile.forced_tool_use:
-            raise invalid(_at(path, "type"), f"forced tool use (tool_choice '{kind}') is not "
-                                             f"supported on {self.profile.id}; use "
-                                             "output_config.format for structured output")
+            raise invalid(
+                _at(path, "type"),
+                f"forced tool use (tool_choice '{kind}') is not "
+                f"supported on {self.profile.id}; use "
+                "output_config.format for structured output",
+            )
         if self.thinking_on:
             raise invalid(path, "Thinking may not be enabled when tool_choice forces tool use.")
         if not tools:
@@ -494,7 +573,7 @@ class _Walk:
         _no_extra(message, frozenset({"role", "content"}), path)
         role = _one_of(_need(message, "role", path), ("user", "assistant"), _at(path, "role"))
         if index == 0 and role != "user":
-            raise invalid(_at(path, "role"), "the first message must use the \"user\" role")
+            raise invalid(_at(path, "role"), 'the first message must use the "user" role')
         content = _need(message, "content", path)
         self.segments.append(Segment(overhead=tokens.MESSAGE_OVERHEAD, key="\x00" + role))
         where = _at(path, "content")
@@ -506,8 +585,11 @@ class _Walk:
         else:
             blocks = _list(content, where)
             if not blocks and not (last and role == "assistant"):
-                raise invalid(path, "all messages must have non-empty content except for the "
-                                    "optional final assistant message")
+                raise invalid(
+                    path,
+                    "all messages must have non-empty content except for the "
+                    "optional final assistant message",
+                )
             for i, block in enumerate(blocks):
                 self._block(block, _at(where, i), role)
         if last and role == "assistant":
@@ -560,8 +642,7 @@ class _Walk:
             raise invalid(_at(path, "name"), "String should have between 1 and 200 characters")
         tool_input = _dict(_need(block, "input", path), _at(path, "input"))
         text = tokens.tool_use_text(name, tool_input)
-        self.segments.append(Segment(text=text, key="tool_use:" + text,
-                                     ttl=self._cache_control(block, path)))
+        self.segments.append(Segment(text=text, key="tool_use:" + text, ttl=self._cache_control(block, path)))
 
     def _tool_result_block(self, block: dict[str, Any], path: str) -> None:
         tool_use_id = _str(_need(block, "tool_use_id", path), _at(path, "tool_use_id"))
@@ -580,8 +661,10 @@ class _Walk:
                 inner_path = _at(where, i)
                 inner = _dict(inner, inner_path)
                 if inner.get("type") in _UNSUPPORTED_BLOCKS | {"document"}:
-                    raise invalid(_at(inner_path, "type"),
-                                  f"'{inner['type']}' blocks are not supported by the simulator")
+                    raise invalid(
+                        _at(inner_path, "type"),
+                        f"'{inner['type']}' blocks are not supported by the simulator",
+                    )
                 kind = _tag(inner, ("text", "image"), inner_path)
                 if kind == "text":
                     self._text_block(inner, inner_path)
@@ -602,8 +685,11 @@ class _Walk:
         ttl = _one_of(control.get("ttl", "5m"), tuple(facts.CACHE_TTL_S), _at(where, "ttl"))
         self.breakpoints += 1
         if self.breakpoints > facts.MAX_CACHE_BREAKPOINTS:
-            raise invalid(where, f"A maximum of {facts.MAX_CACHE_BREAKPOINTS} blocks with "
-                                 f"cache_control may be provided. Found {self.breakpoints}.")
+            raise invalid(
+                where,
+                f"A maximum of {facts.MAX_CACHE_BREAKPOINTS} blocks with "
+                f"cache_control may be provided. Found {self.breakpoints}.",
+            )
         return ttl
 
     def _top_cache_control(self, body: dict[str, Any], path: str) -> None:
@@ -622,8 +708,10 @@ class _Walk:
             if self.count:
                 raise invalid(_at(where, "type"), "count_tokens accepts only base64 image sources")
             if self.sim.config.platform != "anthropic":
-                raise invalid(_at(where, "type"), f"only base64 image sources are supported on "
-                                                  f"{self.sim.config.platform}")
+                raise invalid(
+                    _at(where, "type"),
+                    f"only base64 image sources are supported on {self.sim.config.platform}",
+                )
         if kind == "base64":
             image = self._base64_source(source, path, where)
         elif kind == "url":
@@ -631,12 +719,21 @@ class _Walk:
         else:
             image = self._file_source(source, path, where)
         if max(image.width, image.height) > facts.MAX_IMAGE_EDGE:
-            raise invalid(image.data_path, "At least one of the image dimensions exceed max "
-                                           f"allowed size: {facts.MAX_IMAGE_EDGE} pixels")
+            raise invalid(
+                image.data_path,
+                "At least one of the image dimensions exceed max "
+                f"allowed size: {facts.MAX_IMAGE_EDGE} pixels",
+            )
         self.images.append(image)
         key = source.get("data") or source.get("url") or source.get("file_id")
-        self.segments.append(Segment(image=image, overhead=tokens.IMAGE_BLOCK_OVERHEAD,
-                                     key="image:" + str(key), ttl=self._cache_control(block, path)))
+        self.segments.append(
+            Segment(
+                image=image,
+                overhead=tokens.IMAGE_BLOCK_OVERHEAD,
+                key="image:" + str(key),
+                ttl=self._cache_control(block, path),
+            )
+        )
 
     def _b64_limit(self) -> int:
         cap = self.sim.max_image_b64_bytes_cap
@@ -646,13 +743,11 @@ class _Walk:
     def _check_b64_size(self, n: int, path: str) -> None:
         limit = self._b64_limit()
         if n > limit:
-            raise invalid(path, f"image exceeds {limit / _MIB:g} MB maximum: {n} bytes > "
-                                f"{limit} bytes")
+            raise invalid(path, f"image exceeds {limit / _MIB:g} MB maximum: {n} bytes > {limit} bytes")
 
     def _base64_source(self, source: dict[str, Any], path: str, where: str) -> ImageIn:
         _no_extra(source, frozenset({"type", "media_type", "data"}), where)
-        media_type = _one_of(_need(source, "media_type", where), facts.MEDIA_TYPES,
-                             _at(where, "media_type"))
+        media_type = _one_of(_need(source, "media_type", where), facts.MEDIA_TYPES, _at(where, "media_type"))
         data_path = _at(where, "data")
         data = _str(_need(source, "data", where), data_path)
         self._check_b64_size(len(data), data_path)
@@ -672,7 +767,7 @@ class _Walk:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise invalid(url_path, "Input should be a valid URL (http or https)")
         width, height = _url_size(parts.query)
-        suffix = parts.path[parts.path.rfind("."):].lower() if "." in parts.path else ""
+        suffix = parts.path[parts.path.rfind(".") :].lower() if "." in parts.path else ""
         media_type = _EXTENSION_TYPE.get(suffix, "image/jpeg")
         return ImageIn(path, url_path, "url", media_type, width, height, 0, None)
 
@@ -686,8 +781,11 @@ class _Walk:
             raise ApiError(404, f"{id_path}: File not found: {file_id}")
         raw, mime = stored
         if mime not in facts.MEDIA_TYPES:
-            raise invalid(id_path, f"file {file_id} has type {mime}, which is not an image type "
-                                   f"the API accepts ({', '.join(facts.MEDIA_TYPES)})")
+            raise invalid(
+                id_path,
+                f"file {file_id} has type {mime}, which is not an image type "
+                f"the API accepts ({', '.join(facts.MEDIA_TYPES)})",
+            )
         self._check_b64_size(facts.b64_len(len(raw)), id_path)
         self._check_media_type(raw, mime, id_path)
         width, height = _pixel_size(raw, mime, id_path)
@@ -697,25 +795,35 @@ class _Walk:
     def _check_media_type(raw: bytes, declared: str, path: str) -> None:
         actual = facts.sniff_media_type(raw[:16])
         if actual is None:
-            raise invalid(path, f"Image does not match the provided media type {declared}: the "
-                                "data is not a JPEG, PNG, GIF or WebP image")
+            raise invalid(
+                path,
+                f"Image does not match the provided media type {declared}: the "
+                "data is not a JPEG, PNG, GIF or WebP image",
+            )
         if actual != declared:
-            raise invalid(path, f"Image does not match the provided media type {declared}: the "
-                                f"data is {actual}")
+            raise invalid(
+                path, f"Image does not match the provided media type {declared}: the data is {actual}"
+            )
 
     def _image_limits(self, path: str) -> None:
         """Per-request image rules, known only once every image is read."""
         n = len(self.images)
         if n > self.profile.images_per_request:
-            raise invalid(path, f"too many images in this request: {n} > "
-                                f"{self.profile.images_per_request}, the maximum for "
-                                f"{self.profile.id}")
+            raise invalid(
+                path,
+                f"too many images in this request: {n} > "
+                f"{self.profile.images_per_request}, the maximum for "
+                f"{self.profile.id}",
+            )
         if n > facts.MANY_IMAGES_THRESHOLD:
             for image in self.images:
                 if max(image.width, image.height) > facts.MANY_IMAGES_EDGE:
-                    raise invalid(image.data_path, "At least one of the image dimensions exceed "
-                                                   "max allowed size for many-image requests: "
-                                                   f"{facts.MANY_IMAGES_EDGE} pixels")
+                    raise invalid(
+                        image.data_path,
+                        "At least one of the image dimensions exceed "
+                        "max allowed size for many-image requests: "
+                        f"{facts.MANY_IMAGES_EDGE} pixels",
+                    )
 
     def _tally(self, checked: Checked) -> None:
         """Token counts for every segment, the request, its images; the context-window rule."""
@@ -724,14 +832,12 @@ class _Walk:
             seg.tokens = seg.overhead + (tokens.text_tokens(seg.text, self.f100) if seg.text else 0)
             if seg.image is not None:
                 image = seg.image
-                image.tokens, image.seen = tokens.image_tokens(self.profile, image.width,
-                                                               image.height)
+                image.tokens, image.seen = tokens.image_tokens(self.profile, image.width, image.height)
                 seg.tokens += image.tokens
                 image_total += image.tokens
             total += seg.tokens
         if total > self.profile.context_window:
-            raise invalid("", f"prompt is too long: {total} tokens > "
-                              f"{self.profile.context_window} maximum")
+            raise invalid("", f"prompt is too long: {total} tokens > {self.profile.context_window} maximum")
         checked.input_tokens = total
         checked.image_tokens = image_total
 
@@ -754,7 +860,9 @@ def _pixel_size(raw: bytes, media_type: str, path: str) -> tuple[int, int]:
         with Image.open(io.BytesIO(raw), formats=[_PILLOW_FORMAT[media_type]]) as image:
             return image.size
     except Image.DecompressionBombError:
-        raise invalid(path, "At least one of the image dimensions exceed max allowed size: "
-                            f"{facts.MAX_IMAGE_EDGE} pixels") from None
+        raise invalid(
+            path,
+            f"At least one of the image dimensions exceed max allowed size: {facts.MAX_IMAGE_EDGE} pixels",
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise invalid(path, "Could not process image") from None

@@ -10,8 +10,12 @@ PNG = "iVBORw0KGgo="
 
 
 def test_one_image_then_the_prompt() -> None:
-    body = messages_body(REG["claude-haiku-5-5"], RequestSettings(max_tokens=50),
-                         [ImagePart("base64", PNG, "image/png")], "Describe it")
+    body = messages_body(
+        REG["claude-haiku-5-5"],
+        RequestSettings(max_tokens=50),
+        [ImagePart("base64", PNG, "image/png")],
+        "Describe it",
+    )
     content = body["messages"][0]["content"]
     assert [b["type"] for b in content] == ["image", "text"]
     assert content[1]["text"] == "Describe it"
@@ -20,9 +24,15 @@ def test_one_image_then_the_prompt() -> None:
 def test_several_images_are_labelled_in_order() -> None:
     images = [ImagePart("url", "https://x/a.jpg"), ImagePart("file", "file_1")]
     content = messages_body(REG["claude-haiku-5-5"], RequestSettings(max_tokens=5), images, "Compare")[
-        "messages"][0]["content"]
+        "messages"
+    ][0]["content"]
     assert [b.get("text") or b["source"]["type"] for b in content] == [
-        "Image 1:", "url", "Image 2:", "file", "Compare"]
+        "Image 1:",
+        "url",
+        "Image 2:",
+        "file",
+        "Compare",
+    ]
     assert betas_for(images, "files-api-2025-04-14") == ["files-api-2025-04-14"]
     assert betas_for(images[:1], "files-api-2025-04-14") == []
 
@@ -39,11 +49,25 @@ def test_bodies_validate_against_the_published_schema(check) -> None:  # type: i
     settings = RequestSettings(max_tokens=5, effort="low", system="s", stop_sequences=["END"])
     images = [ImagePart("base64", PNG, "image/png"), ImagePart("url", "https://x/a.jpg")]
     check(messages_body(REG["claude-haiku-5-5"], settings, images, "p"), "CreateMessageParams")
-    check(messages_body(REG["claude-haiku-4-5"], RequestSettings(max_tokens=5, temperature=0.5),
-                        [ImagePart("file", "file_1")], "p"), "BetaCreateMessageParams")
+    check(
+        messages_body(
+            REG["claude-haiku-4-5"],
+            RequestSettings(max_tokens=5, temperature=0.5),
+            [ImagePart("file", "file_1")],
+            "p",
+        ),
+        "BetaCreateMessageParams",
+    )
 
 
 def test_answer_text_joins_text_and_takes_tool_input() -> None:
-    text, tool = answer_text({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"},
-                                          {"type": "tool_use", "id": "t", "name": "n", "input": {"k": 1}}]})
+    text, tool = answer_text(
+        {
+            "content": [
+                {"type": "text", "text": "a"},
+                {"type": "text", "text": "b"},
+                {"type": "tool_use", "id": "t", "name": "n", "input": {"k": 1}},
+            ]
+        }
+    )
     assert text == "ab" and tool == '{"k":1}'

@@ -20,8 +20,9 @@ async def test_the_pool_is_sharded_and_requests_spread_over_the_least_busy() -> 
         await release.wait()
         return httpx.Response(200, json={"ok": True}, headers={"request-id": "req_1"})
 
-    client = Client("k", "http://api.test", max_connections=4 * SHARD_CONNECTIONS,
-                    transport=httpx.MockTransport(answer))
+    client = Client(
+        "k", "http://api.test", max_connections=4 * SHARD_CONNECTIONS, transport=httpx.MockTransport(answer)
+    )
     async with client:
         assert len(client._pools) == 4
         async with anyio.create_task_group() as tg:
@@ -40,8 +41,9 @@ async def test_a_small_job_uses_one_shard() -> None:
     async def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={}, headers={"request-id": "r"})
 
-    async with Client("k", "http://api.test", max_connections=4,
-                      transport=httpx.MockTransport(answer)) as client:
+    async with Client(
+        "k", "http://api.test", max_connections=4, transport=httpx.MockTransport(answer)
+    ) as client:
         assert len(client._pools) == 1
         for _ in range(3):
             assert (await client.request("GET", "/v1/models")).status == 200

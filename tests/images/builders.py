@@ -40,8 +40,10 @@ def photo(size: tuple[int, int], seed: int = 0, noise: int = 12) -> Image.Image:
     """Photo-like: a smooth gradient, a few shapes and per-pixel noise (many colours)."""
     width, height = size
     gradient = Image.linear_gradient("L").resize(size)
-    image = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_180),
-                                Image.radial_gradient("L").resize(size)))
+    image = Image.merge(
+        "RGB",
+        (gradient, gradient.transpose(Image.Transpose.ROTATE_180), Image.radial_gradient("L").resize(size)),
+    )
     rng = random.Random(seed)
     draw = ImageDraw.Draw(image)
     for _ in range(6):
@@ -65,8 +67,12 @@ def quadrants(size: tuple[int, int]) -> Image.Image:
     image = Image.new("RGB", size)
     draw = ImageDraw.Draw(image)
     half_w, half_h = width // 2, height // 2
-    boxes = ((0, 0, half_w, half_h), (half_w, 0, width, half_h),
-             (0, half_h, half_w, height), (half_w, half_h, width, height))
+    boxes = (
+        (0, 0, half_w, half_h),
+        (half_w, 0, width, half_h),
+        (0, half_h, half_w, height),
+        (half_w, half_h, width, height),
+    )
     for box, colour in zip(boxes, QUADRANTS, strict=True):
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=colour)
     return image
@@ -107,9 +113,12 @@ def oriented(upright: Image.Image, orientation: int, fmt: str, **params: object)
 
 def xmp_orientation(orientation: int) -> bytes:
     """An XMP packet that gives only an orientation (``tiff:Orientation``)."""
-    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
-            b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="'
-            + str(orientation).encode() + b'"/></rdf:RDF></x:xmpmeta>')
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+        b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="'
+        + str(orientation).encode()
+        + b'"/></rdf:RDF></x:xmpmeta>'
+    )
 
 
 def cmyk_icc_profile(paper_lab: tuple[float, float, float] = (60.0, 60.0, 30.0)) -> bytes:
@@ -118,6 +127,7 @@ def cmyk_icc_profile(paper_lab: tuple[float, float, float] = (60.0, 60.0, 30.0))
     No ink maps to ``paper_lab`` (reddish by default) instead of white, so an image converted through
     the profile is told apart from a naive CMYK->RGB conversion (which gives white).
     """
+
     def lab_bytes(lab: tuple[float, float, float]) -> bytes:
         lum, a, b = lab
         return bytes((round(lum * 255 / 100), round(a + 128), round(b + 128)))
@@ -135,7 +145,7 @@ def cmyk_icc_profile(paper_lab: tuple[float, float, float] = (60.0, 60.0, 30.0))
                         clut += lab_bytes((50, -40 * c + 60 * m, -50 * c + 70 * y))
     identity = bytes(range(256))
     matrix = b"".join(struct.pack(">i", 65536 if i in (0, 4, 8) else 0) for i in range(9))
-    lut8 = (b"mft1" + b"\0" * 4 + bytes((4, 3, 2, 0)) + matrix + identity * 4 + clut + identity * 3)
+    lut8 = b"mft1" + b"\0" * 4 + bytes((4, 3, 2, 0)) + matrix + identity * 4 + clut + identity * 3
     text = b"batcher test CMYK\0"
     desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 4 + b"\0" * 4 + b"\0" * 67
     wtpt = b"XYZ " + b"\0" * 4 + struct.pack(">iii", round(0.9642 * 65536), 65536, round(0.8249 * 65536))
@@ -148,8 +158,19 @@ def cmyk_icc_profile(paper_lab: tuple[float, float, float] = (60.0, 60.0, 30.0))
         table += signature + struct.pack(">II", offset + len(body), len(data))
         body += padded
     size = offset + len(body)
-    header = (struct.pack(">I", size) + b"\0" * 4 + bytes((2, 0x10, 0, 0)) + b"prtr" + b"CMYK" + b"Lab "
-              + b"\0" * 12 + b"acsp" + b"\0" * 24 + struct.pack(">I", 0)
-              + struct.pack(">iii", round(0.9642 * 65536), 65536, round(0.8249 * 65536)) + b"\0" * 48)
+    header = (
+        struct.pack(">I", size)
+        + b"\0" * 4
+        + bytes((2, 0x10, 0, 0))
+        + b"prtr"
+        + b"CMYK"
+        + b"Lab "
+        + b"\0" * 12
+        + b"acsp"
+        + b"\0" * 24
+        + struct.pack(">I", 0)
+        + struct.pack(">iii", round(0.9642 * 65536), 65536, round(0.8249 * 65536))
+        + b"\0" * 48
+    )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body

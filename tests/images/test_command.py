@@ -78,8 +78,10 @@ def test_human_output(tmp_path: Path) -> None:
 
 def write_job(tmp_path: Path, images: str = "", model: str = "claude-opus-4-8") -> Path:
     job = tmp_path / "job.toml"
-    job.write_text(f'[input]\nmanifest = "m.csv"\nprompt = "Describe"\n\n'
-                   f'[request]\nmodel = "{model}"\nmax_tokens = 100\n\n[images]\n{images}\n')
+    job.write_text(
+        f'[input]\nmanifest = "m.csv"\nprompt = "Describe"\n\n'
+        f'[request]\nmodel = "{model}"\nmax_tokens = 100\n\n[images]\n{images}\n'
+    )
     return job
 
 

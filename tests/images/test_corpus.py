@@ -30,10 +30,18 @@ CORPUS = SHARED / "corpora" / "pillow"
 #: What a corpus file may fail with: each names something about the file itself. Not ``timeout``
 #: (no allowed decoder may hang), not ``io_error``/``not_found`` (every file is there and readable),
 #: nor the generic ``image_error``.
-CORPUS_FAILURES = frozenset({
-    "empty_file", "not_an_image", "unsupported_format", "truncated", "too_many_pixels", "decode_error",
-    "out_of_memory", "too_large",
-})
+CORPUS_FAILURES = frozenset(
+    {
+        "empty_file",
+        "not_an_image",
+        "unsupported_format",
+        "truncated",
+        "too_many_pixels",
+        "decode_error",
+        "out_of_memory",
+        "too_large",
+    }
+)
 #: Pillow format names by output media type (a re-decode uses only that decoder).
 OUTPUT_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF", "image/webp": "WEBP"}
 
@@ -60,8 +68,11 @@ async def test_whole_corpus(haiku: ModelProfile, tmp_path: Path) -> None:
         else:
             assert row["error_type"] in CORPUS_FAILURES, (row["path"], row["error_type"], row["error"])
             assert row["error"].startswith(row["path"])
-    print(f"\ncorpus: {len(rows)} files: " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
-          + f"; {sum(1 for r in rows if r.get('passthrough'))} sent as they were")
+    print(
+        f"\ncorpus: {len(rows)} files: "
+        + ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
+        + f"; {sum(1 for r in rows if r.get('passthrough'))} sent as they were"
+    )
     assert outcomes["ok"] > len(rows) // 2
     probe = CORPUS / "PROBE.jsonl"
     if probe.is_file():

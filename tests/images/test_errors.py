@@ -61,8 +61,9 @@ def test_unreadable_file(haiku: ModelProfile, tmp_path: Path) -> None:
     assert fail(path, haiku).error_type == "io_error"
 
 
-def test_eps_is_refused_without_running_ghostscript(haiku: ModelProfile, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eps_is_refused_without_running_ghostscript(
+    haiku: ModelProfile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import EpsImagePlugin
 
     def no_ghostscript(*args: object, **kwargs: object) -> None:
@@ -132,8 +133,9 @@ def test_large_truncated_png_is_truncated_even_when_re_encoded(haiku: ModelProfi
 
 
 @pytest.mark.parametrize(("fmt", "cut"), [("PNG", 12), ("PNG", 20), ("GIF", 1)])
-def test_truncated_png_gif_accepted_on_request_are_re_encoded(haiku: ModelProfile, fmt: str,
-                                                              cut: int) -> None:
+def test_truncated_png_gif_accepted_on_request_are_re_encoded(
+    haiku: ModelProfile, fmt: str, cut: int
+) -> None:
     original = builders.photo((300, 200))
     data = builders.encode(original, fmt)
     prepared = prepare_file(data[:-cut], haiku, ImageOptions(allow_truncated=True))
@@ -196,7 +198,7 @@ def test_pillow_bomb_warning_is_an_error_too(haiku: ModelProfile) -> None:
 def test_corrupt_data_is_a_decode_error(haiku: ModelProfile) -> None:
     data = bytearray(builders.encode(builders.photo((300, 200), noise=0), "PNG"))
     idat = data.index(b"IDAT")
-    data[idat + 20: idat + 60] = b"\xff" * 40  # garbage inside the compressed stream
+    data[idat + 20 : idat + 60] = b"\xff" * 40  # garbage inside the compressed stream
     assert fail(bytes(data), haiku).error_type == "decode_error"
 
 
@@ -219,9 +221,23 @@ def test_probe_reports_header_errors(tmp_path: Path) -> None:
 
 def test_error_types_are_stable_and_rebuildable() -> None:
     assert set(errors.ERROR_TYPES) == {
-        "not_found", "empty_file", "not_an_image", "unsupported_format", "truncated", "too_many_pixels",
-        "decode_error", "timeout", "out_of_memory", "too_large", "io_error", "not_a_file",
-        "unsupported_scheme", "download_error", "download_timeout", "blocked_address"}
+        "not_found",
+        "empty_file",
+        "not_an_image",
+        "unsupported_format",
+        "truncated",
+        "too_many_pixels",
+        "decode_error",
+        "timeout",
+        "out_of_memory",
+        "too_large",
+        "io_error",
+        "not_a_file",
+        "unsupported_scheme",
+        "download_error",
+        "download_timeout",
+        "blocked_address",
+    }
     for error_type in errors.ERROR_TYPES:
         rebuilt = error_from_type(error_type, "x: why")
         assert rebuilt.error_type == error_type and str(rebuilt) == "x: why"

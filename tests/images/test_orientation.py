@@ -45,8 +45,9 @@ def check_against_reference(data: bytes, profile: ModelProfile, tmp_path, tolera
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
 @pytest.mark.parametrize("compression", ["raw", "tiff_lzw", "tiff_adobe_deflate"])
-def test_tiff_orientation_is_applied_once(haiku: ModelProfile, tmp_path, orientation: int,
-                                          compression: str) -> None:
+def test_tiff_orientation_is_applied_once(
+    haiku: ModelProfile, tmp_path, orientation: int, compression: str
+) -> None:
     data = builders.oriented(builders.quadrants((360, 240)), orientation, "TIFF", compression=compression)
     check_against_reference(data, haiku, tmp_path)
 
@@ -68,10 +69,12 @@ def test_bilevel_g4_tiff_orientation(haiku: ModelProfile, tmp_path, orientation:
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
-@pytest.mark.parametrize(("fmt", "params"), [("JPEG", {"quality": 95}), ("PNG", {}),
-                                             ("WEBP", {"lossless": True})])
-def test_exif_orientation_matches_the_reference(haiku: ModelProfile, tmp_path, orientation: int,
-                                                fmt: str, params: dict) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "params"), [("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"lossless": True})]
+)
+def test_exif_orientation_matches_the_reference(
+    haiku: ModelProfile, tmp_path, orientation: int, fmt: str, params: dict
+) -> None:
     data = builders.oriented(builders.quadrants((360, 240)), orientation, fmt, **params)
     check_against_reference(data, haiku, tmp_path)
 

@@ -26,8 +26,9 @@ async def test_results_match_in_process(haiku: ModelProfile, tmp_path: Path) -> 
     assert pooled == prepare_file(path, haiku)
 
 
-async def test_many_concurrent_calls_and_errors_do_not_stop_the_pool(haiku: ModelProfile,
-                                                                     tmp_path: Path) -> None:
+async def test_many_concurrent_calls_and_errors_do_not_stop_the_pool(
+    haiku: ModelProfile, tmp_path: Path
+) -> None:
     paths = []
     for i in range(12):
         path = tmp_path / f"{i}.png"

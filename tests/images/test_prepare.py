@@ -30,11 +30,17 @@ def close(a: tuple[int, ...], b: tuple[int, ...], tolerance: int = 24) -> bool:
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize(("size", "expected"), [
-    ((1075, 1520), (924, 1307)), ((2000, 1500), (1270, 952)), ((3840, 2160), (1456, 819)),
-])
-def test_jpeg_lands_at_the_models_native_size(haiku: ModelProfile, size: tuple[int, int],
-                                              expected: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((1075, 1520), (924, 1307)),
+        ((2000, 1500), (1270, 952)),
+        ((3840, 2160), (1456, 819)),
+    ],
+)
+def test_jpeg_lands_at_the_models_native_size(
+    haiku: ModelProfile, size: tuple[int, int], expected: tuple[int, int]
+) -> None:
     prepared = prepare_file(builders.encode(builders.photo(size), "JPEG"), haiku)
     assert (prepared.width, prepared.height) == expected
     assert prepared.media_type == "image/jpeg" and not prepared.passthrough
@@ -57,8 +63,9 @@ def test_compliant_jpeg_is_sent_byte_for_byte(haiku: ModelProfile) -> None:
     assert prepared.media_type == "image/jpeg"
 
 
-@pytest.mark.parametrize(("fmt", "media_type"), [("PNG", "image/png"), ("GIF", "image/gif"),
-                                                 ("WEBP", "image/webp")])
+@pytest.mark.parametrize(
+    ("fmt", "media_type"), [("PNG", "image/png"), ("GIF", "image/gif"), ("WEBP", "image/webp")]
+)
 def test_compliant_png_gif_webp_pass_through(haiku: ModelProfile, fmt: str, media_type: str) -> None:
     data = builders.encode(builders.photo((300, 200)), fmt)
     prepared = prepare_file(data, haiku)
@@ -82,8 +89,9 @@ def test_tiff_and_bmp_are_never_passed_through(haiku: ModelProfile) -> None:
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("upright_size", [(360, 240), (2400, 1600)])
-def test_exif_orientation_makes_pixels_upright(haiku: ModelProfile, orientation: int,
-                                               upright_size: tuple[int, int]) -> None:
+def test_exif_orientation_makes_pixels_upright(
+    haiku: ModelProfile, orientation: int, upright_size: tuple[int, int]
+) -> None:
     data = builders.oriented_jpeg(builders.quadrants(upright_size), orientation)
     prepared = prepare_file(data, haiku)
     expected = target_size(haiku, *upright_size, options=ImageOptions())
@@ -111,8 +119,12 @@ def test_cmyk_goes_through_its_icc_profile(haiku: ModelProfile, fmt: str) -> Non
     prepared = prepare_file(data, haiku)
     pixel = reopen(prepared).convert("RGB").getpixel((120, 120))
     reference = ImageCms.profileToProfile(
-        cmyk, ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"),
-        renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB").getpixel((0, 0))
+        cmyk,
+        ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+        ImageCms.createProfile("sRGB"),
+        renderingIntent=ImageCms.Intent.PERCEPTUAL,
+        outputMode="RGB",
+    ).getpixel((0, 0))
     naive = cmyk.convert("RGB").getpixel((0, 0))
     assert close(pixel, reference, 12), (pixel, reference)
     assert not close(pixel, naive, 40), (pixel, naive)
@@ -234,8 +246,8 @@ def test_invalid_apng_is_not_passed_through(haiku: ModelProfile) -> None:
     frames = [Image.new("RGB", (300, 200), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     data = bytearray(builders.encode(frames[0], "PNG", save_all=True, append_images=frames[1:]))
     actl = data.index(b"acTL")
-    data[actl + 4: actl + 8] = (0).to_bytes(4, "big")  # num_frames 0: invalid
-    data[actl + 12: actl + 16] = zlib.crc32(bytes(data[actl: actl + 12])).to_bytes(4, "big")
+    data[actl + 4 : actl + 8] = (0).to_bytes(4, "big")  # num_frames 0: invalid
+    data[actl + 12 : actl + 16] = zlib.crc32(bytes(data[actl : actl + 12])).to_bytes(4, "big")
     with pytest.warns(UserWarning, match="Invalid APNG"):
         assert not getattr(Image.open(io.BytesIO(bytes(data))), "is_animated", False)
     prepared = prepare_file(bytes(data), haiku)
@@ -254,8 +266,9 @@ def test_noisy_huge_image_fits_5_mb_of_base64(huge_model: ModelProfile) -> None:
 
 def test_byte_limit_shrinks_when_quality_is_not_enough(huge_model: ModelProfile) -> None:
     limit = 400 * 1024
-    prepared = prepare_file(builders.encode(builders.noise((1500, 1500)), "PNG"), huge_model,
-                            ImageOptions(max_b64_bytes=limit))
+    prepared = prepare_file(
+        builders.encode(builders.noise((1500, 1500)), "PNG"), huge_model, ImageOptions(max_b64_bytes=limit)
+    )
     assert facts.b64_len(len(prepared.data)) <= limit
     assert prepared.width < 1500 and "shrunk_to_fit_byte_limit" in prepared.warnings
     assert prepared.tokens == huge_model.image_tokens(prepared.width, prepared.height)
@@ -299,8 +312,8 @@ def test_draft_decode_matches_a_full_decode(haiku: ModelProfile) -> None:
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
-    mse = sum(v ** 2 for v in ImageStat.Stat(ImageChops.difference(a, b)).rms) / 3
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-9))
+    mse = sum(v**2 for v in ImageStat.Stat(ImageChops.difference(a, b)).rms) / 3
+    return 10 * math.log10(255**2 / max(mse, 1e-9))
 
 
 def test_sha256_and_fields(haiku: ModelProfile) -> None:

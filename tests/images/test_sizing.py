@@ -12,15 +12,19 @@ from batcher.models import ModelProfile
 DEFAULT = ImageOptions()
 
 
-@pytest.mark.parametrize(("size", "expected"), [
-    ((1075, 1520), (924, 1307)),
-    ((2000, 1500), (1270, 952)),
-    ((3840, 2160), (1456, 819)),
-    ((1092, 1092), (1092, 1092)),
-    ((200, 200), (200, 200)),
-])
-def test_worked_examples_on_a_1568_token_model(haiku: ModelProfile, size: tuple[int, int],
-                                                expected: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((1075, 1520), (924, 1307)),
+        ((2000, 1500), (1270, 952)),
+        ((3840, 2160), (1456, 819)),
+        ((1092, 1092), (1092, 1092)),
+        ((200, 200), (200, 200)),
+    ],
+)
+def test_worked_examples_on_a_1568_token_model(
+    haiku: ModelProfile, size: tuple[int, int], expected: tuple[int, int]
+) -> None:
     assert target_size(haiku, *size, options=DEFAULT) == expected
     assert target_size(haiku, *size, options=DEFAULT) == haiku.native_size(*size)
 
@@ -69,8 +73,7 @@ def test_max_image_tokens_above_the_model_changes_nothing(haiku: ModelProfile) -
 
 def test_many_images_fit_2000_px(opus: ModelProfile) -> None:
     few = target_size(opus, 3840, 2160, options=DEFAULT, images_in_request=facts.MANY_IMAGES_THRESHOLD)
-    many = target_size(opus, 3840, 2160, options=DEFAULT,
-                       images_in_request=facts.MANY_IMAGES_THRESHOLD + 1)
+    many = target_size(opus, 3840, 2160, options=DEFAULT, images_in_request=facts.MANY_IMAGES_THRESHOLD + 1)
     assert few == (2576, 1449)
     assert max(many) == facts.MANY_IMAGES_EDGE
     assert many == (2000, 1125)
@@ -93,10 +96,17 @@ def test_byte_limit_may_rise_to_the_models_not_above(haiku: ModelProfile) -> Non
         check_options(haiku, ImageOptions(max_b64_bytes=haiku.max_image_b64_bytes + 1))
 
 
-@pytest.mark.parametrize("options", [
-    ImageOptions(max_edge=0), ImageOptions(max_image_tokens=0), ImageOptions(jpeg_quality=0),
-    ImageOptions(max_pixels=0), ImageOptions(timeout_s=0), ImageOptions(max_b64_bytes=10),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ImageOptions(max_edge=0),
+        ImageOptions(max_image_tokens=0),
+        ImageOptions(jpeg_quality=0),
+        ImageOptions(max_pixels=0),
+        ImageOptions(timeout_s=0),
+        ImageOptions(max_b64_bytes=10),
+    ],
+)
 def test_bad_options_name_the_key(haiku: ModelProfile, options: ImageOptions) -> None:
     with pytest.raises(ImageConfigError, match=r"^images\."):
         check_options(haiku, options)

@@ -95,8 +95,7 @@ def results(client: httpx.Client, batch: dict[str, Any]) -> list[dict[str, Any]]
 # --- processing in the background ----------------------------------------------------------------
 
 
-def test_a_batch_advances_when_only_the_ledger_is_read(fast: RunningSimulator,
-                                                       client: httpx.Client) -> None:
+def test_a_batch_advances_when_only_the_ledger_is_read(fast: RunningSimulator, client: httpx.Client) -> None:
     create(client, good(4))
     deadline = time.monotonic() + 5.0
     while True:  # nobody looks at the batch: the API processes it in the background all the same
@@ -117,8 +116,9 @@ def test_a_batch_advances_when_only_the_ledger_is_read(fast: RunningSimulator,
     assert wait_ended(client, fast.sim.batches.all()[0].id)["request_counts"]["succeeded"] == 1
 
 
-def test_closing_the_store_stops_the_ticker(fast: RunningSimulator, client: httpx.Client,
-                                            clock: FakeClock) -> None:
+def test_closing_the_store_stops_the_ticker(
+    fast: RunningSimulator, client: httpx.Client, clock: FakeClock
+) -> None:
     create(client, good(2))  # on a frozen clock: never due, so the ticker keeps looking
     ticker = fast.sim.batches._ticker
     assert ticker is not None and ticker.is_alive()
@@ -131,8 +131,9 @@ def test_closing_the_store_stops_the_ticker(fast: RunningSimulator, client: http
 # --- a batch from creation to results --------------------------------------------------------------
 
 
-def test_good_and_bad_rows_come_back_succeeded_and_errored(client: httpx.Client,
-                                                           fast: RunningSimulator) -> None:
+def test_good_and_bad_rows_come_back_succeeded_and_errored(
+    client: httpx.Client, fast: RunningSimulator
+) -> None:
     bad = [
         {"custom_id": "no-messages", "params": {"model": HAIKU, "max_tokens": 10}},
         {"custom_id": "unknown-model", "params": params("u", model="claude-nope")},
@@ -142,15 +143,25 @@ def test_good_and_bad_rows_come_back_succeeded_and_errored(client: httpx.Client,
     batch = create(client, requests)
     assert batch["id"].startswith("msgbatch_") and batch["type"] == "message_batch"
     assert batch["processing_status"] == "in_progress" and batch["results_url"] is None
-    assert batch["request_counts"] == {"processing": 9, "succeeded": 0, "errored": 0,
-                                       "canceled": 0, "expired": 0}
+    assert batch["request_counts"] == {
+        "processing": 9,
+        "succeeded": 0,
+        "errored": 0,
+        "canceled": 0,
+        "expired": 0,
+    }
     assert batch["ended_at"] is None and batch["cancel_initiated_at"] is None
     assert batch["archived_at"] is None and batch["expires_at"] > batch["created_at"]
     assert "not finished" in error_of(client.get(f"{BATCHES}/{batch['id']}/results"), 400)
 
     ended = wait_ended(client, batch["id"])
-    assert ended["request_counts"] == {"processing": 0, "succeeded": 6, "errored": 3,
-                                       "canceled": 0, "expired": 0}
+    assert ended["request_counts"] == {
+        "processing": 0,
+        "succeeded": 6,
+        "errored": 3,
+        "canceled": 0,
+        "expired": 0,
+    }
     assert ended["ended_at"] >= ended["created_at"]
     assert ended["results_url"] == f"{fast.base_url}{BATCHES}/{batch['id']}/results"
 
@@ -164,8 +175,7 @@ def test_good_and_bad_rows_come_back_succeeded_and_errored(client: httpx.Client,
         assert result["type"] == "succeeded"
         assert result["message"]["content"][0]["text"].endswith(f"nonce=row{i}")
         assert result["message"]["usage"]["service_tier"] == "batch"
-    errors = {cid: by_id[cid]["error"]["error"] for cid in ("no-messages", "unknown-model",
-                                                            "bad-media")}
+    errors = {cid: by_id[cid]["error"]["error"] for cid in ("no-messages", "unknown-model", "bad-media")}
     assert all(by_id[cid]["type"] == "errored" for cid in errors)
     assert errors["no-messages"]["type"] == "invalid_request_error"
     assert errors["no-messages"]["message"].startswith("messages: ")
@@ -180,9 +190,9 @@ def test_good_and_bad_rows_come_back_succeeded_and_errored(client: httpx.Client,
     assert results(client, ended) == lines  # the results file does not change
 
 
-def test_processing_is_progressive_but_counts_wait_for_the_end(client: httpx.Client,
-                                                               fast: RunningSimulator,
-                                                               clock: FakeClock) -> None:
+def test_processing_is_progressive_but_counts_wait_for_the_end(
+    client: httpx.Client, fast: RunningSimulator, clock: FakeClock
+) -> None:
     batch = create(client, good(10))
     clock.now += 0.5 * 0.55  # 55% of the duration: the first 5 of 10 are due
     polled = client.get(f"{BATCHES}/{batch['id']}").json()
@@ -195,14 +205,17 @@ def test_processing_is_progressive_but_counts_wait_for_the_end(client: httpx.Cli
     assert len(client.get("/_ledger").json()["charges_by_nonce"]) == 10
 
 
-def test_a_seeded_share_expires_and_is_not_charged(
-        make_simulator: Callable[..., RunningSimulator]) -> None:
-    handle = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2, expire_share=0.25,
-                                                         seed=7)))
+def test_a_seeded_share_expires_and_is_not_charged(make_simulator: Callable[..., RunningSimulator]) -> None:
+    handle = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2, expire_share=0.25, seed=7)))
     with httpx.Client(base_url=handle.base_url, headers=HEADERS) as c:
         batch = wait_ended(c, create(c, good(8))["id"])
-        assert batch["request_counts"] == {"processing": 0, "succeeded": 6, "errored": 0,
-                                           "canceled": 0, "expired": 2}
+        assert batch["request_counts"] == {
+            "processing": 0,
+            "succeeded": 6,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 2,
+        }
         lines = results(c, batch)
         expired = {line["custom_id"] for line in lines if line["result"] == {"type": "expired"}}
         assert len(expired) == 2
@@ -221,24 +234,25 @@ def test_processing_order_is_seeded_and_never_the_submission_order() -> None:
 # --- the envelope is checked up front ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "path"), [
-    ({"requests": [*good(2), {"custom_id": "row-0", "params": params("x")}]},
-     "requests.2.custom_id"),
-    ({"requests": [{"custom_id": "has space", "params": params("x")}]}, "requests.0.custom_id"),
-    ({"requests": [{"custom_id": "x" * 65, "params": params("x")}]}, "requests.0.custom_id"),
-    ({"requests": [{"custom_id": "", "params": params("x")}]}, "requests.0.custom_id"),
-    ({"requests": [{"custom_id": 5, "params": params("x")}]}, "requests.0.custom_id"),
-    ({"requests": [*good(1), {"custom_id": "b", "params": "not an object"}]}, "requests.1.params"),
-    ({"requests": [{"custom_id": "a"}]}, "requests.0.params"),
-    ({"requests": [{"custom_id": "a", "params": {}, "extra": 1}]}, "requests.0.extra"),
-    ({"requests": ["row"]}, "requests.0"),
-    ({"requests": []}, "requests"),
-    ({"requests": {}}, "requests"),
-    ({}, "requests"),
-    ({"requests": good(1), "stream": True}, "stream"),
-])
-def test_bad_envelopes_are_400_naming_the_path(client: httpx.Client, body: dict[str, Any],
-                                               path: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"requests": [*good(2), {"custom_id": "row-0", "params": params("x")}]}, "requests.2.custom_id"),
+        ({"requests": [{"custom_id": "has space", "params": params("x")}]}, "requests.0.custom_id"),
+        ({"requests": [{"custom_id": "x" * 65, "params": params("x")}]}, "requests.0.custom_id"),
+        ({"requests": [{"custom_id": "", "params": params("x")}]}, "requests.0.custom_id"),
+        ({"requests": [{"custom_id": 5, "params": params("x")}]}, "requests.0.custom_id"),
+        ({"requests": [*good(1), {"custom_id": "b", "params": "not an object"}]}, "requests.1.params"),
+        ({"requests": [{"custom_id": "a"}]}, "requests.0.params"),
+        ({"requests": [{"custom_id": "a", "params": {}, "extra": 1}]}, "requests.0.extra"),
+        ({"requests": ["row"]}, "requests.0"),
+        ({"requests": []}, "requests"),
+        ({"requests": {}}, "requests"),
+        ({}, "requests"),
+        ({"requests": good(1), "stream": True}, "stream"),
+    ],
+)
+def test_bad_envelopes_are_400_naming_the_path(client: httpx.Client, body: dict[str, Any], path: str) -> None:
     message = error_of(client.post(BATCHES, json=body), 400)
     assert message.startswith(f"{path}: "), message
 
@@ -249,8 +263,7 @@ def test_the_duplicate_names_its_twin(client: httpx.Client) -> None:
     assert "requests.3.custom_id" in message and "requests.1" in message
 
 
-def test_request_count_and_size_limits(client: httpx.Client,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_request_count_and_size_limits(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(facts, "BATCH_MAX_REQUESTS", 3)
     assert error_of(client.post(BATCHES, json={"requests": good(4)}), 400).startswith("requests: ")
     create(client, good(3))
@@ -260,11 +273,13 @@ def test_request_count_and_size_limits(client: httpx.Client,
     assert response.json()["error"]["type"] == "request_too_large"
 
 
-def test_a_model_without_the_batch_capability_is_refused_at_once(client: httpx.Client,
-                                                                 fast: RunningSimulator) -> None:
+def test_a_model_without_the_batch_capability_is_refused_at_once(
+    client: httpx.Client, fast: RunningSimulator
+) -> None:
     base = fast.sim.registry[HAIKU]
-    no_batch = dataclasses.replace(base, id="claude-nobatch", ids=(),
-                                   capabilities={**base.capabilities, "batch": False})
+    no_batch = dataclasses.replace(
+        base, id="claude-nobatch", ids=(), capabilities={**base.capabilities, "batch": False}
+    )
     fast.sim.registry = fast.sim.registry.with_profile(no_batch)
     body = {"requests": [*good(2), {"custom_id": "nb", "params": params("x", model="claude-nobatch")}]}
     message = error_of(client.post(BATCHES, json=body), 400)
@@ -282,8 +297,9 @@ def test_unknown_betas_are_refused_at_create(client: httpx.Client) -> None:
 def test_file_references_work_with_or_without_the_beta_header(client: httpx.Client) -> None:
     # anthropic 2.16 serves the Files API as stable and sends no beta header: both are accepted.
     beta = {"anthropic-beta": facts.FILES_BETA}
-    meta = client.post("/v1/files", files={"file": ("a.png", image_bytes(90, 60), "image/png")},
-                       headers=beta).json()
+    meta = client.post(
+        "/v1/files", files={"file": ("a.png", image_bytes(90, 60), "image/png")}, headers=beta
+    ).json()
     source = {"type": "image", "source": {"type": "file", "file_id": meta["id"]}}
     requests = [{"custom_id": "f", "params": params("f1", source)}]
     with_beta = wait_ended(client, create(client, requests, **beta)["id"])
@@ -291,8 +307,12 @@ def test_file_references_work_with_or_without_the_beta_header(client: httpx.Clie
     for batch in (with_beta, without):
         [ok] = results(client, batch)
         assert "90x60 image/png (file)" in ok["result"]["message"]["content"][0]["text"]
-    gone = [{"custom_id": "g", "params": params("g1", {"type": "image", "source": {
-        "type": "file", "file_id": "file_gone"}})}]
+    gone = [
+        {
+            "custom_id": "g",
+            "params": params("g1", {"type": "image", "source": {"type": "file", "file_id": "file_gone"}}),
+        }
+    ]
     [refused] = results(client, wait_ended(client, create(client, gone)["id"]))
     assert refused["result"]["type"] == "errored"
     assert "file_gone" in refused["result"]["error"]["error"]["message"]
@@ -301,8 +321,9 @@ def test_file_references_work_with_or_without_the_beta_header(client: httpx.Clie
 # --- cancel, delete, list -----------------------------------------------------------------------------
 
 
-def test_cancel_winds_down_then_the_rest_is_canceled(client: httpx.Client, fast: RunningSimulator,
-                                                     clock: FakeClock) -> None:
+def test_cancel_winds_down_then_the_rest_is_canceled(
+    client: httpx.Client, fast: RunningSimulator, clock: FakeClock
+) -> None:
     batch = create(client, good(10))
     clock.now += 0.5 * 0.35  # 3 of 10 done
     canceling = client.post(f"{BATCHES}/{batch['id']}/cancel").json()
@@ -315,8 +336,13 @@ def test_cancel_winds_down_then_the_rest_is_canceled(client: httpx.Client, fast:
     clock.now += 0.5 * 0.1 + 0.001  # the wind-down (a tenth of the duration): 4 of 10 done in all
     ended = client.get(f"{BATCHES}/{batch['id']}").json()
     assert ended["processing_status"] == "ended"
-    assert ended["request_counts"] == {"processing": 0, "succeeded": 4, "errored": 0,
-                                       "canceled": 6, "expired": 0}
+    assert ended["request_counts"] == {
+        "processing": 0,
+        "succeeded": 4,
+        "errored": 0,
+        "canceled": 6,
+        "expired": 0,
+    }
     assert ended["ended_at"] > ended["cancel_initiated_at"]
     lines = results(client, ended)
     assert sum(line["result"] == {"type": "canceled"} for line in lines) == 6
@@ -332,10 +358,12 @@ def test_delete_only_once_ended(client: httpx.Client) -> None:
     wait_ended(client, batch["id"])
     deleted = client.delete(f"{BATCHES}/{batch['id']}").json()
     assert deleted == {"id": batch["id"], "type": "message_batch_deleted"}
-    for response in (client.get(f"{BATCHES}/{batch['id']}"),
-                     client.get(f"{BATCHES}/{batch['id']}/results"),
-                     client.delete(f"{BATCHES}/{batch['id']}"),
-                     client.post(f"{BATCHES}/{batch['id']}/cancel")):
+    for response in (
+        client.get(f"{BATCHES}/{batch['id']}"),
+        client.get(f"{BATCHES}/{batch['id']}/results"),
+        client.delete(f"{BATCHES}/{batch['id']}"),
+        client.post(f"{BATCHES}/{batch['id']}/cancel"),
+    ):
         assert batch["id"] in error_of(response, 404)
 
 

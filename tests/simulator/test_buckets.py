@@ -54,9 +54,11 @@ def header_map(buckets: Buckets) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in buckets.headers()}
 
 
-ALL_HEADERS = {f"anthropic-ratelimit-{k}-{f}" for k in ("requests", "input-tokens",
-                                                         "output-tokens", "tokens")
-               for f in ("limit", "remaining", "reset")}
+ALL_HEADERS = {
+    f"anthropic-ratelimit-{k}-{f}"
+    for k in ("requests", "input-tokens", "output-tokens", "tokens")
+    for f in ("limit", "remaining", "reset")
+}
 
 
 def assert_unlimited(h: dict[str, str], kind: str, clock: FakeClock) -> None:
@@ -122,8 +124,9 @@ def test_message_names_the_limit_and_its_value(clock: FakeClock) -> None:
     assert "of 8000 output tokens per minute" in refused(buckets, cost(0, 1)).message
 
 
-@pytest.mark.parametrize(("wait", "expected"), [(0.001, 1), (0.5, 1), (1.0, 1), (1.01, 2),
-                                                (2.5, 3), (59.2, 60)])
+@pytest.mark.parametrize(
+    ("wait", "expected"), [(0.001, 1), (0.5, 1), (1.0, 1), (1.01, 2), (2.5, 3), (59.2, 60)]
+)
 def test_retry_after_rounds_up_to_whole_seconds_at_least_one(wait: float, expected: int) -> None:
     assert retry_after_s(wait) == expected
 

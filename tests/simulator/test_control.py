@@ -15,27 +15,29 @@ def control(simulator: RunningSimulator, changes: Any) -> httpx.Response:
     return httpx.post(f"{simulator.base_url}/_control", json=changes, timeout=10)
 
 
-@pytest.mark.parametrize(("changes", "key"), [
-    ({"today": "yesterday"}, "today"),
-    ({"today": 20261201}, "today"),
-    ({"limits": {"rpm": "abc"}}, "limits.rpm"),
-    ({"limits": {"rpm": True}}, "limits.rpm"),
-    ({"limits": {"burst_window_s": None}}, "limits.burst_window_s"),
-    ({"limits": 5}, "limits"),
-    ({"faults": {"seed": 1.5}}, "faults.seed"),
-    ({"faults": {"overloaded": "often"}}, "faults.overloaded"),
-    ({"latency": {"base_s": [1]}}, "latency.base_s"),
-    ({"platform": "moon"}, "platform"),
-    ({"api_key": 7}, "api_key"),
-    ({"batches": {"duration_s": -1}}, "batches.duration_s"),
-    ({"batches": {"expire_share": 2}}, "batches.expire_share"),
-    ({"limits": {"nope": 1}}, "limits.nope"),
-    ({"faults": {"auth_error_after": -1}}, "faults.auth_error_after"),
-    ({"faults": {"billing_error_after": 2.5}}, "faults.billing_error_after"),
-    ({"faults": {"spend_limit_after": "soon"}}, "faults.spend_limit_after"),
-])
-def test_a_bad_value_is_a_400_naming_the_key(simulator: RunningSimulator, changes: Any,
-                                             key: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"today": "yesterday"}, "today"),
+        ({"today": 20261201}, "today"),
+        ({"limits": {"rpm": "abc"}}, "limits.rpm"),
+        ({"limits": {"rpm": True}}, "limits.rpm"),
+        ({"limits": {"burst_window_s": None}}, "limits.burst_window_s"),
+        ({"limits": 5}, "limits"),
+        ({"faults": {"seed": 1.5}}, "faults.seed"),
+        ({"faults": {"overloaded": "often"}}, "faults.overloaded"),
+        ({"latency": {"base_s": [1]}}, "latency.base_s"),
+        ({"platform": "moon"}, "platform"),
+        ({"api_key": 7}, "api_key"),
+        ({"batches": {"duration_s": -1}}, "batches.duration_s"),
+        ({"batches": {"expire_share": 2}}, "batches.expire_share"),
+        ({"limits": {"nope": 1}}, "limits.nope"),
+        ({"faults": {"auth_error_after": -1}}, "faults.auth_error_after"),
+        ({"faults": {"billing_error_after": 2.5}}, "faults.billing_error_after"),
+        ({"faults": {"spend_limit_after": "soon"}}, "faults.spend_limit_after"),
+    ],
+)
+def test_a_bad_value_is_a_400_naming_the_key(simulator: RunningSimulator, changes: Any, key: str) -> None:
     before = simulator.sim.config
     snapshot = repr(before)
     response = control(simulator, changes)
@@ -49,8 +51,12 @@ def test_a_bad_value_is_a_400_naming_the_key(simulator: RunningSimulator, change
 
 
 def test_good_values_are_applied_with_their_types(simulator: RunningSimulator) -> None:
-    changes = {"today": "2026-12-01", "limits": {"rpm": 60, "itpm": None},
-               "faults": {"seed": 3, "stall_s": 2}, "platform": "vertex"}
+    changes = {
+        "today": "2026-12-01",
+        "limits": {"rpm": 60, "itpm": None},
+        "faults": {"seed": 3, "stall_s": 2},
+        "platform": "vertex",
+    }
     assert control(simulator, changes).json() == {"ok": True}
     config = simulator.sim.config
     assert config.today == dt.date(2026, 12, 1) and config.platform == "vertex"

@@ -20,8 +20,11 @@ from batcher.simulator.errors import ApiError
 from batcher.simulator.faults import KINDS, FaultInjector
 
 HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION}
-BODY = {"model": "claude-haiku-5-5", "max_tokens": 64,
-        "messages": [{"role": "user", "content": "Say hello. nonce=f1"}]}
+BODY = {
+    "model": "claude-haiku-5-5",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "Say hello. nonce=f1"}],
+}
 COST = MessageCost(input_tokens=100, max_tokens=64, megapixels=1.5)
 
 
@@ -33,8 +36,7 @@ def fates(injector: FaultInjector, n: int) -> list[str | None]:
 
 
 def test_a_seed_replays_the_same_fates_and_another_seed_does_not() -> None:
-    config = Faults(overloaded=0.1, server_error=0.1, gateway_timeout=0.1, stall=0.1, drop=0.1,
-                    seed=7)
+    config = Faults(overloaded=0.1, server_error=0.1, gateway_timeout=0.1, stall=0.1, drop=0.1, seed=7)
     first = fates(FaultInjector(config, Latency()), 500)
     assert first == fates(FaultInjector(config, Latency()), 500)
     other = Faults(**{**config.__dict__, "seed": 8})
@@ -55,8 +57,7 @@ def test_jitter_does_not_change_which_requests_fail() -> None:
 
 
 def test_fates_come_at_roughly_the_configured_shares() -> None:
-    shares = {"overloaded": 0.05, "server_error": 0.03, "gateway_timeout": 0.02, "stall": 0.01,
-              "drop": 0.03}
+    shares = {"overloaded": 0.05, "server_error": 0.03, "gateway_timeout": 0.02, "stall": 0.01, "drop": 0.03}
     n = 40_000
     counts = Counter(fates(FaultInjector(Faults(**shares, seed=11), Latency()), n))
     for kind, share in shares.items():
@@ -83,8 +84,9 @@ def test_reconfigure_keeps_the_sequence_unless_the_seed_changes() -> None:
     assert fates(injector, 40) == straight
 
 
-@pytest.mark.parametrize("bad", [Faults(drop=1.5), Faults(overloaded=-0.1),
-                                 Faults(overloaded=0.6, drop=0.6), Faults(stall_s=-1)])
+@pytest.mark.parametrize(
+    "bad", [Faults(drop=1.5), Faults(overloaded=-0.1), Faults(overloaded=0.6, drop=0.6), Faults(stall_s=-1)]
+)
 def test_impossible_shares_are_refused(bad: Faults) -> None:
     with pytest.raises(ApiError) as info:
         FaultInjector(bad, Latency())
@@ -125,12 +127,18 @@ async def test_delay_sleeps_the_model_and_skips_zero(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("kind", "status", "error_type"), [
-    ("overloaded", 529, "overloaded_error"), ("server_error", 500, "api_error"),
-    ("gateway_timeout", 504, "timeout_error"), ("stall", 504, "timeout_error"),
-])
-async def test_before_raises_the_apis_errors(monkeypatch: pytest.MonkeyPatch, kind: str,
-                                             status: int, error_type: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "status", "error_type"),
+    [
+        ("overloaded", 529, "overloaded_error"),
+        ("server_error", 500, "api_error"),
+        ("gateway_timeout", 504, "timeout_error"),
+        ("stall", 504, "timeout_error"),
+    ],
+)
+async def test_before_raises_the_apis_errors(
+    monkeypatch: pytest.MonkeyPatch, kind: str, status: int, error_type: str
+) -> None:
     slept: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
@@ -160,12 +168,17 @@ def _post(base_url: str, timeout: float = 10.0) -> httpx.Response:
         return client.post("/v1/messages", json=BODY)
 
 
-@pytest.mark.parametrize(("kind", "status", "error_type"), [
-    ("overloaded", 529, "overloaded_error"), ("server_error", 500, "api_error"),
-    ("gateway_timeout", 504, "timeout_error"),
-])
+@pytest.mark.parametrize(
+    ("kind", "status", "error_type"),
+    [
+        ("overloaded", 529, "overloaded_error"),
+        ("server_error", 500, "api_error"),
+        ("gateway_timeout", 504, "timeout_error"),
+    ],
+)
 def test_injected_errors_reach_the_client_in_the_apis_shape(
-        make_simulator: Any, kind: str, status: int, error_type: str) -> None:
+    make_simulator: Any, kind: str, status: int, error_type: str
+) -> None:
     sim = make_simulator(SimConfig(faults=Faults(**{kind: 1.0})))
     response = _post(sim.base_url)
     assert response.status_code == status
@@ -242,10 +255,12 @@ async def test_requests_wait_side_by_side_not_in_turn(make_simulator: Any) -> No
         statuses.append((await client.post("/v1/messages", json=BODY)).status_code)
 
     started = time.monotonic()
-    async with httpx.AsyncClient(base_url=sim.base_url, headers=HEADERS, timeout=10) as client, \
-            anyio.create_task_group() as tg:
-            for _ in range(8):
-                tg.start_soon(one, client)
+    async with (
+        httpx.AsyncClient(base_url=sim.base_url, headers=HEADERS, timeout=10) as client,
+        anyio.create_task_group() as tg,
+    ):
+        for _ in range(8):
+            tg.start_soon(one, client)
     assert statuses == [200] * 8
     assert time.monotonic() - started < 1.5  # 8 x 0.4 s one after another would be 3.2 s
 
@@ -262,8 +277,7 @@ def _error(response: httpx.Response, status: int, error_type: str) -> dict[str, 
 
 
 def _batch(client: httpx.Client) -> httpx.Response:
-    return client.post("/v1/messages/batches",
-                       json={"requests": [{"custom_id": "b1", "params": BODY}]})
+    return client.post("/v1/messages/batches", json={"requests": [{"custom_id": "b1", "params": BODY}]})
 
 
 def test_a_revoked_key_refuses_everything_after_n_paid_requests(make_simulator: Any) -> None:
@@ -276,9 +290,12 @@ def test_a_revoked_key_refuses_everything_after_n_paid_requests(make_simulator: 
         error = _error(client.post("/v1/messages", json=BODY), 401, "authentication_error")
         assert error["message"] == "invalid x-api-key"
         # revoked: every /v1 route now, paid or not; outside /v1 still answers
-        for response in (client.post("/v1/messages", json=BODY), client.get("/v1/models"),
-                         client.get("/v1/files", headers={"anthropic-beta": facts.FILES_BETA}),
-                         _batch(client)):
+        for response in (
+            client.post("/v1/messages", json=BODY),
+            client.get("/v1/models"),
+            client.get("/v1/files", headers={"anthropic-beta": facts.FILES_BETA}),
+            _batch(client),
+        ):
             _error(response, 401, "authentication_error")
         book = client.get("/_ledger").json()
     assert book["faults"] == {"auth_error": 5}
@@ -294,8 +311,7 @@ def test_billing_error_after_n_paid_requests_and_off_again(make_simulator: Any) 
             error = _error(response, 402, "billing_error")
             assert "credit balance is too low" in error["message"]
         assert client.get("/v1/models").status_code == 200  # only paid requests are refused
-        assert client.post("/_control", json={"faults": {"billing_error_after": None}}).json() \
-            == {"ok": True}
+        assert client.post("/_control", json={"faults": {"billing_error_after": None}}).json() == {"ok": True}
         assert client.post("/v1/messages", json=BODY).status_code == 200
         book = client.get("/_ledger").json()
     assert book["faults"] == {"billing_error": 2}
@@ -306,8 +322,7 @@ def test_the_spend_limit_429_tells_its_error_code_and_nothing_else(make_simulato
     with httpx.Client(base_url=sim.base_url, headers=HEADERS, timeout=10) as client:
         for _ in range(3):  # counted from when the setting is made, not from the start
             assert client.post("/v1/messages", json=BODY).status_code == 200
-        assert client.post("/_control", json={"faults": {"spend_limit_after": 1}}).status_code \
-            == 200
+        assert client.post("/_control", json={"faults": {"spend_limit_after": 1}}).status_code == 200
         assert client.post("/v1/messages", json=BODY).status_code == 200
         response = client.post("/v1/messages", json=BODY)
         error = _error(response, 429, "rate_limit_error")
@@ -318,14 +333,14 @@ def test_the_spend_limit_429_tells_its_error_code_and_nothing_else(make_simulato
         assert "x-should-retry" not in response.headers
         _error(_batch(client), 429, "rate_limit_error")
         # setting the same value again does not restart the count
-        assert client.post("/_control", json={"faults": {"spend_limit_after": 1}}).status_code \
-            == 200
+        assert client.post("/_control", json={"faults": {"spend_limit_after": 1}}).status_code == 200
         _error(client.post("/v1/messages", json=BODY), 429, "rate_limit_error")
 
 
 def test_fatal_faults_are_checked_in_order_and_counted_once_a_request() -> None:
-    injector = FaultInjector(Faults(auth_error_after=1, billing_error_after=0,
-                                    spend_limit_after=0), Latency())
+    injector = FaultInjector(
+        Faults(auth_error_after=1, billing_error_after=0, spend_limit_after=0), Latency()
+    )
     first = injector.fatal("POST", "/v1/messages")
     assert first is not None and first.status == 402  # auth is not due yet; billing is
     second = injector.fatal("POST", "/v1/messages")

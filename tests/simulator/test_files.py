@@ -17,8 +17,7 @@ from batcher.simulator.files import FileStore, clean_filename, mime_type_of, par
 from batcher.simulator.server import RunningSimulator
 from tests.simulator.test_validate import image_bytes
 
-HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION,
-           "anthropic-beta": facts.FILES_BETA}
+HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION, "anthropic-beta": facts.FILES_BETA}
 HAIKU = "claude-haiku-5-5"
 Check = Callable[[Any, str], None]
 
@@ -29,8 +28,9 @@ def client(simulator: RunningSimulator) -> Iterator[httpx.Client]:
         yield c
 
 
-def upload(client: httpx.Client, data: bytes, name: str = "img.png",
-           content_type: str = "image/png", **fields: str) -> httpx.Response:
+def upload(
+    client: httpx.Client, data: bytes, name: str = "img.png", content_type: str = "image/png", **fields: str
+) -> httpx.Response:
     return client.post("/v1/files", files={"file": (name, data, content_type)}, data=fields)
 
 
@@ -41,9 +41,19 @@ def uploaded(client: httpx.Client, data: bytes, **kwargs: Any) -> dict[str, Any]
 
 
 def file_message(file_id: str, nonce: str) -> dict[str, Any]:
-    return {"model": HAIKU, "max_tokens": 200, "messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "file", "file_id": file_id}},
-        {"type": "text", "text": f"Caption it. nonce={nonce}"}]}]}
+    return {
+        "model": HAIKU,
+        "max_tokens": 200,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "file", "file_id": file_id}},
+                    {"type": "text", "text": f"Caption it. nonce={nonce}"},
+                ],
+            }
+        ],
+    }
 
 
 def error_of(response: httpx.Response, status: int) -> str:
@@ -60,8 +70,7 @@ def test_upload_list_get_use_delete(client: httpx.Client, simulator: RunningSimu
     data = image_bytes(300, 200)
     meta = uploaded(client, data, name="photos/cat.png")
     assert meta["id"].startswith("file_") and meta["type"] == "file"
-    assert (meta["filename"], meta["mime_type"], meta["size_bytes"]) == ("cat.png", "image/png",
-                                                                         len(data))
+    assert (meta["filename"], meta["mime_type"], meta["size_bytes"]) == ("cat.png", "image/png", len(data))
     assert meta["downloadable"] is False and meta["expires_at"] is None
     assert meta["created_at"].endswith("Z")
 
@@ -88,8 +97,7 @@ def test_upload_list_get_use_delete(client: httpx.Client, simulator: RunningSimu
     assert simulator.sim.files.image_bytes(meta["id"]) is None
 
 
-def test_an_expired_file_is_gone_everywhere(client: httpx.Client,
-                                            simulator: RunningSimulator) -> None:
+def test_an_expired_file_is_gone_everywhere(client: httpx.Client, simulator: RunningSimulator) -> None:
     meta = uploaded(client, image_bytes(), expires_in_seconds="3600")
     assert meta["expires_at"] is not None and meta["expires_at"] > meta["created_at"]
     assert simulator.sim.files.expire(meta["id"])
@@ -113,10 +121,17 @@ def test_expiry_runs_on_the_stores_clock() -> None:
     assert store.bytes_stored == len(b"forever")
 
 
-@pytest.mark.parametrize(("value", "ok"), [
-    ("3600", True), ("7776000", True), ("3599", False), ("7776001", False), ("0", False),
-    ("an hour", False),
-])
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("3600", True),
+        ("7776000", True),
+        ("3599", False),
+        ("7776001", False),
+        ("0", False),
+        ("an hour", False),
+    ],
+)
 def test_expires_in_seconds_bounds(client: httpx.Client, value: str, ok: bool) -> None:
     response = upload(client, image_bytes(), expires_in_seconds=value)
     if ok:
@@ -128,12 +143,18 @@ def test_expires_in_seconds_bounds(client: httpx.Client, value: str, ok: bool) -
 # --- what every route requires ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/v1/files"), ("GET", "/v1/files"), ("GET", "/v1/files/file_x"),
-    ("DELETE", "/v1/files/file_x"),
-])
-def test_every_route_works_without_the_beta_header(simulator: RunningSimulator, method: str,
-                                                   path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/files"),
+        ("GET", "/v1/files"),
+        ("GET", "/v1/files/file_x"),
+        ("DELETE", "/v1/files/file_x"),
+    ],
+)
+def test_every_route_works_without_the_beta_header(
+    simulator: RunningSimulator, method: str, path: str
+) -> None:
     # Issue 13: the current SDK sends no Files beta header and the API does not need it.
     headers = {k: v for k, v in HEADERS.items() if k != "anthropic-beta"}
     with httpx.Client(base_url=simulator.base_url, headers=headers) as plain:
@@ -159,8 +180,7 @@ def test_an_upload_needs_a_file_part(client: httpx.Client) -> None:
     assert error_of(client.post("/v1/files", json={"file": "x"}), 400).startswith("file: ")
 
 
-def test_files_over_the_limit_are_413(client: httpx.Client,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_over_the_limit_are_413(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(facts, "FILE_MAX_BYTES", 1000)
     response = upload(client, b"x" * 1001, name="big.bin", content_type="application/octet-stream")
     assert response.status_code == 413
@@ -168,15 +188,19 @@ def test_files_over_the_limit_are_413(client: httpx.Client,
     assert upload(client, b"x" * 1000, name="ok.bin").status_code == 200
 
 
-def test_the_files_budget_is_asked_on_every_route(client: httpx.Client,
-                                                  simulator: RunningSimulator,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_files_budget_is_asked_on_every_route(
+    client: httpx.Client, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse() -> None:
         raise ApiError(429, "files rate limit", headers={"retry-after": "7"})
 
     monkeypatch.setattr(simulator.sim.buckets, "admit_files", refuse)
-    for response in (upload(client, image_bytes()), client.get("/v1/files"),
-                     client.get("/v1/files/file_x"), client.delete("/v1/files/file_x")):
+    for response in (
+        upload(client, image_bytes()),
+        client.get("/v1/files"),
+        client.get("/v1/files/file_x"),
+        client.delete("/v1/files/file_x"),
+    ):
         error_of(response, 429)
         assert response.headers["retry-after"] == "7"
 
@@ -185,8 +209,9 @@ def test_the_files_budget_is_asked_on_every_route(client: httpx.Client,
 
 
 def test_the_mime_type_comes_from_the_bytes_first(client: httpx.Client) -> None:
-    jpeg = uploaded(client, image_bytes(fmt="JPEG"), name="really.png",
-                    content_type="application/octet-stream")
+    jpeg = uploaded(
+        client, image_bytes(fmt="JPEG"), name="really.png", content_type="application/octet-stream"
+    )
     assert jpeg["mime_type"] == "image/jpeg"
     text = uploaded(client, b"hello", name="notes.txt", content_type="text/plain")
     assert text["mime_type"] == "text/plain"
@@ -227,9 +252,16 @@ def test_lists_page_newest_first_and_cursors_survive_deletion(client: httpx.Clie
     assert [f["id"] for f in back["data"]] == [newest_first[0]] and not back["has_more"]
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "1001"}, {"limit": "x"},
-                                    {"after_id": "file_nope"},
-                                    {"after_id": "a", "before_id": "b"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "x"},
+        {"after_id": "file_nope"},
+        {"after_id": "a", "before_id": "b"},
+    ],
+)
 def test_bad_list_parameters_are_400(client: httpx.Client, params: dict[str, str]) -> None:
     error_of(client.get("/v1/files", params=params), 400)
 
@@ -261,11 +293,11 @@ def test_the_sdks_opaque_page_cursor_and_ids_filter(client: httpx.Client) -> Non
     assert walked == ids[::-1]
 
     client.delete(f"/v1/files/{ids[1]}")
-    chosen = client.get("/v1/files", params=[("ids[]", ids[0]), ("ids[]", ids[1]),
-                                              ("ids[]", "file_unknown")]).json()
+    chosen = client.get(
+        "/v1/files", params=[("ids[]", ids[0]), ("ids[]", ids[1]), ("ids[]", "file_unknown")]
+    ).json()
     assert [f["id"] for f in chosen["data"]] == [ids[0]] and chosen["next_page"] is None
     error_of(client.get("/v1/files", params=[("ids[]", ids[0]), ("limit", "2")]), 400)
-    error_of(client.get("/v1/files", params={"ids": ",".join(f"file_{i}" for i in range(101))}),
-             400)
+    error_of(client.get("/v1/files", params={"ids": ",".join(f"file_{i}" for i in range(101))}), 400)
     assert error_of(client.get("/v1/files", params={"page": "page_bogus"}), 400).startswith("page: ")
     assert error_of(client.get("/v1/files", params={"page": "nope"}), 400).startswith("page: ")

@@ -33,8 +33,12 @@ def client(simulator: RunningSimulator) -> Iterator[httpx.Client]:
 
 
 def ask(*content: Any, model: str = HAIKU, max_tokens: int = 400, **extra: Any) -> dict[str, Any]:
-    return {"model": model, "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": list(content)}], **extra}
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": list(content)}],
+        **extra,
+    }
 
 
 def post(client: httpx.Client, payload: dict[str, Any], **headers: str) -> dict[str, Any]:
@@ -51,22 +55,25 @@ def ledger(client: httpx.Client) -> dict[str, Any]:
 # --- token accounting ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("model", "sent", "seen", "image_tokens"), [
-    (HAIKU, (1000, 1000), None, 1296),
-    (HAIKU, (3840, 2160), (1456, 819), 1560),
-    (OPUS, (3840, 2160), (2576, 1449), 4784),
-    (HAIKU, (1456, 819), None, 1560),  # already at its native size: left as it is
-    (OPUS, (2576, 1449), None, 4784),
-])
+@pytest.mark.parametrize(
+    ("model", "sent", "seen", "image_tokens"),
+    [
+        (HAIKU, (1000, 1000), None, 1296),
+        (HAIKU, (3840, 2160), (1456, 819), 1560),
+        (OPUS, (3840, 2160), (2576, 1449), 4784),
+        (HAIKU, (1456, 819), None, 1560),  # already at its native size: left as it is
+        (OPUS, (2576, 1449), None, 4784),
+    ],
+)
 def test_images_cost_their_patches_at_the_models_native_size(
-        client: httpx.Client, model: str, sent: tuple[int, int], seen: tuple[int, int] | None,
-        image_tokens: int) -> None:
+    client: httpx.Client, model: str, sent: tuple[int, int], seen: tuple[int, int] | None, image_tokens: int
+) -> None:
     text = "Describe it. nonce=n1"
-    message = post(client, ask(image_block(b64_image(*sent)), {"type": "text", "text": text},
-                               model=model))
+    message = post(client, ask(image_block(b64_image(*sent)), {"type": "text", "text": text}, model=model))
     f100 = 130  # both models use the newer tokenizer
-    expected = (tokens.MESSAGE_OVERHEAD + tokens.IMAGE_BLOCK_OVERHEAD + image_tokens
-                + tokens.text_tokens(text, f100))
+    expected = (
+        tokens.MESSAGE_OVERHEAD + tokens.IMAGE_BLOCK_OVERHEAD + image_tokens + tokens.text_tokens(text, f100)
+    )
     assert message["usage"]["input_tokens"] == expected
     book = ledger(client)
     assert book["image_tokens"] == image_tokens
@@ -85,10 +92,15 @@ def test_text_tokens_follow_the_models_tokenizer_factor(client: httpx.Client) ->
 
 
 def test_count_tokens_counts_the_same_and_charges_nothing(client: httpx.Client) -> None:
-    payload = ask(image_block(b64_image(3840, 2160)), {"type": "text", "text": "hi nonce=c1"},
-                  system="Be brief.", tools=[TOOL])
-    counted = client.post("/v1/messages/count_tokens",
-                          json={k: v for k, v in payload.items() if k != "max_tokens"})
+    payload = ask(
+        image_block(b64_image(3840, 2160)),
+        {"type": "text", "text": "hi nonce=c1"},
+        system="Be brief.",
+        tools=[TOOL],
+    )
+    counted = client.post(
+        "/v1/messages/count_tokens", json={k: v for k, v in payload.items() if k != "max_tokens"}
+    )
     assert counted.status_code == 200, counted.text
     assert counted.json() == {"input_tokens": counted.json()["input_tokens"]}
     book = ledger(client)
@@ -113,13 +125,18 @@ def test_the_ledger_bills_what_usage_says(client: httpx.Client) -> None:
 
 
 def test_the_answer_describes_each_image_and_echoes_nonces(client: httpx.Client) -> None:
-    message = post(client, ask(
-        {"type": "text", "text": "Image 1:"}, image_block(b64_image(320, 200, colour=(200, 30, 60))),
-        {"type": "text", "text": "Image 2:"},
-        image_block(b64_image(64, 64, "JPEG", (10, 120, 250)), "image/jpeg"),
-        {"type": "image", "source": {"type": "url", "url": "https://example.com/x.png?w=800&h=600"}},
-        {"type": "text", "text": "caption these nonce=alpha-1 and nonce=beta.2 (again nonce=alpha-1)"},
-        system="nonce=sys"))
+    message = post(
+        client,
+        ask(
+            {"type": "text", "text": "Image 1:"},
+            image_block(b64_image(320, 200, colour=(200, 30, 60))),
+            {"type": "text", "text": "Image 2:"},
+            image_block(b64_image(64, 64, "JPEG", (10, 120, 250)), "image/jpeg"),
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/x.png?w=800&h=600"}},
+            {"type": "text", "text": "caption these nonce=alpha-1 and nonce=beta.2 (again nonce=alpha-1)"},
+            system="nonce=sys",
+        ),
+    )
     [block] = message["content"]
     text = block["text"]
     assert message["stop_reason"] == "end_turn" and message["stop_sequence"] is None
@@ -127,7 +144,7 @@ def test_the_answer_describes_each_image_and_echoes_nonces(client: httpx.Client)
     assert "Image 1: 320x200 image/png (base64), mean colour #c81e3c." in text
     assert "Image 2: 64x64 image/jpeg (base64), mean colour #" in text
     jpeg_hex = text.split("Image 2: 64x64 image/jpeg (base64), mean colour #")[1][:6]
-    got = [int(jpeg_hex[i:i + 2], 16) for i in (0, 2, 4)]
+    got = [int(jpeg_hex[i : i + 2], 16) for i in (0, 2, 4)]
     assert all(abs(g - w) <= 3 for g, w in zip(got, (10, 120, 250), strict=True)), jpeg_hex
     assert "Image 3: 800x600 image/png (url), not fetched." in text
     assert text.endswith("nonce=sys nonce=alpha-1 nonce=beta.2")
@@ -145,27 +162,41 @@ def test_max_tokens_cuts_the_answer(client: httpx.Client) -> None:
     assert tokens.text_tokens("Received 1 ", 130) > 5
     assert "nonce" not in message["content"][0]["text"]
     empty = post(client, {**payload, "max_tokens": 0})
-    assert (empty["content"], empty["stop_reason"], empty["usage"]["output_tokens"]) == (
-        [], "max_tokens", 0)
+    assert (empty["content"], empty["stop_reason"], empty["usage"]["output_tokens"]) == ([], "max_tokens", 0)
 
 
 def test_a_stop_sequence_ends_the_answer(client: httpx.Client) -> None:
-    message = post(client, ask(image_block(), {"type": "text", "text": "nonce=n"},
-                               stop_sequences=["mean colour", "zzz"]))
+    message = post(
+        client, ask(image_block(), {"type": "text", "text": "nonce=n"}, stop_sequences=["mean colour", "zzz"])
+    )
     assert message["stop_reason"] == "stop_sequence"
     assert message["stop_sequence"] == "mean colour"
     assert message["content"][0]["text"] == "Received 1 image. Image 1: 64x48 image/png (base64), "
 
 
-TOOL = {"name": "record_caption", "description": "Store a caption",
-        "input_schema": {"type": "object", "properties": {"caption": {"type": "string"}},
-                         "required": ["caption"]}}
+TOOL = {
+    "name": "record_caption",
+    "description": "Store a caption",
+    "input_schema": {
+        "type": "object",
+        "properties": {"caption": {"type": "string"}},
+        "required": ["caption"],
+    },
+}
 
 RICH_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "$defs": {"box": {"type": "object", "required": ["x", "y"], "additionalProperties": False,
-                      "properties": {"x": {"type": "integer", "minimum": 0},
-                                     "y": {"type": "integer", "exclusiveMinimum": 10}}}},
+    "$defs": {
+        "box": {
+            "type": "object",
+            "required": ["x", "y"],
+            "additionalProperties": False,
+            "properties": {
+                "x": {"type": "integer", "minimum": 0},
+                "y": {"type": "integer", "exclusiveMinimum": 10},
+            },
+        }
+    },
     "properties": {
         "caption": {"type": "string", "minLength": 3, "maxLength": 2000},
         "label": {"enum": ["cat", "dog"]},
@@ -178,9 +209,12 @@ RICH_SCHEMA: dict[str, Any] = {
         "boxes": {"type": "array", "items": {"$ref": "#/$defs/box"}},
         "flag": {"type": ["boolean", "null"]},
         "maybe": {"anyOf": [{"type": "null"}, {"type": "integer", "maximum": -5}]},
-        "both": {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}},
-                            "required": ["a"]},
-                           {"properties": {"b": {"type": "integer"}}, "required": ["b"]}]},
+        "both": {
+            "allOf": [
+                {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                {"properties": {"b": {"type": "integer"}}, "required": ["b"]},
+            ]
+        },
     },
     "required": ["caption", "label", "score", "count", "tags", "boxes", "both"],
     "additionalProperties": False,
@@ -190,9 +224,16 @@ RICH_SCHEMA: dict[str, Any] = {
 def test_a_forced_tool_answers_with_input_that_fits_its_schema(client: httpx.Client) -> None:
     tool = {**TOOL, "input_schema": RICH_SCHEMA}
     other = {**TOOL, "name": "unused"}
-    message = post(client, ask(image_block(), {"type": "text", "text": "nonce=t1"},
-                               model="claude-haiku-4-5", tools=[other, tool],
-                               tool_choice={"type": "tool", "name": "record_caption"}))
+    message = post(
+        client,
+        ask(
+            image_block(),
+            {"type": "text", "text": "nonce=t1"},
+            model="claude-haiku-4-5",
+            tools=[other, tool],
+            tool_choice={"type": "tool", "name": "record_caption"},
+        ),
+    )
     assert message["stop_reason"] == "tool_use"
     [block] = message["content"]
     assert block["type"] == "tool_use" and block["name"] == "record_caption"
@@ -201,8 +242,7 @@ def test_a_forced_tool_answers_with_input_that_fits_its_schema(client: httpx.Cli
     assert "nonce=t1" in block["input"]["caption"]
     expected = tokens.text_tokens(tokens.tool_use_text("record_caption", block["input"]), 100)
     assert message["usage"]["output_tokens"] == expected
-    any_tool = post(client, ask({"type": "text", "text": "x"}, tools=[TOOL],
-                                tool_choice={"type": "any"}))
+    any_tool = post(client, ask({"type": "text", "text": "x"}, tools=[TOOL], tool_choice={"type": "any"}))
     assert any_tool["content"][0]["name"] == "record_caption"
 
 
@@ -213,25 +253,44 @@ def test_auto_tool_choice_answers_in_text(client: httpx.Client) -> None:
 
 def test_structured_output_is_json_that_fits_the_format(client: httpx.Client) -> None:
     schema = {k: v for k, v in RICH_SCHEMA.items()}
-    message = post(client, ask(image_block(), {"type": "text", "text": "nonce=s1"},
-                               model="claude-sonnet-5-5",
-                               output_config={"effort": "low",
-                                              "format": {"type": "json_schema", "schema": schema}}))
+    message = post(
+        client,
+        ask(
+            image_block(),
+            {"type": "text", "text": "nonce=s1"},
+            model="claude-sonnet-5-5",
+            output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}},
+        ),
+    )
     value = json.loads(message["content"][0]["text"])
     jsonschema.validate(value, schema)
     assert "nonce=s1" in value["caption"]
 
 
-@pytest.mark.parametrize("schema", [
-    {"type": "object"},
-    {"type": "object", "properties": {"n": {"type": "number", "exclusiveMinimum": 0,
-                                            "exclusiveMaximum": 1}}, "required": ["n"]},
-    {"type": "object", "properties": {"s": {"type": "string", "maxLength": 4}}, "required": ["s"]},
-    {"type": "object", "properties": {"tree": {"$ref": "#"}}, "required": []},
-    {"type": "object", "properties": {"pair": {"type": "array", "prefixItems": [
-        {"type": "integer"}, {"type": "string", "format": "email"}], "maxItems": 2}}},
-    {"type": "object", "additionalProperties": {"type": "integer"}, "required": ["k"]},
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object"},
+        {
+            "type": "object",
+            "properties": {"n": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
+            "required": ["n"],
+        },
+        {"type": "object", "properties": {"s": {"type": "string", "maxLength": 4}}, "required": ["s"]},
+        {"type": "object", "properties": {"tree": {"$ref": "#"}}, "required": []},
+        {
+            "type": "object",
+            "properties": {
+                "pair": {
+                    "type": "array",
+                    "prefixItems": [{"type": "integer"}, {"type": "string", "format": "email"}],
+                    "maxItems": 2,
+                }
+            },
+        },
+        {"type": "object", "additionalProperties": {"type": "integer"}, "required": ["k"]},
+    ],
+)
 def test_generated_instances_fit_their_schema(schema: dict[str, Any]) -> None:
     jsonschema.validate(instance(schema, "filler text"), schema)
 
@@ -240,14 +299,18 @@ def test_generated_instances_fit_their_schema(schema: dict[str, Any]) -> None:
 
 
 def test_a_cache_breakpoint_writes_then_reads(client: httpx.Client) -> None:
-    system = [{"type": "text", "text": "Caption the image in one line. " * 80,
-               "cache_control": {"type": "ephemeral"}}]
+    system = [
+        {
+            "type": "text",
+            "text": "Caption the image in one line. " * 80,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
     first = post(client, ask({"type": "text", "text": "nonce=a"}, system=system))["usage"]
     prefix = tokens.text_tokens(system[0]["text"], 130)
     assert prefix >= 512  # haiku-5-5's minimum cacheable prompt
     assert (first["cache_creation_input_tokens"], first["cache_read_input_tokens"]) == (prefix, 0)
-    assert first["cache_creation"] == {"ephemeral_5m_input_tokens": prefix,
-                                       "ephemeral_1h_input_tokens": 0}
+    assert first["cache_creation"] == {"ephemeral_5m_input_tokens": prefix, "ephemeral_1h_input_tokens": 0}
     second = post(client, ask({"type": "text", "text": "nonce=b"}, system=system))["usage"]
     assert (second["cache_creation_input_tokens"], second["cache_read_input_tokens"]) == (0, prefix)
     assert second["input_tokens"] == first["input_tokens"]
@@ -292,28 +355,33 @@ def test_validation_errors_come_back_in_the_api_shape(client: httpx.Client) -> N
 
 def test_unknown_betas_are_refused_and_known_ones_pass(client: httpx.Client) -> None:
     payload = ask({"type": "text", "text": "x"})
-    message = error_of(client.post("/v1/messages", json=payload,
-                                   headers={"anthropic-beta": "made-up-2030-01-01"}), 400)
+    message = error_of(
+        client.post("/v1/messages", json=payload, headers={"anthropic-beta": "made-up-2030-01-01"}), 400
+    )
     assert "made-up-2030-01-01" in message
-    ok = client.post("/v1/messages", json=payload,
-                     headers={"anthropic-beta": f"{facts.FILES_BETA},token-counting-2024-11-01"})
+    ok = client.post(
+        "/v1/messages",
+        json=payload,
+        headers={"anthropic-beta": f"{facts.FILES_BETA},token-counting-2024-11-01"},
+    )
     assert ok.status_code == 200
 
 
-def test_file_sources_through_the_endpoint(simulator: RunningSimulator, client: httpx.Client,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_sources_through_the_endpoint(
+    simulator: RunningSimulator, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import base64
 
     raw = base64.b64decode(b64_image(900, 700))
-    monkeypatch.setattr(simulator.sim.files, "image_bytes",
-                        {"file_abc": (raw, "image/png")}.get)
+    monkeypatch.setattr(simulator.sim.files, "image_bytes", {"file_abc": (raw, "image/png")}.get)
     block = {"type": "image", "source": {"type": "file", "file_id": "file_abc"}}
     message = post(client, ask(block), **{"anthropic-beta": facts.FILES_BETA})
     assert "Image 1: 900x700 image/png (file)" in message["content"][0]["text"]
     assert ledger(client)["images"][0]["b64_bytes"] == facts.b64_len(len(raw))
     gone = ask({"type": "image", "source": {"type": "file", "file_id": "file_gone"}})
-    assert "file_gone" in error_of(client.post("/v1/messages", json=gone,
-                                               headers={"anthropic-beta": facts.FILES_BETA}), 404)
+    assert "file_gone" in error_of(
+        client.post("/v1/messages", json=gone, headers={"anthropic-beta": facts.FILES_BETA}), 404
+    )
     # No beta header (anthropic 2.16 sends none): the same answer.
     plain = post(client, ask(block))
     assert "Image 1: 900x700 image/png (file)" in plain["content"][0]["text"]
@@ -333,8 +401,7 @@ def test_a_retired_model_is_404_after_its_date(make_simulator: Any) -> None:
     payload = ask({"type": "text", "text": "x"}, model="claude-sonnet-4-5-20250929")
     with httpx.Client(headers=HEADERS) as c:
         assert c.post(f"{before.base_url}/v1/messages", json=payload).status_code == 200
-        assert "claude-sonnet-4-5" in error_of(c.post(f"{after.base_url}/v1/messages", json=payload),
-                                               404)
+        assert "claude-sonnet-4-5" in error_of(c.post(f"{after.base_url}/v1/messages", json=payload), 404)
 
 
 def test_an_over_size_body_is_413(client: httpx.Client) -> None:
@@ -349,8 +416,9 @@ def test_an_over_size_body_is_413(client: httpx.Client) -> None:
 
 def test_process_and_record_are_the_same_path_without_a_server(simulator: RunningSimulator) -> None:
     sim = simulator.sim
-    processed = process(ask(image_block(b64_image(3840, 2160)), {"type": "text", "text": "nonce=b7"}),
-                        sim, betas=frozenset())
+    processed = process(
+        ask(image_block(b64_image(3840, 2160)), {"type": "text", "text": "nonce=b7"}), sim, betas=frozenset()
+    )
     assert processed.nonces == ["b7"]
     assert processed.image_tokens == 1560
     assert processed.input_tokens == processed.message["usage"]["input_tokens"]

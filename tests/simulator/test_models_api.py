@@ -49,13 +49,19 @@ def test_paging_forward_and_back(base_url: str) -> None:
     assert [m["id"] for m in back["data"]] == everything[2:5] and back["has_more"] is True
     first = get(base_url, "/v1/models", limit=3, before_id=everything[2]).json()
     assert [m["id"] for m in first["data"]] == everything[:2] and first["has_more"] is False
-    assert get(base_url, "/v1/models").json()["data"] == get(base_url, "/v1/models",
-                                                             limit=20).json()["data"]
+    assert get(base_url, "/v1/models").json()["data"] == get(base_url, "/v1/models", limit=20).json()["data"]
 
 
-@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 1001}, {"limit": "many"},
-                                    {"after_id": "claude-nope"},
-                                    {"after_id": "claude-haiku-5-5", "before_id": "claude-opus-5"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": "many"},
+        {"after_id": "claude-nope"},
+        {"after_id": "claude-haiku-5-5", "before_id": "claude-opus-5"},
+    ],
+)
 def test_bad_paging_parameters_are_400(base_url: str, params: dict[str, Any]) -> None:
     response = get(base_url, "/v1/models", **params)
     assert response.status_code == 400
@@ -75,8 +81,7 @@ def test_capabilities_follow_the_profile(base_url: str) -> None:
     assert haiku["image_input"] == {"supported": True} and haiku["batch"] == {"supported": True}
     assert haiku["effort"]["supported"] and haiku["effort"]["low"] == {"supported": True}
     # a model that refuses sampling parameters refuses manual thinking too
-    assert haiku["thinking"]["types"] == {"adaptive": {"supported": True},
-                                          "enabled": {"supported": False}}
+    assert haiku["thinking"]["types"] == {"adaptive": {"supported": True}, "enabled": {"supported": False}}
     old = get(base_url, "/v1/models/claude-haiku-4-5").json()["capabilities"]
     assert old["effort"]["supported"] is False
     assert old["thinking"]["types"]["enabled"] == {"supported": True}
@@ -112,7 +117,8 @@ prices = { input = 1, output = 1 }
 
 @pytest.mark.parametrize("where", ["BATCHER_MODELS", "XDG_CONFIG_HOME"])
 def test_user_model_overrides_never_reach_the_simulator(
-        where: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, make_simulator: Any) -> None:
+    where: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, make_simulator: Any
+) -> None:
     # A client misconfigured by its user's table must fail against the simulator as against the API.
     if where == "BATCHER_MODELS":
         user = tmp_path / "mine.toml"
@@ -131,7 +137,14 @@ def test_user_model_overrides_never_reach_the_simulator(
     assert sim.registry["claude-haiku-5-5"].images_per_request == 600
     base_url = make_simulator(SimConfig(today=BEFORE)).base_url
     assert get(base_url, "/v1/models/claude-made-up-1").status_code == 404
-    refused = httpx.post(f"{base_url}/v1/messages", headers=HEADERS, json={
-        "model": "claude-haiku-5-5", "max_tokens": 10, "temperature": 0.5,
-        "messages": [{"role": "user", "content": "hi"}]})
+    refused = httpx.post(
+        f"{base_url}/v1/messages",
+        headers=HEADERS,
+        json={
+            "model": "claude-haiku-5-5",
+            "max_tokens": 10,
+            "temperature": 0.5,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert refused.status_code == 400 and "temperature" in refused.json()["error"]["message"]

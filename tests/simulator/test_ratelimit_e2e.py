@@ -20,8 +20,11 @@ KINDS = ("requests", "input-tokens", "output-tokens", "tokens")
 
 
 def body(text: str = "Say hello.", max_tokens: int = 32) -> dict[str, Any]:
-    return {"model": "claude-haiku-5-5", "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": text}]}
+    return {
+        "model": "claude-haiku-5-5",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": text}],
+    }
 
 
 def counted(text: str = "Say hello.") -> dict[str, Any]:
@@ -46,8 +49,7 @@ def assert_ratelimit_headers(response: httpx.Response, kinds: tuple[str, ...] = 
             assert facts.ratelimit_header(kind, field) in response.headers, (kind, field, response)
 
 
-def test_60_rpm_with_a_1_s_window_admits_one_request_a_second(
-        one_a_second: httpx.Client) -> None:
+def test_60_rpm_with_a_1_s_window_admits_one_request_a_second(one_a_second: httpx.Client) -> None:
     statuses, retry_after = [], []
     first_answered = None
     for _ in range(10):  # back to back
@@ -86,12 +88,13 @@ def test_every_v1_response_carries_the_ratelimit_headers(make_simulator: Any) ->
         assert "anthropic-ratelimit-requests-limit" not in client.get("/_ledger").headers
 
 
-def test_an_unlimited_simulator_reports_a_huge_limit_on_every_response(
-        simulator: RunningSimulator) -> None:
+def test_an_unlimited_simulator_reports_a_huge_limit_on_every_response(simulator: RunningSimulator) -> None:
     with httpx.Client(base_url=simulator.base_url, headers=HEADERS, timeout=10) as client:
-        responses = [client.post("/v1/messages", json=body()),
-                     client.post("/v1/messages", json={"model": "claude-haiku-5-5"}),  # 400
-                     client.post("/v1/messages/count_tokens", json=counted())]
+        responses = [
+            client.post("/v1/messages", json=body()),
+            client.post("/v1/messages", json={"model": "claude-haiku-5-5"}),  # 400
+            client.post("/v1/messages/count_tokens", json=counted()),
+        ]
     assert [r.status_code for r in responses] == [200, 400, 200]
     for response in responses:
         assert_ratelimit_headers(response)
@@ -106,8 +109,11 @@ def test_input_tokens_bind_when_the_prompt_is_large(make_simulator: Any) -> None
         prompt = "word " * 300
         n = client.post("/v1/messages/count_tokens", json=counted(prompt)).json()["input_tokens"]
         assert 300 < n < 500  # two fit in the bucket, three do not
-        assert [client.post("/v1/messages", json=body(prompt)).status_code
-                for _ in range(3)] == [200, 200, 429]
+        assert [client.post("/v1/messages", json=body(prompt)).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
         error = client.post("/v1/messages", json=body(prompt))
         assert "input tokens per minute" in error.json()["error"]["message"]
         short = n - (1000 - 2 * n)  # refilled at 100 tokens a second (less what has trickled in)
@@ -117,16 +123,21 @@ def test_input_tokens_bind_when_the_prompt_is_large(make_simulator: Any) -> None
 
 
 def test_cache_reads_do_not_count_toward_itpm(simulator: RunningSimulator) -> None:
-    system = [{"type": "text", "text": "Caption the image in one line. " * 80,
-               "cache_control": {"type": "ephemeral"}}]
+    system = [
+        {
+            "type": "text",
+            "text": "Caption the image in one line. " * 80,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
 
     def cached(nonce: str) -> dict[str, Any]:
         return {**body(f"nonce={nonce}"), "system": system}
 
     with httpx.Client(base_url=simulator.base_url, headers=HEADERS, timeout=10) as client:
-        n = client.post("/v1/messages/count_tokens",
-                        json={k: v for k, v in cached("a0").items() if k != "max_tokens"}
-                        ).json()["input_tokens"]
+        n = client.post(
+            "/v1/messages/count_tokens", json={k: v for k, v in cached("a0").items() if k != "max_tokens"}
+        ).json()["input_tokens"]
         # holds 1.5 prompts, refills a tenth of that a second: a second full prompt cannot fit
         capacity = 1.5 * n
         update = {"limits": {"itpm": capacity * 6, "burst_window_s": 10}}
@@ -179,8 +190,7 @@ def test_limits_change_live_through_control(simulator: RunningSimulator) -> None
         assert client.post("/v1/messages", json=body()).status_code == 200
         update = {"limits": {"rpm": 60, "burst_window_s": 1}}
         assert client.post("/_control", json=update).status_code == 200
-        assert [client.post("/v1/messages", json=body()).status_code
-                for _ in range(2)] == [200, 429]
+        assert [client.post("/v1/messages", json=body()).status_code for _ in range(2)] == [200, 429]
         assert client.post("/_control", json={"limits": {"rpm": None}}).status_code == 200
         assert client.post("/v1/messages", json=body()).status_code == 200
 
@@ -198,9 +208,14 @@ def test_files_api_has_a_budget_of_its_own(make_simulator: Any) -> None:
 
 def test_refused_settings_leave_the_simulator_as_it_was(make_simulator: Any) -> None:
     for client in limited(make_simulator, rpm=60, burst_window_s=1):
-        for bad in ({"limits": {"rpm": 0}}, {"faults": {"drop": 2}},
-                    {"limits": {"rpm": 120}, "faults": {"overloaded": -1}}):
+        for bad in (
+            {"limits": {"rpm": 0}},
+            {"faults": {"drop": 2}},
+            {"limits": {"rpm": 120}, "faults": {"overloaded": -1}},
+        ):
             assert client.post("/_control", json=bad).status_code == 400
-        assert [client.post("/v1/messages", json=body()).status_code
-                for _ in range(2)] == [200, 429]  # still 60 RPM, and no faults
+        assert [client.post("/v1/messages", json=body()).status_code for _ in range(2)] == [
+            200,
+            429,
+        ]  # still 60 RPM, and no faults
         assert client.get("/_ledger").json()["faults"] == {}

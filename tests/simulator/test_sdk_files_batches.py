@@ -47,8 +47,9 @@ def until_ended(client: anthropic.Anthropic, batch_id: str) -> Any:
 
 def test_files_lifecycle(client: anthropic.Anthropic) -> None:
     data = image_bytes(120, 80)
-    meta = client.beta.files.upload(file=("dir/pic.png", data, "image/png"), betas=BETAS,
-                                    expires_in_seconds=3600)
+    meta = client.beta.files.upload(
+        file=("dir/pic.png", data, "image/png"), betas=BETAS, expires_in_seconds=3600
+    )
     assert isinstance(meta, anthropic.types.beta.BetaFileMetadata)
     assert (meta.filename, meta.mime_type, meta.size_bytes) == ("pic.png", "image/png", len(data))
     assert meta.expires_at is not None and meta.expires_at > meta.created_at
@@ -58,8 +59,8 @@ def test_files_lifecycle(client: anthropic.Anthropic) -> None:
     assert client.beta.files.retrieve_metadata(meta.id, betas=BETAS) == meta
 
     message = client.beta.messages.create(
-        **ask("sdk-f1", {"type": "image", "source": {"type": "file", "file_id": meta.id}}),
-        betas=BETAS)
+        **ask("sdk-f1", {"type": "image", "source": {"type": "file", "file_id": meta.id}}), betas=BETAS
+    )
     assert "120x80 image/png (file)" in message.content[0].text  # type: ignore[union-attr]
 
     deleted = client.beta.files.delete(meta.id, betas=BETAS)
@@ -69,24 +70,26 @@ def test_files_lifecycle(client: anthropic.Anthropic) -> None:
 
 
 def test_files_pages_auto_paginate(client: anthropic.Anthropic) -> None:
-    ids = [client.beta.files.upload(file=(f"{i}.png", image_bytes(20 + i, 20), "image/png"),
-                                    betas=BETAS).id for i in range(5)]
+    ids = [
+        client.beta.files.upload(file=(f"{i}.png", image_bytes(20 + i, 20), "image/png"), betas=BETAS).id
+        for i in range(5)
+    ]
     walked = [f.id for f in client.beta.files.list(limit=2, betas=BETAS)]
     assert walked == ids[::-1]
 
 
 def test_files_errors_map_to_sdk_exceptions(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError, match="expires_in_seconds"):
-        client.beta.files.upload(file=("a.png", image_bytes(), "image/png"), betas=BETAS,
-                                 expires_in_seconds=60)
+        client.beta.files.upload(
+            file=("a.png", image_bytes(), "image/png"), betas=BETAS, expires_in_seconds=60
+        )
     with pytest.raises(anthropic.NotFoundError):
         client.beta.files.delete("file_unknown", betas=BETAS)
 
 
 def test_batch_lifecycle(client: anthropic.Anthropic) -> None:
     requests: list[Any] = [{"custom_id": f"r-{i}", "params": ask(f"sdk-b{i}")} for i in range(4)]
-    requests.append({"custom_id": "bad", "params": {"model": HAIKU, "max_tokens": 10,
-                                                    "messages": []}})
+    requests.append({"custom_id": "bad", "params": {"model": HAIKU, "max_tokens": 10, "messages": []}})
     batch = client.messages.batches.create(requests=requests)
     assert isinstance(batch, anthropic.types.messages.MessageBatch)
     assert batch.processing_status == "in_progress" and batch.request_counts.processing == 5
@@ -99,8 +102,7 @@ def test_batch_lifecycle(client: anthropic.Anthropic) -> None:
     assert (ended.request_counts.succeeded, ended.request_counts.errored) == (4, 1)
     assert ended.ended_at is not None and ended.results_url is not None
     lines = list(client.messages.batches.results(batch.id))
-    assert all(isinstance(line, anthropic.types.messages.MessageBatchIndividualResponse)
-               for line in lines)
+    assert all(isinstance(line, anthropic.types.messages.MessageBatchIndividualResponse) for line in lines)
     by_id = {line.custom_id: line.result for line in lines}
     assert [line.custom_id for line in lines] != [r["custom_id"] for r in requests]
     assert by_id["bad"].type == "errored"
@@ -119,15 +121,15 @@ def test_batch_lifecycle(client: anthropic.Anthropic) -> None:
 def test_batch_cancel(client: anthropic.Anthropic, fast: RunningSimulator) -> None:
     fast.sim.config.batches.duration_s = 60  # long enough that nothing is due yet
     batch = client.messages.batches.create(
-        requests=[{"custom_id": f"c{i}", "params": ask(f"c{i}")} for i in range(3)])  # type: ignore[misc]
+        requests=[{"custom_id": f"c{i}", "params": ask(f"c{i}")} for i in range(3)]
+    )  # type: ignore[misc]
     canceling = client.messages.batches.cancel(batch.id)
     assert canceling.processing_status == "canceling"
     assert canceling.cancel_initiated_at is not None
 
 
 def test_batch_envelope_errors(client: anthropic.Anthropic) -> None:
-    twice: list[Any] = [{"custom_id": "same", "params": ask("a")},
-                        {"custom_id": "same", "params": ask("b")}]
+    twice: list[Any] = [{"custom_id": "same", "params": ask("a")}, {"custom_id": "same", "params": ask("b")}]
     with pytest.raises(anthropic.BadRequestError, match=r"requests\.1\.custom_id"):
         client.messages.batches.create(requests=twice)
     with pytest.raises(anthropic.NotFoundError):
@@ -138,7 +140,8 @@ def test_files_inside_a_beta_batch(client: anthropic.Anthropic) -> None:
     meta = client.beta.files.upload(file=("x.png", image_bytes(50, 40), "image/png"), betas=BETAS)
     source = {"type": "image", "source": {"type": "file", "file_id": meta.id}}
     batch = client.beta.messages.batches.create(
-        requests=[{"custom_id": "f", "params": ask("bf", source)}], betas=BETAS)  # type: ignore[list-item]
+        requests=[{"custom_id": "f", "params": ask("bf", source)}], betas=BETAS
+    )  # type: ignore[list-item]
     deadline = time.monotonic() + 5
     while client.beta.messages.batches.retrieve(batch.id, betas=BETAS).processing_status != "ended":
         assert time.monotonic() < deadline
@@ -149,7 +152,8 @@ def test_files_inside_a_beta_batch(client: anthropic.Anthropic) -> None:
 
 
 def test_batch_lists_auto_paginate(client: anthropic.Anthropic) -> None:
-    ids = [client.messages.batches.create(
-        requests=[{"custom_id": "one", "params": ask(f"p{i}")}]).id  # type: ignore[list-item]
-        for i in range(3)]
+    ids = [
+        client.messages.batches.create(requests=[{"custom_id": "one", "params": ask(f"p{i}")}]).id  # type: ignore[list-item]
+        for i in range(3)
+    ]
     assert [b.id for b in client.messages.batches.list(limit=1)] == ids[::-1]

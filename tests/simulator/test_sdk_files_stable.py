@@ -33,8 +33,9 @@ def test_the_sdk_has_the_stable_files_resource() -> None:
 def test_stable_files_lifecycle_without_a_beta_header(client: anthropic.Anthropic) -> None:
     seen: list[str | None] = []
     data = image_bytes(120, 80)
-    raw = client.files.with_raw_response.upload(file=("dir/pic.png", data, "image/png"),
-                                                expires_in_seconds=3600)
+    raw = client.files.with_raw_response.upload(
+        file=("dir/pic.png", data, "image/png"), expires_in_seconds=3600
+    )
     seen.append(raw.http_request.headers.get("anthropic-beta"))
     meta = raw.parse()
     assert isinstance(meta, anthropic.types.FileMetadata)
@@ -45,7 +46,8 @@ def test_stable_files_lifecycle_without_a_beta_header(client: anthropic.Anthropi
     assert client.files.retrieve_metadata(meta.id) == meta
 
     raw_message = client.messages.with_raw_response.create(
-        **ask("stable-f1", {"type": "image", "source": {"type": "file", "file_id": meta.id}}))
+        **ask("stable-f1", {"type": "image", "source": {"type": "file", "file_id": meta.id}})
+    )
     seen.append(raw_message.http_request.headers.get("anthropic-beta"))
     assert "120x80 image/png (file)" in raw_message.parse().content[0].text  # type: ignore[union-attr]
 
@@ -57,8 +59,7 @@ def test_stable_files_lifecycle_without_a_beta_header(client: anthropic.Anthropi
 
 
 def test_stable_files_pages_auto_paginate(client: anthropic.Anthropic) -> None:
-    ids = [client.files.upload(file=(f"{i}.png", image_bytes(20 + i, 20), "image/png")).id
-           for i in range(5)]
+    ids = [client.files.upload(file=(f"{i}.png", image_bytes(20 + i, 20), "image/png")).id for i in range(5)]
     assert [f.id for f in client.files.list(limit=2)] == ids[::-1]
 
 
@@ -85,15 +86,15 @@ def test_the_beta_header_is_still_taken(client: anthropic.Anthropic) -> None:
     meta = client.beta.files.upload(file=("b.png", image_bytes(30, 20), "image/png"), betas=betas)
     assert client.files.retrieve_metadata(meta.id).id == meta.id
     message = client.beta.messages.create(
-        **ask("beta-f", {"type": "image", "source": {"type": "file", "file_id": meta.id}}), betas=betas)
+        **ask("beta-f", {"type": "image", "source": {"type": "file", "file_id": meta.id}}), betas=betas
+    )
     assert "30x20 image/png (file)" in message.content[0].text  # type: ignore[union-attr]
 
 
 def test_a_file_source_in_a_batch_without_a_beta_header(client: anthropic.Anthropic) -> None:
     meta = client.files.upload(file=("x.png", image_bytes(50, 40), "image/png"))
     source = {"type": "image", "source": {"type": "file", "file_id": meta.id}}
-    batch = client.messages.batches.create(
-        requests=[{"custom_id": "f", "params": ask("bf", source)}])  # type: ignore[list-item]
+    batch = client.messages.batches.create(requests=[{"custom_id": "f", "params": ask("bf", source)}])  # type: ignore[list-item]
     deadline = time.monotonic() + 5
     while client.messages.batches.retrieve(batch.id).processing_status != "ended":
         assert time.monotonic() < deadline

@@ -23,8 +23,7 @@ HAIKU = "claude-haiku-5-5"
 
 @pytest.fixture
 async def client(simulator: RunningSimulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with anthropic.AsyncAnthropic(base_url=simulator.base_url, api_key="sk-test",
-                                        max_retries=0) as sdk:
+    async with anthropic.AsyncAnthropic(base_url=simulator.base_url, api_key="sk-test", max_retries=0) as sdk:
         yield sdk
 
 
@@ -32,15 +31,25 @@ def b64_source(width: int, height: int) -> dict[str, Any]:
     return {"type": "base64", "media_type": "image/png", "data": b64_image(width, height)}
 
 
-async def test_messages_with_base64_and_url_images(client: anthropic.AsyncAnthropic,
-                                                   simulator: RunningSimulator) -> None:
+async def test_messages_with_base64_and_url_images(
+    client: anthropic.AsyncAnthropic, simulator: RunningSimulator
+) -> None:
     message = await client.messages.create(
-        model=HAIKU, max_tokens=300,
-        messages=[{"role": "user", "content": [
-            {"type": "image", "source": b64_source(3840, 2160)},
-            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg?w=640&h=480"}},
-            {"type": "text", "text": "Describe both. nonce=sdk-1"},
-        ]}],
+        model=HAIKU,
+        max_tokens=300,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": b64_source(3840, 2160)},
+                    {
+                        "type": "image",
+                        "source": {"type": "url", "url": "https://example.com/a.jpg?w=640&h=480"},
+                    },
+                    {"type": "text", "text": "Describe both. nonce=sdk-1"},
+                ],
+            }
+        ],
     )
     assert isinstance(message, anthropic.types.Message)
     assert message.stop_reason == "end_turn" and message.model == HAIKU
@@ -56,13 +65,22 @@ async def test_messages_with_base64_and_url_images(client: anthropic.AsyncAnthro
 
 
 async def test_a_forced_tool(client: anthropic.AsyncAnthropic) -> None:
-    tool = {"name": "record", "description": "Store a caption",
-            "input_schema": {"type": "object", "required": ["caption", "objects"],
-                             "properties": {"caption": {"type": "string"},
-                                            "objects": {"type": "array",
-                                                        "items": {"enum": ["cat", "dog"]}}}}}
+    tool = {
+        "name": "record",
+        "description": "Store a caption",
+        "input_schema": {
+            "type": "object",
+            "required": ["caption", "objects"],
+            "properties": {
+                "caption": {"type": "string"},
+                "objects": {"type": "array", "items": {"enum": ["cat", "dog"]}},
+            },
+        },
+    }
     message = await client.messages.create(
-        model="claude-haiku-4-5", max_tokens=300, tools=[tool],
+        model="claude-haiku-4-5",
+        max_tokens=300,
+        tools=[tool],
         tool_choice={"type": "tool", "name": "record"},
         messages=[{"role": "user", "content": "Caption it. nonce=tool-1"}],
     )
@@ -74,8 +92,12 @@ async def test_a_forced_tool(client: anthropic.AsyncAnthropic) -> None:
 
 
 async def test_count_tokens(client: anthropic.AsyncAnthropic) -> None:
-    messages = [{"role": "user", "content": [{"type": "image", "source": b64_source(1000, 1000)},
-                                             {"type": "text", "text": "hi"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "source": b64_source(1000, 1000)}, {"type": "text", "text": "hi"}],
+        }
+    ]
     counted = await client.messages.count_tokens(model=HAIKU, messages=messages)
     created = await client.messages.create(model=HAIKU, max_tokens=50, messages=messages)
     assert counted.input_tokens == created.usage.input_tokens
@@ -91,35 +113,52 @@ async def test_models_list_and_retrieve(client: anthropic.AsyncAnthropic) -> Non
     assert info.created_at == dt.datetime(2025, 10, 1, tzinfo=dt.UTC)
 
 
-async def test_files_beta_image_source(client: anthropic.AsyncAnthropic, simulator: RunningSimulator,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(simulator.sim.files, "image_bytes",
-                        {"file_1": (image_bytes(500, 400), "image/png")}.get)
+async def test_files_beta_image_source(
+    client: anthropic.AsyncAnthropic, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        simulator.sim.files, "image_bytes", {"file_1": (image_bytes(500, 400), "image/png")}.get
+    )
     message = await client.beta.messages.create(
-        model=HAIKU, max_tokens=100, betas=[facts.FILES_BETA],
-        messages=[{"role": "user", "content": [{"type": "image",
-                                                "source": {"type": "file", "file_id": "file_1"}}]}],
+        model=HAIKU,
+        max_tokens=100,
+        betas=[facts.FILES_BETA],
+        messages=[
+            {"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}
+        ],
     )
     assert "500x400 image/png (file)" in message.content[0].text  # type: ignore[union-attr]
     with pytest.raises(anthropic.NotFoundError, match="file_2"):
         await client.beta.messages.create(
-            model=HAIKU, max_tokens=100, betas=[facts.FILES_BETA],
-            messages=[{"role": "user", "content": [{"type": "image",
-                                                    "source": {"type": "file", "file_id": "file_2"}}]}],
+            model=HAIKU,
+            max_tokens=100,
+            betas=[facts.FILES_BETA],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "source": {"type": "file", "file_id": "file_2"}}],
+                }
+            ],
         )
 
 
 # --- errors --------------------------------------------------------------------------------------
 
 
-async def test_a_bad_media_type_is_a_bad_request_naming_the_path(
-        client: anthropic.AsyncAnthropic) -> None:
+async def test_a_bad_media_type_is_a_bad_request_naming_the_path(client: anthropic.AsyncAnthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         await client.messages.create(
-            model=HAIKU, max_tokens=10,
-            messages=[{"role": "user", "content": [
-                {"type": "text", "text": "look"},
-                {"type": "image", "source": {**b64_source(10, 10), "media_type": "image/gif"}}]}],
+            model=HAIKU,
+            max_tokens=10,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look"},
+                        {"type": "image", "source": {**b64_source(10, 10), "media_type": "image/gif"}},
+                    ],
+                }
+            ],
         )
     assert "messages.0.content.1.source.media_type" in info.value.message
     assert info.value.status_code == 400 and info.value.request_id
@@ -127,26 +166,28 @@ async def test_a_bad_media_type_is_a_bad_request_naming_the_path(
 
 async def test_sampling_parameters_on_a_new_model(client: anthropic.AsyncAnthropic) -> None:
     with pytest.raises(anthropic.BadRequestError, match="temperature"):
-        await client.messages.create(model=HAIKU, max_tokens=10, extra_body={"temperature": 0.3},
-                                     messages=[{"role": "user", "content": "x"}])
+        await client.messages.create(
+            model=HAIKU,
+            max_tokens=10,
+            extra_body={"temperature": 0.3},
+            messages=[{"role": "user", "content": "x"}],
+        )
 
 
 async def test_a_wrong_key_is_an_authentication_error(make_simulator: Any) -> None:
     handle = make_simulator(SimConfig(api_key="sk-right"))
-    async with anthropic.AsyncAnthropic(base_url=handle.base_url, api_key="sk-wrong",
-                                        max_retries=0) as sdk:
+    async with anthropic.AsyncAnthropic(base_url=handle.base_url, api_key="sk-wrong", max_retries=0) as sdk:
         with pytest.raises(anthropic.AuthenticationError):
-            await sdk.messages.create(model=HAIKU, max_tokens=10,
-                                      messages=[{"role": "user", "content": "x"}])
-    async with anthropic.AsyncAnthropic(base_url=handle.base_url, api_key="sk-right",
-                                        max_retries=0) as sdk:
+            await sdk.messages.create(model=HAIKU, max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    async with anthropic.AsyncAnthropic(base_url=handle.base_url, api_key="sk-right", max_retries=0) as sdk:
         assert (await sdk.models.retrieve(HAIKU)).id == HAIKU
 
 
 async def test_an_unknown_model_is_not_found(client: anthropic.AsyncAnthropic) -> None:
     with pytest.raises(anthropic.NotFoundError):
-        await client.messages.create(model="claude-imaginary-1", max_tokens=10,
-                                     messages=[{"role": "user", "content": "x"}])
+        await client.messages.create(
+            model="claude-imaginary-1", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(anthropic.NotFoundError):
         await client.models.retrieve("claude-imaginary-1")
 
@@ -154,6 +195,8 @@ async def test_an_unknown_model_is_not_found(client: anthropic.AsyncAnthropic) -
 async def test_an_over_size_body_is_refused(client: anthropic.AsyncAnthropic) -> None:
     with pytest.raises(anthropic.APIStatusError) as info:
         await client.messages.create(
-            model=HAIKU, max_tokens=10,
-            messages=[{"role": "user", "content": "x" * (facts.MAX_REQUEST_BODY_BYTES + 1)}])
+            model=HAIKU,
+            max_tokens=10,
+            messages=[{"role": "user", "content": "x" * (facts.MAX_REQUEST_BODY_BYTES + 1)}],
+        )
     assert info.value.status_code == 413

@@ -23,13 +23,16 @@ from batcher.simulator.server import (
 )
 
 HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION}
-BODY = {"model": "claude-haiku-5-5", "max_tokens": 16,
-        "messages": [{"role": "user", "content": "Hello."}]}
+BODY = {"model": "claude-haiku-5-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello."}]}
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "batcher.cli", "simulate", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "batcher.cli", "simulate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -45,8 +48,7 @@ def foreground() -> Iterator[tuple[subprocess.Popen[str], str]]:
         proc.wait()
 
 
-def test_simulate_prints_its_url_once_and_serves(foreground: tuple[subprocess.Popen[str], str]
-                                                 ) -> None:
+def test_simulate_prints_its_url_once_and_serves(foreground: tuple[subprocess.Popen[str], str]) -> None:
     _proc, url = foreground
     assert url.startswith("http://127.0.0.1:")
     response = httpx.post(f"{url}/v1/messages", json=BODY, headers=HEADERS, timeout=10)
@@ -57,7 +59,8 @@ def test_simulate_prints_its_url_once_and_serves(foreground: tuple[subprocess.Po
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_it_cleanly_with_exit_code_0(
-        foreground: tuple[subprocess.Popen[str], str], sig: signal.Signals) -> None:
+    foreground: tuple[subprocess.Popen[str], str], sig: signal.Signals
+) -> None:
     proc, url = foreground
     # an idle keep-alive connection must not hold the shutdown up
     with httpx.Client(base_url=url, headers=HEADERS, timeout=10) as client:
@@ -69,8 +72,9 @@ def test_a_signal_stops_it_cleanly_with_exit_code_0(
 
 
 def test_the_announced_line_is_what_start_subprocess_reads() -> None:
-    url, proc = start_subprocess(["--latency", "0.2", "--per-output-token", "0",
-                                  "--per-megapixel", "0", "--files-rpm", "100"])
+    url, proc = start_subprocess(
+        ["--latency", "0.2", "--per-output-token", "0", "--per-megapixel", "0", "--files-rpm", "100"]
+    )
     try:
         assert announce_line(url).startswith(f"simulator listening on {url} ")
         started = time.monotonic()
@@ -124,24 +128,31 @@ def test_the_platform_option_refuses_file_sources_on_bedrock() -> None:
     block = {"type": "image", "source": {"type": "file", "file_id": "file_abc"}}
     body = {**BODY, "messages": [{"role": "user", "content": [block]}]}
     try:
-        response = httpx.post(f"{url}/v1/messages", json=body, timeout=10,
-                              headers={**HEADERS, "anthropic-beta": facts.FILES_BETA})
+        response = httpx.post(
+            f"{url}/v1/messages",
+            json=body,
+            timeout=10,
+            headers={**HEADERS, "anthropic-beta": facts.FILES_BETA},
+        )
         assert response.status_code == 400, response.text
         assert "bedrock" in response.json()["error"]["message"]
     finally:
         assert stop_subprocess(proc) == 0
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["--fault", "meteor=0.1"], "unknown fault kind 'meteor'"),
-    (["--fault", "drop"], "expected KIND=SHARE"),
-    (["--fault", "drop=0.7", "--fault", "overloaded=0.7"], "add up to 1.4"),
-    (["--fault", "spend_limit_after=x"], "expected spend_limit_after=N"),
-    (["--fault", "auth_error_after=-1"], "expected auth_error_after=N"),
-    (["--fault", "billing_error_after=1.5"], "expected billing_error_after=N"),
-    (["--rpm", "0"], "limits.rpm: must be positive"),
-    (["--today", "yesterday"], "is not YYYY-MM-DD"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--fault", "meteor=0.1"], "unknown fault kind 'meteor'"),
+        (["--fault", "drop"], "expected KIND=SHARE"),
+        (["--fault", "drop=0.7", "--fault", "overloaded=0.7"], "add up to 1.4"),
+        (["--fault", "spend_limit_after=x"], "expected spend_limit_after=N"),
+        (["--fault", "auth_error_after=-1"], "expected auth_error_after=N"),
+        (["--fault", "billing_error_after=1.5"], "expected billing_error_after=N"),
+        (["--rpm", "0"], "limits.rpm: must be positive"),
+        (["--today", "yesterday"], "is not YYYY-MM-DD"),
+    ],
+)
 def test_bad_settings_are_one_line_usage_errors(args: list[str], says: str) -> None:
     proc = _spawn(*args)
     out, err = proc.communicate(timeout=20)
@@ -175,6 +186,9 @@ def test_no_simulator_module_defines_a_name_twice() -> None:
 
     for path in sorted(Path(batcher.simulator.__file__).parent.glob("*.py")):
         tree = ast.parse(path.read_text())
-        names = Counter(node.name for node in tree.body
-                        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
+        names = Counter(
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        )
         assert [n for n, k in names.items() if k > 1] == [], path.name

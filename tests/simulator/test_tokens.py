@@ -36,22 +36,51 @@ def test_neither_counts_with_the_others_rule() -> None:
 
 def test_the_pre_tokenizer_splits_like_a_bpe_one() -> None:
     assert pieces("It's 2026 and JSON isn't CamelCase.\n\n  x") == [
-        "It", "'s", " ", "202", "6", " and", " JSON", " isn", "'t", " CamelCase", ".", "\n\n  ", "x"]
+        "It",
+        "'s",
+        " ",
+        "202",
+        "6",
+        " and",
+        " JSON",
+        " isn",
+        "'t",
+        " CamelCase",
+        ".",
+        "\n\n  ",
+        "x",
+    ]
     assert pieces('{"name":"record_caption"}') == ['{"', "name", '":"', "record", "_", "caption", '"}']
     assert pieces("naïve café 日本語") == ["na", "ï", "ve", " caf", "é", " 日本語"]
     assert "".join(pieces("a\x00b\x7f \t€")) == "a\x00b\x7f \t€"  # every character is in a piece
 
 
-@pytest.mark.parametrize(("text", "units"), [
-    ("", 0),
-    (" the", 1), ("photograp", 2), (" photograph", 2), ("characterisation", 3),  # 8 letters whole
-    ("JSON", 2), ("CamelCase", 3), ("Title", 1), ("I", 1),  # odd case splits worse
-    ("1", 1), ("123", 1), ("1234567", 3),
-    (".", 1), ('":{"', 2), (" ...", 1),
-    ("日本語", 3), ("é", 1), ("🙂", 2),
-    ("\n", 1), (" " * 9, 2),
-    ("\x00", 1),
-])
+@pytest.mark.parametrize(
+    ("text", "units"),
+    [
+        ("", 0),
+        (" the", 1),
+        ("photograp", 2),
+        (" photograph", 2),
+        ("characterisation", 3),  # 8 letters whole
+        ("JSON", 2),
+        ("CamelCase", 3),
+        ("Title", 1),
+        ("I", 1),  # odd case splits worse
+        ("1", 1),
+        ("123", 1),
+        ("1234567", 3),
+        (".", 1),
+        ('":{"', 2),
+        (" ...", 1),
+        ("日本語", 3),
+        ("é", 1),
+        ("🙂", 2),
+        ("\n", 1),
+        (" " * 9, 2),
+        ("\x00", 1),
+    ],
+)
 def test_what_each_piece_costs(text: str, units: int) -> None:
     assert tokens.text_units(text) == units
 
@@ -72,10 +101,15 @@ def test_prose_costs_about_four_and_a_half_bytes_a_token_code_and_numbers_more()
 
 
 @pytest.mark.parametrize("f100", [100, 130])
-@pytest.mark.parametrize("text", [
-    "Received 1 image. Image 1: 320x200 image/png (base64), mean colour #c81e3c. nonce=abc",
-    "supercalifragilisticexpialidocious words", "日本語のテキスト🙂 and more", "   spaced   out   ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Received 1 image. Image 1: 320x200 image/png (base64), mean colour #c81e3c. nonce=abc",
+        "supercalifragilisticexpialidocious words",
+        "日本語のテキスト🙂 and more",
+        "   spaced   out   ",
+    ],
+)
 def test_a_cut_is_the_longest_prefix_within_the_budget(text: str, f100: int) -> None:
     total = tokens.text_tokens(text, f100)
     for max_tokens in range(total + 2):
@@ -85,4 +119,4 @@ def test_a_cut_is_the_longest_prefix_within_the_budget(text: str, f100: int) -> 
         if max_tokens >= total:
             assert kept == text
         else:  # one more character would not fit
-            assert tokens.text_tokens(text[:len(kept) + 1], f100) > max_tokens
+            assert tokens.text_tokens(text[: len(kept) + 1], f100) > max_tokens
