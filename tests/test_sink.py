@@ -6,20 +6,23 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
+import typing
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from batcher.records import ImageSent, Result, Row
 from batcher.sink import (
+    IMAGE_FIELDS,
     RESULT_COLUMNS,
     Sink,
     coerce,
     column_names,
     part_name,
     read_results,
-    result_schema,
     temp_name,
 )
 from batcher.state import JobState
@@ -130,11 +133,98 @@ def test_coerce(value: object, kind: str, expected: object) -> None:
     assert coerce(value, kind) == expected
 
 
-def test_schema_fixed_and_documented_order() -> None:
-    schema = result_schema(FIELDS)
-    assert schema.names[: len(RESULT_COLUMNS)] == [n for n, _ in RESULT_COLUMNS]
-    assert schema.names[len(RESULT_COLUMNS) :] == ["title", "manifest_text", "score", "n", "ok"]
-    assert str(schema.field("images").type).startswith("list<item: struct<source: string, width: int64")
+#: The column kind a field of this Python type is stored as (None stripped from optional fields).
+_KIND_OF_TYPE: dict[object, str] = {str: "string", int: "int64", float: "double", bool: "bool"}
+#: Fields stored as another kind than their Python type says, and why.
+_STORED_AS = {"finished_at": "timestamp"}  # Unix seconds, written as a UTC timestamp
+
+
+def _kind(annotation: object) -> str:
+    """The column kind of a dataclass field's type, from the type alone (not from RESULT_COLUMNS)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _kind(args[0])
+    if typing.get_origin(annotation) is typing.Literal and all(isinstance(a, str) for a in args):
+        return "string"
+    if typing.get_origin(annotation) is list and args == [str]:
+        return "list<string>"
+    if typing.get_origin(annotation) is list and args == [ImageSent]:
+        return "images"
+    return _KIND_OF_TYPE[annotation]
+
+
+def _declared(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    hints = typing.get_type_hints(cls)
+    return [
+        (f.name, _STORED_AS.get(f.name) or _kind(hints[f.name])) for f in fields(cls) if f.name not in skip
+    ]
+
+
+def test_every_result_field_has_a_column_of_its_type_and_no_column_is_extra() -> None:
+    # A field added to Result (or ImageSent) without a column, a column without a field, or a
+    # column whose type disagrees with its field fails here. ``fields`` is the manifest's own
+    # columns, which follow the result columns (test_written_part_has_the_documented_schema).
+    assert list(RESULT_COLUMNS) == _declared(Result, skip=("fields",))
+    assert list(IMAGE_FIELDS) == _declared(ImageSent)
+
+
+def test_kind_reads_types_not_names() -> None:
+    # The helper above must tell types apart, or the test above could not fail.
+    assert [_kind(t) for t in (str | None, int, float | None, typing.Literal["a", "b"], list[str])] == [
+        "string",
+        "int64",
+        "double",
+        "string",
+        "list<string>",
+    ]
+    with pytest.raises(KeyError):
+        _kind(dict[str, int])
+
+
+#: The results schema as a part file holds it (Parquet names a list's items "element"), written
+#: out: a change to it is a change to every reader's data.
+EXPECTED_SCHEMA = [
+    ("id", "string"),
+    ("status", "string"),
+    ("text", "string"),
+    ("model", "string"),
+    ("stop_reason", "string"),
+    ("input_tokens", "int64"),
+    ("output_tokens", "int64"),
+    ("cache_read_input_tokens", "int64"),
+    ("cache_creation_input_tokens", "int64"),
+    ("attempts", "int64"),
+    ("latency_s", "double"),
+    ("request_id", "string"),
+    ("error_type", "string"),
+    ("error_message", "string"),
+    (
+        "images",
+        "list<element: struct<source: string, width: int64, height: int64, bytes: int64, "
+        "media_type: string, transport: string, tokens: int64, file_id: string>>",
+    ),
+    ("warnings", "list<element: string>"),
+    ("cost_usd", "double"),
+    ("finished_at", "timestamp[us, tz=UTC]"),
+    ("mode", "string"),
+    ("tool_input", "string"),
+    # the manifest's columns, in its order; "text" collides with a result column
+    ("title", "string"),
+    ("manifest_text", "string"),
+    ("score", "double"),
+    ("n", "int64"),
+    ("ok", "bool"),
+]
+
+
+def test_written_part_has_the_documented_schema(out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with JobState.open(out) as state:
+        _record(state, range(3))
+        assert Sink(out, state, FIELDS).export() == 3
+    (part,) = (out / "results").glob("part-*.parquet")
+    assert [(f.name, str(f.type)) for f in pq.read_schema(part)] == EXPECTED_SCHEMA
 
 
 def test_importing_storage_modules_does_not_import_pyarrow() -> None:

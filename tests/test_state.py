@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from batcher.state import (
     FileRecord,
     JobState,
     StateError,
-    _work_predicate,
     acquire_lock,
     needs_work,
     status_for,
@@ -47,23 +47,29 @@ def state(tmp_path: Path):  # type: ignore[no-untyped-def]
 # --- pure decisions ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("status", "retry", "expected"),
-    [
-        (None, False, True),
-        (None, True, True),
-        ("transient", False, True),
-        ("transient", True, True),
-        ("inflight", False, True),
-        ("inflight", True, True),
-        ("done", False, False),
-        ("done", True, False),
-        ("batched", False, False),
-        ("batched", True, False),
-        ("error", False, False),
-        ("error", True, True),
-    ],
-)
+#: The resume rule, written out: (status, --retry-errors) -> must the row be sent?
+RESUME_RULE = [
+    (None, False, True),
+    (None, True, True),
+    ("transient", False, True),
+    ("transient", True, True),
+    ("inflight", False, True),
+    ("inflight", True, True),
+    ("done", False, False),
+    ("done", True, False),
+    ("batched", False, False),
+    ("batched", True, False),
+    ("error", False, False),
+    ("error", True, True),
+]
+
+
+def test_the_rule_table_covers_every_status() -> None:
+    # A status added to the state without a decision here fails this test.
+    assert {(s, r) for s, r, _ in RESUME_RULE} == {(s, r) for s in (None, *STATUSES) for r in (False, True)}
+
+
+@pytest.mark.parametrize(("status", "retry", "expected"), RESUME_RULE)
 def test_needs_work(status: str | None, retry: bool, expected: bool) -> None:
     assert needs_work(status, retry) is expected
 
@@ -73,11 +79,31 @@ def test_needs_work_rejects_unknown_status() -> None:
         needs_work("maybe", False)
 
 
-def test_sql_predicate_follows_the_pure_rule() -> None:
-    for retry in (False, True):
-        sql, statuses = _work_predicate(retry)
-        assert "s.status IS NULL" in sql
-        assert set(statuses) == {s for s in STATUSES if needs_work(s, retry)}
+def _put_in_status(state: JobState, row_id: str, status: str | None) -> None:
+    """Bring a synced row to ``status`` the way the stages do."""
+    if status == "done":
+        state.record(_ok(row_id))
+    elif status == "error":
+        state.record(_err(row_id))
+    elif status == "transient":
+        state.record_transient(row_id, "overloaded_error", "529", attempts=1)
+    elif status == "inflight":
+        state.mark_inflight([row_id])
+    elif status == "batched":
+        state.mark_batched([row_id])
+    assert state.status_of(row_id) == status
+
+
+@pytest.mark.parametrize(("status", "retry", "expected"), RESUME_RULE)
+def test_the_sql_applies_the_same_rule(
+    state: JobState, status: str | None, retry: bool, expected: bool
+) -> None:
+    # remaining() and count_remaining() run the rule in SQL; a row in each status must come out of
+    # them exactly as the table says, beside a row that always needs work.
+    state.sync_rows(_rows(["row", "new"]))
+    _put_in_status(state, "row", status)
+    assert list(state.remaining(retry)) == (["row", "new"] if expected else ["new"])
+    assert state.count_remaining(retry) == (2 if expected else 1)
 
 
 def test_status_for() -> None:
@@ -284,9 +310,9 @@ def test_open_rejects_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
 
 
 def test_wal_mode_and_pragmas(state: JobState) -> None:
-    assert state._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert state._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert state._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert state.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert state.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert state.db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
 
 
 # --- meta, files, batches ---------------------------------------------------------------------------------
@@ -353,7 +379,7 @@ def test_summary_counts_tokens_cost_and_spend_of_retries(state: JobState) -> Non
 
 def test_time_spent_over_passes(state: JobState, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([100.0, 105.0, 110.0, 200.0, 201.0, 230.0])
-    monkeypatch.setattr("batcher.state.time.time", lambda: next(clock))
+    monkeypatch.setattr(time, "time", lambda: next(clock))
     p1 = state.begin_pass()  # 100
     state.sync_rows(_rows(["a"]), p1)  # 105 (last write)
     state.end_pass(p1)  # 110
@@ -370,7 +396,7 @@ def test_close_ends_only_its_own_pass(tmp_path: Path) -> None:
     pass_id = runner.sync_rows(_rows(["a"])).pass_id
     JobState.open(tmp_path / "out").close()  # e.g. `batcher status` while the run goes on
     finished = "SELECT finished_at FROM passes WHERE pass_id = ?"
-    assert runner._conn.execute(finished, (pass_id,)).fetchone()[0] is None
+    assert runner.db.conn.execute(finished, (pass_id,)).fetchone()[0] is None
     runner.close()
     with JobState.open(tmp_path / "out") as again:
-        assert again._conn.execute(finished, (pass_id,)).fetchone()[0] is not None
+        assert again.db.conn.execute(finished, (pass_id,)).fetchone()[0] is not None
