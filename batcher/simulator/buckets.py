@@ -48,8 +48,8 @@ from typing import Final
 
 from batcher import facts
 from batcher.simulator.config import RateLimits
-from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
+from batcher.simulator.records import MessageCost
 
 Clock = Callable[[], float]
 

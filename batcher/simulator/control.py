@@ -18,11 +18,10 @@ from batcher.simulator.config import BatchClock
 from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError
 from batcher.simulator.faults import FaultInjector
+from batcher.simulator.wire import JSON, read_json
 
 
 async def ledger(request: Request, sim: Simulator) -> Response:
-    from batcher.simulator.app import JSON
-
     return JSON(sim.ledger.snapshot())
 
 
@@ -115,8 +114,6 @@ async def update(request: Request, sim: Simulator) -> Response:
     Every value is checked against its setting's type and range before anything changes; a bad
     one is a 400 in the API's error shape whose message starts with the setting's dotted path
     (``limits.rpm: expected a number or null, got 'abc'``)."""
-    from batcher.simulator.app import JSON, read_json
-
     changes = await read_json(request)
     if not isinstance(changes, dict):
         raise ApiError(400, "expected a JSON object of settings")

@@ -26,16 +26,14 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from batcher import facts
 from batcher.models import ModelProfile
 from batcher.simulator import tokens
+from batcher.simulator.config import SimConfig
 from batcher.simulator.errors import ApiError, invalid
-
-if TYPE_CHECKING:
-    from batcher.simulator.core import Simulator
 
 URL_DEFAULT_SIZE: Final = (1024, 768)
 #: The only values a model that refuses sampling parameters accepts (see ``_sampling``).
@@ -187,23 +185,30 @@ class Checked:
         return sum(i.width * i.height for i in self.images) / 1e6
 
 
-def parse_betas(values: Iterable[str]) -> frozenset[str]:
-    """The betas named by ``anthropic-beta`` header values (comma lists); 400 for unknown ones."""
-    betas = frozenset(b.strip() for v in values for b in v.split(",") if b.strip())
-    unknown = sorted(betas - facts.KNOWN_BETAS)
-    if unknown:
-        shown = ", ".join(f"`{u}`" for u in unknown)
-        raise ApiError(
-            400,
-            f"anthropic-beta: Unexpected value(s) {shown} for the `anthropic-beta` "
-            "header. Please consult our documentation at docs.claude.com or try "
-            "again without the header.",
-        )
-    return betas
+class ImageFiles(Protocol):
+    """Where ``file`` image sources are read from (the simulator's Files store)."""
+
+    def image_bytes(self, file_id: str) -> tuple[bytes, str] | None: ...
+
+
+class Context(Protocol):
+    """What validation reads of the simulator (:class:`batcher.simulator.core.Simulator` is one):
+    its config (the platform), the Files store, the models it knows and the platform's image cap."""
+
+    @property
+    def config(self) -> SimConfig: ...
+
+    @property
+    def files(self) -> ImageFiles: ...
+
+    @property
+    def max_image_b64_bytes_cap(self) -> int | None: ...
+
+    def model(self, name: object, path: str = "model") -> ModelProfile: ...
 
 
 def check_body(
-    body: Any, sim: Simulator, *, betas: frozenset[str], path: str = "", count: bool = False
+    body: Any, sim: Context, *, betas: frozenset[str], path: str = "", count: bool = False
 ) -> Checked:
     """Validate and count one messages body (``count``: a count_tokens body, no ``max_tokens``)."""
     walk = _Walk(sim, betas, count)
@@ -309,7 +314,7 @@ def _no_trailing_space(content: Any, path: str) -> None:
 class _Walk:
     """One body's validation: collects segments and images as it goes."""
 
-    def __init__(self, sim: Simulator, betas: frozenset[str], count: bool) -> None:
+    def __init__(self, sim: Context, betas: frozenset[str], count: bool) -> None:
         self.sim = sim
         self.betas = betas
         self.count = count
