@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 import anyio.to_thread
 import orjson
@@ -39,7 +39,7 @@ _HEAVY_BODY_BYTES: Final = 1024 * 1024
 # --- checking a create body (pure) ------------------------------------------------------------------
 
 
-def check_create(body: Any, sim: Simulator) -> list[BatchRequest]:
+def check_create(body: object, sim: Simulator) -> list[BatchRequest]:
     """The requests of a create body; ``ApiError`` (400) for a bad envelope."""
     if not isinstance(body, dict):
         raise invalid("", "Input should be a valid dictionary")
@@ -73,7 +73,7 @@ def check_create(body: Any, sim: Simulator) -> list[BatchRequest]:
     return requests
 
 
-def _check_request(item: Any, path: str, sim: Simulator) -> BatchRequest:
+def _check_request(item: object, path: str, sim: Simulator) -> BatchRequest:
     if not isinstance(item, dict):
         raise invalid(path, "Input should be a valid dictionary")
     for key in item:
@@ -93,7 +93,7 @@ def _check_request(item: Any, path: str, sim: Simulator) -> BatchRequest:
     return BatchRequest(custom_id, params)
 
 
-def _check_batch_model(name: Any, path: str, sim: Simulator) -> None:
+def _check_batch_model(name: object, path: str, sim: Simulator) -> None:
     """Refuse at once a known model that cannot run in batches; others are checked per request."""
     profile = sim.registry.get(name) if isinstance(name, str) else None
     if profile is not None and not profile.can("batch"):
@@ -130,7 +130,7 @@ async def _found(request: Request, sim: Simulator) -> Batch:
     return await _current(sim, batch)
 
 
-async def _read_body(request: Request) -> Any:
+async def _read_body(request: Request) -> object:
     body = await request.body()
     if len(body) > facts.BATCH_MAX_BYTES:
         raise ApiError(413, "Request exceeds the maximum allowed number of bytes.")

@@ -272,7 +272,10 @@ def _unlimited(kind: str, wall: float) -> list[tuple[bytes, bytes]]:
 
 @lru_cache(maxsize=8)
 def _header_names(kind: str) -> tuple[bytes, bytes, bytes]:
-    return tuple(facts.ratelimit_header(kind, f).encode() for f in ("limit", "remaining", "reset"))  # type: ignore[return-value]
+    limit, remaining, reset = (
+        facts.ratelimit_header(kind, f).encode() for f in ("limit", "remaining", "reset")
+    )
+    return limit, remaining, reset
 
 
 def _number(value: float) -> bytes:

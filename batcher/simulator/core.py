@@ -93,7 +93,7 @@ class Simulator:
         return processed.message
 
 
-def process(body: Any, sim: Simulator, *, betas: frozenset[str], path: str = "") -> Processed:
+def process(body: object, sim: Simulator, *, betas: frozenset[str], path: str = "") -> Processed:
     """Validate and answer one messages body; raises ``ApiError`` for a bad one.
 
     ``path`` prefixes every error path (``requests.3.params``). No rate limit, fault or latency.

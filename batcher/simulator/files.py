@@ -32,7 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import mimetypes
-from typing import Any, Final
+from typing import Final
 
 import anyio.to_thread
 from starlette.datastructures import UploadFile
@@ -59,7 +59,7 @@ _GENERIC_TYPES: Final = frozenset({"", "application/octet-stream"})
 # --- pure decisions about an upload ----------------------------------------------------------------
 
 
-def parse_expiry(raw: Any) -> int | None:
+def parse_expiry(raw: object) -> int | None:
     """The ``expires_in_seconds`` form field: None when absent, else an int within the API's bounds."""
     if raw is None:
         return None
@@ -115,7 +115,7 @@ def _too_large() -> ApiError:
     return ApiError(413, f"File exceeds the maximum size of {facts.FILE_MAX_BYTES} bytes.")
 
 
-async def _read_part(request: Request) -> tuple[bytes, str | None, str | None, Any]:
+async def _read_part(request: Request) -> tuple[bytes, str | None, str | None, UploadFile | str | None]:
     """The uploaded bytes, the part's file name and content type, and the raw expiry field."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > facts.FILE_MAX_BYTES + _MULTIPART_SLACK:

@@ -39,7 +39,7 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request) -> object:
     """The request body as JSON, or the API's 400 for a body that is not."""
     body = await request.body()
     if len(body) > facts.MAX_REQUEST_BODY_BYTES:
