@@ -30,18 +30,15 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
 from batcher import facts
 from batcher.simulator import tokens
-from batcher.simulator.core import new_id
 from batcher.simulator.ledger import ImageSeen
 from batcher.simulator.validate import Checked, ImageIn
-
-if TYPE_CHECKING:
-    from batcher.simulator.core import Simulator
+from batcher.simulator.wire import new_id
 
 NONCE: Final = re.compile(r"nonce=([A-Za-z0-9_.:-]+)")
 #: Past this depth a generated instance fills in required properties only (recursive schemas).
@@ -61,9 +58,10 @@ class Processed:
     images: list[ImageSeen] = field(default_factory=list)
 
 
-def answer(checked: Checked, sim: Simulator) -> Processed:
-    """Answer a validated body (no rate limit, fault or latency: the caller's business)."""
-    read, write_5m, write_1h = prompt_cache(sim).use(checked)
+def answer(checked: Checked, cache: PromptCache) -> Processed:
+    """Answer a validated body (no rate limit, fault or latency: the caller's business), reading
+    and writing the simulator's prompt ``cache``."""
+    read, write_5m, write_1h = cache.use(checked)
     nonces = find_nonces(checked.prompt_texts)
     described = describe(checked.images, nonces)
     content, stop_reason, stop_sequence, output_tokens = _content(checked, described)
@@ -398,12 +396,3 @@ def _breakpoints(checked: Checked) -> list[tuple[bytes, int, str]]:
         if seg.ttl and cum >= checked.profile.min_cacheable_tokens:
             out.append((digest.copy().digest(), cum, seg.ttl))
     return out
-
-
-def prompt_cache(sim: Simulator) -> PromptCache:
-    """The simulator's prompt cache, made on first use."""
-    cache: PromptCache | None = getattr(sim, "_prompt_cache", None)
-    if cache is None:
-        cache = PromptCache()
-        sim._prompt_cache = cache  # type: ignore[attr-defined]
-    return cache

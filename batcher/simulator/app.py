@@ -1,49 +1,31 @@
 """The simulator's ASGI app: routing, authentication, request ids, the ledger.
 
-Handlers live beside it, one module per API area (messages, files, batches, models); this module
-only wires them to paths and wraps every request in the cross-cutting rules every response obeys.
+The top of the simulator: handlers live beside it, one module per API area (messages, files,
+batches, models, control), and none of them imports this module; it only wires them to paths and
+wraps every request in the cross-cutting rules every response obeys.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batcher import facts
-from batcher.simulator.core import Simulator, new_id
+from batcher.simulator import batches, control, files, messages, models_api
+from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError
+from batcher.simulator.wire import JSON, new_id
 
 Handler = Callable[[Request, Simulator], Awaitable[Response]]
 
 
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
 def error_response(exc: ApiError, request_id: str) -> Response:
     return JSON(exc.body(request_id), status_code=exc.status, headers=exc.headers)
-
-
-async def read_json(request: Request) -> Any:
-    """The request body as JSON, or the API's 400 for a body that is not."""
-    body = await request.body()
-    if len(body) > facts.MAX_REQUEST_BODY_BYTES:
-        raise ApiError(413, "Request exceeds the maximum allowed number of bytes.")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
 
 
 class Gate:
@@ -121,8 +103,6 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
 
 
 def create_app(sim: Simulator | None = None) -> ASGIApp:
-    from batcher.simulator import batches, control, files, messages, models_api
-
     sim = sim or Simulator()
     table: list[tuple[str, list[str], Handler]] = [
         ("/v1/messages", ["POST"], messages.create),

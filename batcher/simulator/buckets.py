@@ -48,8 +48,8 @@ from typing import Final
 
 from batcher import facts
 from batcher.simulator.config import RateLimits
-from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
+from batcher.simulator.records import MessageCost
 
 Clock = Callable[[], float]
 
@@ -272,7 +272,10 @@ def _unlimited(kind: str, wall: float) -> list[tuple[bytes, bytes]]:
 
 @lru_cache(maxsize=8)
 def _header_names(kind: str) -> tuple[bytes, bytes, bytes]:
-    return tuple(facts.ratelimit_header(kind, f).encode() for f in ("limit", "remaining", "reset"))  # type: ignore[return-value]
+    limit, remaining, reset = (
+        facts.ratelimit_header(kind, f).encode() for f in ("limit", "remaining", "reset")
+    )
+    return limit, remaining, reset
 
 
 def _number(value: float) -> bytes:

@@ -8,7 +8,7 @@ import math
 import types
 import typing
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,15 +18,17 @@ from batcher.simulator.config import BatchClock
 from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError
 from batcher.simulator.faults import FaultInjector
+from batcher.simulator.wire import JSON, read_json
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 async def ledger(request: Request, sim: Simulator) -> Response:
-    from batcher.simulator.app import JSON
-
     return JSON(sim.ledger.snapshot())
 
 
-def _apply(target: Any, changes: dict[str, Any], path: str) -> None:
+def _apply(target: DataclassInstance, changes: dict[str, Any], path: str) -> None:
     """Set ``changes`` on the dataclass ``target``, each value checked against its field's type
     (400 naming the key otherwise); nested dataclasses take nested objects."""
     hints = typing.get_type_hints(type(target))
@@ -36,7 +38,7 @@ def _apply(target: Any, changes: dict[str, Any], path: str) -> None:
         if key not in names:
             raise ApiError(400, f"{where}: unknown setting")
         current = getattr(target, key)
-        if is_dataclass(current):
+        if is_dataclass(current) and not isinstance(current, type):
             if not isinstance(value, dict):
                 raise ApiError(400, f"{where}: expected an object of settings, got {_shown(value)}")
             _apply(current, value, f"{where}.")
@@ -44,7 +46,7 @@ def _apply(target: Any, changes: dict[str, Any], path: str) -> None:
             setattr(target, key, _typed(hints[key], value, where))
 
 
-def _typed(kind: Any, value: Any, where: str) -> Any:
+def _typed(kind: object, value: object, where: str) -> object:
     """``value`` as a setting of type ``kind`` (``float | None``, ``int``, a ``Literal``, a date),
     or the API's 400 naming ``where``."""
     options = typing.get_args(kind) if typing.get_origin(kind) in (types.UnionType, typing.Union) else (kind,)
@@ -77,7 +79,16 @@ def _typed(kind: Any, value: Any, where: str) -> Any:
     raise ApiError(400, f"{where}: expected {_describe(options)}, got {_shown(value)}")
 
 
-def _describe(options: tuple[Any, ...]) -> str:
+_KIND_WORDS: dict[object, str] = {
+    float: "a number",
+    int: "an integer",
+    str: "a string",
+    bool: "a boolean",
+    dt.date: "an ISO date (YYYY-MM-DD)",
+}
+
+
+def _describe(options: tuple[object, ...]) -> str:
     words = []
     for option in options:
         if option is type(None):
@@ -85,19 +96,11 @@ def _describe(options: tuple[Any, ...]) -> str:
         elif typing.get_origin(option) is typing.Literal:
             words.append("one of " + ", ".join(repr(v) for v in typing.get_args(option)))
         else:
-            words.append(
-                {
-                    float: "a number",
-                    int: "an integer",
-                    str: "a string",
-                    bool: "a boolean",
-                    dt.date: "an ISO date (YYYY-MM-DD)",
-                }.get(option, str(option))
-            )
+            words.append(_KIND_WORDS.get(option, str(option)))
     return " or ".join(words)
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -115,8 +118,6 @@ async def update(request: Request, sim: Simulator) -> Response:
     Every value is checked against its setting's type and range before anything changes; a bad
     one is a 400 in the API's error shape whose message starts with the setting's dotted path
     (``limits.rpm: expected a number or null, got 'abc'``)."""
-    from batcher.simulator.app import JSON, read_json
-
     changes = await read_json(request)
     if not isinstance(changes, dict):
         raise ApiError(400, "expected a JSON object of settings")

@@ -1,7 +1,15 @@
-"""The simulator's state and the seams between its parts.
+"""The simulator's state, and the one path a messages body takes through it.
 
-``Simulator`` owns the config, the model registry, the ledger, the rate-limit buckets, the fault
-injector and the Files and Batches stores. Route handlers receive it; nothing in here speaks HTTP.
+``Simulator`` owns the config, the model registry, the ledger, the prompt cache, the rate-limit
+buckets, the fault injector and the Files and Batches stores, and wires them together: the parts
+below it never import it (validation reads it through :class:`batcher.simulator.validate.Context`,
+the batch store answers through the callable it is given). Route handlers receive it; nothing in
+here speaks HTTP.
+
+One code path answers a messages body wherever it comes from: :func:`process` (validate, count,
+answer; pure apart from the prompt cache) and :func:`record` (charge the ledger) serve both the
+live endpoint (:mod:`batcher.simulator.messages`) and the Message Batches store, which calls them
+without rate limits, faults or latency (:meth:`Simulator.answer_batch_request`).
 
 The model registry is the packaged ``configs/models.toml`` alone (:func:`api_registry`): it stands
 for what the API knows, so a user's overrides (``$BATCHER_MODELS``, ``~/.config/batcher/models.toml``)
@@ -11,22 +19,21 @@ misconfigured by them must fail against the simulator as it would against the AP
 
 from __future__ import annotations
 
-import itertools
-import secrets
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any
 
+from batcher import facts
 from batcher.models import ModelProfile, ModelRegistry, build_registry, packaged_models_path
+from batcher.simulator.answers import Processed, PromptCache, answer
+from batcher.simulator.batchstore import BatchStore
+from batcher.simulator.buckets import Buckets
 from batcher.simulator.config import SimConfig
 from batcher.simulator.errors import ApiError
+from batcher.simulator.faults import FaultInjector
+from batcher.simulator.filestore import FileStore
 from batcher.simulator.ledger import Ledger
-
-_ids = itertools.count(1)
-
-
-def new_id(prefix: str) -> str:
-    """An id in the API's style (``msg_01...``), unique within the process."""
-    return f"{prefix}_01{secrets.token_hex(8)}{next(_ids):06d}"
+from batcher.simulator.validate import check_body
 
 
 def api_registry() -> ModelRegistry:
@@ -36,32 +43,23 @@ def api_registry() -> ModelRegistry:
 
 
 @dataclass
-class MessageCost:
-    """What a messages request costs, known before it is answered."""
-
-    #: what it counts toward ITPM: the prompt less what it reads from the prompt cache
-    input_tokens: int
-    max_tokens: int
-    megapixels: float
-
-
-@dataclass
 class Simulator:
     config: SimConfig = field(default_factory=SimConfig)
     registry: ModelRegistry = field(default_factory=api_registry)
     ledger: Ledger = field(default_factory=Ledger)
+    # The parts, made from the fields above (not arguments; not part of equality or repr).
+    prompt_cache: PromptCache = field(init=False, repr=False, compare=False)
+    buckets: Buckets = field(init=False, repr=False, compare=False)
+    faults: FaultInjector = field(init=False, repr=False, compare=False)
+    files: FileStore = field(init=False, repr=False, compare=False)
+    batches: BatchStore = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Imported here so each part stays a leaf module that core wires together.
-        from batcher.simulator.batches import BatchStore
-        from batcher.simulator.buckets import Buckets
-        from batcher.simulator.faults import FaultInjector
-        from batcher.simulator.files import FileStore
-
+        self.prompt_cache = PromptCache()
         self.buckets = Buckets(self.config.limits)
         self.faults = FaultInjector(self.config.faults, self.config.latency, self.ledger)
-        self.files = FileStore(self)
-        self.batches = BatchStore(self)
+        self.files = FileStore(self.ledger)
+        self.batches = BatchStore(lambda: self.config.batches, self.answer_batch_request)
 
     def close(self) -> None:
         """Stop what runs in the background (the Message Batches ticker)."""
@@ -85,6 +83,30 @@ class Simulator:
     @property
     def max_image_b64_bytes_cap(self) -> int | None:
         """Bedrock and Vertex take 5 MB an image whatever the model; None on the Claude API."""
-        from batcher import facts
-
         return None if self.config.platform == "anthropic" else facts.PORTABLE_IMAGE_B64_BYTES
+
+    def answer_batch_request(self, params: dict[str, Any], betas: frozenset[str]) -> dict[str, Any]:
+        """A batch request's message, billed at the batch price; ``ApiError`` for a bad one."""
+        processed = process(params, self, betas=betas)
+        record(self, processed)
+        self.ledger.charge_batch(input_tokens=processed.input_tokens, output_tokens=processed.output_tokens)
+        return processed.message
+
+
+def process(body: object, sim: Simulator, *, betas: frozenset[str], path: str = "") -> Processed:
+    """Validate and answer one messages body; raises ``ApiError`` for a bad one.
+
+    ``path`` prefixes every error path (``requests.3.params``). No rate limit, fault or latency.
+    """
+    return answer(check_body(body, sim, betas=betas, path=path), sim.prompt_cache)
+
+
+def record(sim: Simulator, processed: Processed) -> None:
+    """Bill an answered body: tokens and nonces to the ledger, and the images it saw."""
+    sim.ledger.charge(
+        input_tokens=processed.input_tokens,
+        output_tokens=processed.output_tokens,
+        image_tokens=processed.image_tokens,
+        nonces=processed.nonces,
+    )
+    sim.ledger.saw_images(processed.images)

@@ -62,8 +62,8 @@ from starlette.types import Receive, Scope, Send
 
 from batcher import facts
 from batcher.simulator.config import Faults, Latency
-from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
+from batcher.simulator.records import MessageCost
 
 if TYPE_CHECKING:
     from batcher.simulator.ledger import Ledger

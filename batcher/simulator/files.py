@@ -24,21 +24,15 @@ Shapes follow the OpenAPI document's beta routes (``BetaFileMetadataSchema`` and
   ``ids`` (one page, unknown and deleted ids left out). A cursor stays valid after its file is
   deleted, so a client can page through a list while deleting what it reads.
 
-Expiry runs on the monotonic clock. The API's shortest expiry is an hour, so tests end a file's
-life early with :meth:`FileStore.expire` (a simulator-only control, not part of ``/v1``).
+The files themselves, and their expiry, live in :mod:`batcher.simulator.filestore`.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import mimetypes
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 import anyio.to_thread
 from starlette.datastructures import UploadFile
@@ -47,10 +41,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batcher import facts
+from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError, invalid, not_found
-
-if TYPE_CHECKING:
-    from batcher.simulator.core import Simulator
+from batcher.simulator.filestore import StoredFile
+from batcher.simulator.wire import JSON, betas_of, cursors, page
 
 #: Multipart framing around the file: headers, boundaries, the expiry field.
 _MULTIPART_SLACK: Final = 64 * 1024
@@ -62,205 +56,10 @@ _MAX_IDS: Final = 100
 _GENERIC_TYPES: Final = frozenset({"", "application/octet-stream"})
 
 
-def rfc3339(moment: dt.datetime) -> str:
-    """An aware UTC time as the API writes it (``2025-04-15T18:37:24.100435Z``)."""
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-# --- paging, shared with the Message Batches list ---------------------------------------------------
-
-
-def parse_limit(raw: str | None) -> int:
-    """The ``limit`` query parameter of a list: 1..1000, default 20."""
-    if raw is None:
-        return 20
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise invalid("limit", "Input should be a valid integer") from None
-    if not 1 <= limit <= 1000:
-        raise invalid("limit", "Input should be between 1 and 1000")
-    return limit
-
-
-def page(
-    entries: Sequence[tuple[int, dict[str, Any]]], limit: int, after: int | None, before: int | None
-) -> dict[str, Any]:
-    """One page of ``entries`` — (sequence number, object) pairs, newest (highest) first.
-
-    ``after`` and ``before`` are the sequence numbers of the cursors: ``after`` pages towards
-    older objects, ``before`` towards newer ones (the page just before the cursor).
-    """
-    if after is not None:
-        rest = [e for e in entries if e[0] < after]
-        chosen, has_more = rest[:limit], len(rest) > limit
-    elif before is not None:
-        rest = [e for e in entries if e[0] > before]
-        chosen, has_more = rest[-limit:], len(rest) > limit
-    else:
-        chosen, has_more = list(entries[:limit]), len(entries) > limit
-    data = [obj for _, obj in chosen]
-    return {
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
-def cursors(request: Request, seq_of: Callable[[str], int | None]) -> tuple[int, int | None, int | None]:
-    """``limit`` and the two cursors of a list request, as sequence numbers; 400 for bad ones."""
-    query = request.query_params
-    limit = parse_limit(query.get("limit"))
-    after_id, before_id = query.get("after_id"), query.get("before_id")
-    if after_id is not None and before_id is not None:
-        raise invalid("", "after_id and before_id cannot both be given")
-    return limit, _seq(after_id, "after_id", seq_of), _seq(before_id, "before_id", seq_of)
-
-
-def _seq(cursor: str | None, name: str, seq_of: Callable[[str], int | None]) -> int | None:
-    if cursor is None:
-        return None
-    seq = seq_of(cursor)
-    if seq is None:
-        raise invalid(name, f"no object with id {cursor!r} in this list")
-    return seq
-
-
-# --- the store -------------------------------------------------------------------------------------
-
-
-@dataclass
-class StoredFile:
-    id: str
-    seq: int
-    filename: str
-    mime_type: str
-    data: bytes
-    created_at: dt.datetime
-    expires_at: dt.datetime | None
-    #: monotonic time at which the file stops existing; None: never
-    deadline: float | None
-
-    def metadata(self) -> dict[str, Any]:
-        """The ``BetaFileMetadataSchema`` object (plus ``expires_at``, which the SDK reads)."""
-        return {
-            "id": self.id,
-            "type": "file",
-            "filename": self.filename,
-            "mime_type": self.mime_type,
-            "size_bytes": len(self.data),
-            "created_at": rfc3339(self.created_at),
-            "expires_at": rfc3339(self.expires_at) if self.expires_at else None,
-            "downloadable": False,
-        }
-
-
-class FileStore:
-    """Uploaded files, in memory. Safe to call from worker threads (messages validation does).
-
-    ``clock`` is the monotonic clock expiry runs on; tests may replace it.
-    """
-
-    def __init__(self, sim: Simulator, clock: Callable[[], float] = time.monotonic) -> None:
-        self.sim = sim
-        self.clock = clock
-        self._files: dict[str, StoredFile] = {}
-        #: every id ever issued -> its sequence number, so cursors outlive their files
-        self._seqs: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, data: bytes, filename: str, mime_type: str, expires_in_s: int | None = None) -> StoredFile:
-        """Store an upload and return it."""
-        from batcher.simulator.core import new_id
-
-        now = dt.datetime.now(dt.UTC)
-        with self._lock:
-            seq = len(self._seqs)
-            stored = StoredFile(
-                id=new_id("file"),
-                seq=seq,
-                filename=filename,
-                mime_type=mime_type,
-                data=data,
-                created_at=now,
-                expires_at=now + dt.timedelta(seconds=expires_in_s) if expires_in_s else None,
-                deadline=self.clock() + expires_in_s if expires_in_s else None,
-            )
-            self._files[stored.id] = stored
-            self._seqs[stored.id] = seq
-        self._report()
-        return stored
-
-    def get(self, file_id: str) -> StoredFile | None:
-        """A live file, or None (unknown, deleted or expired)."""
-        with self._lock:
-            stored = self._files.get(file_id)
-            if stored is None or not self._expired(stored):
-                return stored
-            del self._files[file_id]
-        self._report()
-        return None
-
-    def delete(self, file_id: str) -> bool:
-        """Delete a live file; False when there was none to delete."""
-        if self.get(file_id) is None:
-            return False
-        with self._lock:
-            found = self._files.pop(file_id, None) is not None
-        self._report()
-        return found
-
-    def expire(self, file_id: str) -> bool:
-        """Simulator-only control: make a live file expire now (the API's minimum is an hour)."""
-        with self._lock:
-            stored = self._files.get(file_id)
-            if stored is None:
-                return False
-            stored.deadline = self.clock()
-            stored.expires_at = dt.datetime.now(dt.UTC)
-        self.get(file_id)  # drop it now, so the bytes stored say so at once
-        return True
-
-    def live(self) -> list[StoredFile]:
-        """Every live file, newest first (expired ones are dropped on the way)."""
-        with self._lock:
-            gone = [f.id for f in self._files.values() if self._expired(f)]
-            for file_id in gone:
-                del self._files[file_id]
-            files = sorted(self._files.values(), key=lambda f: f.seq, reverse=True)
-        if gone:
-            self._report()
-        return files
-
-    def seq_of(self, file_id: str) -> int | None:
-        """The sequence number of any id this store ever issued (a list cursor)."""
-        with self._lock:
-            return self._seqs.get(file_id)
-
-    def image_bytes(self, file_id: str) -> tuple[bytes, str] | None:
-        """The stored bytes and mime type of a live file, or None (unknown, deleted, expired)."""
-        stored = self.get(file_id)
-        return None if stored is None else (stored.data, stored.mime_type)
-
-    @property
-    def bytes_stored(self) -> int:
-        """Bytes held by live files."""
-        return sum(len(f.data) for f in self.live())
-
-    def _expired(self, stored: StoredFile) -> bool:
-        return stored.deadline is not None and self.clock() >= stored.deadline
-
-    def _report(self) -> None:
-        with self._lock:
-            total = sum(len(f.data) for f in self._files.values())
-        self.sim.ledger.files_stored(total)
-
-
 # --- pure decisions about an upload ----------------------------------------------------------------
 
 
-def parse_expiry(raw: Any) -> int | None:
+def parse_expiry(raw: object) -> int | None:
     """The ``expires_in_seconds`` form field: None when absent, else an int within the API's bounds."""
     if raw is None:
         return None
@@ -304,8 +103,6 @@ def clean_filename(raw: str | None, mime_type: str) -> str:
 def _enter(request: Request, sim: Simulator) -> None:
     """What every Files route checks first: the platform has it, the budget, and any
     ``anthropic-beta`` values are known ones (the Files beta itself is optional)."""
-    from batcher.simulator.messages import betas_of
-
     if sim.config.platform != "anthropic":
         raise not_found(
             f"{request.method} {request.url.path}: the Files API is not available on {sim.config.platform}"
@@ -318,7 +115,7 @@ def _too_large() -> ApiError:
     return ApiError(413, f"File exceeds the maximum size of {facts.FILE_MAX_BYTES} bytes.")
 
 
-async def _read_part(request: Request) -> tuple[bytes, str | None, str | None, Any]:
+async def _read_part(request: Request) -> tuple[bytes, str | None, str | None, UploadFile | str | None]:
     """The uploaded bytes, the part's file name and content type, and the raw expiry field."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > facts.FILE_MAX_BYTES + _MULTIPART_SLACK:
@@ -338,8 +135,6 @@ async def _read_part(request: Request) -> tuple[bytes, str | None, str | None, A
 
 async def upload(request: Request, sim: Simulator) -> Response:
     """POST /v1/files."""
-    from batcher.simulator.app import JSON
-
     _enter(request, sim)
     data, raw_name, declared, raw_expiry = await _read_part(request)
     if len(data) > facts.FILE_MAX_BYTES:
@@ -359,8 +154,6 @@ async def upload(request: Request, sim: Simulator) -> Response:
 async def list_files(request: Request, sim: Simulator) -> Response:
     """GET /v1/files: newest first, paged by ``after_id`` / ``before_id`` (the OpenAPI document) or
     by the opaque ``page`` / ``next_page`` cursor (the current SDK), or restricted to ``ids``."""
-    from batcher.simulator.app import JSON
-
     _enter(request, sim)
     query = request.query_params
     wanted = requested_ids([*query.getlist("ids[]"), *query.getlist("ids")])
@@ -429,16 +222,12 @@ def _live_or_404(request: Request, sim: Simulator) -> StoredFile:
 
 async def get_file(request: Request, sim: Simulator) -> Response:
     """GET /v1/files/{file_id}: the file's metadata."""
-    from batcher.simulator.app import JSON
-
     _enter(request, sim)
     return JSON(_live_or_404(request, sim).metadata())
 
 
 async def delete_file(request: Request, sim: Simulator) -> Response:
     """DELETE /v1/files/{file_id}."""
-    from batcher.simulator.app import JSON
-
     _enter(request, sim)
     stored = _live_or_404(request, sim)
     sim.files.delete(stored.id)

@@ -23,7 +23,7 @@ from batcher import facts
 from batcher.models import ModelProfile
 from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError, invalid
-from batcher.simulator.files import parse_limit
+from batcher.simulator.wire import JSON, parse_limit
 
 _EPOCH = dt.date(1970, 1, 1)
 #: Capabilities the profiles do not track; the simulator reports them unsupported.
@@ -125,8 +125,6 @@ def _gateway_without_route(sim: Simulator) -> Response | None:
 
 async def list_models(request: Request, sim: Simulator) -> Response:
     """GET /v1/models."""
-    from batcher.simulator.app import JSON
-
     if (missing := _gateway_without_route(sim)) is not None:
         return missing
     query = request.query_params
@@ -136,8 +134,6 @@ async def list_models(request: Request, sim: Simulator) -> Response:
 
 async def get_model(request: Request, sim: Simulator) -> Response:
     """GET /v1/models/{model_id}: any of the model's names; 404 when unknown or retired."""
-    from batcher.simulator.app import JSON
-
     if (missing := _gateway_without_route(sim)) is not None:
         return missing
     model_id = request.path_params["model_id"]

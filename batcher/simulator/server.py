@@ -30,7 +30,7 @@ from batcher.simulator.core import Simulator
 from batcher.simulator.faults import QuietDrops
 
 #: Seconds a stopping server waits for requests in flight (a stalled one) before cancelling them.
-_GRACEFUL_S: Final = 2.0
+_GRACEFUL_S: Final = 2  # whole seconds: uvicorn's setting is an int
 _START_TIMEOUT_S: Final = 10.0
 #: The line ``batcher simulate`` prints once it listens; ``start_subprocess`` reads it back.
 _URL_LINE: Final = re.compile(r"simulator listening on (http://\S+)")
@@ -221,7 +221,8 @@ def _read_url(proc: subprocess.Popen[str], stdout: IO[str], timeout_s: float) ->
     stderr = ""
     if proc.poll() is not None and proc.stderr is not None:
         stderr = proc.stderr.read()
-    what = " ".join(str(a) for a in proc.args[1:4])  # type: ignore[index]
+    args = proc.args
+    what = " ".join(str(a) for a in (args[1:4] if isinstance(args, list | tuple) else [args]))
     raise SimulatorStartError(
         f"`{what}` did not print its URL within {timeout_s:g} s "
         f"(exit code {proc.poll()}): {stderr.strip()[-2000:]}"

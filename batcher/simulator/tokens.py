@@ -160,6 +160,6 @@ def tool_definition_text(tool: dict[str, Any]) -> str:
     return orjson.dumps(shown).decode()
 
 
-def tool_use_text(name: str, tool_input: Any) -> str:
+def tool_use_text(name: str, tool_input: object) -> str:
     """The text a ``tool_use`` block (asked or answered) is counted as."""
     return name + orjson.dumps(tool_input).decode()

@@ -26,16 +26,14 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from batcher import facts
 from batcher.models import ModelProfile
 from batcher.simulator import tokens
+from batcher.simulator.config import SimConfig
 from batcher.simulator.errors import ApiError, invalid
-
-if TYPE_CHECKING:
-    from batcher.simulator.core import Simulator
 
 URL_DEFAULT_SIZE: Final = (1024, 768)
 #: The only values a model that refuses sampling parameters accepts (see ``_sampling``).
@@ -187,23 +185,30 @@ class Checked:
         return sum(i.width * i.height for i in self.images) / 1e6
 
 
-def parse_betas(values: Iterable[str]) -> frozenset[str]:
-    """The betas named by ``anthropic-beta`` header values (comma lists); 400 for unknown ones."""
-    betas = frozenset(b.strip() for v in values for b in v.split(",") if b.strip())
-    unknown = sorted(betas - facts.KNOWN_BETAS)
-    if unknown:
-        shown = ", ".join(f"`{u}`" for u in unknown)
-        raise ApiError(
-            400,
-            f"anthropic-beta: Unexpected value(s) {shown} for the `anthropic-beta` "
-            "header. Please consult our documentation at docs.claude.com or try "
-            "again without the header.",
-        )
-    return betas
+class ImageFiles(Protocol):
+    """Where ``file`` image sources are read from (the simulator's Files store)."""
+
+    def image_bytes(self, file_id: str) -> tuple[bytes, str] | None: ...
+
+
+class Context(Protocol):
+    """What validation reads of the simulator (:class:`batcher.simulator.core.Simulator` is one):
+    its config (the platform), the Files store, the models it knows and the platform's image cap."""
+
+    @property
+    def config(self) -> SimConfig: ...
+
+    @property
+    def files(self) -> ImageFiles: ...
+
+    @property
+    def max_image_b64_bytes_cap(self) -> int | None: ...
+
+    def model(self, name: object, path: str = "model") -> ModelProfile: ...
 
 
 def check_body(
-    body: Any, sim: Simulator, *, betas: frozenset[str], path: str = "", count: bool = False
+    body: object, sim: Context, *, betas: frozenset[str], path: str = "", count: bool = False
 ) -> Checked:
     """Validate and count one messages body (``count``: a count_tokens body, no ``max_tokens``)."""
     walk = _Walk(sim, betas, count)
@@ -217,31 +222,31 @@ def _at(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _dict(value: Any, path: str) -> dict[str, Any]:
+def _dict(value: object, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise invalid(path, "Input should be a valid dictionary")
     return value
 
 
-def _list(value: Any, path: str) -> list[Any]:
+def _list(value: object, path: str) -> list[Any]:
     if not isinstance(value, list):
         raise invalid(path, "Input should be a valid list")
     return value
 
 
-def _str(value: Any, path: str) -> str:
+def _str(value: object, path: str) -> str:
     if not isinstance(value, str):
         raise invalid(path, "Input should be a valid string")
     return value
 
 
-def _int(value: Any, path: str) -> int:
+def _int(value: object, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(path, "Input should be a valid integer")
     return value
 
 
-def _num(value: Any, path: str, lo: float, hi: float) -> float:
+def _num(value: object, path: str, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise invalid(path, "Input should be a valid number")
     if not lo <= value <= hi:
@@ -249,7 +254,7 @@ def _num(value: Any, path: str, lo: float, hi: float) -> float:
     return float(value)
 
 
-def _bool(value: Any, path: str) -> bool:
+def _bool(value: object, path: str) -> bool:
     if not isinstance(value, bool):
         raise invalid(path, "Input should be a valid boolean")
     return value
@@ -267,33 +272,35 @@ def _no_extra(obj: dict[str, Any], allowed: frozenset[str], path: str) -> None:
             raise invalid(_at(path, key), "Extra inputs are not permitted")
 
 
-def _one_of(value: Any, choices: Iterable[str], path: str) -> str:
+def _one_of(value: object, choices: Iterable[str], path: str) -> str:
     choices = tuple(choices)
-    if value not in choices:
-        quoted = [f"'{c}'" for c in choices]
-        listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-        raise invalid(path, f"Input should be {listed}")
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    quoted = [f"'{c}'" for c in choices]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    raise invalid(path, f"Input should be {listed}")
 
 
 def _tag(obj: dict[str, Any], tags: Iterable[str], path: str) -> str:
     """The ``type`` discriminator of a tagged union."""
     tags = tuple(tags)
     tag = _need(obj, "type", path)
-    if tag not in tags:
-        expected = ", ".join(f"'{t}'" for t in tags)
-        raise invalid(
-            _at(path, "type"),
-            f"Input tag '{tag}' found using 'type' does not match any of the expected tags: {expected}",
-        )
-    return tag
+    for known in tags:
+        if tag == known:
+            return known
+    expected = ", ".join(f"'{t}'" for t in tags)
+    raise invalid(
+        _at(path, "type"),
+        f"Input tag '{tag}' found using 'type' does not match any of the expected tags: {expected}",
+    )
 
 
 def _has_text(text: str) -> bool:
     return bool(text) and not text.isspace()
 
 
-def _no_trailing_space(content: Any, path: str) -> None:
+def _no_trailing_space(content: object, path: str) -> None:
     """A prefilled (final assistant) turn may not end in whitespace: the API refuses it."""
     tail = content
     if isinstance(content, list):
@@ -309,7 +316,7 @@ def _no_trailing_space(content: Any, path: str) -> None:
 class _Walk:
     """One body's validation: collects segments and images as it goes."""
 
-    def __init__(self, sim: Simulator, betas: frozenset[str], count: bool) -> None:
+    def __init__(self, sim: Context, betas: frozenset[str], count: bool) -> None:
         self.sim = sim
         self.betas = betas
         self.count = count
@@ -323,7 +330,7 @@ class _Walk:
 
     # top level
 
-    def body(self, body: Any, path: str) -> Checked:
+    def body(self, body: object, path: str) -> Checked:
         body = _dict(body, path or "body")
         _no_extra(body, COUNT_FIELDS if self.count else CREATE_FIELDS, path)
         self.profile = self.sim.model(body.get("model"), _at(path, "model"))
@@ -377,7 +384,7 @@ class _Walk:
         if "output_config" in body:
             checked.output_schema = self._output_config(body["output_config"], _at(path, "output_config"))
 
-    def _stop_sequences(self, value: Any, path: str) -> list[str]:
+    def _stop_sequences(self, value: object, path: str) -> list[str]:
         out = []
         for i, seq in enumerate(_list(value, path)):
             seq = _str(seq, _at(path, i))
@@ -386,7 +393,7 @@ class _Walk:
             out.append(seq)
         return out
 
-    def _metadata(self, value: Any, path: str) -> None:
+    def _metadata(self, value: object, path: str) -> None:
         meta = _dict(value, path)
         _no_extra(meta, frozenset({"user_id"}), path)
         user_id = meta.get("user_id")
@@ -426,7 +433,7 @@ class _Walk:
             if refuse:
                 raise invalid(_at(path, "top_k"), f"top_k is not supported on {model}; omit it")
 
-    def _thinking(self, value: Any, path: str, max_tokens: int) -> None:
+    def _thinking(self, value: object, path: str, max_tokens: int) -> None:
         thinking = _dict(value, path)
         kind = _tag(thinking, ("enabled", "disabled", "adaptive"), path)
         allowed = {
@@ -457,7 +464,7 @@ class _Walk:
                 )
         self.thinking_on = True
 
-    def _output_config(self, value: Any, path: str) -> dict[str, Any] | None:
+    def _output_config(self, value: object, path: str) -> dict[str, Any] | None:
         config = _dict(value, path)
         _no_extra(config, frozenset({"effort", "format"}), path)
         if config.get("effort") is not None:
@@ -490,7 +497,7 @@ class _Walk:
                 body["tool_choice"], _at(path, "tool_choice"), checked.tools
             )
 
-    def _tool(self, value: Any, path: str) -> dict[str, Any]:
+    def _tool(self, value: object, path: str) -> dict[str, Any]:
         tool = _dict(value, path)
         if tool.get("type") not in (None, "custom"):
             raise invalid(
@@ -523,7 +530,7 @@ class _Walk:
         )
         return tool
 
-    def _tool_choice(self, value: Any, path: str, tools: dict[str, dict[str, Any]]) -> str | None:
+    def _tool_choice(self, value: object, path: str, tools: dict[str, dict[str, Any]]) -> str | None:
         choice = _dict(value, path)
         kind = _tag(choice, ("auto", "any", "tool", "none"), path)
         allowed = {
@@ -557,7 +564,7 @@ class _Walk:
 
     # system and messages
 
-    def _system(self, value: Any, path: str) -> None:
+    def _system(self, value: object, path: str) -> None:
         if isinstance(value, str):
             self.texts.append(value)
             self.segments.append(Segment(text=value, key="system:" + value))
@@ -568,7 +575,7 @@ class _Walk:
             _tag(block, ("text",), block_path)
             self._text_block(block, block_path)
 
-    def _message(self, value: Any, path: str, index: int, last: bool) -> None:
+    def _message(self, value: object, path: str, index: int, last: bool) -> None:
         message = _dict(value, path)
         _no_extra(message, frozenset({"role", "content"}), path)
         role = _one_of(_need(message, "role", path), ("user", "assistant"), _at(path, "role"))
@@ -595,7 +602,7 @@ class _Walk:
         if last and role == "assistant":
             _no_trailing_space(content, path)
 
-    def _block(self, value: Any, path: str, role: str) -> None:
+    def _block(self, value: object, path: str, role: str) -> None:
         block = _dict(value, path)
         kind = block.get("type")
         if kind in _UNSUPPORTED_BLOCKS:

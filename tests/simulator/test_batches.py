@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from batcher import facts
-from batcher.simulator.batches import processing_order
+from batcher.simulator.batchstore import processing_order
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.simulator.server import RunningSimulator
 from tests.simulator.test_validate import image_block, image_bytes

@@ -9,8 +9,8 @@ import pytest
 
 from batcher.simulator.buckets import UNLIMITED, Buckets, retry_after_s
 from batcher.simulator.config import RateLimits
-from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
+from batcher.simulator.records import MessageCost
 
 WALL0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 

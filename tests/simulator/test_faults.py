@@ -15,9 +15,9 @@ import pytest
 from batcher import facts
 from batcher.simulator import faults as faults_mod
 from batcher.simulator.config import Faults, Latency, SimConfig
-from batcher.simulator.core import MessageCost
 from batcher.simulator.errors import ApiError
 from batcher.simulator.faults import KINDS, FaultInjector
+from batcher.simulator.records import MessageCost
 
 HEADERS = {"x-api-key": "test", "anthropic-version": facts.API_VERSION}
 BODY = {

@@ -11,9 +11,10 @@ import pytest
 
 from batcher import facts
 from batcher.simulator.config import SimConfig
-from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError
-from batcher.simulator.files import FileStore, clean_filename, mime_type_of, parse_expiry
+from batcher.simulator.files import clean_filename, mime_type_of, parse_expiry
+from batcher.simulator.filestore import FileStore
+from batcher.simulator.ledger import Ledger
 from batcher.simulator.server import RunningSimulator
 from tests.simulator.test_validate import image_bytes
 
@@ -110,7 +111,7 @@ def test_an_expired_file_is_gone_everywhere(client: httpx.Client, simulator: Run
 
 def test_expiry_runs_on_the_stores_clock() -> None:
     now = [1000.0]
-    store = FileStore(Simulator(SimConfig()), clock=lambda: now[0])
+    store = FileStore(Ledger(), clock=lambda: now[0])
     lasting = store.add(b"forever", "a.txt", "text/plain")
     brief = store.add(image_bytes(), "b.png", "image/png", expires_in_s=3600)
     now[0] += 3599.9

@@ -16,8 +16,8 @@ from batcher import facts
 from batcher.simulator import tokens
 from batcher.simulator.answers import PromptCache, instance
 from batcher.simulator.config import SimConfig
+from batcher.simulator.core import process, record
 from batcher.simulator.errors import ApiError
-from batcher.simulator.messages import process, record
 from batcher.simulator.server import RunningSimulator
 from batcher.simulator.validate import check_body
 from tests.simulator.test_validate import b64_image, image_block

@@ -19,7 +19,8 @@ from batcher.simulator import tokens
 from batcher.simulator.config import SimConfig
 from batcher.simulator.core import Simulator
 from batcher.simulator.errors import ApiError
-from batcher.simulator.validate import URL_DEFAULT_SIZE, check_body, parse_betas
+from batcher.simulator.validate import URL_DEFAULT_SIZE, check_body
+from batcher.simulator.wire import parse_betas
 
 HAIKU = "claude-haiku-5-5"  # refuses sampling params, 600 images
 OLD = "claude-haiku-4-5"  # accepts sampling params, 100 images, 200k context
