@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -441,7 +441,7 @@ def prepare_cmd(
     except ImageConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
-    def emit(row: dict) -> None:
+    def emit(row: dict[str, Any]) -> None:
         click.echo(json_line(row) if as_json else human_line(row))
 
     inputs = expand_inputs(paths)

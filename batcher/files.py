@@ -26,6 +26,7 @@ Cleanup (:func:`delete_files`) deletes a job's uploads through the API; a 404 co
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import mimetypes
 import os
 import random
@@ -35,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import anyio
 
@@ -44,6 +45,14 @@ from batcher.api import errors
 from batcher.retry import RetryPolicy, retrying
 from batcher.state import FileRecord
 from batcher.urls import scheme_of
+
+if TYPE_CHECKING:
+    from batcher.api.client import Client
+    from batcher.config import JobConfig
+    from batcher.images.prepare import PreparedImage
+    from batcher.state import JobState
+
+T = TypeVar("T")
 
 #: A recorded file this close to its expiry is uploaded again rather than referred to: a request
 #: that names it may be queued or retried for a while before the API reads it.
@@ -75,6 +84,18 @@ class UploadError(FilesError):
         self.retryable = retryable
         #: nothing the job sends can succeed (401, 402)
         self.fatal = fatal
+
+
+class FileStore(Protocol):
+    """The job state's record of uploaded files, as uploads and deletes use it."""
+
+    def get_file(self, sha256: str) -> FileRecord | None: ...
+
+    def put_file(self, record: FileRecord) -> None: ...
+
+    def delete_file(self, sha256: str) -> None: ...
+
+    def list_files(self) -> list[FileRecord]: ...
 
 
 class _Image(Protocol):
@@ -181,7 +202,7 @@ class FilesBudget:
         self.bucket = RefillBucket(self.rpm)
         self.limiter = anyio.CapacityLimiter(self.concurrency)
 
-    async def call(self, fn: Callable[[], Any]) -> Any:
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """``await fn()`` within the budget, retried on retryable errors; raises the last error."""
         async for attempt in retrying(self.policy, self.rng):
             with attempt:
@@ -222,12 +243,12 @@ class PrepareMemo:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = 0
-        self._items: dict[SourceKey, Any] = {}
+        self._items: dict[SourceKey, PreparedImage] = {}
         self._preparing: dict[SourceKey, anyio.Event] = {}
 
     async def prepare(
-        self, source: str, images_in_request: int, fn: Callable[[str, int], Awaitable[Any]]
-    ) -> Any:
+        self, source: str, images_in_request: int, fn: Callable[[str, int], Awaitable[PreparedImage]]
+    ) -> PreparedImage:
         """``await fn(source, images_in_request)``, or what it answered for this file before.
 
         A failure is not remembered: each row that needs the image meets its error itself.
@@ -259,14 +280,16 @@ class PrepareMemo:
             return None  # the pool reports the file's own error
         return SourceKey(source, st.st_size, st.st_mtime_ns, st.st_ino, images_in_request)
 
-    def get(self, key: SourceKey | None) -> Any:
-        image = self._items.pop(key, None) if key is not None else None
+    def get(self, key: SourceKey | None) -> PreparedImage | None:
+        if key is None:
+            return None
+        image = self._items.pop(key, None)
         if image is not None:
             self._items[key] = image  # most recently used last
             self.hits += 1
         return image
 
-    def put(self, key: SourceKey | None, image: Any) -> None:
+    def put(self, key: SourceKey | None, image: PreparedImage) -> None:
         size = len(image.data)
         if key is None or key in self._items or size > self.max_bytes:
             return
@@ -306,8 +329,8 @@ class FileUploader:
 
     def __init__(
         self,
-        client: Any,
-        state: Any,
+        client: Client,
+        state: FileStore,
         *,
         beta: str = facts.FILES_BETA,
         expires_in_s: int | None = None,
@@ -330,7 +353,7 @@ class FileUploader:
         self._flights: dict[str, _Flight] = {}
 
     @classmethod
-    def for_job(cls, job: Any, client: Any, state: Any) -> FileUploader:
+    def for_job(cls, job: JobConfig, client: Client, state: FileStore) -> FileUploader:
         """The uploader a job's ``[images]`` table asks for."""
         imgs = job.images
         margin = BATCH_EXPIRY_MARGIN_S if job.run.mode == "batch" else EXPIRY_MARGIN_S
@@ -418,8 +441,8 @@ class DeleteReport:
 
 
 async def delete_files(
-    client: Any,
-    state: Any,
+    client: Client,
+    state: FileStore,
     records: Iterable[FileRecord],
     *,
     beta: str = facts.FILES_BETA,
@@ -430,7 +453,7 @@ async def delete_files(
     report = DeleteReport()
     for record in records:
         try:
-            await budget.call(lambda r=record: client.delete_file(r.file_id, beta=beta))
+            await budget.call(functools.partial(client.delete_file, record.file_id, beta=beta))
             report.deleted += 1
         except errors.NotFoundError:
             report.already_gone += 1
@@ -486,7 +509,7 @@ def _when(moment: float | None) -> str:
     return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _open_state(out: Path) -> Any:
+def _open_state(out: Path) -> JobState:
     """The job state of ``out``, or FilesError (there is none, or it cannot be read)."""
     from batcher.state import STATE_FILE, JobState, StateError
 
@@ -576,7 +599,7 @@ def delete_command(out: Path, *, beta: str = facts.FILES_BETA, rpm: float = floa
     return 3 if report.failed else 0
 
 
-async def _delete_all(key: str, base_url: str, state: Any, beta: str, rpm: float) -> DeleteReport:
+async def _delete_all(key: str, base_url: str, state: FileStore, beta: str, rpm: float) -> DeleteReport:
     from batcher.api.client import Client
 
     async with Client(key, base_url, max_connections=4) as client:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -259,7 +259,7 @@ class ModelRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def __iter__(self) -> Iterable[ModelProfile]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[ModelProfile]:
         return iter(self._profiles.values())
 
     def all(self) -> list[ModelProfile]:

@@ -112,12 +112,12 @@ def load_presets(path: Path | None = None) -> tuple[str, dict[str, Limits]]:
     path = path or presets_path()
     with path.open("rb") as fh:
         table = tomllib.load(fh)
-    tiers = {
+    tiers: dict[str, Limits] = {
         name: Limits(t.get("rpm"), t.get("itpm"), t.get("otpm"))
         for name, t in (table.get("tiers") or {}).items()
     }
     default = table.get("default")
-    if default not in tiers:
+    if not isinstance(default, str) or default not in tiers:
         raise RateLimitConfigError(f"{path}: default: {default!r} is not one of its tiers")
     return default, tiers
 

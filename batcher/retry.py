@@ -30,7 +30,7 @@ def backoff_s(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
 
     The jitter spreads clients that failed together so they do not come back together.
     """
-    ceiling = min(policy.cap_s, policy.base_s * 2 ** (attempt - 1))
+    ceiling = min(policy.cap_s, policy.base_s * 2.0 ** (attempt - 1))
     return ceiling * (0.5 + 0.5 * rng.random())
 
 
@@ -62,15 +62,23 @@ def retrying(
         exc = state.outcome.exception() if state.outcome else None
         return wait_for(exc, state.attempt_number, policy, rng) if exc else 0.0
 
-    def waited_too_long(state: tenacity.RetryCallState) -> bool:
-        # Only the sleeps between attempts count: time a row spends queued for its turn under the
-        # rate limits is not retry time (at 500 workers on a tier-1 key that queue is long).
-        return state.idle_for + state.upcoming_sleep > policy.max_wait_s
-
-    return tenacity.AsyncRetrying(
+    controller = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_retryable),
         wait=wait,
-        stop=tenacity.stop_after_attempt(policy.max_attempts) | tenacity.stop_any(waited_too_long),
+        stop=tenacity.stop_after_attempt(policy.max_attempts) | _WaitedTooLong(policy.max_wait_s),
         reraise=True,
-        **({"sleep": sleep} if sleep is not None else {}),
     )
+    # tenacity's default sleep is private, so there is no value to pass for "the default".
+    return controller if sleep is None else controller.copy(sleep=sleep)
+
+
+class _WaitedTooLong(tenacity.stop.stop_base):
+    """Stop once a row's waits between attempts would pass ``max_wait_s``."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        # Only the sleeps between attempts count: time a row spends queued for its turn under the
+        # rate limits is not retry time (at 500 workers on a tier-1 key that queue is long).
+        return state.idle_for + state.upcoming_sleep > self.max_wait_s

@@ -12,6 +12,8 @@ from batcher.simulator.config import SimConfig
 from batcher.simulator.server import RunningSimulator, start_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
+#: The ``make_simulator`` fixture: a simulator started with the given config (None: the defaults).
+MakeSimulator = Callable[..., RunningSimulator]
 SHARED = REPO.parent / "shared"
 
 
@@ -29,7 +31,7 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture
-def openapi(shared_dir: Path) -> dict:
+def openapi(shared_dir: Path) -> dict[str, Any]:
     import json
 
     path = shared_dir / "api" / "anthropic-openapi.json"
@@ -39,7 +41,7 @@ def openapi(shared_dir: Path) -> dict:
 
 
 @pytest.fixture
-def check(openapi: dict) -> Callable[[Any, str], None]:
+def check(openapi: dict[str, Any]) -> Callable[[Any, str], None]:
     """``check(instance, "Message")`` validates against ``#/components/schemas/Message``.
 
     OpenAPI 3.1 schemas are JSON Schema 2020-12; the whole document is registered as one resource
@@ -64,7 +66,7 @@ def check(openapi: dict) -> Callable[[Any, str], None]:
 
 
 @pytest.fixture
-def make_simulator() -> Iterator:
+def make_simulator() -> Iterator[MakeSimulator]:
     """Start simulators with a given config; all are stopped at the end of the test."""
     started: list[RunningSimulator] = []
 
@@ -79,6 +81,6 @@ def make_simulator() -> Iterator:
 
 
 @pytest.fixture
-def simulator(make_simulator) -> RunningSimulator:  # type: ignore[no-untyped-def]
+def simulator(make_simulator: MakeSimulator) -> RunningSimulator:
     """A default simulator: no limits, no latency, no faults."""
     return make_simulator()

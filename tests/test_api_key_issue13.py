@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from batcher.api.client import Client, InvalidKeyError, MissingKeyError, settings_from_env
-from tests.test_run_e2e import batcher, good_rows, messages_sent, write_job
+from tests.helpers import batcher, good_rows, messages_sent, write_job
 
 SECRET = "sk-ant-api03-SECRETSECRET"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -17,10 +16,12 @@ from PIL import Image
 from batcher.batches import BatchBuilder, Pending, classify, next_delay
 from batcher.cost import usage_cost
 from batcher.models import load_registry
-from batcher.runner import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS, RunRequest, run
+from batcher.runner import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.simulator.config import BatchClock, SimConfig
+from batcher.simulator.server import RunningSimulator
 from batcher.sink import read_results
 from batcher.state import JobState
+from tests.helpers import requests_sent, results_by_id, run_job
 
 JOB = """
 [input]
@@ -124,24 +125,8 @@ def write_job(
     return job
 
 
-def run_in_process(job: Path, sim, monkeypatch, *args: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
-    err = io.StringIO()
-    code = run(
-        RunRequest(job_path=job, err=err, out_stream=io.StringIO(), retry_errors="--retry-errors" in args)
-    )
-    return code, err.getvalue()
-
-
-def batches_created(sim) -> int:  # type: ignore[no-untyped-def]
-    return sum(sim.sim.ledger.snapshot()["requests"].get("POST /v1/messages/batches", {}).values())
-
-
-def results(out: Path) -> dict[str, dict]:
-    rows = read_results(out).to_pylist()
-    assert len(rows) == len({r["id"] for r in rows}), "an id appears twice"
-    return {r["id"]: r for r in rows}
+def batches_created(sim: RunningSimulator) -> int:
+    return requests_sent(sim, "POST /v1/messages/batches")
 
 
 def test_good_and_bad_rows_in_batches_same_shape_as_online(
@@ -151,9 +136,9 @@ def test_good_and_bad_rows_in_batches_same_shape_as_online(
 ) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.3)))
     job = write_job(tmp_path, 7, bad=True, extra="batch_max_requests = 3", model="claude-haiku-4-5")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS, err
-    got = results(tmp_path / "out")
+    got = results_by_id(tmp_path / "out")
     assert len(got) == 11
     for i in range(7):
         row = got[f"row-{i:02d}"]
@@ -174,20 +159,20 @@ def test_good_and_bad_rows_in_batches_same_shape_as_online(
         assert {b.status for b in state.list_batches()} == {"collected"}
 
     # A rerun sends nothing.
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS and batches_created(sim) == 3, err
     # --retry-errors sends the row the API refused once more (and it is refused again), once.
-    code, err = run_in_process(job, sim, monkeypatch, "--retry-errors")
+    code, err = run_job(job, sim, monkeypatch, retry_errors=True)
     assert code == EXIT_ROW_ERRORS and batches_created(sim) == 4, err
-    assert results(tmp_path / "out")["too-long"]["attempts"] == 2  # submissions, over all runs
+    assert results_by_id(tmp_path / "out")["too-long"]["attempts"] == 2  # submissions, over all runs
 
     # The same job online: the same columns, the same outcome per row, twice the price.
     online = write_job(tmp_path, 7, mode="online", bad=True, output="out-online", model="claude-haiku-4-5")
-    code, err = run_in_process(online, sim, monkeypatch)
+    code, err = run_job(online, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS, err
     batch_table, online_table = read_results(tmp_path / "out"), read_results(tmp_path / "out-online")
     assert batch_table.schema == online_table.schema
-    on = results(tmp_path / "out-online")
+    on = results_by_id(tmp_path / "out-online")
     assert {k: (v["status"], v["error_type"]) for k, v in on.items()} == {
         k: (v["status"], v["error_type"]) for k, v in got.items()
     }
@@ -210,7 +195,7 @@ def test_submit_and_exit_then_the_next_run_collects_and_submits_nothing(
     now = [0.0]
     sim.sim.batches.clock = lambda: now[0]  # frozen: the batch cannot end until the test says so
     job = write_job(tmp_path, 5, extra="wait = false")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert "batcher run` again collects" in err
     with JobState.open(tmp_path / "out") as state:
@@ -218,13 +203,13 @@ def test_submit_and_exit_then_the_next_run_collects_and_submits_nothing(
         assert batch.request_count == 5 and batch.status == "in_progress"
         assert state.summary().by_status == {"batched": 5}
     # Still running: the next tick polls, submits nothing, exits 75 again.
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE and batches_created(sim) == 1, err
     release(sim)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert batches_created(sim) == 1
-    assert {r["status"] for r in results(tmp_path / "out").values()} == {"ok"}
+    assert {r["status"] for r in results_by_id(tmp_path / "out").values()} == {"ok"}
     listing = subprocess.run(
         [sys.executable, "-m", "batcher.cli", "batches", str(tmp_path / "out"), "--json"],
         capture_output=True,
@@ -238,9 +223,9 @@ def test_submit_and_exit_then_the_next_run_collects_and_submits_nothing(
 def test_expired_requests_are_resubmitted(tmp_path: Path, make_simulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2, expire_share=0.25)))
     job = write_job(tmp_path, 8)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    got = results(tmp_path / "out")
+    got = results_by_id(tmp_path / "out")
     assert len(got) == 8 and {r["status"] for r in got.values()} == {"ok"}
     # 2 of 8 expired in the first batch and went again in a second (round(2 * 0.25) == 0 expire)
     assert batches_created(sim) == 2
@@ -255,22 +240,22 @@ def test_rows_that_keep_expiring_are_left_for_the_next_run(
 ) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.1, expire_share=1.0)))
     job = write_job(tmp_path, 3)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert batches_created(sim) == 3, "max_attempts = 3 submissions a row per run"
     sim.sim.config.batches.expire_share = 0.0
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    assert len(results(tmp_path / "out")) == 3
+    assert len(results_by_id(tmp_path / "out")) == 3
 
 
 def test_the_budget_stops_submission_at_the_batch_price(tmp_path: Path, make_simulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.1)))
     # ~$0.0000137 worst case a row at the batch price; room for 4 of 10
     job = write_job(tmp_path, 10, extra="\n[limits]\nbudget_usd = 0.00006")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
-    got = results(tmp_path / "out")
+    got = results_by_id(tmp_path / "out")
     assert 0 < len(got) < 10
     assert sum(r["cost_usd"] for r in got.values()) <= 0.00006
 
@@ -327,9 +312,9 @@ def test_sigint_while_waiting_cancels_the_batch_and_the_rerun_finishes(
     [batch] = sim.sim.batches.all()
     assert batch.cancel_at_s is not None
     release(sim)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    got = results(tmp_path / "out")
+    got = results_by_id(tmp_path / "out")
     assert len(got) == 6 and {r["status"] for r in got.values()} == {"ok"}
     assert batches_created(sim) == 2, "the canceled rows went again, the answered ones did not"
     assert sim.sim.ledger.snapshot()["double_charged"] == []
@@ -340,7 +325,7 @@ def test_batches_cancel_from_another_shell(tmp_path: Path, make_simulator, monke
     now = [0.0]
     sim.sim.batches.clock = lambda: now[0]
     job = write_job(tmp_path, 3, extra="wait = false")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     done = _cli(tmp_path / "out", sim, "batches", "--cancel")
     out, err = done.communicate(timeout=60)
@@ -349,9 +334,9 @@ def test_batches_cancel_from_another_shell(tmp_path: Path, make_simulator, monke
     release(sim)
     # collects what the canceled batch answered, resubmits the rest and, waiting now, collects it
     job.write_text(job.read_text().replace("wait = false", "wait = true"))
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    assert len(results(tmp_path / "out")) == 3 and batches_created(sim) == 2
+    assert len(results_by_id(tmp_path / "out")) == 3 and batches_created(sim) == 2
 
 
 # --- batch mode with the Files transport -----------------------------------------------------------
@@ -386,11 +371,11 @@ def test_batch_mode_with_files_uploads_each_image_once_and_deletes_them_at_the_e
 ) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
     job = _files_batch_job(tmp_path, 3, delete_at_end=True)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     ledger = sim.sim.ledger.snapshot()
     assert sorted(ledger["uploads_by_hash"].values()) == [1, 1, 1, 1]
-    out = results(tmp_path / "out")
+    out = results_by_id(tmp_path / "out")
     assert len(out) == 12 and {r["status"] for r in out.values()} == {"ok"}
     assert {r["mode"] for r in out.values()} == {"batch"}
     assert {r["images"][0]["transport"] for r in out.values()} == {"file"}
@@ -405,7 +390,7 @@ def test_batch_mode_uploads_again_a_file_id_the_api_no_longer_knows(
 ) -> None:  # type: ignore[no-untyped-def]
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
     job = _files_batch_job(tmp_path, 1, delete_at_end=False)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     with JobState.open(tmp_path / "out") as state:
         before = {f.sha256: f.file_id for f in state.list_files()}
@@ -414,11 +399,11 @@ def test_batch_mode_uploads_again_a_file_id_the_api_no_longer_knows(
     # More questions over the same images: the batch answers 404 for the rows on the gone file;
     # they are uploaded again and resubmitted in the same run, and answered.
     _files_batch_job(tmp_path, 3, delete_at_end=False)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     uploads = sim.sim.ledger.snapshot()["uploads_by_hash"]
     assert uploads == {h: 2 if h == gone_hash else 1 for h in before}
-    out = results(tmp_path / "out")
+    out = results_by_id(tmp_path / "out")
     assert len(out) == 12 and {r["status"] for r in out.values()} == {"ok"}, {
         k: r["error_message"] for k, r in out.items() if r["status"] != "ok"
     }

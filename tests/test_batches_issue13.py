@@ -21,16 +21,14 @@ from batcher.records import Result, Row
 from batcher.runner import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.state import JobState
+from tests.helpers import messages_sent, results_by_id, run_job
 from tests.test_batches import (
     batches_created,
     frozen,
     interrupt_while_waiting,
     release,
-    results,
-    run_in_process,
     write_job,
 )
-from tests.test_run_e2e import messages_sent
 
 
 def charges(sim) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -57,7 +55,7 @@ def statuses(out: Path) -> dict[str, int]:
 def submit_and_leave(tmp_path: Path, sim, monkeypatch, n: int) -> Path:  # type: ignore[no-untyped-def]
     """A batch-mode job with ``wait = false``: its rows go into one batch and the run exits 75."""
     job = write_job(tmp_path, n, extra="wait = false")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert batches_created(sim) == 1 and statuses(tmp_path / "out") == {"batched": n}
     return job
@@ -74,7 +72,7 @@ def test_an_online_run_never_sends_rows_in_a_live_batch(
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.5)))
     frozen(sim)
     job = write_job(tmp_path, 6, extra="wait = false")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert batches_created(sim) == 1
     assert statuses(tmp_path / "out") == {"batched": 6}
@@ -84,7 +82,7 @@ def test_an_online_run_never_sends_rows_in_a_live_batch(
 
     # The same job switched to online while its batch runs: nothing of it is sent.
     to_mode(job, "online")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert messages_sent(sim) == 0, "rows in a live batch were sent online"
     assert "6 rows are in 1 live batch" in err and f"batcher batches {tmp_path / 'out'}" in err, err
@@ -92,25 +90,25 @@ def test_an_online_run_never_sends_rows_in_a_live_batch(
 
     # Two rows join the manifest: the online run sends those (and only those), still exits 75.
     online = write_job(tmp_path, 8, mode="online")
-    code, err = run_in_process(online, sim, monkeypatch)
+    code, err = run_job(online, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert messages_sent(sim) == 2 and charges(sim) == {"row-06": 1, "row-07": 1}
     assert statuses(tmp_path / "out") == {"batched": 6, "ok": 2}
 
     # The batch ends; an online run collects it: one answer a row, each billed once, exit 0.
     release(sim)
-    code, err = run_in_process(online, sim, monkeypatch)
+    code, err = run_job(online, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert "collected 6 rows from 1 ended batch" in err, err
     assert messages_sent(sim) == 2
-    got = results(tmp_path / "out")
+    got = results_by_id(tmp_path / "out")
     assert len(got) == 8 and {r["status"] for r in got.values()} == {"ok"}
     assert {k for k, r in got.items() if r["mode"] == "batch"} == {f"row-{i:02d}" for i in range(6)}
     assert charges(sim) == once_each(8)
     with JobState.open(tmp_path / "out") as state:
         assert {b.status for b in state.list_batches()} == {COLLECTED}
     # And a batch-mode run afterwards has nothing to do.
-    code, err = run_in_process(job.with_name("batch.toml"), sim, monkeypatch)
+    code, err = run_job(job.with_name("batch.toml"), sim, monkeypatch)
     assert code == EXIT_OK and batches_created(sim) == 1 and charges(sim) == once_each(8), err
 
 
@@ -126,10 +124,10 @@ def test_the_next_run_of_either_mode_collects_an_ended_batch(
     job = submit_and_leave(tmp_path, sim, monkeypatch, 4)
     release(sim)
     to_mode(job, mode)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert batches_created(sim) == 1 and messages_sent(sim) == 0
-    assert {r["mode"] for r in results(tmp_path / "out").values()} == {"batch"}
+    assert {r["mode"] for r in results_by_id(tmp_path / "out").values()} == {"batch"}
     assert charges(sim) == once_each(4)
 
 
@@ -155,10 +153,10 @@ def test_a_row_the_ended_batch_has_no_result_for_is_sent_again(
     batch.result_lines = without_expired  # type: ignore[method-assign]
     release(sim)
     to_mode(job, "online")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert messages_sent(sim) == 1, "only the row without a result goes online"
-    got = results(tmp_path / "out")
+    got = results_by_id(tmp_path / "out")
     assert len(got) == 4 and {r["status"] for r in got.values()} == {"ok"}
     assert sorted(r["mode"] for r in got.values()) == ["batch", "batch", "batch", "online"]
     [again] = [r for r in got.values() if r["mode"] == "online"]
@@ -177,7 +175,7 @@ def test_the_rows_of_a_batch_gone_from_the_api_are_sent_again(
     [batch] = sim.sim.batches.all()
     sim.sim.batches.remove(batch.id)  # the API answers 404 for it from now on
     to_mode(job, "online")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert f"batch {batch.id} is gone from the API; its 3 unanswered rows will be sent again" in err
     assert messages_sent(sim) == 3 and charges(sim) == once_each(3)
@@ -216,15 +214,15 @@ def test_a_cancelled_batch_holds_its_rows_until_it_ends(
 
     # Cancelling, not ended: the batch may still answer, so an online run sends none of it.
     to_mode(job, "online")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert messages_sent(sim) == 0 and "6 rows are in 1 live batch" in err, err
 
     # Ended: what it answered is collected, the canceled rows go online; each billed once.
     now[0] = 0.7
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
-    got = results(tmp_path / "out")
+    got = results_by_id(tmp_path / "out")
     assert sorted(r["mode"] for r in got.values()) == ["batch"] * 3 + ["online"] * 3
     assert messages_sent(sim) == 3 and charges(sim) == once_each(6)
 
@@ -237,26 +235,26 @@ def test_retry_errors_does_not_send_an_error_row_that_is_in_a_live_batch(
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
     job = write_job(tmp_path, 1, bad=True, model="claude-haiku-4-5", extra="wait = false")
     job.write_text(job.read_text().replace("wait = false", "wait = true"))
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS, err
-    assert results(tmp_path / "out")["too-long"]["error_type"] == "invalid_request_error"
+    assert results_by_id(tmp_path / "out")["too-long"]["error_type"] == "invalid_request_error"
     # Retried in a batch that does not end yet: the row is in it.
     frozen(sim)
     job.write_text(job.read_text().replace("wait = true", "wait = false"))
-    code, err = run_in_process(job, sim, monkeypatch, "--retry-errors")
+    code, err = run_job(job, sim, monkeypatch, retry_errors=True)
     assert code == EXIT_INCOMPLETE and batches_created(sim) == 2, err
     with JobState.open(tmp_path / "out") as state:
         assert state.status_of("too-long") == "batched"
     # Online --retry-errors retries the other error rows (local ones: no request) but not that one.
     to_mode(job, "online")
-    code, err = run_in_process(job, sim, monkeypatch, "--retry-errors")
+    code, err = run_job(job, sim, monkeypatch, retry_errors=True)
     assert code == EXIT_INCOMPLETE, err
     assert messages_sent(sim) == 0 and "1 row is in 1 live batch" in err, err
     release(sim)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS, err
     assert messages_sent(sim) == 0
-    too_long = results(tmp_path / "out")["too-long"]
+    too_long = results_by_id(tmp_path / "out")["too-long"]
     assert too_long["mode"] == "batch" and too_long["attempts"] == 2
 
 
@@ -278,11 +276,11 @@ def test_rows_of_a_live_batch_not_marked_batched_are_adopted(
         else:
             db.execute("UPDATE results SET status = ?", (old_status,))
     to_mode(job, "online")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_INCOMPLETE, err
     assert messages_sent(sim) == 0 and statuses(tmp_path / "out") == {"batched": 5}
     release(sim)
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert messages_sent(sim) == 0 and charges(sim) == once_each(5)
 
@@ -294,7 +292,7 @@ def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_
     run adopts its rows again and collects it again; each row keeps its one outcome and cost."""
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
     job = write_job(tmp_path, 2, bad=True, model="claude-haiku-4-5")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_ROW_ERRORS, err
     with JobState.open(tmp_path / "out") as state:
         before = (state.summary().by_status, state.summary().cost_usd)
@@ -302,7 +300,7 @@ def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_
         db.execute("UPDATE batches SET status = 'ended'")
     for mode in ("batch", "online"):
         to_mode(job, mode)
-        code, err = run_in_process(job, sim, monkeypatch)
+        code, err = run_job(job, sim, monkeypatch)
         assert code == EXIT_ROW_ERRORS, err
         with JobState.open(tmp_path / "out") as state:
             assert (state.summary().by_status, state.summary().cost_usd) == before
@@ -310,7 +308,7 @@ def test_a_batch_collected_before_a_crash_is_collected_again_without_changing_a_
         with sqlite3.connect(tmp_path / "out" / "state.sqlite") as db:
             db.execute("UPDATE batches SET status = 'ended'")
     assert batches_created(sim) == 1 and messages_sent(sim) == 0
-    assert results(tmp_path / "out")["too-long"]["attempts"] == 1
+    assert results_by_id(tmp_path / "out")["too-long"]["attempts"] == 1
 
 
 def test_an_online_run_counts_what_live_batches_hold_against_the_budget(
@@ -323,13 +321,13 @@ def test_an_online_run_counts_what_live_batches_hold_against_the_budget(
     # ~$0.0000137 worst case a row at the batch price, twice that online: 4 rows fit in batches,
     # and what is left after their holds is less than one row online.
     job = write_job(tmp_path, 10, extra="wait = false\n[limits]\nbudget_usd = 0.00006")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
     with JobState.open(tmp_path / "out") as state:
         [batch] = state.list_batches()
         assert 0 < batch.request_count < 10
     to_mode(job, "online")
-    code, err = run_in_process(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
     assert messages_sent(sim) == 0, "the budget the live batch holds was spent again online"
 

@@ -11,9 +11,9 @@ import pytest
 from batcher.budget import Budget
 from batcher.cost import usage_cost
 from batcher.models import load_registry
-from batcher.runner import EXIT_BUDGET, EXIT_OK, RunRequest, run
+from batcher.runner import EXIT_BUDGET, EXIT_OK
 from batcher.simulator.config import SimConfig
-from tests.test_run_e2e import good_rows, results_by_id, write_job
+from tests.helpers import good_rows, results_by_id, run_job, write_job
 
 
 def test_a_hold_that_does_not_fit_is_refused_and_latches() -> None:
@@ -37,14 +37,6 @@ def test_earlier_spend_counts_from_the_start() -> None:
     assert not Budget(limit_usd=1.0, spent_usd=0.99).reserve(0.02)
 
 
-def _run(job: Path, sim, monkeypatch) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
-    err, out = io.StringIO(), io.StringIO()
-    code = run(RunRequest(job_path=job, err=err, out_stream=out))
-    return code, err.getvalue()
-
-
 def _billed(sim) -> float:  # type: ignore[no-untyped-def]
     """What the simulator would bill for everything it answered, at the job's model's prices."""
     led = sim.sim.ledger.snapshot()
@@ -64,7 +56,7 @@ def test_the_budget_stops_the_run_with_exit_5_and_spend_within_it(
     budget = 0.0002
     job.write_text(job.read_text() + f"\n[limits]\nbudget_usd = {budget}\n")
 
-    code, err = _run(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
     assert "stopped by the budget" in err and "of $0.0002" in err
     done = results_by_id(tmp_path / "out")
@@ -75,13 +67,13 @@ def test_the_budget_stops_the_run_with_exit_5_and_spend_within_it(
     assert spent == pytest.approx(_billed(sim))
 
     # Again with the same budget: earlier spend counts, so little or nothing more is sent.
-    code, err = _run(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
     assert _billed(sim) <= budget
 
     # A bigger budget lets the job finish; the state's spend is the whole bill.
     job.write_text(job.read_text().replace(f"budget_usd = {budget}", "budget_usd = 1.0"))
-    code, err = _run(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert len(results_by_id(tmp_path / "out")) == len(rows)
     from batcher.status import show_status
@@ -96,6 +88,6 @@ def test_a_budget_already_spent_sends_nothing(tmp_path: Path, make_simulator, mo
     sim = make_simulator(SimConfig())
     job = write_job(tmp_path, good_rows(tmp_path, 3))
     job.write_text(job.read_text() + "\n[limits]\nbudget_usd = 0.000001\n")
-    code, err = _run(job, sim, monkeypatch)
+    code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
     assert "POST /v1/messages" not in sim.sim.ledger.snapshot()["requests"]

@@ -219,7 +219,7 @@ def test_batcher_run_refuses_a_bad_output_placeholder_in_one_line(
     simulator,  # type: ignore[no-untyped-def]
     output: str,
 ) -> None:
-    from tests.test_run_e2e import batcher, good_rows, messages_sent, write_job
+    from tests.helpers import batcher, good_rows, messages_sent, write_job
 
     job = write_job(tmp_path, good_rows(tmp_path, 1))
     job.write_text(job.read_text().replace('output = "out"', f'output = "{output}"'))
@@ -242,7 +242,7 @@ def test_batcher_run_refuses_a_quoted_number_or_boolean_in_one_line(
     line: str,
     key: str,
 ) -> None:
-    from tests.test_run_e2e import batcher, good_rows, messages_sent, write_job
+    from tests.helpers import batcher, good_rows, messages_sent, write_job
 
     job = write_job(tmp_path, good_rows(tmp_path, 1))
     job.write_text(job.read_text().replace("concurrency = 8", line))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batcher.ratelimit import describe, short_number
-from tests.test_run_e2e import batcher, good_rows, write_job
+from tests.helpers import batcher, good_rows, write_job
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_status_after_a_run_without_limits_says_no_limits(tmp_path: Path, simula
 
 
 def test_a_row_whose_image_fails_names_the_path_once(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_run_e2e import results_by_id
+    from tests.helpers import results_by_id
 
     rows = good_rows(tmp_path, 1)
     (tmp_path / "images" / "empty.jpg").write_bytes(b"")

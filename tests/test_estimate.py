@@ -28,6 +28,7 @@ from batcher.runner import EXIT_OK, RunRequest, run
 from batcher.simulator import tokens as sim_tokens
 from batcher.simulator.config import SimConfig
 from batcher.tokens import estimate_text_tokens
+from tests.helpers import estimate_json
 
 REGISTRY = load_registry()
 HAIKU = REGISTRY["claude-haiku-5-5"]
@@ -288,12 +289,7 @@ def test_the_command_json_and_a_failing_row(tmp_path: Path) -> None:
     job_path = mixed_job(tmp_path, "claude-haiku-5-5", extra="\n[limits]\nrpm = 60\nbudget_usd = 0.001\n")
     with (tmp_path / "manifest.jsonl").open("a") as fh:
         fh.write(json.dumps({"id": "gone", "image": "nope.jpg"}) + "\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "batcher.cli", "estimate", str(job_path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = estimate_json(job_path)
     assert done.returncode == 0, done.stderr
     est = json.loads(done.stdout)
     for key in ("rows", "images", "input_tokens", "output_tokens_max", "cost_usd_online", "cost_usd_batch"):

@@ -6,7 +6,6 @@ fast; the simulator's ledger is the witness of what was uploaded and what the me
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,9 +17,8 @@ from PIL import Image
 
 from batcher.api.client import Client
 from batcher.cli import main
-from batcher.runner import RunRequest, run
-from batcher.sink import read_results
 from batcher.state import JobState
+from tests.helpers import results_by_id, run_job
 
 JOB = """
 [input]
@@ -76,26 +74,12 @@ def rows_over(images: list[str], questions: int, start: int = 0) -> list[dict]:
     ]
 
 
-def run_job(job: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
-    err = io.StringIO()
-    code = run(RunRequest(job_path=job, err=err, out_stream=io.StringIO()))
-    return code, err.getvalue()
-
-
 def ledger(sim: Any) -> dict[str, Any]:
     return sim.sim.ledger.snapshot()  # type: ignore[no-any-return]
 
 
 def file_images(sim: Any) -> int:
     return sum(1 for seen in ledger(sim)["images"] if seen["source"] == "file")
-
-
-def results(out: Path) -> dict[str, dict]:
-    rows = read_results(out).to_pylist()
-    assert len(rows) == len({r["id"] for r in rows})
-    return {r["id"]: r for r in rows}
 
 
 def test_300_rows_over_30_images_upload_30_and_a_rerun_uploads_nothing(
@@ -115,7 +99,7 @@ def test_300_rows_over_30_images_upload_30_and_a_rerun_uploads_nothing(
     reused = int(err.split(" images prepared once")[0].rsplit(" ", 1)[1].replace(",", ""))
     assert reused == 270
 
-    out = results(tmp_path / "out")
+    out = results_by_id(tmp_path / "out")
     assert len(out) == 300 and {r["status"] for r in out.values()} == {"ok"}
     state = JobState.open(tmp_path / "out")
     try:
@@ -138,7 +122,7 @@ def test_300_rows_over_30_images_upload_30_and_a_rerun_uploads_nothing(
     assert code == 0, err
     assert ledger(simulator)["uploads_by_hash"] == uploads
     assert file_images(simulator) == 360
-    assert len(results(tmp_path / "out")) == 360
+    assert len(results_by_id(tmp_path / "out")) == 360
 
 
 def test_fifty_concurrent_rows_on_one_image_upload_it_once(
@@ -193,7 +177,7 @@ def test_deleted_and_expired_file_ids_are_uploaded_again_once(
         state.close()
     assert after[first[0]] != first[1] and after[second[0]] != second[1]
     assert all(simulator.sim.files.get(file_id) is not None for file_id in after.values())
-    out = results(tmp_path / "out")
+    out = results_by_id(tmp_path / "out")
     assert len(out) == 16 and {r["status"] for r in out.values()} == {"ok"}
     # Every row shows the id that answered; one that met a 404 counts the attempts of both sends.
     assert {r["images"][0]["file_id"] for r in out.values()} >= set(after.values())
@@ -220,7 +204,7 @@ def test_an_upload_failure_fails_only_the_rows_that_need_that_image(
     monkeypatch.setattr(Client, "upload_file", refuse_img001)
     code, err = run_job(job, simulator, monkeypatch)
     assert code == 3, err
-    out = results(tmp_path / "out")
+    out = results_by_id(tmp_path / "out")
     for row_id, row in out.items():
         if "001" in row_id:
             assert row["status"] == "error" and row["error_type"] == "upload_failed"
@@ -254,13 +238,13 @@ def test_an_upload_out_of_retries_leaves_its_rows_for_the_next_run(
     code, err = run_job(job, simulator, monkeypatch)
     assert code == 75, err
     assert tries and all(n % 5 == 0 for n in tries.values())  # UPLOAD_POLICY's attempts, per flight
-    out = results(tmp_path / "out")
+    out = results_by_id(tmp_path / "out")
     assert set(out) == {"r000-q0", "r000-q1"}  # the img001 rows are not final: not in the results
 
     monkeypatch.setattr(Client, "upload_file", real_upload)
     code, err = run_job(job, simulator, monkeypatch)
     assert code == 0, err
-    out = results(tmp_path / "out")
+    out = results_by_id(tmp_path / "out")
     assert len(out) == 4 and {r["status"] for r in out.values()} == {"ok"}
     assert set(ledger(simulator)["uploads_by_hash"].values()) == {1}
 

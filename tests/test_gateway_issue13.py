@@ -13,7 +13,8 @@ import pytest
 from batcher.api.errors import from_response, is_api_error_body
 from batcher.runner import EXIT_CONFIG, EXIT_OK, model_check_verdict
 from batcher.simulator.config import SimConfig
-from tests.test_runner_models import BEFORE, requests, run_job, write_job
+from tests.helpers import run_job
+from tests.test_runner_models import BEFORE, requests, write_job
 
 API_404 = {"type": "error", "error": {"type": "not_found_error", "message": "model: x"}, "request_id": "r"}
 

@@ -14,8 +14,8 @@ import pytest
 from batcher.manifest import ManifestError, count_lines, open_manifest, utf8_problem
 from batcher.records import Row
 from batcher.sink import read_results
+from tests.helpers import batcher, make_images, messages_sent, results_by_id
 from tests.test_manifest import count_rows_traced
-from tests.test_run_e2e import batcher, make_images, messages_sent, results_by_id
 
 
 def _open(path: Path, **kw):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import pytest
 
 from batcher.manifest import open_manifest
 from batcher.records import Result
-from tests.test_run_e2e import JOB, batcher, good_rows, messages_sent, results_by_id
+from tests.helpers import JOB, batcher, good_rows, messages_sent, results_by_id
 
 NON_FINITE = [math.nan, math.inf, -math.inf]
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from batcher.cli import main
 from batcher.images.errors import NotAFile
 from batcher.images.prepare import prepare_file, probe_size
 from batcher.models import load_registry
-from tests.test_run_e2e import batcher, good_rows, messages_sent, results_by_id, write_job
+from tests.helpers import batcher, estimate_json, good_rows, messages_sent, results_by_id, write_job
 
 NOT_FILES = ("fifo", "zero", "urandom", "folder")
 
@@ -103,11 +101,6 @@ def test_estimate_counts_not_a_file_and_does_not_hang(tmp_path: Path) -> None:
     ]
     job = write_job(tmp_path, rows)
     with unblocking(paths["fifo"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = estimate_json(job)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["failures"] == {"not_a_file": len(NOT_FILES)}

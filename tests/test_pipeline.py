@@ -20,6 +20,7 @@ from batcher.models import load_registry
 from batcher.pipeline import Pipeline, hold_limit
 from batcher.records import Row
 from batcher.simulator.config import Latency, RateLimits, SimConfig
+from tests.helpers import messages_sent
 
 pytestmark = pytest.mark.anyio
 
@@ -98,10 +99,6 @@ def _pipeline(client: Client, concurrency: int, pool: CountingPool, state: Memor
     return Pipeline(job=job, profile=profile, client=client, state=state, sink=NoSink(), pool=pool)
 
 
-def _messages(sim: Any) -> int:
-    return sum(sim.sim.ledger.snapshot()["requests"].get("POST /v1/messages", {}).values())
-
-
 def test_hold_limit() -> None:
     assert hold_limit(4, True, 2) == 9
     assert hold_limit(500, False, 2) == 5  # before the first answer: what the preparers make
@@ -130,7 +127,7 @@ async def test_concurrency_500_on_a_slow_key_reads_ahead_only_what_the_limits_le
     # what the request stage holds plus the small buffer between the stages, far below 500
     assert read_ahead <= 40, read_ahead
     assert took < 2.0, f"stop took {took:.1f}s with rows waiting for the limits"
-    assert _messages(sim) == len(state.results)  # nothing sent after the stop
+    assert messages_sent(sim) == len(state.results)  # nothing sent after the stop
 
 
 async def test_stop_ends_retry_waits_at_once(make_simulator) -> None:  # type: ignore[no-untyped-def]
@@ -144,7 +141,7 @@ async def test_stop_ends_retry_waits_at_once(make_simulator) -> None:  # type: i
         async with anyio.create_task_group() as tg:
             tg.start_soon(pipeline.run, _rows(50))
             with anyio.fail_after(10):
-                while _messages(sim) < 8:
+                while messages_sent(sim) < 8:
                     await anyio.sleep(0.02)
             stopped_at = time.monotonic()
             pipeline.stop("test")

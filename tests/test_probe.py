@@ -9,7 +9,7 @@ import pytest
 
 from batcher import probe
 from batcher.models import build_registry, load_registry, packaged_models_path
-from tests.test_run_e2e import batcher, good_rows, messages_sent, results_by_id, write_job
+from tests.helpers import batcher, estimate_json, good_rows, messages_sent, results_by_id, write_job
 
 KNOWN = [(1568, 1568), (2576, 4784)]
 
@@ -83,15 +83,8 @@ def test_run_probes_an_unknown_model_once_and_sends_at_its_size(tmp_path: Path, 
 
     # `batcher estimate` uses the probed profile too: its image tokens are what the API counted.
     import json
-    import subprocess
-    import sys
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = estimate_json(job)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["image_tokens"] == simulator.sim.ledger.snapshot()["image_tokens"]
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from batcher.simulator.config import Latency, RateLimits, SimConfig
-from tests.test_run_e2e import batcher, good_rows, results_by_id, write_job
+from tests.helpers import batcher, good_rows, results_by_id, write_job
 
 
 def test_a_job_that_sets_nothing_sits_on_the_limit_without_storms(tmp_path: Path, make_simulator) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Repository-wide checks: lint clean, and a CLI that starts light."""
+"""Repository-wide checks: lint clean, formatted, typed, and a CLI that starts light."""
 
 from __future__ import annotations
 
@@ -6,14 +6,33 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
-def test_ruff_is_clean() -> None:
+def _ruff(*args: str) -> subprocess.CompletedProcess[str]:
     ruff = shutil.which("ruff")
     cmd = [ruff] if ruff else [sys.executable, "-m", "ruff"]
+    return subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_ruff_is_clean() -> None:
+    result = _ruff("check", "batcher", "tests", "scripts")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tree_is_ruff_formatted() -> None:
+    result = _ruff("format", "--check", "batcher", "tests", "scripts")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.xfail(strict=False, reason="issue 14: core/state/simulator still being typed")
+def test_mypy_strict_is_clean() -> None:
+    # The settings (strict, the package as its files) are pyproject.toml's [tool.mypy]: run from
+    # the repository root with no arguments, mypy checks what CI and a developer would.
     result = subprocess.run(
-        [*cmd, "check", "batcher", "tests", "scripts"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,91 +13,15 @@ import pytest
 from PIL import Image
 
 from batcher.simulator.config import Faults, Latency, RateLimits, SimConfig
-from batcher.simulator.server import RunningSimulator
 from batcher.sink import read_results
-
-JOB = """
-[input]
-manifest = "manifest.jsonl"
-id_column = "id"
-image_column = "image"
-prompt = "Say what you see in this {{kind}}. nonce={{id}}"
-
-[request]
-model = "claude-haiku-5-5"
-max_tokens = 60
-
-[run]
-output = "out"
-concurrency = {concurrency}
-max_attempts = {max_attempts}
-part_rows = {part_rows}
-"""
-
-
-def make_images(folder: Path, n: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(n):
-        name = f"good{i:03d}.jpg"
-        colour = (i * 40 % 256, 90, 255 - i * 40 % 256)
-        Image.new("RGB", (320 + i, 240), colour).save(folder / name, quality=90)
-        names.append(f"images/{name}")
-    return names
-
-
-def write_job(
-    tmp: Path, rows: list[dict], *, concurrency: int = 8, max_attempts: int = 4, part_rows: int = 5000
-) -> Path:
-    # nonce={id}: the simulator echoes it, so each answer proves which row it belongs to.
-    with (tmp / "manifest.jsonl").open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    job = tmp / "job.toml"
-    text = JOB.format(concurrency=concurrency, max_attempts=max_attempts, part_rows=part_rows)
-    job.write_text(text)
-    return job
-
-
-def good_rows(tmp: Path, n: int, start: int = 0) -> list[dict]:
-    names = make_images(tmp / "images", start + n)
-    return [{"id": f"row-{i:03d}", "image": names[i], "kind": "photo"} for i in range(start, start + n)]
-
-
-def batcher(
-    job: Path, sim: RunningSimulator | None, *args: str, key: str | None = "test-key", wait: bool = True
-) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    if key is not None:
-        env["ANTHROPIC_API_KEY"] = key
-    if sim is not None:
-        env["ANTHROPIC_BASE_URL"] = sim.base_url
-    cmd = [sys.executable, "-m", "batcher.cli", "run", str(job), *args]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def messages_sent(sim: RunningSimulator) -> int:
-    counts = sim.sim.ledger.snapshot()["requests"].get("POST /v1/messages", {})
-    return sum(counts.values())
-
-
-def wait_for_messages(
-    sim: RunningSimulator, n: int, proc: subprocess.Popen[str], *, timeout_s: float = 30, poll_s: float = 0.05
-) -> None:
-    """Until the simulator has had ``n`` messages requests from the running ``proc``."""
-    deadline = time.monotonic() + timeout_s
-    while messages_sent(sim) < n:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(poll_s)
-
-
-def results_by_id(out: Path) -> dict[str, dict]:
-    rows = read_results(out).to_pylist()
-    ids = [r["id"] for r in rows]
-    assert len(ids) == len(set(ids)), "an id appears twice in the results"
-    return {r["id"]: r for r in rows}
+from tests.helpers import (
+    batcher,
+    good_rows,
+    messages_sent,
+    results_by_id,
+    wait_for_messages,
+    write_job,
+)
 
 
 def test_mixed_manifest_good_rows_answered_bad_rows_named(tmp_path: Path, simulator) -> None:  # type: ignore[no-untyped-def]

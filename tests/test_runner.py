@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batcher.runner import EXIT_FATAL, EXIT_OK, RunRequest, run
+from batcher.runner import EXIT_FATAL, EXIT_OK
 from batcher.sink import Sink
 from batcher.state import JobState
+from tests.helpers import messages_sent, run_job
 
 JOB = """
 [input]
@@ -41,13 +41,6 @@ def write_job(tmp: Path, n: int) -> Path:
     return tmp / "job.toml"
 
 
-def run_job(job: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
-    err = io.StringIO()
-    return run(RunRequest(job_path=job, err=err, out_stream=io.StringIO())), err.getvalue()
-
-
 def test_a_full_disk_mid_run_stops_with_one_line_and_keeps_every_answer(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -65,11 +58,11 @@ def test_a_full_disk_mid_run_stops_with_one_line_and_keeps_every_answer(
     with JobState.open(tmp_path / "out") as state:
         answered = state.summary().by_status.get("ok", 0)
     assert answered >= 1  # recorded in the state before the export failed
-    sent = sum(simulator.sim.ledger.snapshot()["requests"]["POST /v1/messages"].values())
+    sent = messages_sent(simulator)
 
     # The disk has room again: the rerun exports what was answered and sends only the rest.
     monkeypatch.setattr(Sink, "export", real_export)
     code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_OK, err
-    after = sum(simulator.sim.ledger.snapshot()["requests"]["POST /v1/messages"].values())
+    after = messages_sent(simulator)
     assert after - sent == 8 - answered

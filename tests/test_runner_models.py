@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batcher.runner import EXIT_CONFIG, EXIT_OK, RunRequest, run
+from batcher.runner import EXIT_CONFIG, EXIT_OK
 from batcher.simulator.config import SimConfig
+from tests.helpers import run_job
 
 JOB = """
 [input]
@@ -44,14 +44,6 @@ def write_job(
     job = tmp / "job.toml"
     job.write_text(JOB.format(model=model, max_tokens=max_tokens, mode=mode))
     return job
-
-
-def run_job(job: Path, sim: Any, monkeypatch: pytest.MonkeyPatch, today: dt.date) -> tuple[int, str]:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
-    err = io.StringIO()
-    code = run(RunRequest(job_path=job, err=err, out_stream=io.StringIO(), today=today))
-    return code, err.getvalue()
 
 
 def requests(sim: Any) -> dict[str, int]:

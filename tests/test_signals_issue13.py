@@ -19,9 +19,9 @@ from batcher.api.client import Client
 from batcher.images.pool import ImagePool, _run_task, _Task
 from batcher.models import load_registry
 from batcher.records import Row
+from tests.helpers import batcher, good_rows, results_by_id, write_job
 from tests.image_server import jpeg_bytes, serve_images
 from tests.test_pipeline import MemoryState, _pipeline
-from tests.test_run_e2e import batcher, good_rows, results_by_id, write_job
 
 #: The source a :func:`stuck_work` worker hangs on, as a decoder in a loop or a read that never ends.
 STUCK = "stuck.jpg"

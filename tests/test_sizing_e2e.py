@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from batcher.models import load_registry
-from tests.test_run_e2e import batcher, results_by_id, write_job
+from tests.helpers import batcher, results_by_id, write_job
 
 SIZES = [(1075, 1520), (2000, 1500), (3840, 2160), (1092, 1092), (640, 480), (6000, 800), (300, 3000)]
 

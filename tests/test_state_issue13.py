@@ -4,8 +4,6 @@ starts sending before (or without) a full sync of the manifest."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import sqlite3
 import time
@@ -19,8 +17,8 @@ from PIL import Image
 
 from batcher import resume
 from batcher.records import HASHED_CUSTOM_ID_PREFIX, Result, Row, custom_id_for
-from batcher.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROW_ERRORS, RunRequest, run
-from batcher.sink import REMOVED_DIR, REMOVED_FILE, read_results
+from batcher.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROW_ERRORS
+from batcher.sink import REMOVED_DIR, REMOVED_FILE
 from batcher.state import (
     SCHEMA_VERSION,
     ContentHasher,
@@ -33,7 +31,7 @@ from batcher.state import (
     lock_holder,
 )
 from batcher.status import show_status
-from tests.test_run_e2e import batcher, messages_sent
+from tests.helpers import batcher, messages_sent, results_by_id, run_job, write_jsonl
 
 JOB = """
 [input]
@@ -58,13 +56,6 @@ def write_images(tmp: Path, n: int) -> None:
         Image.new("RGB", (300, 220), (i * 20 % 256, 80, 160)).save(tmp / "images" / f"i{i}.jpg")
 
 
-def write_manifest(tmp: Path, rows: Iterable[dict[str, Any] | str]) -> None:
-    """Rows as JSON lines (a str is written as it is: a broken line)."""
-    with (tmp / "manifest.jsonl").open("w") as fh:
-        for row in rows:
-            fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
-
-
 def rows_for(ids: Iterable[int], version: int = 1) -> list[dict[str, Any]]:
     return [{"id": f"r{i}", "image": f"images/i{i}.jpg", "v": version} for i in ids]
 
@@ -74,26 +65,11 @@ def write_job(tmp: Path, *, max_tokens: int = 80) -> Path:
     return tmp / "job.toml"
 
 
-def run_here(job: Path, sim: Any, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[int, str]:
-    """``batcher run`` in this process (so tests can patch its parts)."""
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
-    err = io.StringIO()
-    code = run(RunRequest(job_path=job, err=err, out_stream=io.StringIO(), **kw))
-    return code, err.getvalue()
-
-
-def parquet_by_id(out: Path) -> dict[str, dict[str, Any]]:
-    rows = read_results(out).to_pylist()
-    assert len(rows) == len({r["id"] for r in rows}), "an id appears twice in the results"
-    return {r["id"]: r for r in rows}
-
-
 def assert_status_agrees_with_parquet(out: Path) -> None:
     """What `batcher status` counts is what the Parquet holds: rows, ok, errors."""
     with JobState.open(out) as state:
         s = state.summary()
-    table = parquet_by_id(out)
+    table = results_by_id(out)
     by_status = Counter(r["status"] for r in table.values())
     assert len(table) == s.rows == s.exported_rows
     assert by_status["ok"] == s.by_status.get("ok", 0)
@@ -291,11 +267,11 @@ def test_status_after_a_dead_run_shows_nothing_in_flight(
 
 def test_edited_rows_are_reported_then_resent_only_with_redo_changed(tmp_path: Path, simulator: Any) -> None:
     write_images(tmp_path, 6)
-    write_manifest(tmp_path, rows_for(range(6)))
+    write_jsonl(tmp_path / "manifest.jsonl", rows_for(range(6)))
     job = write_job(tmp_path)
     done = batcher(job, simulator)
     assert done.returncode == 0, done.stderr
-    before = parquet_by_id(tmp_path / "out")
+    before = results_by_id(tmp_path / "out")
     assert messages_sent(simulator) == 6
 
     # A prompt edited (r1), an image edited in place (r2), the rest as they were.
@@ -303,17 +279,17 @@ def test_edited_rows_are_reported_then_resent_only_with_redo_changed(tmp_path: P
     rows[1]["v"] = 2
     time.sleep(0.01)
     Image.new("RGB", (300, 220), (255, 255, 0)).save(tmp_path / "images" / "i2.jpg")
-    write_manifest(tmp_path, rows)
+    write_jsonl(tmp_path / "manifest.jsonl", rows)
     again = batcher(job, simulator)
     assert again.returncode == 0, again.stderr
     assert messages_sent(simulator) == 6  # nothing resent without being asked
     assert "2 row(s) changed since they were answered" in again.stderr and "--redo-changed" in again.stderr
-    assert parquet_by_id(tmp_path / "out") == before
+    assert results_by_id(tmp_path / "out") == before
 
     redo = batcher(job, simulator, "--redo-changed")
     assert redo.returncode == 0, redo.stderr
     assert messages_sent(simulator) == 8  # exactly the two changed rows
-    after = parquet_by_id(tmp_path / "out")
+    after = results_by_id(tmp_path / "out")
     assert set(after) == set(before)
     assert "nonce=r1-2" in after["r1"]["text"] and "nonce=r1-1" in before["r1"]["text"]
     assert after["r2"]["text"] != before["r2"]["text"] and "#ffff00" in after["r2"]["text"]
@@ -333,21 +309,21 @@ def test_removed_rows_leave_the_results_and_a_fixed_broken_line_leaves_no_stale_
 ) -> None:
     write_images(tmp_path, 6)
     good = rows_for(range(6))
-    write_manifest(tmp_path, [*good[:3], '{"id": "r9", "image": ', *good[3:]])
+    write_jsonl(tmp_path / "manifest.jsonl", [*good[:3], '{"id": "r9", "image": ', *good[3:]])
     job = write_job(tmp_path)
-    code, err = run_here(job, simulator, monkeypatch)
+    code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_ROW_ERRORS, err
-    first = parquet_by_id(tmp_path / "out")
+    first = results_by_id(tmp_path / "out")
     assert len(first) == 7 and sum(r["status"] == "error" for r in first.values()) == 1
     assert_status_agrees_with_parquet(tmp_path / "out")
 
     # The broken line fixed (a new row r9), r0 and r4 removed.
     write_images(tmp_path, 10)
     fixed = [good[1], good[2], *rows_for([9]), good[3], good[5]]
-    write_manifest(tmp_path, fixed)
-    code, err = run_here(job, simulator, monkeypatch)
+    write_jsonl(tmp_path / "manifest.jsonl", fixed)
+    code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_OK, err
-    table = parquet_by_id(tmp_path / "out")
+    table = results_by_id(tmp_path / "out")
     assert set(table) == {"r1", "r2", "r9", "r3", "r5"}
     assert all(r["status"] == "ok" for r in table.values())
     assert_status_agrees_with_parquet(tmp_path / "out")
@@ -366,10 +342,10 @@ def test_removed_rows_leave_the_results_and_a_fixed_broken_line_leaves_no_stale_
     assert (s.rows, s.removed_rows, s.removed_answers) == (5, 3, 3)
 
     # A removed row that comes back is in the results again, from the state: nothing resent.
-    write_manifest(tmp_path, [*fixed, good[0]])
-    code, err = run_here(job, simulator, monkeypatch)
+    write_jsonl(tmp_path / "manifest.jsonl", [*fixed, good[0]])
+    code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_OK, err
-    table = parquet_by_id(tmp_path / "out")
+    table = results_by_id(tmp_path / "out")
     assert set(table) == {"r0", "r1", "r2", "r9", "r3", "r5"} and table["r0"] == first["r0"]
     assert messages_sent(simulator) == 7
     assert_status_agrees_with_parquet(tmp_path / "out")
@@ -412,23 +388,23 @@ def test_a_run_sends_from_the_synced_prefix_while_the_sync_goes_on(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_images(tmp_path, 8)
-    write_manifest(tmp_path, rows_for(range(8)))
+    write_jsonl(tmp_path / "manifest.jsonl", rows_for(range(8)))
     job = write_job(tmp_path)
     log: list[str] = []
     _slow_sync(monkeypatch, simulator, 4, log)
-    code, err = run_here(job, simulator, monkeypatch)
+    code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_OK, err
     assert log == ["sent before the sync went on: True", "sync read every row"]
-    assert len(parquet_by_id(tmp_path / "out")) == 8 and messages_sent(simulator) == 8
+    assert len(results_by_id(tmp_path / "out")) == 8 and messages_sent(simulator) == 8
 
     # The manifest unchanged since that complete sync: the next run does not sync at all.
     log.clear()
-    code, err = run_here(job, simulator, monkeypatch)
+    code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_OK and log == [] and messages_sent(simulator) == 8
     # Changed (a row added): it syncs again, and sends only the new row.
     write_images(tmp_path, 9)
-    write_manifest(tmp_path, rows_for(range(9)))
-    code, err = run_here(job, simulator, monkeypatch)
+    write_jsonl(tmp_path / "manifest.jsonl", rows_for(range(9)))
+    code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_OK and "sync read every row" in log and messages_sent(simulator) == 9
 
 
@@ -438,16 +414,16 @@ def test_duplicate_ids_found_after_rows_were_sent_stop_the_run_with_exit_2(
     write_images(tmp_path, 12)
     rows = rows_for(range(12))
     rows[10]["id"] = "r2"  # a later occurrence of r2, with another image
-    write_manifest(tmp_path, rows)
+    write_jsonl(tmp_path / "manifest.jsonl", rows)
     job = write_job(tmp_path)
     log: list[str] = []
     _slow_sync(monkeypatch, simulator, 4, log)
-    code, err = run_here(job, simulator, monkeypatch)
+    code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_CONFIG, err
     [line] = [ln for ln in err.splitlines() if "duplicate ids" in ln]
     assert "manifest.jsonl: duplicate ids: r2" in line and "Traceback" not in err
     assert log[0] == "sent before the sync went on: True"
-    table = parquet_by_id(tmp_path / "out")
+    table = results_by_id(tmp_path / "out")
     sent = messages_sent(simulator)
     assert 1 <= sent <= 10 and len(table) == sent  # every answer is kept
     assert table["r2"]["images"][0]["source"].endswith("i2.jpg")  # never the later occurrence

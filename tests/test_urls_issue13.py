@@ -4,8 +4,6 @@ download may reach, and downloads with a total deadline, a size cap and few redi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +20,8 @@ from batcher.images.errors import (
     UnsupportedScheme,
 )
 from batcher.manifest import resolve_image
+from tests.helpers import batcher, estimate_json, good_rows, results_by_id, write_job
 from tests.image_server import jpeg_bytes, serve_images
-from tests.test_run_e2e import batcher, good_rows, results_by_id, write_job
 
 LOOPBACK_OK = DownloadLimits(allow_private=True)
 
@@ -262,12 +260,7 @@ def test_estimate_names_unsupported_schemes(tmp_path: Path) -> None:
         {"id": "url", "image": "HTTPS://images.example/a.jpg", "kind": "photo"},
     ]
     job = write_job(tmp_path, rows)
-    done = subprocess.run(
-        [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = estimate_json(job)
     assert done.returncode == 0, done.stderr
     est = json.loads(done.stdout)
     assert est["failures"] == {"unsupported_scheme": 2}

@@ -44,9 +44,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import __version__ as pillow_version
 
 from batcher import urls
 from batcher.images.errors import (
@@ -365,7 +366,7 @@ def pillow_orientation(fmt: str) -> PillowOrientation:
 def _known_orientation(fmt: str) -> PillowOrientation:
     if fmt != "TIFF":
         return LEAVES_IT
-    major = int(Image.__version__.split(".")[0])
+    major = int(pillow_version.split(".")[0])
     return PillowOrientation(header_upright=major >= 11, load_transposes=True)
 
 
@@ -446,7 +447,7 @@ def _pillow_applied(opened: Opened, image: Image.Image) -> bool:
     if opened.orientation == 1:
         return False
     try:
-        now = Image.Image.getexif(image).get(ORIENTATION_TAG, 1)
+        now: object = Image.Image.getexif(image).get(ORIENTATION_TAG, 1)
     except Exception:  # unreadable now means unread by Pillow's own transpose too
         return False
     return now != opened.orientation
@@ -475,7 +476,9 @@ def _to_standard_mode(image: Image.Image, notes: list[str]) -> tuple[Image.Image
     if mode == "LAB":
         lab = ImageCms.createProfile("LAB")
         srgb = ImageCms.createProfile("sRGB")
-        return ImageCms.profileToProfile(image, lab, srgb, outputMode="RGB"), None
+        rgb = ImageCms.profileToProfile(image, lab, srgb, outputMode="RGB")
+        assert rgb is not None  # None only in place
+        return rgb, None
     if mode in ("1",):
         converted = image.convert("L")
     elif mode in ("P", "PA"):
@@ -521,9 +524,11 @@ def _cmyk_to_rgb(image: Image.Image, icc: bytes | None, notes: list[str]) -> Ima
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             srgb = ImageCms.createProfile("sRGB")
-            return ImageCms.profileToProfile(
+            rgb = ImageCms.profileToProfile(
                 image, source, srgb, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
             )
+            assert rgb is not None  # None only in place
+            return rgb
         except (ImageCms.PyCMSError, OSError, ValueError):
             notes.append("icc_profile_unusable")
     return image.convert("RGB")
@@ -537,7 +542,7 @@ def _scale_to_8bit(image: Image.Image) -> Image.Image:
     """
     if image.mode.startswith("I;16"):
         return image.convert("I").point(lambda v: v * (255 / 65535)).convert("L")
-    low, high = image.getextrema()
+    low, high = cast("tuple[float, float]", image.getextrema())  # one band: its (min, max)
     if low >= 0 and high <= 255:
         scale, offset = 1.0, 0.0
     elif low >= 0 and high <= 65535:

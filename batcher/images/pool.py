@@ -169,7 +169,8 @@ class _Worker:
         try:
             self.conn.send(task)
             if self.conn.poll(timeout_s):
-                return self.conn.recv()
+                answer: tuple[Any, ...] = self.conn.recv()  # what WorkFunction returned
+                return answer
         except (EOFError, OSError):
             pass
         self.kill()

@@ -1,0 +1,165 @@
+"""What many tests do alike, in one place: write a job with its manifest and images, run it (in this
+process or as ``batcher`` in a subprocess), and read what the simulator saw and what the run wrote."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import pytest
+from PIL import Image
+
+from batcher.runner import RunRequest, run
+from batcher.simulator.server import RunningSimulator
+from batcher.sink import read_results
+
+# --- writing a job -------------------------------------------------------------------------------
+
+JOB = """
+[input]
+manifest = "manifest.jsonl"
+id_column = "id"
+image_column = "image"
+prompt = "Say what you see in this {{kind}}. nonce={{id}}"
+
+[request]
+model = "claude-haiku-5-5"
+max_tokens = 60
+
+[run]
+output = "out"
+concurrency = {concurrency}
+max_attempts = {max_attempts}
+part_rows = {part_rows}
+"""
+
+
+def make_images(folder: Path, n: int) -> list[str]:
+    """``n`` distinct JPEGs in ``folder``, named as a manifest beside ``folder`` refers to them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        name = f"good{i:03d}.jpg"
+        colour = (i * 40 % 256, 90, 255 - i * 40 % 256)
+        Image.new("RGB", (320 + i, 240), colour).save(folder / name, quality=90)
+        names.append(f"images/{name}")
+    return names
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any] | str]) -> None:
+    """Rows as JSON lines (a str is written as it is: a broken line)."""
+    with path.open("w") as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+
+
+def write_job(
+    tmp: Path,
+    rows: list[dict[str, Any]],
+    *,
+    concurrency: int = 8,
+    max_attempts: int = 4,
+    part_rows: int = 5000,
+) -> Path:
+    # nonce={id}: the simulator echoes it, so each answer proves which row it belongs to.
+    write_jsonl(tmp / "manifest.jsonl", rows)
+    job = tmp / "job.toml"
+    job.write_text(JOB.format(concurrency=concurrency, max_attempts=max_attempts, part_rows=part_rows))
+    return job
+
+
+def good_rows(tmp: Path, n: int, start: int = 0) -> list[dict[str, Any]]:
+    names = make_images(tmp / "images", start + n)
+    return [{"id": f"row-{i:03d}", "image": names[i], "kind": "photo"} for i in range(start, start + n)]
+
+
+# --- running it ----------------------------------------------------------------------------------
+
+
+def run_job(
+    job: Path, sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch, **request: Any
+) -> tuple[int, str]:
+    """``batcher run`` in this process (fast, and tests can patch its parts): (exit code, stderr).
+
+    ``request``: further :class:`~batcher.runner.RunRequest` fields (``today=``, ...).
+    """
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
+    err = io.StringIO()
+    code = run(RunRequest(job_path=job, err=err, out_stream=io.StringIO(), **request))
+    return code, err.getvalue()
+
+
+@overload
+def batcher(
+    job: Path, sim: RunningSimulator | None, *args: str, key: str | None = ..., wait: Literal[True] = ...
+) -> subprocess.CompletedProcess[str]: ...
+
+
+@overload
+def batcher(
+    job: Path, sim: RunningSimulator | None, *args: str, key: str | None = ..., wait: Literal[False]
+) -> subprocess.Popen[str]: ...
+
+
+def batcher(
+    job: Path, sim: RunningSimulator | None, *args: str, key: str | None = "test-key", wait: bool = True
+) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    """``batcher run JOB ARGS`` in a subprocess, with only the API key and address given here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    if key is not None:
+        env["ANTHROPIC_API_KEY"] = key
+    if sim is not None:
+        env["ANTHROPIC_BASE_URL"] = sim.base_url
+    cmd = [sys.executable, "-m", "batcher.cli", "run", str(job), *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def estimate_json(job: Path) -> subprocess.CompletedProcess[str]:
+    """``batcher estimate JOB --json`` in a subprocess, in this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "batcher.cli", "estimate", str(job), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# --- what the simulator saw, and what the run wrote ---------------------------------------------
+
+
+def requests_sent(sim: RunningSimulator, route: str) -> int:
+    """How many requests the simulator had on ``route`` (e.g. ``"POST /v1/messages"``), any status."""
+    counts: dict[str, int] = sim.sim.ledger.snapshot()["requests"].get(route, {})
+    return sum(counts.values())
+
+
+def messages_sent(sim: RunningSimulator) -> int:
+    return requests_sent(sim, "POST /v1/messages")
+
+
+def wait_for_messages(
+    sim: RunningSimulator, n: int, proc: subprocess.Popen[str], *, timeout_s: float = 30, poll_s: float = 0.05
+) -> None:
+    """Until the simulator has had ``n`` messages requests from the running ``proc``."""
+    deadline = time.monotonic() + timeout_s
+    while messages_sent(sim) < n:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(poll_s)
+
+
+def results_by_id(out: Path) -> dict[str, dict[str, Any]]:
+    """The results Parquet under ``out``, by row id; fails if an id appears twice."""
+    rows = read_results(out).to_pylist()
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an id appears twice in the results"
+    return {r["id"]: r for r in rows}
