@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiofiles
 import anyio
 
 from batcher.images.errors import ImageConfigError, ImageError, ImageIOError, without_label
@@ -245,7 +246,9 @@ async def _prepare_one(
     if out_dir is not None:
         written = out_dir / f"{stem}{EXTENSIONS[prepared.media_type]}"
         try:
-            await anyio.Path(written).write_bytes(prepared.data)
+            # aiofiles: the write runs in a worker thread, so the loop keeps feeding the pool.
+            async with aiofiles.open(written, "wb") as fh:
+                await fh.write(prepared.data)
         except OSError as exc:
             return error_row(path, ImageIOError(f"{path}: prepared, but cannot write {written}: {exc}"))
     return ok_row(path, prepared, written)

@@ -59,6 +59,18 @@ def test_out_writes_files_with_matching_extensions_and_distinct_names(tmp_path: 
         assert Image.open(io.BytesIO(data)).format.lower() in row["media_type"]
 
 
+def test_an_output_that_cannot_be_written_is_that_inputs_error_and_the_rest_go_on(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jpg").write_bytes(builders.encode(builders.photo((400, 300)), "JPEG"))
+    out = tmp_path / "out"
+    (out / "a.jpg").mkdir(parents=True)  # a folder where a.jpg's output goes
+    code, rows = run("--out", str(out), str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"))
+    assert code == 3
+    a, b = rows
+    assert not a["ok"] and a["error_type"] == "io_error" and "prepared, but cannot write" in a["error"]
+    assert b["ok"] and Path(b["out"]).read_bytes()[:2] == b"\xff\xd8"
+
+
 def test_output_stems_are_stable_and_distinct() -> None:
     paths = [Path("a/x.jpg"), Path("b/x.png"), Path("x-2.gif"), Path("c/x.webp")]
     assert output_stems(paths) == ["x", "x-2", "x-2-2", "x-3"]
