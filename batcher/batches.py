@@ -61,7 +61,9 @@ from batcher import facts
 from batcher.api import errors
 from batcher.api.bodies import answer_text, betas_for, messages_body
 from batcher.budget import BUDGET_STOP, Budget, BudgetGate
+from batcher.core.signals import watch_signals
 from batcher.cost import usage_cost
+from batcher.exits import EXIT_BUDGET, EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.models import ModelProfile
 from batcher.records import ImageSent, Result, Row
 from batcher.retry import RetryPolicy
@@ -709,7 +711,6 @@ async def run_batch_mode(
     from batcher.images.pool import ImagePool
     from batcher.pipeline import Pipeline
     from batcher.progress import report
-    from batcher.runner import _watch_signals
 
     async with ImagePool(workers=job.run.image_workers or None) as pool:
         pipeline = Pipeline(
@@ -736,7 +737,7 @@ async def run_batch_mode(
             collector=collector,
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, pipeline)
+            tg.start_soon(watch_signals, pipeline)
             tg.start_soon(lambda: report(pipeline.counters, to_do, stream=err, batch=batch_run.progress))
             with anyio.CancelScope() as scope:
                 pipeline._cancel_work = scope
@@ -746,7 +747,6 @@ async def run_batch_mode(
     code = exit_code(batch_run, state)
     if pipeline.uploader is not None and batch_run.fatal is None:
         from batcher.files import finish_run
-        from batcher.runner import EXIT_OK, EXIT_ROW_ERRORS
 
         # Files stay while any batch may still refer to them, or rows are left to send.
         await finish_run(
@@ -759,8 +759,6 @@ async def run_batch_mode(
 
 
 def exit_code(batch_run: BatchRun, state: JobState) -> int:
-    from batcher.runner import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
-
     if batch_run.fatal is not None:
         return EXIT_FATAL
     if batch_run.counters.stop_reason == BUDGET_STOP:
@@ -807,7 +805,7 @@ def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdo
 
     if not (out / STATE_FILE).is_file():
         print(f"batcher: {out}: no job state here (is it a job's output folder?)", file=err)
-        return 2
+        return EXIT_CONFIG
     if cancel:
         from batcher.api.client import Client, MissingKeyError, settings_from_env
 
@@ -815,7 +813,7 @@ def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdo
             key, base_url = settings_from_env()
         except MissingKeyError as exc:
             print(f"batcher: {exc}", file=err)
-            return 1
+            return EXIT_FATAL
 
         async def go() -> int:
             with JobState.open(out) as state:
@@ -833,4 +831,4 @@ def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdo
     else:
         lines = list_lines(out)
         print("\n".join(lines) if lines else f"{out}: no batches", file=stdout)
-    return 0
+    return EXIT_OK

@@ -2,24 +2,13 @@
 
 The order matters and is the contract: everything that can be refused is refused before anything
 is sent (job file, model, manifest, key, the model's own answer from the Models API, duplicate
-ids); only then does the pipeline start. Exit codes (also in README):
-
-=====  ===========================================================================
-0      every row is ``ok``
-1      fatal: no key, 401/402/spend limit, I/O trouble — what was done is kept
-2      usage or config error (job file, model, manifest, duplicate ids): nothing sent
-3      the run finished but some rows ended in ``error``
-4      another ``batcher run`` is already running on this output folder
-5      the budget stopped the run (``limits.budget_usd``)
-75     not finished: interrupted, rows left for the next run, or rows still in live batches
-=====  ===========================================================================
+ids); only then does the pipeline start. Exit codes: :mod:`batcher.exits` (also in README).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import signal
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -34,10 +23,17 @@ from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
 from batcher.budget import BUDGET_STOP
 from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
+from batcher.core.signals import watch_signals
+from batcher.exits import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_BUDGET,
+    EXIT_CONFIG,
+    EXIT_FATAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
+)
 from batcher.models import ModelProfile, ModelRegistry
-
-EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_ROW_ERRORS = 0, 1, 2, 3
-EXIT_ALREADY_RUNNING, EXIT_BUDGET, EXIT_INCOMPLETE = 4, 5, 75
 
 
 class RunRefused(Exception):
@@ -387,7 +383,7 @@ async def _run_with_client(
                     pipeline.budget.budget.reserved_usd += live_holds_usd(state)
                 code = EXIT_OK
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_watch_signals, pipeline)
+                    tg.start_soon(watch_signals, pipeline)
                     tg.start_soon(
                         _report_when_counted,
                         pipeline,
@@ -621,16 +617,3 @@ def _budget_gate(job: JobConfig, profile: ModelProfile, state, *, batch: bool = 
     from batcher.budget import gate_for
 
     return gate_for(job, profile, state.summary().cost_usd, batch=batch)
-
-
-async def _watch_signals(pipeline) -> None:  # type: ignore[no-untyped-def]
-    """First SIGINT/SIGTERM: send nothing more (``Pipeline.stop`` also cancels the downloads and
-    image preparations in flight, killing their workers) and let requests already sent finish.
-    Second: abandon those too."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if pipeline.stopping.is_set():
-                pipeline.abandon(f"{name} again")
-                return
-            pipeline.stop(name)

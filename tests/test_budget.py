@@ -10,8 +10,9 @@ import pytest
 
 from batcher.budget import Budget
 from batcher.cost import usage_cost
+from batcher.exits import EXIT_BUDGET, EXIT_OK
 from batcher.models import load_registry
-from batcher.runner import EXIT_BUDGET, EXIT_OK, RunRequest, run
+from batcher.runner import RunRequest, run
 from batcher.simulator.config import SimConfig
 from tests.test_run_e2e import good_rows, results_by_id, write_job
 

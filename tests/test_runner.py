@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batcher.runner import EXIT_FATAL, EXIT_OK, RunRequest, run
+from batcher.exits import EXIT_FATAL, EXIT_OK
+from batcher.runner import RunRequest, run
 from batcher.sink import Sink
 from batcher.state import JobState
 

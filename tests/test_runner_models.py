@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batcher.runner import EXIT_CONFIG, EXIT_OK, RunRequest, run
+from batcher.exits import EXIT_CONFIG, EXIT_OK
+from batcher.runner import RunRequest, run
 from batcher.simulator.config import SimConfig
 
 JOB = """
