@@ -14,14 +14,14 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 import anyio
 
 from batcher import resume
 from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
-from batcher.budget import BUDGET_STOP
+from batcher.budget import BUDGET_STOP, BudgetGate, gate_for
 from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
 from batcher.core.signals import watch_signals
 from batcher.exits import (
@@ -34,6 +34,9 @@ from batcher.exits import (
     EXIT_ROW_ERRORS,
 )
 from batcher.models import ModelProfile, ModelRegistry
+
+if TYPE_CHECKING:
+    from batcher.state import JobState
 
 
 class RunRefused(Exception):
@@ -377,10 +380,10 @@ async def _run_with_client(
                     counters=collector.counters,
                 )
                 pipeline.policy = collector.policy
-                pipeline.budget = _budget_gate(job, profile, state)
-                if pipeline.budget is not None:
+                gate = pipeline.budget = _budget_gate(job, state)
+                if gate is not None:
                     # What live batches may still spend is committed already.
-                    pipeline.budget.budget.reserved_usd += live_holds_usd(state)
+                    gate.budget.reserved_usd += live_holds_usd(state)
                 code = EXIT_OK
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(watch_signals, pipeline)
@@ -445,9 +448,9 @@ async def _run_with_client(
         if code:
             return code
         if counters.stop_reason == BUDGET_STOP:
+            assert gate is not None  # only a budget stops a run for the budget
             print(
-                f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
-                "(raise [limits] budget_usd to go on)",
+                f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)",
                 file=request.err,
             )
             return EXIT_BUDGET
@@ -544,7 +547,7 @@ async def _collect_first(
 ):
     """Collect the batches that have ended, before anything is sent; a fatal answer stops the run."""
     from batcher.batches import collect_ended
-    from batcher.pipeline import Counters
+    from batcher.core.outcomes import Counters
 
     collector = await collect_ended(
         job=job, profile=profile, client=client, state=state, sink=sink, counters=Counters(), err=err
@@ -580,7 +583,7 @@ async def _run_batches(
     from batcher.batches import left_to_batches_line, run_batch_mode
     from batcher.progress import batch_status_line
 
-    gate = _budget_gate(job, profile, state, batch=True)
+    gate = _budget_gate(job, state)
     code, counters, progress = await run_batch_mode(
         job=job,
         profile=profile,
@@ -610,10 +613,8 @@ async def _run_batches(
     return code
 
 
-def _budget_gate(job: JobConfig, profile: ModelProfile, state, *, batch: bool = False):  # type: ignore[no-untyped-def]
+def _budget_gate(job: JobConfig, state: JobState) -> BudgetGate | None:
     """The budget hook for a job with ``[limits] budget_usd``; spend of earlier runs counts."""
     if job.limits.budget_usd is None:
         return None
-    from batcher.budget import gate_for
-
-    return gate_for(job, profile, state.summary().cost_usd, batch=batch)
+    return gate_for(job, state.summary().cost_usd)

@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM for a run, whichever driver runs it: the first stops, the second abandons."""
+"""Stopping a run, whichever driver runs it: SIGINT/SIGTERM (the first stops, the second abandons)
+and the grace a fatal answer leaves the requests already sent."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import signal
 from typing import Protocol
 
 import anyio
+
+#: Seconds requests in flight get to come back after a fatal answer before they are dropped.
+FATAL_GRACE_S = 10.0
 
 
 class Stoppable(Protocol):

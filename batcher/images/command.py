@@ -24,11 +24,12 @@ from typing import Any
 
 import anyio
 
+from batcher.core.plan import job_image_options
 from batcher.exits import EXIT_OK, EXIT_ROW_ERRORS
 from batcher.images.errors import ImageConfigError, ImageError, ImageIOError, without_label
 from batcher.images.pool import ImagePool
 from batcher.images.prepare import PreparedImage
-from batcher.images.sizing import ImageOptions, check_options, job_image_options
+from batcher.images.sizing import ImageOptions, check_options
 from batcher.models import ModelProfile, load_registry
 
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}
