@@ -50,10 +50,11 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import anyio
 import orjson
@@ -91,6 +92,8 @@ DONE_STATUSES = frozenset(BATCH_DONE_STATUSES)
 #: Bytes of ``{"requests":[...]}`` around the requests themselves.
 _ENVELOPE_BYTES = 64
 _META_PREFIX = "batch/"
+
+T = TypeVar("T")
 
 
 # --- pure decisions ------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def _memo(state: JobState, batch_id: str) -> dict[str, Any]:
     return state.get_meta(_META_PREFIX + batch_id, {}) or {}
 
 
-async def _retrying(policy: RetryPolicy, rng: random.Random, call: Callable[[], Any]) -> Any:
+async def _retrying(policy: RetryPolicy, rng: random.Random, call: Callable[[], Awaitable[T]]) -> T:
     from batcher.retry import retrying
 
     async for attempt in retrying(policy, rng):
@@ -211,9 +214,9 @@ class Collector:
     """
 
     profile: ModelProfile
-    client: Any  # api.client.Client
+    client: Client
     state: JobState
-    sink: Any  # sink.Sink
+    sink: ResultSink
     err: TextIO
     counters: Counters
     policy: RetryPolicy
@@ -238,9 +241,7 @@ class Collector:
             if self.fatal is not None:
                 return
             try:
-                info = await _retrying(
-                    self.policy, self.rng, lambda b=batch: self.client.get_batch(b.batch_id)
-                )
+                info = await _retrying(self.policy, self.rng, partial(self.client.get_batch, batch.batch_id))
             except errors.NotFoundError:
                 self._lost(batch.batch_id)
                 continue
@@ -380,9 +381,9 @@ async def collect_ended(
     *,
     job: JobConfig,
     profile: ModelProfile,
-    client: Any,
+    client: Client,
     state: JobState,
-    sink: Any,
+    sink: ResultSink,
     counters: Counters,
     err: TextIO,
 ) -> Collector:
@@ -663,7 +664,7 @@ class BatchRun:
             self.fatal = message
         self.stop(message)
 
-    async def _retrying(self, call: Callable[[], Any]) -> Any:
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         return await _retrying(self.collector.policy, self.collector.rng, call)
 
     # -- collect (the Collector's work; a fatal answer there stops the run) --
@@ -696,7 +697,7 @@ class BatchRun:
         return await cancel_batches(self.client, self.state, self.err)
 
 
-async def cancel_batches(client: Any, state: Any, err: TextIO) -> int:
+async def cancel_batches(client: Client, state: JobState, err: TextIO) -> int:
     """Cancel a job's live batches (what they answered already is collected by the next run)."""
     cancelled = 0
     for batch in state.list_batches():

@@ -368,7 +368,7 @@ def _plain_template(template: str) -> tuple[int, list[str]] | None:
 def _is_text(array: pa.Array) -> bool:
     import pyarrow as pa
 
-    return pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+    return bool(pa.types.is_string(array.type) or pa.types.is_large_string(array.type))
 
 
 class _ChunkCoster:

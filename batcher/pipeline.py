@@ -97,7 +97,7 @@ class Pipeline:
         self.preparer = RowPreparer.for_job(
             self.job,
             self.profile,
-            self.pool,  # type: ignore[arg-type]  # None only where nothing is prepared (benchmarks)
+            self.pool,
             downloader=self.client,
             state=self.state,
             stopping=self.stopping,

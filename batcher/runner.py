@@ -11,10 +11,11 @@ import contextlib
 import datetime as dt
 import sqlite3
 import sys
+from collections.abc import Generator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import anyio
 
@@ -36,6 +37,10 @@ from batcher.exits import (
 from batcher.models import ModelProfile, ModelRegistry
 
 if TYPE_CHECKING:
+    from batcher.batches import Collector
+    from batcher.manifest import Manifest
+    from batcher.pipeline import Pipeline
+    from batcher.sink import Sink
     from batcher.state import JobState
 
 
@@ -138,10 +143,10 @@ async def _profile_for(
     client: Client,
     job: JobConfig,
     registry: ModelRegistry,
-    state,  # type: ignore[no-untyped-def]
-    info: dict,
+    state: JobState,
+    info: dict[str, Any],
     err: TextIO,
-) -> ModelProfile:  # type: ignore[type-arg]
+) -> ModelProfile:
     """A model missing from the table: probed once through count_tokens, kept in the job state."""
     from batcher import probe
 
@@ -181,7 +186,7 @@ async def _profile_for(
     return profile
 
 
-def _open_manifest(job: JobConfig):  # type: ignore[no-untyped-def]
+def _open_manifest(job: JobConfig) -> Manifest:
     from batcher.manifest import ManifestError, open_manifest
 
     try:
@@ -215,7 +220,9 @@ def model_check_verdict(status: int, api_shaped: bool, error_type: str) -> Model
     return "error"
 
 
-async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None, err: TextIO) -> dict:  # type: ignore[type-arg]
+async def _model_info(
+    client: Client, job: JobConfig, known: ModelProfile | None, err: TextIO
+) -> dict[str, Any]:
     """``GET /v1/models/{id}`` once: the API's word on whether the model exists today ({} when
     the endpoint has no Models API: then the table's profile, or a probe, stands alone)."""
     model = job.request.model
@@ -246,7 +253,7 @@ async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None
         raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
 
 
-def _check_model_online(job: JobConfig, info: dict) -> None:  # type: ignore[type-arg]
+def _check_model_online(job: JobConfig, info: dict[str, Any]) -> None:
     """What the Models API says the model can do, against what the job asks of it (before
     anything else is sent: a model the job cannot use is not probed either)."""
     caps = info.get("capabilities") or {}
@@ -273,7 +280,7 @@ def _warn_deprecated(profile: ModelProfile, err: TextIO) -> None:
         )
 
 
-def _cap_off(caps: dict, name: str) -> bool:  # type: ignore[type-arg]
+def _cap_off(caps: dict[str, Any], name: str) -> bool:
     value = caps.get(name)
     if isinstance(value, dict):
         return value.get("supported") is False
@@ -301,12 +308,12 @@ async def _run_async(
 async def _run_with_client(
     request: RunRequest,
     job: JobConfig,
-    registry: ModelRegistry,  # type: ignore[no-untyped-def]
+    registry: ModelRegistry,
     known: ModelProfile | None,
-    manifest,
+    manifest: Manifest,
     client: Client,
-    info: dict,
-) -> int:  # type: ignore[type-arg]
+    info: dict[str, Any],
+) -> int:
     from batcher.batches import left_to_batches_line, live_holds_usd
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
@@ -410,7 +417,8 @@ async def _run_with_client(
                         code = EXIT_FATAL
                     finally:
                         await rows.aclose()
-                        batches.close()
+                        if isinstance(batches, Generator):
+                            batches.close()
                     tg.cancel_scope.cancel()
         finally:
             if sync is not None:
@@ -431,10 +439,10 @@ async def _run_with_client(
                 delete_at_end=job.images.delete_files_at_end and not live_batches,
             )
         _report_changed(state, request.err)
-        to_do = to_do_box[0]
-        if to_do is None and (sync is None or sync.gate.done):  # a short run, over before the count
-            to_do = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
-        print(status_line(counters, to_do), file=request.err)
+        remaining = to_do_box[0]
+        if remaining is None and (sync is None or sync.gate.done):  # a short run, over before the count
+            remaining = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
+        print(status_line(counters, remaining), file=request.err)
         if live_batches:
             print(left_to_batches_line(live_rows, live_batches, out_dir), file=request.err)
         print(f"results: {out_dir / 'results'}", file=request.out_stream)
@@ -479,7 +487,7 @@ def _manifest_faults() -> tuple[type[BaseException], ...]:
 _MANIFEST_FAULTS = _manifest_faults()
 
 
-def _open_sink(out_dir: Path, state, manifest, err: TextIO):  # type: ignore[no-untyped-def]
+def _open_sink(out_dir: Path, state: JobState, manifest: Manifest, err: TextIO) -> Sink:
     """The results sink, settled after any crash, holding the rows of the current manifest only."""
     from batcher.sink import Sink
 
@@ -508,9 +516,9 @@ async def _sync_started(sync: resume.BackgroundSync, job: JobConfig, *, whole: b
 
 
 async def _report_when_counted(
-    pipeline,
+    pipeline: Pipeline,
     out_dir: Path,
-    sync: resume.BackgroundSync | None,  # type: ignore[no-untyped-def]
+    sync: resume.BackgroundSync | None,
     request: RunRequest,
     box: list[int | None],
     collected: int,
@@ -541,10 +549,10 @@ async def _collect_first(
     job: JobConfig,
     profile: ModelProfile,
     client: Client,
-    state,
-    sink,  # type: ignore[no-untyped-def]
+    state: JobState,
+    sink: Sink,
     err: TextIO,
-):
+) -> Collector:
     """Collect the batches that have ended, before anything is sent; a fatal answer stops the run."""
     from batcher.batches import collect_ended
     from batcher.core.outcomes import Counters
@@ -557,7 +565,7 @@ async def _collect_first(
     return collector
 
 
-def _report_changed(state, err: TextIO) -> None:  # type: ignore[no-untyped-def]
+def _report_changed(state: JobState, err: TextIO) -> None:
     """Answered rows whose content changed are left as they are, and said so."""
     changed = state.count_changed()
     if changed:
@@ -572,12 +580,12 @@ async def _run_batches(
     request: RunRequest,
     job: JobConfig,
     profile: ModelProfile,
-    client: Client,  # type: ignore[no-untyped-def]
-    state,
-    sink,
-    manifest,
+    client: Client,
+    state: JobState,
+    sink: Sink,
+    manifest: Manifest,
     to_do: int,
-    collector,
+    collector: Collector,
 ) -> int:
     """``[run] mode = "batch"``: the Message Batches API (see :mod:`batcher.batches`)."""
     from batcher.batches import left_to_batches_line, run_batch_mode

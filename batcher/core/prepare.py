@@ -63,7 +63,8 @@ class RowPreparer:
     """Prepares the rows of one job for one model (see the module doc)."""
 
     profile: ModelProfile
-    pool: ImagePreparer
+    #: None only where no image is prepared here (a benchmark of the request stage)
+    pool: ImagePreparer | None
     options: ImageOptions
     #: ``[images] transport``: "base64", "url" (URLs go as they are) or "files"
     transport: str
@@ -84,7 +85,7 @@ class RowPreparer:
         cls,
         job: JobConfig,
         profile: ModelProfile,
-        pool: ImagePreparer,
+        pool: ImagePreparer | None,
         *,
         downloader: Downloader | None,
         state: RunState | None,
@@ -226,6 +227,8 @@ class RowPreparer:
             try:
                 if self.stopping.is_set():
                     scope.cancel()
+                if self.pool is None:
+                    raise RuntimeError("RowPreparer: no image pool to prepare images in")
                 data = await self._download(source) if is_url(source) else source
                 return await self.pool.prepare(
                     data, self.profile, self.options, images_in_request=images_in_request

@@ -10,7 +10,7 @@ from functools import partial
 from typing import Literal
 
 import anyio
-from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batcher.core.outcomes import Counters, Outcome, Recorded, Transient, Written
 from batcher.core.seams import ResultSink, RunState
@@ -57,7 +57,7 @@ class Writer:
         if self.on_result is not None:
             self.on_result(outcome)
 
-    async def write(self, outcomes: ObjectReceiveStream[Written]) -> None:
+    async def write(self, outcomes: MemoryObjectReceiveStream[Written]) -> None:
         """Record every outcome, and export parts, until the stream ends.
 
         Answers the online request stage recorded as they came (:class:`Recorded`) are only
@@ -100,7 +100,7 @@ class Writer:
             done.set()
 
 
-async def next_outcomes(outcomes: ObjectReceiveStream[Written], limit: int) -> list[Written]:
+async def next_outcomes(outcomes: MemoryObjectReceiveStream[Written], limit: int) -> list[Written]:
     """The next outcome and whatever else is already waiting (at most ``limit``); [] at the end."""
     try:
         batch = [await outcomes.receive()]
