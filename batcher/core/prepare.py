@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -22,10 +21,11 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from batcher.api.bodies import ImagePart
 from batcher.api.download import DownloadLimits
 from batcher.config import JobConfig
-from batcher.core.outcomes import Counters, Outcome, Prepared, Transient, Written
+from batcher.core.failures import RowFailure, image_failure, upload_failure
+from batcher.core.outcomes import Counters, Prepared, Written
 from batcher.core.plan import job_image_options
 from batcher.core.seams import Downloader, ImagePreparer, RunState
-from batcher.images.errors import ImageError, without_label
+from batcher.images.errors import ImageError
 from batcher.images.prepare import PreparedImage
 from batcher.images.sizing import ImageOptions
 from batcher.models import ModelProfile
@@ -33,7 +33,7 @@ from batcher.records import ImageSent, Result, Row
 from batcher.urls import is_url
 
 if TYPE_CHECKING:
-    from batcher.files import FileUploader
+    from batcher.files import FileUploader, UploadError
 
 
 class Stopped(Exception):
@@ -155,27 +155,28 @@ class RowPreparer:
                 if isinstance(got, Prepared):
                     await out.send(got)
                 elif got is not None:
-                    await results.send(got)
+                    await results.send(got.outcome(row, self.profile))
 
     # --- one row ----------------------------------------------------------------------------------
 
-    async def prepare(self, row: Row) -> Prepared | Outcome | None:
-        """The row prepared, its failure (a final error or left for the next run), or None: the
-        run stopped while its image was prepared (the next run sends it)."""
-        from batcher.files import UploadError
-
+    async def prepare(self, row: Row) -> Prepared | RowFailure | None:
+        """The row prepared, the failure of its first image that cannot be sent, or None: the run
+        stopped while its image was prepared (the next run sends it)."""
         try:
-            return await self.prepare_row(row)
+            return await self._prepare(row)
         except Stopped:
             return None
-        except ImageError as exc:
-            return self.image_failure(row, exc)
-        except UploadError as exc:
-            return self.upload_failure(row, exc)
 
     async def prepare_row(self, row: Row) -> Prepared:
-        """The row prepared; raises the ``ImageError`` or ``UploadError`` of its first bad image
-        (with ``image_index``), or :class:`Stopped`."""
+        """The row prepared; raises :class:`RowFailed` or :class:`Stopped`."""
+        got = await self._prepare(row)
+        if isinstance(got, RowFailure):
+            raise RowFailed(got)
+        return got
+
+    async def _prepare(self, row: Row) -> Prepared | RowFailure:
+        from batcher.files import UploadError
+
         parts: list[ImagePart] = []
         sent: list[ImageSent] = []
         warnings: list[str] = []
@@ -194,8 +195,7 @@ class RowPreparer:
                 else:
                     image = await self.prepare_image(source, len(row.images))
             except ImageError as exc:
-                exc.image_index = n  # type: ignore[attr-defined]
-                raise
+                return image_failure(row, exc, n)
             warnings.extend(image.warnings)
             sent.append(
                 ImageSent(
@@ -210,7 +210,10 @@ class RowPreparer:
             )
             if transport == "files":
                 uploaded[len(parts)] = image
-                parts.append(await self.file_part(image, sent[-1], n))
+                try:
+                    parts.append(await self.file_part(image, sent[-1]))
+                except UploadError as exc:
+                    return self.upload_failure(row, exc, n)
                 continue
             # Off the event loop: a 5 MB image takes milliseconds to encode, every request in flight
             # would wait for it (issue 13).
@@ -246,54 +249,30 @@ class RowPreparer:
 
     # --- transport "files" (batcher.files) --------------------------------------------------------
 
-    async def file_part(
-        self, image: PreparedImage, sent: ImageSent, index: int, stale: str | None = None
-    ) -> ImagePart:
-        """Refer to ``image`` by file id, uploading it if this job has not (or its id is gone)."""
-        from batcher.files import UploadError
-
+    async def file_part(self, image: PreparedImage, sent: ImageSent, stale: str | None = None) -> ImagePart:
+        """Refer to ``image`` by file id, uploading it if this job has not (or its id is gone);
+        raises the ``UploadError``."""
         assert self.uploader is not None, "a file part without an uploader"
-        try:
-            file_id = await self.uploader.file_id(image, sent.source, stale=stale)
-        except UploadError as exc:
-            exc.image_index = index  # type: ignore[attr-defined]
-            raise
+        file_id = await self.uploader.file_id(image, sent.source, stale=stale)
         sent.transport, sent.file_id = "file", file_id
         return ImagePart("file", file_id, image.media_type)
 
     # --- row failures -----------------------------------------------------------------------------
 
-    def upload_failure(self, row: Row, exc: Exception) -> Outcome:
-        """An image could not be uploaded: the row is left for the next run or, if final, an error."""
-        fatal = bool(getattr(exc, "fatal", False))
-        if fatal and self.on_fatal is not None:
+    def upload_failure(self, row: Row, exc: UploadError, index: int) -> RowFailure:
+        """An image could not be uploaded: the row is left for the next run or, if final, an error;
+        an answer that says nothing the job sends can succeed stops the run."""
+        if exc.fatal and self.on_fatal is not None:
             self.on_fatal(exc)
-        if getattr(exc, "retryable", False) or fatal:
-            index = getattr(exc, "image_index", 1)
-            return Transient(row.id, "upload_failed", f"image {index} ({row.images[index - 1]}): {exc}", 0)
-        return self.image_failure(row, exc)
-
-    def image_failure(self, row: Row, exc: Exception) -> Result:
-        index = getattr(exc, "image_index", None)
-        where = f"image {index} ({row.images[index - 1]})" if index else "image"
-        return Result(
-            id=row.id,
-            status="error",
-            model=self.profile.id,
-            error_type=getattr(exc, "error_type", "image_error"),
-            error_message=f"{where}: {_named_once(str(exc), row.images, index)}",
-            fields=dict(row.fields),
-            images=[ImageSent(source=s) for s in row.images],
-        )
+        return upload_failure(row, exc, index)
 
 
-def _named_once(message: str, images: list[str], index: int | None) -> str:
-    """An image error's message without the path it begins with, when the row's message names
-    the image already (``image 1 (path): ...``)."""
-    if not index:
-        return message
-    source = images[index - 1]
-    return without_label(message, source, str(Path(source)))
+class RowFailed(Exception):
+    """:meth:`RowPreparer.prepare_row` found a row that cannot be sent."""
+
+    def __init__(self, failure: RowFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
 
 
 async def _as_async(rows: Iterable[Row] | AsyncIterable[Row]) -> AsyncIterator[Row]:
