@@ -8,8 +8,9 @@ A run, from the job state outward:
    read and recorded (the same :class:`~batcher.records.Result` as online, with ``mode = "batch"``
    and the cost at the batch price), its rows without a result line are released, and it is marked
    ``collected``. A batch the API no longer knows (404) is ``lost`` and its rows are released.
-2. **Submit.** Rows that need work are prepared exactly as online (the pipeline's own read and
-   prepare stages: same sizing, same transports, same row errors) and grouped into batches within
+2. **Submit.** Rows that need work are prepared exactly as online (the run core's read and
+   prepare stages, :mod:`batcher.core.prepare`: same sizing, same transports, same row errors)
+   and grouped into batches within
    ``[run] batch_max_requests`` / ``batch_max_bytes`` (at most the API's 100,000 requests and
    256 MB). Each batch's id and custom_ids are written to the state the moment the API answers,
    before anything else; its rows are then marked ``batched``.
@@ -49,27 +50,37 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import anyio
 import orjson
+from anyio.abc import ObjectReceiveStream
 
 from batcher import facts
 from batcher.api import errors
-from batcher.api.bodies import answer_text, betas_for, messages_body
+from batcher.api.client import Client
 from batcher.budget import BUDGET_STOP, Budget, BudgetGate
-from batcher.cost import usage_cost
+from batcher.config import JobConfig
+from batcher.core import results
+from batcher.core.outcomes import Counters, Prepared, Written
+from batcher.core.plan import Planner
+from batcher.core.prepare import RowPreparer, preparers_for
+from batcher.core.seams import ImagePreparer, ResultSink
+from batcher.core.signals import FATAL_GRACE_S, watch_signals
+from batcher.core.writer import Writer
+from batcher.exits import EXIT_BUDGET, EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
+from batcher.files import FileUploader
 from batcher.models import ModelProfile
 from batcher.records import ImageSent, Result, Row
 from batcher.retry import RetryPolicy
 from batcher.state import BATCH_DONE_STATUSES, BatchRecord, JobState, status_for
 
 if TYPE_CHECKING:
-    from batcher.config import JobConfig
-    from batcher.pipeline import Counters
+    from batcher.manifest import Manifest
     from batcher.progress import BatchProgress
 
 #: A batch whose results are recorded; anything else the state holds is live.
@@ -82,9 +93,7 @@ DONE_STATUSES = frozenset(BATCH_DONE_STATUSES)
 _ENVELOPE_BYTES = 64
 _META_PREFIX = "batch/"
 
-
-class BatchRunError(Exception):
-    """The batch run cannot go on (a batch the API refused outright, no way to poll)."""
+T = TypeVar("T")
 
 
 # --- pure decisions ------------------------------------------------------------------------------
@@ -183,7 +192,7 @@ def _memo(state: JobState, batch_id: str) -> dict[str, Any]:
     return state.get_meta(_META_PREFIX + batch_id, {}) or {}
 
 
-async def _retrying(policy: RetryPolicy, rng: random.Random, call: Callable[[], Any]) -> Any:
+async def _retrying(policy: RetryPolicy, rng: random.Random, call: Callable[[], Awaitable[T]]) -> T:
     from batcher.retry import retrying
 
     async for attempt in retrying(policy, rng):
@@ -205,9 +214,9 @@ class Collector:
     """
 
     profile: ModelProfile
-    client: Any  # api.client.Client
+    client: Client
     state: JobState
-    sink: Any  # sink.Sink
+    sink: ResultSink
     err: TextIO
     counters: Counters
     policy: RetryPolicy
@@ -232,9 +241,7 @@ class Collector:
             if self.fatal is not None:
                 return
             try:
-                info = await _retrying(
-                    self.policy, self.rng, lambda b=batch: self.client.get_batch(b.batch_id)
-                )
+                info = await _retrying(self.policy, self.rng, partial(self.client.get_batch, batch.batch_id))
             except errors.NotFoundError:
                 self._lost(batch.batch_id)
                 continue
@@ -340,40 +347,33 @@ class Collector:
         memo: dict[str, Any],
     ) -> Result:
         images = [ImageSent(**i) for i in memo.get("images", [])]
-        common = {
-            "id": row_id,
-            "attempts": attempts,
-            "images": images,
-            "mode": "batch",
-            "warnings": list(memo.get("warnings", [])),
-            "fields": dict(memo.get("fields", {})),
-        }
+        warnings = list(memo.get("warnings", []))
+        fields = dict(memo.get("fields", {}))
         if kind == "error":
             error = result.get("error") or {}
-            return Result(
-                status="error",
-                model=self.profile.id,
+            return results.refused(
+                self.profile,
+                row_id=row_id,
                 error_type=error_type,
-                error_message=message,
+                message=message,
+                images=images,
+                warnings=warnings,
+                fields=fields,
+                attempts=attempts,
                 request_id=error.get("request_id"),
-                **common,
+                mode="batch",
             )
         msg = result.get("message") or {}
-        usage = msg.get("usage") or {}
-        text, tool_input = answer_text(msg)
-        return Result(
-            status="ok",
-            text=text,
-            tool_input=tool_input,
-            model=msg.get("model", self.profile.id),
-            stop_reason=msg.get("stop_reason"),
-            input_tokens=usage.get("input_tokens"),
-            output_tokens=usage.get("output_tokens"),
-            cache_read_input_tokens=usage.get("cache_read_input_tokens"),
-            cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
+        return results.answered(
+            self.profile,
+            msg,
+            row_id=row_id,
+            images=images,
+            warnings=warnings,
+            fields=fields,
+            attempts=attempts,
             request_id=msg.get("id"),
-            cost_usd=usage_cost(self.profile, usage, batch=True),
-            **common,
+            mode="batch",
         )
 
 
@@ -381,9 +381,9 @@ async def collect_ended(
     *,
     job: JobConfig,
     profile: ModelProfile,
-    client: Any,
+    client: Client,
     state: JobState,
-    sink: Any,
+    sink: ResultSink,
     counters: Counters,
     err: TextIO,
 ) -> Collector:
@@ -411,22 +411,27 @@ async def collect_ended(
 
 @dataclass
 class BatchRun:
-    """One ``batcher run`` of a batch-mode job. ``pipeline`` supplies reading and preparing.
+    """One ``batcher run`` of a batch-mode job: the batch driver. The run core reads, prepares and
+    writes (:mod:`batcher.core`); this groups prepared rows into batches, submits, polls, collects.
 
     The runner has already collected the batches that had ended (:func:`collect_ended`, whose
-    :class:`Collector` this run goes on polling with).
+    :class:`Collector` this run goes on polling with, and whose counters it counts in).
     """
 
-    job: Any  # JobConfig
-    profile: Any  # ModelProfile
-    client: Any  # api.client.Client
-    state: Any  # state.JobState
-    sink: Any  # sink.Sink
-    pipeline: Any  # pipeline.Pipeline (its _feed/_prepare stages, counters, stop)
+    job: JobConfig
+    profile: ModelProfile
+    client: Client
+    state: JobState
+    sink: ResultSink
+    #: the image pool rows are prepared in
+    pool: ImagePreparer
     rows: Callable[[], Iterable[Row]]
     err: TextIO
     collector: Collector
-    budget: Any = None  # budget.BudgetGate at the batch price
+    #: ``--retry-errors``: rows that ended in error are sent again (once a run)
+    retry_errors: bool = False
+    #: ``[limits] budget_usd``, at the batch price (the plan prices rows for this mode)
+    budget: BudgetGate | None = None
     clock: Callable[[], float] = time.monotonic
     #: submissions of each row in this run (bounded by run.max_attempts)
     tries: Counter[str] = field(default_factory=Counter)
@@ -441,20 +446,63 @@ class BatchRun:
     def __post_init__(self) -> None:
         # Holds of batches collected from now on are settled against this run's budget.
         self.collector.budget = self.budget.budget if self.budget is not None else None
+        self.stopping = anyio.Event()
+        self._cancel_work: anyio.CancelScope | None = None
+        self.planner = Planner.for_job(self.job, self.profile)
+        self.preparer = RowPreparer.for_job(
+            self.job,
+            self.profile,
+            self.pool,
+            downloader=self.client,
+            state=self.state,
+            stopping=self.stopping,
+            on_fatal=self.fatal_stop,
+        )
 
     @property
-    def counters(self) -> Any:
-        return self.pipeline.counters
+    def counters(self) -> Counters:
+        return self.collector.counters
+
+    @property
+    def uploader(self) -> FileUploader | None:
+        return self.preparer.uploader
+
+    # -- stopping (what the signal watcher and the core's stages call) --
+
+    def stop(self, reason: str) -> None:
+        """Submit nothing more; downloads and image preparations in flight are cancelled."""
+        if self.counters.stop_reason is None:
+            self.counters.stop_reason = reason
+        self.stopping.set()
+        self.preparer.cancel_unsent()
+
+    def abandon(self, reason: str) -> None:
+        """Stop now, whatever is being done (a second signal)."""
+        self.stop(reason)
+        if self._cancel_work is not None:
+            self._cancel_work.cancel()
+
+    def fatal_stop(self, exc: BaseException) -> None:
+        """An upload found that nothing the job sends can succeed: stop, with a short grace."""
+        self.stop(f"fatal: {exc}")
+        scope = self._cancel_work
+        if scope is not None:
+            scope.deadline = min(scope.deadline, anyio.current_time() + FATAL_GRACE_S)
 
     # -- the whole run --
 
     async def run(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._cancel_work = scope
+            await self._run()
+
+    async def _run(self) -> None:
         run = self.job.run
         if self.budget is not None:
             self.budget.budget.reserved_usd += live_holds_usd(self.state)
         delay = run.poll_initial_s
         while self.fatal is None:
-            if not self.pipeline.stopping.is_set():
+            if not self.stopping.is_set():
                 await self.submit()
             live = self.live()
             if not live or not run.wait:
@@ -468,17 +516,15 @@ class BatchRun:
 
     def interrupted(self) -> bool:
         """Stopped by a signal (not by the budget or a batch the API refused): stop waiting."""
-        return (
-            self.pipeline.stopping.is_set() and not self.halted and self.counters.stop_reason != BUDGET_STOP
-        )
+        return self.stopping.is_set() and not self.halted and self.counters.stop_reason != BUDGET_STOP
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking at once if the run is told to stop meanwhile."""
-        if self.pipeline.stopping.is_set():
+        if self.stopping.is_set():
             await anyio.sleep(seconds)
             return
         with anyio.move_on_after(seconds):
-            await self.pipeline.stopping.wait()
+            await self.stopping.wait()
 
     def live(self) -> list[BatchRecord]:
         return live_batches(self.state)
@@ -490,7 +536,7 @@ class BatchRun:
         (the runner adopted any that were not), so ``pending`` leaves them out."""
         limit = self.job.run.max_attempts
         # --retry-errors sends final errors again once a run, not on every pass of the wait loop
-        retry_errors = self.pipeline_retry_errors and not self.passes
+        retry_errors = self.retry_errors and not self.passes
         self.passes += 1
 
         def wanted() -> Iterable[Row]:
@@ -499,36 +545,41 @@ class BatchRun:
                     continue  # left for the next run, as online rows out of attempts are
                 yield row
 
-        p = self.pipeline
+        prep = self.preparer
         builder = BatchBuilder(self.job.run.batch_max_requests, self.job.run.batch_max_bytes)
-        prep_n = max(2, 2 * p.pool.workers)
+        prep_n = preparers_for(self.pool)
+        # Rows that fail before any batch (bad row, bad image, upload) are recorded as online, by
+        # the core's writer stage, which exports once the pass is over (off the event loop, never
+        # half written).
+        writer = Writer(
+            self.state,
+            self.sink,
+            self.counters,
+            self.job.run.part_rows,
+            mode="batch",
+            export_as_it_goes=False,
+        )
         to_prepare_send, to_prepare = anyio.create_memory_object_stream[Row](prep_n)
-        prepared_send, prepared = anyio.create_memory_object_stream[Any](prep_n)
-        results_send, results = anyio.create_memory_object_stream[Any](prep_n * 2)
+        prepared_send, prepared = anyio.create_memory_object_stream[Prepared](prep_n)
+        results_send, results = anyio.create_memory_object_stream[Written](prep_n * 2)
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._write_outcomes, results)
+            outer.start_soon(writer.write, results)
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(p._feed, wanted(), to_prepare_send, results_send.clone())
+                    tg.start_soon(prep.feed, wanted(), to_prepare_send, results_send.clone(), self.counters)
                     async with to_prepare, prepared_send:
                         for _ in range(prep_n):
                             tg.start_soon(
-                                p._prepare, to_prepare.clone(), prepared_send.clone(), results_send.clone()
+                                prep.stage, to_prepare.clone(), prepared_send.clone(), results_send.clone()
                             )
                     tg.start_soon(self._group, prepared, builder)
             finally:
                 results_send.close()
-        with anyio.CancelScope(shield=True):  # off the event loop (issue 13); never half written
-            await anyio.to_thread.run_sync(lambda: self.sink.export(max_rows=self.job.run.part_rows))
 
-    @property
-    def pipeline_retry_errors(self) -> bool:
-        return bool(getattr(self.pipeline, "retry_errors", False))
-
-    async def _group(self, prepared: Any, builder: BatchBuilder) -> None:
+    async def _group(self, prepared: ObjectReceiveStream[Prepared], builder: BatchBuilder) -> None:
         async with prepared:
             async for item in prepared:
-                if self.halted or self.pipeline.stopping.is_set():
+                if self.halted or self.stopping.is_set():
                     continue  # not recorded: the next run prepares it again
                 pending = self._pending(item)
                 if pending is None:
@@ -541,16 +592,17 @@ class BatchRun:
             if builder.items and not self.halted:
                 await self._flush(builder.take())
 
-    def _pending(self, p: Any) -> Pending | None:
+    def _pending(self, p: Prepared) -> Pending | None:
         """A prepared row as a batch request, its worst case held; None if the budget is spent."""
+        plan = self.planner.plan(p)
         held = 0.0
         if self.budget is not None:
-            got = self.budget.reserve(p)
+            got = self.budget.reserve(plan)
             if got is None:
-                self.pipeline.stop(BUDGET_STOP)
+                self.stop(BUDGET_STOP)
                 return None
             held = got
-        params = messages_body(self.profile, self.pipeline.settings, p.parts, p.row.prompt)
+        params = plan.body
         request = {"custom_id": p.row.custom_id, "params": params}
         memo = {
             "images": [_sent_dict(s) for s in p.sent],
@@ -563,7 +615,7 @@ class BatchRun:
             p.row.custom_id,
             params,
             len(orjson.dumps(request)),
-            betas_for(p.parts, self.job.images.files_beta),
+            plan.betas,
             held,
             memo,
         )
@@ -610,25 +662,10 @@ class BatchRun:
         self.halted = True
         if exc is not None and exc.fatal:
             self.fatal = message
-        self.pipeline.stop(message)
+        self.stop(message)
 
-    async def _retrying(self, call: Callable[[], Any]) -> Any:
-        return await _retrying(self.pipeline.policy, self.pipeline.rng, call)
-
-    async def _write_outcomes(self, outcomes: Any) -> None:
-        """Rows that failed before any batch (bad row, bad image, upload): recorded as online."""
-        from batcher.pipeline import Transient
-
-        async with outcomes:
-            async for outcome in outcomes:
-                if isinstance(outcome, Transient):
-                    self.state.record_transient(
-                        outcome.row_id, outcome.error_type, outcome.message, outcome.attempts
-                    )
-                    continue
-                outcome.mode = "batch"
-                self.state.record(outcome)
-                self.counters.add(outcome)
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await _retrying(self.collector.policy, self.collector.rng, call)
 
     # -- collect (the Collector's work; a fatal answer there stops the run) --
 
@@ -660,7 +697,7 @@ class BatchRun:
         return await cancel_batches(self.client, self.state, self.err)
 
 
-async def cancel_batches(client: Any, state: Any, err: TextIO) -> int:
+async def cancel_batches(client: Client, state: JobState, err: TextIO) -> int:
     """Cancel a job's live batches (what they answered already is collected by the next run)."""
     cancelled = 0
     for batch in state.list_batches():
@@ -690,10 +727,10 @@ async def run_batch_mode(
     *,
     job: JobConfig,
     profile: ModelProfile,
-    client: Any,
+    client: Client,
     state: JobState,
-    sink: Any,
-    manifest: Any,
+    sink: ResultSink,
+    manifest: Manifest,
     retry_errors: bool,
     err: TextIO,
     to_do: int,
@@ -707,60 +744,44 @@ async def run_batch_mode(
     1 fatal; 75 batches still running (``wait = false`` or interrupted) or rows left to resubmit.
     """
     from batcher.images.pool import ImagePool
-    from batcher.pipeline import Pipeline
     from batcher.progress import report
-    from batcher.runner import _watch_signals
 
     async with ImagePool(workers=job.run.image_workers or None) as pool:
-        pipeline = Pipeline(
-            job=job,
-            profile=profile,
-            client=client,
-            state=state,
-            sink=sink,
-            pool=pool,
-            counters=collector.counters,
-        )
-        pipeline.policy = collector.policy
-        pipeline.retry_errors = retry_errors  # type: ignore[attr-defined]
         batch_run = BatchRun(
             job=job,
             profile=profile,
             client=client,
             state=state,
             sink=sink,
-            pipeline=pipeline,
+            pool=pool,
             rows=manifest.rows,
             err=err,
-            budget=budget,
             collector=collector,
+            retry_errors=retry_errors,
+            budget=budget,
         )
+        counters = batch_run.counters
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, pipeline)
-            tg.start_soon(lambda: report(pipeline.counters, to_do, stream=err, batch=batch_run.progress))
-            with anyio.CancelScope() as scope:
-                pipeline._cancel_work = scope
-                await batch_run.run()
+            tg.start_soon(watch_signals, batch_run)
+            tg.start_soon(lambda: report(counters, to_do, stream=err, batch=batch_run.progress))
+            await batch_run.run()
             tg.cancel_scope.cancel()
     sink.export(max_rows=job.run.part_rows)
     code = exit_code(batch_run, state)
-    if pipeline.uploader is not None and batch_run.fatal is None:
+    if batch_run.uploader is not None and batch_run.fatal is None:
         from batcher.files import finish_run
-        from batcher.runner import EXIT_OK, EXIT_ROW_ERRORS
 
         # Files stay while any batch may still refer to them, or rows are left to send.
         await finish_run(
-            pipeline.uploader,
-            pipeline.counters,
+            batch_run.uploader,
+            counters,
             err,
             delete_at_end=job.images.delete_files_at_end and code in (EXIT_OK, EXIT_ROW_ERRORS),
         )
-    return code, pipeline.counters, batch_run.progress()
+    return code, counters, batch_run.progress()
 
 
 def exit_code(batch_run: BatchRun, state: JobState) -> int:
-    from batcher.runner import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
-
     if batch_run.fatal is not None:
         return EXIT_FATAL
     if batch_run.counters.stop_reason == BUDGET_STOP:
@@ -807,7 +828,7 @@ def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdo
 
     if not (out / STATE_FILE).is_file():
         print(f"batcher: {out}: no job state here (is it a job's output folder?)", file=err)
-        return 2
+        return EXIT_CONFIG
     if cancel:
         from batcher.api.client import Client, MissingKeyError, settings_from_env
 
@@ -815,7 +836,7 @@ def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdo
             key, base_url = settings_from_env()
         except MissingKeyError as exc:
             print(f"batcher: {exc}", file=err)
-            return 1
+            return EXIT_FATAL
 
         async def go() -> int:
             with JobState.open(out) as state:
@@ -833,4 +854,4 @@ def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdo
     else:
         lines = list_lines(out)
         print("\n".join(lines) if lines else f"{out}: no batches", file=stdout)
-    return 0
+    return EXIT_OK

@@ -1,9 +1,11 @@
 """``[limits] budget_usd``: never start a request the budget could not pay for.
 
 Before a row's request is sent, its worst case is *reserved*: its input as estimated
-(:func:`batcher.estimate.row_worst_cost`: image tokens exact, text padded) and ``max_tokens`` of
-output. When the answer comes, the reservation is replaced by what its ``usage`` really cost (cache
-reads and writes at their own prices, by :func:`batcher.cost.usage_cost`). A row whose reservation
+(:func:`batcher.core.plan.row_worst_cost`: image tokens exact, text padded) and ``max_tokens`` of
+output, as its :class:`~batcher.core.plan.PlannedRequest` says (planned once per row, for the rate
+limiter too), at the price of the run's mode. When the answer comes, the reservation is replaced
+by what its ``usage`` really cost (cache reads and writes at their own prices, by
+:func:`batcher.cost.usage_cost`). A row whose reservation
 would take spent + reserved past the budget is not sent, and from then on no row is: the run stops
 taking rows, finishes what is in flight and exits 5. Spend of earlier runs (the job state's
 ``cost_usd``) counts from the start, so a budget is the job's, not one run's.
@@ -16,10 +18,10 @@ answered but whose answer never arrived (a cut connection): the API bills it, no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from batcher.api.bodies import RequestSettings, messages_body
-from batcher.models import ModelProfile
+from batcher.config import JobConfig
+from batcher.core.outcomes import Outcome
+from batcher.core.plan import PlannedRequest
 
 #: ``Counters.stop_reason`` when the budget stopped the run.
 BUDGET_STOP = "budget"
@@ -57,37 +59,20 @@ class Budget:
 
 @dataclass
 class BudgetGate:
-    """The pipeline's budget hook: reserve a prepared row's worst case, settle its outcome."""
+    """The drivers' budget hook (:class:`batcher.core.seams.BudgetHook`): reserve a planned
+    request's worst case, settle it with the row's outcome."""
 
     budget: Budget
-    profile: ModelProfile
-    settings: RequestSettings
-    batch: bool = False
 
-    def worst_cost(self, prepared: Any) -> float:
-        """Worst-case dollars for a prepared row (``pipeline.Prepared``: parts, sent, row)."""
-        from batcher.estimate import body_tokens, row_worst_cost, unsized_image_tokens
-        from batcher.images.sizing import ImageOptions
-
-        unsized = unsized_image_tokens(self.profile, ImageOptions())
-        images = [s.tokens if s.tokens is not None else unsized for s in prepared.sent]
-        body = messages_body(self.profile, self.settings, prepared.parts, prepared.row.prompt)
-        tokens = body_tokens(self.profile, body, images)
-        return row_worst_cost(self.profile, tokens, self.settings.max_tokens, batch=self.batch)
-
-    def reserve(self, prepared: Any) -> float | None:
+    def reserve(self, plan: PlannedRequest) -> float | None:
         """The dollars held for this row, or None: the budget cannot take it (send nothing)."""
-        usd = self.worst_cost(prepared)
+        usd = plan.worst_usd
         return usd if self.budget.reserve(usd) else None
 
-    def settle(self, held: float, outcome: Any) -> None:
+    def settle(self, held: float, outcome: Outcome | None) -> None:
         self.budget.settle(held, getattr(outcome, "cost_usd", None) or 0.0)
 
 
-def gate_for(job: Any, profile: ModelProfile, spent_usd: float, *, batch: bool = False) -> BudgetGate:
-    """The gate for a job (``JobConfig``) given what earlier runs spent."""
-    from batcher.estimate import settings_for
-
-    return BudgetGate(
-        Budget(job.limits.budget_usd, spent_usd=spent_usd), profile, settings_for(job), batch=batch
-    )
+def gate_for(job: JobConfig, spent_usd: float) -> BudgetGate:
+    """The gate for a job given what earlier runs spent (the plan prices each row for its mode)."""
+    return BudgetGate(Budget(job.limits.budget_usd, spent_usd=spent_usd))

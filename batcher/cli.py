@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from batcher.exits import EXIT_CONFIG, EXIT_FATAL
+
 if TYPE_CHECKING:
     from batcher.simulator.config import Faults
 
@@ -92,10 +94,10 @@ def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
         result = estimate_job(job_cfg, profile, exact_sample_rows=exact_sample)
     except (ConfigError, ManifestError) as exc:
         click.echo(f"batcher: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     except EstimateError as exc:
         click.echo(f"batcher: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FATAL)
     click.echo(json.dumps(result.to_json(), sort_keys=True) if as_json else format_estimate(result))
 
 
@@ -257,7 +259,7 @@ def simulate(
 def _refuse_setting(message: str) -> NoReturn:
     """A ``batcher simulate`` setting refused: one line on stderr, exit code 2 (a usage error)."""
     click.echo(f"batcher: simulate: {message}", err=True)
-    sys.exit(2)
+    sys.exit(EXIT_CONFIG)
 
 
 def _fault_shares(items: tuple[str, ...], stall_s: float, seed: int) -> Faults:
@@ -433,7 +435,7 @@ def prepare_cmd(
         )
     except ConfigError as exc:
         click.echo(f"batcher: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     except ModelConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except UnknownModelError as exc:

@@ -26,14 +26,28 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from batcher.api.bodies import ImagePart, RequestSettings, messages_body
+from batcher.api.download import DownloadLimits
 from batcher.config import JobConfig
-from batcher.cost import usage_cost
-from batcher.images.sizing import ImageOptions, image_tokens, job_image_options, target_size
+from batcher.core.outcomes import Prepared
+from batcher.core.plan import (
+    Planner,
+    RowTokens,
+    body_tokens,
+    job_image_options,
+    row_cost,
+    settings_for,
+    unsized_image_tokens,
+)
+from batcher.core.prepare import RowPreparer
+from batcher.core.seams import ImagePreparer
+from batcher.images.sizing import ImageOptions, image_tokens, target_size
 from batcher.models import ModelProfile
 from batcher.records import Row, RowError
-from batcher.tokens import estimate_body_tokens, factor_hundredths
-from batcher.urls import is_url as _is_url
+from batcher.tokens import factor_hundredths
+from batcher.urls import is_url
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -53,25 +67,6 @@ class EstimateError(Exception):
 # --- pure arithmetic -----------------------------------------------------------------------------
 
 
-def settings_for(job: JobConfig) -> RequestSettings:
-    req = job.request
-    return RequestSettings(
-        max_tokens=req.max_tokens,
-        system=req.system,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        effort=req.effort,
-        stop_sequences=req.stop_sequences,
-    )
-
-
-def unsized_image_tokens(profile: ModelProfile, options: ImageOptions) -> int:
-    """The most an image of unknown size can cost: the model's budget, or the job's lower cap."""
-    budget = profile.image_token_budget
-    return min(budget, options.max_image_tokens) if options.max_image_tokens else budget
-
-
 def sent_image_tokens(
     profile: ModelProfile, options: ImageOptions, size: tuple[int, int] | None, images_in_request: int
 ) -> int:
@@ -82,42 +77,12 @@ def sent_image_tokens(
     return image_tokens(profile, width, height)
 
 
-@dataclass(frozen=True, slots=True)
-class RowTokens:
-    text: int
-    image: int
-
-    @property
-    def input(self) -> int:
-        return self.text + self.image
-
-
-def body_tokens(profile: ModelProfile, body: dict[str, Any], images: Sequence[int]) -> RowTokens:
-    """Estimated input tokens of a messages body whose n-th image costs ``images[n]`` tokens."""
-    text, image = estimate_body_tokens(body, profile, lambda n, _block: images[n])
-    return RowTokens(text, image)
-
-
 def row_tokens(
     profile: ModelProfile, settings: RequestSettings, prompt: str, images: Sequence[int]
 ) -> RowTokens:
     """Input tokens of the request for a row whose images cost ``images`` tokens each."""
     placeholders = [ImagePart("url", "") for _ in images]
     return body_tokens(profile, messages_body(profile, settings, placeholders, prompt), images)
-
-
-def row_cost(profile: ModelProfile, input_tokens: int, output_tokens: int, *, batch: bool) -> float:
-    return usage_cost(profile, {"input_tokens": input_tokens, "output_tokens": output_tokens}, batch=batch)
-
-
-#: The text estimate is a byte count, not the API's tokenizer: the budget's worst case pads it.
-TEXT_SAFETY = 1.25
-
-
-def row_worst_cost(profile: ModelProfile, tokens: RowTokens, max_tokens: int, *, batch: bool) -> float:
-    """The most a row may cost: its input (text padded by TEXT_SAFETY) and max_tokens of output."""
-    worst_in = tokens.image + math.ceil(tokens.text * TEXT_SAFETY)
-    return row_cost(profile, worst_in, max_tokens, batch=batch)
 
 
 def run_time_s(
@@ -265,7 +230,7 @@ def row_sizes(row: Row, options: ImageOptions) -> list[tuple[int, int] | None]:
 
     sizes: list[tuple[int, int] | None] = []
     for source in row.images:
-        if _is_url(source):
+        if is_url(source):
             sizes.append(None)
             continue
         width, height, _format = probe_size(source, options)
@@ -646,46 +611,52 @@ def sample_stride(sendable_rows: int, n: int) -> int:
 
 
 async def exact_sample(
-    rows: Any, job: JobConfig, profile: ModelProfile, n: int, client: Any, stride: int = 1
+    rows: Any,
+    job: JobConfig,
+    profile: ModelProfile,
+    n: int,
+    client: Any,
+    stride: int = 1,
+    pool: ImagePreparer | None = None,
 ) -> Sample:
-    """Prepare ``n`` sendable rows, every ``stride``-th, as the run would; the API counts them.
+    """Prepare ``n`` sendable rows, every ``stride``-th, as the run would (the run core's row
+    preparer, in the image pool's time and memory bounds); the API counts them.
 
     Images go as base64 whatever the job's transport: ``count_tokens`` counts the same pixels.
     """
-    import base64
+    if pool is None:
+        from batcher.images.pool import ImagePool
 
-    import anyio.to_thread
-
-    from batcher.images.errors import ImageError
-    from batcher.images.prepare import prepare_file
-
-    settings = settings_for(job)
-    options = job_image_options(job)
+        # One worker: the sample is prepared a row at a time, each answer awaited.
+        async with ImagePool(workers=1) as own:
+            return await exact_sample(rows, job, profile, n, client, stride, own)
+    planner = Planner(profile, settings_for(job), job.images.files_beta)
+    preparer = RowPreparer(
+        profile=profile,
+        pool=pool,
+        options=job_image_options(job),
+        transport="base64",
+        downloader=None,
+        download_limits=DownloadLimits(),
+        stopping=anyio.Event(),
+    )
     sample = Sample(rows=0, input_tokens_exact=0, input_tokens_estimated=0, image_tokens=0)
     sendable = -1
     for row in rows:
         if sample.rows >= n:
             break
-        if row.error is not None or any(_is_url(s) for s in row.images):
+        if row.error is not None or any(is_url(s) for s in row.images):
             continue
         sendable += 1
         if sendable % stride:
             continue
-        try:
-            prepared = [
-                await anyio.to_thread.run_sync(prepare_file, s, profile, options, len(row.images))
-                for s in row.images
-            ]
-        except ImageError:
-            continue
-        parts = [
-            ImagePart("base64", base64.b64encode(p.data).decode("ascii"), p.media_type) for p in prepared
-        ]
-        body = messages_body(profile, settings, parts, row.prompt)
-        tokens = body_tokens(profile, body, [p.tokens for p in prepared])
-        sample.input_tokens_exact += await client.count_tokens(count_body(body))
-        sample.input_tokens_estimated += tokens.input
-        sample.image_tokens += tokens.image
+        prepared = await preparer.prepare(row)
+        if not isinstance(prepared, Prepared):
+            continue  # an image that cannot be prepared: the run would not send it either
+        plan = planner.plan(prepared)
+        sample.input_tokens_exact += await client.count_tokens(count_body(plan.body))
+        sample.input_tokens_estimated += plan.tokens.input
+        sample.image_tokens += plan.tokens.image
         sample.rows += 1
     return sample
 

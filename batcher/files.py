@@ -36,12 +36,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 import anyio
 
 from batcher import facts
 from batcher.api import errors
+from batcher.exits import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.retry import RetryPolicy, retrying
 from batcher.state import FileRecord
 from batcher.urls import scheme_of
@@ -86,6 +87,7 @@ class UploadError(FilesError):
         self.fatal = fatal
 
 
+@runtime_checkable
 class FileStore(Protocol):
     """The job state's record of uploaded files, as uploads and deletes use it."""
 
@@ -545,7 +547,7 @@ def list_command(out: Path, *, as_json: bool = False) -> int:
         state = _open_state(out)
     except FilesError as exc:
         print(f"batcher: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         records = state.list_files()
     finally:
@@ -555,7 +557,7 @@ def list_command(out: Path, *, as_json: bool = False) -> int:
             print(json.dumps(asdict(r), sort_keys=True))
     else:
         print("\n".join(list_lines(records, time.time())))
-    return 0
+    return EXIT_OK
 
 
 def delete_command(out: Path, *, beta: str = facts.FILES_BETA, rpm: float = float(facts.FILES_RPM)) -> int:
@@ -569,24 +571,24 @@ def delete_command(out: Path, *, beta: str = facts.FILES_BETA, rpm: float = floa
         key, base_url = settings_from_env()
     except MissingKeyError as exc:
         print(f"batcher: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FATAL
     try:
         state = _open_state(out)
     except FilesError as exc:
         print(f"batcher: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         # Not while a run uses the files: it would only upload them again.
         lock = acquire_lock(out)
     except AlreadyRunning as exc:
         state.close()
         print(f"batcher: {exc}", file=sys.stderr)
-        return 4
+        return EXIT_ALREADY_RUNNING
     try:
         report = anyio.run(_delete_all, key, base_url, state, beta, rpm)
     except errors.APIError as exc:
         print(f"batcher: stopped: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FATAL
     finally:
         state.close()
         lock.release()
@@ -596,7 +598,7 @@ def delete_command(out: Path, *, beta: str = facts.FILES_BETA, rpm: float = floa
     )
     for file_id, why in report.failed:
         print(f"batcher: could not delete {file_id}: {why}", file=sys.stderr)
-    return 3 if report.failed else 0
+    return EXIT_ROW_ERRORS if report.failed else EXIT_OK
 
 
 async def _delete_all(key: str, base_url: str, state: FileStore, beta: str, rpm: float) -> DeleteReport:

@@ -1,7 +1,7 @@
 """What a person (or cron's mail) sees while a job runs.
 
 On a terminal a live rich display; elsewhere a plain line every few seconds. Both read the same
-:class:`~batcher.pipeline.Counters`, and both end with the same summary.
+:class:`~batcher.core.outcomes.Counters`, and both end with the same summary.
 
 Batch mode sends no request of its own per row, so it shows no request rate, in-flight count or
 429s (a rate would really be "rows put into batches a second", hundreds while nothing is answered)
@@ -19,7 +19,7 @@ from typing import TextIO
 
 import anyio
 
-from batcher.pipeline import Counters, eta_s
+from batcher.core.outcomes import Counters, eta_s
 
 
 def _rate(counters: Counters) -> float:

@@ -31,7 +31,7 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -336,7 +336,7 @@ async def rows_from_thread(
     batches: Iterator[list[Row]],
     stop: Callable[[BaseException], None],
     fatal: tuple[type[BaseException], ...],
-) -> AsyncIterator[Row]:
+) -> AsyncGenerator[Row, None]:
     """The rows of ``batches`` (:meth:`JobState.pending_batches`), each batch read and judged in a
     worker thread: reading the manifest, hashing rows and waiting for the sync never stall the
     event loop (and the requests in flight on it). Instead of raising one of ``fatal`` (a problem

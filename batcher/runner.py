@@ -2,42 +2,46 @@
 
 The order matters and is the contract: everything that can be refused is refused before anything
 is sent (job file, model, manifest, key, the model's own answer from the Models API, duplicate
-ids); only then does the pipeline start. Exit codes (also in README):
-
-=====  ===========================================================================
-0      every row is ``ok``
-1      fatal: no key, 401/402/spend limit, I/O trouble — what was done is kept
-2      usage or config error (job file, model, manifest, duplicate ids): nothing sent
-3      the run finished but some rows ended in ``error``
-4      another ``batcher run`` is already running on this output folder
-5      the budget stopped the run (``limits.budget_usd``)
-75     not finished: interrupted, rows left for the next run, or rows still in live batches
-=====  ===========================================================================
+ids); only then does the pipeline start. Exit codes: :mod:`batcher.exits` (also in README).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import signal
 import sqlite3
 import sys
+from collections.abc import Generator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import anyio
 
 from batcher import resume
 from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
-from batcher.budget import BUDGET_STOP
+from batcher.budget import BUDGET_STOP, BudgetGate, gate_for
 from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
+from batcher.core.signals import watch_signals
+from batcher.exits import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_BUDGET,
+    EXIT_CONFIG,
+    EXIT_FATAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
+)
 from batcher.models import ModelProfile, ModelRegistry
 
-EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_ROW_ERRORS = 0, 1, 2, 3
-EXIT_ALREADY_RUNNING, EXIT_BUDGET, EXIT_INCOMPLETE = 4, 5, 75
+if TYPE_CHECKING:
+    from batcher.batches import Collector
+    from batcher.manifest import Manifest
+    from batcher.pipeline import Pipeline
+    from batcher.sink import Sink
+    from batcher.state import JobState
 
 
 class RunRefused(Exception):
@@ -139,10 +143,10 @@ async def _profile_for(
     client: Client,
     job: JobConfig,
     registry: ModelRegistry,
-    state,  # type: ignore[no-untyped-def]
-    info: dict,
+    state: JobState,
+    info: dict[str, Any],
     err: TextIO,
-) -> ModelProfile:  # type: ignore[type-arg]
+) -> ModelProfile:
     """A model missing from the table: probed once through count_tokens, kept in the job state."""
     from batcher import probe
 
@@ -182,7 +186,7 @@ async def _profile_for(
     return profile
 
 
-def _open_manifest(job: JobConfig):  # type: ignore[no-untyped-def]
+def _open_manifest(job: JobConfig) -> Manifest:
     from batcher.manifest import ManifestError, open_manifest
 
     try:
@@ -216,7 +220,9 @@ def model_check_verdict(status: int, api_shaped: bool, error_type: str) -> Model
     return "error"
 
 
-async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None, err: TextIO) -> dict:  # type: ignore[type-arg]
+async def _model_info(
+    client: Client, job: JobConfig, known: ModelProfile | None, err: TextIO
+) -> dict[str, Any]:
     """``GET /v1/models/{id}`` once: the API's word on whether the model exists today ({} when
     the endpoint has no Models API: then the table's profile, or a probe, stands alone)."""
     model = job.request.model
@@ -247,7 +253,7 @@ async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None
         raise RunRefused(f"cannot check the model with the API: {exc}", EXIT_FATAL) from None
 
 
-def _check_model_online(job: JobConfig, info: dict) -> None:  # type: ignore[type-arg]
+def _check_model_online(job: JobConfig, info: dict[str, Any]) -> None:
     """What the Models API says the model can do, against what the job asks of it (before
     anything else is sent: a model the job cannot use is not probed either)."""
     caps = info.get("capabilities") or {}
@@ -274,7 +280,7 @@ def _warn_deprecated(profile: ModelProfile, err: TextIO) -> None:
         )
 
 
-def _cap_off(caps: dict, name: str) -> bool:  # type: ignore[type-arg]
+def _cap_off(caps: dict[str, Any], name: str) -> bool:
     value = caps.get(name)
     if isinstance(value, dict):
         return value.get("supported") is False
@@ -302,12 +308,12 @@ async def _run_async(
 async def _run_with_client(
     request: RunRequest,
     job: JobConfig,
-    registry: ModelRegistry,  # type: ignore[no-untyped-def]
+    registry: ModelRegistry,
     known: ModelProfile | None,
-    manifest,
+    manifest: Manifest,
     client: Client,
-    info: dict,
-) -> int:  # type: ignore[type-arg]
+    info: dict[str, Any],
+) -> int:
     from batcher.batches import left_to_batches_line, live_holds_usd
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
@@ -381,13 +387,13 @@ async def _run_with_client(
                     counters=collector.counters,
                 )
                 pipeline.policy = collector.policy
-                pipeline.budget = _budget_gate(job, profile, state)
-                if pipeline.budget is not None:
+                gate = pipeline.budget = _budget_gate(job, state)
+                if gate is not None:
                     # What live batches may still spend is committed already.
-                    pipeline.budget.budget.reserved_usd += live_holds_usd(state)
+                    gate.budget.reserved_usd += live_holds_usd(state)
                 code = EXIT_OK
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_watch_signals, pipeline)
+                    tg.start_soon(watch_signals, pipeline)
                     tg.start_soon(
                         _report_when_counted,
                         pipeline,
@@ -411,7 +417,8 @@ async def _run_with_client(
                         code = EXIT_FATAL
                     finally:
                         await rows.aclose()
-                        batches.close()
+                        if isinstance(batches, Generator):
+                            batches.close()
                     tg.cancel_scope.cancel()
         finally:
             if sync is not None:
@@ -432,10 +439,10 @@ async def _run_with_client(
                 delete_at_end=job.images.delete_files_at_end and not live_batches,
             )
         _report_changed(state, request.err)
-        to_do = to_do_box[0]
-        if to_do is None and (sync is None or sync.gate.done):  # a short run, over before the count
-            to_do = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
-        print(status_line(counters, to_do), file=request.err)
+        remaining = to_do_box[0]
+        if remaining is None and (sync is None or sync.gate.done):  # a short run, over before the count
+            remaining = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
+        print(status_line(counters, remaining), file=request.err)
         if live_batches:
             print(left_to_batches_line(live_rows, live_batches, out_dir), file=request.err)
         print(f"results: {out_dir / 'results'}", file=request.out_stream)
@@ -449,9 +456,9 @@ async def _run_with_client(
         if code:
             return code
         if counters.stop_reason == BUDGET_STOP:
+            assert gate is not None  # only a budget stops a run for the budget
             print(
-                f"batcher: stopped by the budget: {pipeline.budget.budget.line()} "
-                "(raise [limits] budget_usd to go on)",
+                f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)",
                 file=request.err,
             )
             return EXIT_BUDGET
@@ -480,7 +487,7 @@ def _manifest_faults() -> tuple[type[BaseException], ...]:
 _MANIFEST_FAULTS = _manifest_faults()
 
 
-def _open_sink(out_dir: Path, state, manifest, err: TextIO):  # type: ignore[no-untyped-def]
+def _open_sink(out_dir: Path, state: JobState, manifest: Manifest, err: TextIO) -> Sink:
     """The results sink, settled after any crash, holding the rows of the current manifest only."""
     from batcher.sink import Sink
 
@@ -509,9 +516,9 @@ async def _sync_started(sync: resume.BackgroundSync, job: JobConfig, *, whole: b
 
 
 async def _report_when_counted(
-    pipeline,
+    pipeline: Pipeline,
     out_dir: Path,
-    sync: resume.BackgroundSync | None,  # type: ignore[no-untyped-def]
+    sync: resume.BackgroundSync | None,
     request: RunRequest,
     box: list[int | None],
     collected: int,
@@ -542,13 +549,13 @@ async def _collect_first(
     job: JobConfig,
     profile: ModelProfile,
     client: Client,
-    state,
-    sink,  # type: ignore[no-untyped-def]
+    state: JobState,
+    sink: Sink,
     err: TextIO,
-):
+) -> Collector:
     """Collect the batches that have ended, before anything is sent; a fatal answer stops the run."""
     from batcher.batches import collect_ended
-    from batcher.pipeline import Counters
+    from batcher.core.outcomes import Counters
 
     collector = await collect_ended(
         job=job, profile=profile, client=client, state=state, sink=sink, counters=Counters(), err=err
@@ -558,7 +565,7 @@ async def _collect_first(
     return collector
 
 
-def _report_changed(state, err: TextIO) -> None:  # type: ignore[no-untyped-def]
+def _report_changed(state: JobState, err: TextIO) -> None:
     """Answered rows whose content changed are left as they are, and said so."""
     changed = state.count_changed()
     if changed:
@@ -573,18 +580,18 @@ async def _run_batches(
     request: RunRequest,
     job: JobConfig,
     profile: ModelProfile,
-    client: Client,  # type: ignore[no-untyped-def]
-    state,
-    sink,
-    manifest,
+    client: Client,
+    state: JobState,
+    sink: Sink,
+    manifest: Manifest,
     to_do: int,
-    collector,
+    collector: Collector,
 ) -> int:
     """``[run] mode = "batch"``: the Message Batches API (see :mod:`batcher.batches`)."""
     from batcher.batches import left_to_batches_line, run_batch_mode
     from batcher.progress import batch_status_line
 
-    gate = _budget_gate(job, profile, state, batch=True)
+    gate = _budget_gate(job, state)
     code, counters, progress = await run_batch_mode(
         job=job,
         profile=profile,
@@ -614,23 +621,8 @@ async def _run_batches(
     return code
 
 
-def _budget_gate(job: JobConfig, profile: ModelProfile, state, *, batch: bool = False):  # type: ignore[no-untyped-def]
+def _budget_gate(job: JobConfig, state: JobState) -> BudgetGate | None:
     """The budget hook for a job with ``[limits] budget_usd``; spend of earlier runs counts."""
     if job.limits.budget_usd is None:
         return None
-    from batcher.budget import gate_for
-
-    return gate_for(job, profile, state.summary().cost_usd, batch=batch)
-
-
-async def _watch_signals(pipeline) -> None:  # type: ignore[no-untyped-def]
-    """First SIGINT/SIGTERM: send nothing more (``Pipeline.stop`` also cancels the downloads and
-    image preparations in flight, killing their workers) and let requests already sent finish.
-    Second: abandon those too."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if pipeline.stopping.is_set():
-                pipeline.abandon(f"{name} again")
-                return
-            pipeline.stop(name)
+    return gate_for(job, state.summary().cost_usd)

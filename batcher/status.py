@@ -7,6 +7,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from batcher.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
+
 
 def show_status(out: Path, *, as_json: bool = False) -> int:
     from batcher.sink import REMOVED_DIR, REMOVED_FILE
@@ -14,12 +16,12 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
 
     if not (out / STATE_FILE).is_file():
         print(f"batcher: {out}: no job state here (is it a job's output folder?)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         state = JobState.open(out)
     except StateError as exc:
         print(f"batcher: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FATAL
     try:
         summary = state.summary()
         rate_limits = state.get_meta("rate_limits")
@@ -31,7 +33,7 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
         rate_limits = {**rate_limits, "in_flight": 0}
     if as_json:
         print(json.dumps({**asdict(summary), "running_pid": running}, sort_keys=True))
-        return 0
+        return EXIT_OK
     s = summary
     live = "" if running is None else f"; running now (pid {running})" if running > 0 else "; running now"
     print(f"{out}: {s.rows:,} rows in the manifest, {s.runs} run(s){live}")
@@ -70,4 +72,4 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
             f"  removed    {s.removed_rows:,} rows no longer in the manifest, not in results/ "
             f"({s.removed_answers:,} answers kept apart in {out / REMOVED_DIR / REMOVED_FILE})"
         )
-    return 0
+    return EXIT_OK

@@ -7,7 +7,7 @@ is sent. This script measures that stall, in one process, both ways, and prints 
 * ``before``: the writer as it was, recording each outcome and exporting each part on the loop,
   and base64 computed on the loop (:func:`old_write` and :func:`old_b64` below are copies of the
   old code, kept here as the baseline);
-* ``after``: the real :meth:`batcher.pipeline.Pipeline._write` (records in a worker thread, exports
+* ``after``: the real :meth:`batcher.core.writer.Writer.write` (records in a worker thread, exports
   in the background) and :func:`batcher.pipeline.b64_text` in a worker thread.
 
 A heartbeat task asks to wake every millisecond; how late it wakes is the loop's stall. Both runs
@@ -33,6 +33,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 
 from batcher.config import parse_job
+from batcher.core.writer import Writer
 from batcher.models import load_registry
 from batcher.pipeline import Outcome, Pipeline, Transient, b64_text
 from batcher.records import Result, Row
@@ -204,7 +205,9 @@ async def measure_writes(out: Path, n: int, part_rows: int, old: bool) -> dict[s
                         await send.send(answer(row))
 
             tg.start_soon(produce)
-            await (old_write(pipeline, receive) if old else pipeline._write(receive))
+            assert pipeline.sink is not None
+            writer = Writer(state, pipeline.sink, pipeline.counters, part_rows)
+            await (old_write(pipeline, receive) if old else writer.write(receive))
             stop.set()
         wall = time.perf_counter() - started
         assert state.summary().exported_rows == n, "not every row was written"

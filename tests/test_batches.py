@@ -15,8 +15,8 @@ from PIL import Image
 
 from batcher.batches import BatchBuilder, Pending, classify, next_delay
 from batcher.cost import usage_cost
+from batcher.exits import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.models import load_registry
-from batcher.runner import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.simulator.server import RunningSimulator
 from batcher.sink import read_results

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from batcher.batches import COLLECTED, DONE_STATUSES, LOST, batches_command
+from batcher.exits import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.pipeline import Counters
 from batcher.progress import BatchProgress, batch_status_line
 from batcher.records import Result, Row
-from batcher.runner import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.state import JobState
 from tests.helpers import messages_sent, results_by_id, run_job

@@ -10,8 +10,8 @@ import pytest
 
 from batcher.budget import Budget
 from batcher.cost import usage_cost
+from batcher.exits import EXIT_BUDGET, EXIT_OK
 from batcher.models import load_registry
-from batcher.runner import EXIT_BUDGET, EXIT_OK
 from batcher.simulator.config import SimConfig
 from tests.helpers import good_rows, results_by_id, run_job, write_job
 

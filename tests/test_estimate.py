@@ -22,9 +22,10 @@ from batcher.estimate import (
     run_time_s,
     sent_image_tokens,
 )
+from batcher.exits import EXIT_OK
 from batcher.images.sizing import ImageOptions
 from batcher.models import load_registry
-from batcher.runner import EXIT_OK, RunRequest, run
+from batcher.runner import RunRequest, run
 from batcher.simulator import tokens as sim_tokens
 from batcher.simulator.config import SimConfig
 from batcher.tokens import estimate_text_tokens

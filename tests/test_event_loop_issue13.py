@@ -15,7 +15,9 @@ import anyio
 import pytest
 
 from batcher.api.client import Client
-from batcher.pipeline import B64_CHUNK, b64_text
+from batcher.core.outcomes import Counters
+from batcher.core.prepare import B64_CHUNK, b64_text
+from batcher.core.writer import Writer
 from batcher.records import Row
 from batcher.simulator.config import Latency, SimConfig
 from batcher.sink import Sink, read_results
@@ -101,18 +103,17 @@ async def test_the_loop_runs_while_the_state_records(tmp_path: Path) -> None:
     stamps: list[float] = []
     stop = anyio.Event()
     try:
-        pipeline = _pipeline(None, 4, CountingPool(), state)  # type: ignore[arg-type]
-        pipeline.sink = Sink(tmp_path / "out", state)
+        writer = Writer(state, Sink(tmp_path / "out", state), Counters(), part_rows=1000)
         send, receive = anyio.create_memory_object_stream[Any](8)
         async with anyio.create_task_group() as tg:
             tg.start_soon(tick, stamps, stop)
             async with send:
                 for row in _rows(3):
                     await send.send(Result(id=row.id, status="ok", text="x"))
-            await pipeline._write(receive)
+            await writer.write(receive)
             stop.set()
         assert stall.windows and stall.inside(stamps) > 0, "the loop stood still while a row was recorded"
-        assert pipeline.counters.ok == 3 and state.summary().by_status == {"ok": 3}
+        assert writer.counters.ok == 3 and state.summary().by_status == {"ok": 3}
     finally:
         state.close()
 
@@ -131,7 +132,9 @@ async def test_the_loop_runs_while_an_image_is_base64_encoded(monkeypatch: pytes
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(tick, stamps, stop)
-        prepared = await pipeline._prepare_row(Row(id="r", images=["a.jpg"], prompt="p", fields={}, index=0))
+        prepared = await pipeline.preparer.prepare_row(
+            Row(id="r", images=["a.jpg"], prompt="p", fields={}, index=0)
+        )
         stop.set()
     assert stall.inside(stamps) > 0, "the loop stood still while an image was encoded"
     monkeypatch.undo()

@@ -6,8 +6,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import REPO
 
 
@@ -27,7 +25,6 @@ def test_tree_is_ruff_formatted() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="issue 14: core/state/simulator still being typed")
 def test_mypy_strict_is_clean() -> None:
     # The settings (strict, the package as its files) are pyproject.toml's [tool.mypy]: run from
     # the repository root with no arguments, mypy checks what CI and a developer would.

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batcher.runner import EXIT_FATAL, EXIT_OK
+from batcher.exits import EXIT_FATAL, EXIT_OK
 from batcher.sink import Sink
 from batcher.state import JobState
 from tests.helpers import messages_sent, run_job

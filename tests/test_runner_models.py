@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batcher.runner import EXIT_CONFIG, EXIT_OK
+from batcher.exits import EXIT_CONFIG, EXIT_OK
 from batcher.simulator.config import SimConfig
 from tests.helpers import run_job
 

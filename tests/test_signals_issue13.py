@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,12 @@ async def test_stop_kills_pool_workers_and_cuts_downloads(simulator, tmp_path: P
         async with ImagePool(workers=2, work=stuck_work) as pool, Client("k", simulator.base_url) as client:
             pids = [w.process.pid for w in pool._idle]
             pipeline = _pipeline(client, 4, pool, state)  # type: ignore[arg-type]
-            pipeline.job = pipeline.job.model_copy(
-                update={"images": pipeline.job.images.model_copy(update={"allow_private_urls": True})}
+            # A new pipeline for the changed job: the job is read when the pipeline is made.
+            pipeline = replace(
+                pipeline,
+                job=pipeline.job.model_copy(
+                    update={"images": pipeline.job.images.model_copy(update={"allow_private_urls": True})}
+                ),
             )
             rows = _rows([STUCK, STUCK, f"{server.url}/drip"])
             with anyio.fail_after(15):

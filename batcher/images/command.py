@@ -25,15 +25,17 @@ from typing import Any
 import aiofiles
 import anyio
 
+from batcher.core.plan import job_image_options
+from batcher.exits import EXIT_OK, EXIT_ROW_ERRORS
 from batcher.images.errors import ImageConfigError, ImageError, ImageIOError, without_label
 from batcher.images.pool import ImagePool
 from batcher.images.prepare import PreparedImage
-from batcher.images.sizing import ImageOptions, check_options, job_image_options
+from batcher.images.sizing import ImageOptions, check_options
 from batcher.models import ModelProfile, load_registry
 
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}
-#: Exit status when at least one input failed (0: all prepared).
-EXIT_SOME_FAILED = 3
+#: Exit status when at least one input failed (0: all prepared): the runs' "some rows ended in error".
+EXIT_SOME_FAILED = EXIT_ROW_ERRORS
 #: Images in flight per worker: enough to keep every worker busy, few enough to bound memory.
 IN_FLIGHT_PER_WORKER = 4
 #: The model without a job or ``--model``.
@@ -104,7 +106,7 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok == self.total else EXIT_SOME_FAILED
+        return EXIT_OK if self.ok == self.total else EXIT_SOME_FAILED
 
     def line(self) -> str:
         failed = self.total - self.ok

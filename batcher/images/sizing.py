@@ -17,14 +17,10 @@ Pure: no Pillow, no I/O. The rules (issue 4 as amended by issue 9):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from batcher import facts
 from batcher.images.errors import ImageConfigError
 from batcher.models import ModelProfile
-
-if TYPE_CHECKING:
-    from batcher.config import JobConfig
 
 #: Pixels an image may have before it is refused as a decompression bomb. Large enough for the
 #: 100 MP cameras and stitched panoramas users do have; an RGB image this size is ~360 MB decoded.
@@ -56,18 +52,6 @@ class ImageOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     #: Per-image memory bound in the worker pool (None: unbounded).
     memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES
-
-
-def job_image_options(job: JobConfig) -> ImageOptions:
-    """The job's ``[images]`` settings as :class:`ImageOptions`: the one mapping, shared by the run,
-    ``batcher estimate`` and ``batcher prepare --job`` so the three never prepare differently."""
-    imgs = job.images
-    return ImageOptions(
-        max_edge=imgs.max_edge,
-        max_image_tokens=imgs.max_image_tokens,
-        max_b64_bytes=imgs.max_b64_bytes,
-        allow_truncated=imgs.allow_truncated,
-    )
 
 
 def check_options(profile: ModelProfile, options: ImageOptions) -> None:

@@ -1,0 +1,36 @@
+"""Stopping a run, whichever driver runs it: SIGINT/SIGTERM (the first stops, the second abandons)
+and the grace a fatal answer leaves the requests already sent."""
+
+from __future__ import annotations
+
+import signal
+from typing import Protocol
+
+import anyio
+
+#: Seconds requests in flight get to come back after a fatal answer before they are dropped.
+FATAL_GRACE_S = 10.0
+
+
+class Stoppable(Protocol):
+    """A run that can be told to stop (send nothing more) and to abandon (drop what is in flight)."""
+
+    @property
+    def stopping(self) -> anyio.Event: ...
+
+    def stop(self, reason: str) -> None: ...
+
+    def abandon(self, reason: str) -> None: ...
+
+
+async def watch_signals(run: Stoppable) -> None:
+    """First SIGINT/SIGTERM: send nothing more (the online driver's ``stop`` also cancels the
+    downloads and image preparations in flight, killing their workers) and let requests already
+    sent finish. Second: abandon those too."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if run.stopping.is_set():
+                run.abandon(f"{name} again")
+                return
+            run.stop(name)

@@ -1,0 +1,64 @@
+"""Row failures (issue 14): one typed record from every stage of the core, error types from one
+registry, and the two timeouts (an image worker's, an API request's) under two names."""
+
+from __future__ import annotations
+
+from batcher.api import errors
+from batcher.core.failures import (
+    API_TIMEOUT,
+    ROW_ERROR_TYPES,
+    api_failure,
+    image_failure,
+    upload_failure,
+)
+from batcher.core.outcomes import Transient
+from batcher.files import UploadError
+from batcher.images import errors as image_errors
+from batcher.models import load_registry
+from batcher.records import Result, Row
+
+ROW = Row(id="r1", images=["a.jpg", "/data/b.png"], prompt="p", fields={"k": 1}, index=0)
+
+
+def _profile():  # type: ignore[no-untyped-def]
+    profile = load_registry().get("claude-haiku-5-5")
+    assert profile is not None
+    return profile
+
+
+def test_an_image_workers_timeout_and_an_api_timeout_have_two_names() -> None:
+    image = image_failure(ROW, image_errors.ImageTimeout("b.png: took more than 30 s"), 2)
+    api = api_failure(errors.APITimeoutError("the API did not answer in 600 s"), attempts=3)
+    assert image.error_type == "timeout" and api.error_type == API_TIMEOUT
+    assert ROW_ERROR_TYPES[image.error_type] == "image" and ROW_ERROR_TYPES[api.error_type] == "api"
+    left = api.outcome(ROW, _profile())
+    assert isinstance(left, Transient) and left.error_type == API_TIMEOUT and left.attempts == 3
+
+
+def test_a_bad_image_is_a_final_error_naming_the_image_once() -> None:
+    failure = image_failure(ROW, image_errors.Truncated("/data/b.png: the file ends early"), 2)
+    assert (failure.image_index, failure.retryable) == (2, False)
+    out = failure.outcome(ROW, _profile())
+    assert isinstance(out, Result) and out.status == "error" and out.error_type == "truncated"
+    assert out.error_message == "image 2 (/data/b.png): the file ends early"
+    assert out.fields == {"k": 1} and [i.source for i in out.images] == ROW.images
+
+
+def test_an_upload_is_left_for_the_next_run_unless_the_api_refused_it_for_good() -> None:
+    again = upload_failure(ROW, UploadError("HTTP 503", retryable=True), 1)
+    assert again.retryable and isinstance(again.outcome(ROW, _profile()), Transient)
+    final = upload_failure(ROW, UploadError("HTTP 400: bad image"), 1)
+    out = final.outcome(ROW, _profile())
+    assert isinstance(out, Result) and out.error_type == "upload_failed"
+
+
+def test_every_image_and_api_error_type_is_registered() -> None:
+    todo: list[type[image_errors.ImageError]] = [image_errors.ImageError]
+    while todo:
+        cls = todo.pop()
+        assert ROW_ERROR_TYPES.get(cls.error_type) == "image", cls
+        todo.extend(cls.__subclasses__())
+    for status in (400, 403, 404, 413, 429, 500, 529):
+        # A body without its own type: the status's documented type.
+        exc = errors.from_response(status, {"type": "error", "error": {"message": "m"}}, {})
+        assert ROW_ERROR_TYPES.get(api_failure(exc, 1).error_type) == "api", status
