@@ -60,8 +60,9 @@ class RunSummary:
     """
 
     #: what ``batcher run`` would exit with: 0 all rows ok, 3 some rows ended in error, 5 the budget
-    #: stopped the run, 75 not finished (rows left for the next run or in live batches), 2 the
-    #: manifest turned out unusable mid-run
+    #: stopped the run, 75 not finished (rows left for the next run or in live batches), 1 a fatal
+    #: answer mid-run (401, the spend limit: what was answered is kept), 2 the manifest turned out
+    #: unusable mid-run
     exit_code: int
     #: the output folder and its Parquet results (``batcher.sink.read_results(out)`` reads them)
     out: Path

@@ -17,6 +17,7 @@ from PIL import Image
 import batcher
 from batcher.images.errors import ImageError
 from batcher.models import load_registry
+from batcher.simulator.config import SimConfig
 from batcher.sink import read_results
 from batcher.state import acquire_lock
 from tests.images.builders import QUADRANTS, oriented_jpeg, quadrants
@@ -121,7 +122,7 @@ def test_run_a_loaded_job_changed_in_memory_runs_that_job(tmp_path: Path, api_en
 
 
 def test_run_refusals_raise_job_error_with_the_exit_code(
-    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, simulator: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = write_job(tmp_path, 2)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
@@ -140,6 +141,14 @@ def test_run_refusals_raise_job_error_with_the_exit_code(
     with pytest.raises(batcher.JobError) as no_job:
         batcher.load_job(tmp_path / "nope.toml")
     assert no_job.value.exit_code == 2 and "nope.toml" in str(no_job.value)
+
+    refusing = make_simulator(SimConfig(api_key="another-key"))
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", refusing.base_url)
+    with pytest.raises(batcher.JobError) as unauthorized:
+        batcher.run(job)
+    assert unauthorized.value.exit_code == 1 and "401" in str(unauthorized.value)
+    assert messages_sent(refusing) == 0
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", simulator.base_url)
 
     (tmp_path / "out").mkdir()
     lock = acquire_lock(tmp_path / "out")
@@ -225,7 +234,8 @@ def test_prepare_image_turns_an_exif_rotated_jpeg_upright_at_the_native_size(tmp
         rgb = sent.convert("RGB")
         w, h = sent.size
         corners = [rgb.getpixel((x, y)) for y in (h // 4, 3 * h // 4) for x in (w // 4, 3 * w // 4)]
-    for got, want in zip(corners, QUADRANTS, strict=True):
+    for got, want in zip(corners, QUADRANTS, strict=True):  # each quadrant where it belongs upright
+        assert isinstance(got, tuple)
         assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 12, (got, want)
 
     capped = batcher.prepare_image(path.read_bytes(), model="claude-haiku-5-5", max_edge=800)
