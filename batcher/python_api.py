@@ -238,11 +238,10 @@ def _summary(out_dir: Path, code: int) -> RunSummary:
 
 
 def _event_loop_running() -> bool:
-    """Whether this thread runs an event loop (a notebook's asyncio, or trio): ``anyio.run``
-    refuses to start another one here."""
+    """Whether this thread runs an event loop (a notebook's asyncio, or trio), where ``anyio.run``
+    refuses to start another one: asyncio's own word, then sniffio's where it is installed (anyio
+    no longer requires it)."""
     import asyncio
-
-    import sniffio
 
     try:
         asyncio.get_running_loop()
@@ -250,6 +249,10 @@ def _event_loop_running() -> bool:
         pass
     else:
         return True
+    try:
+        import sniffio
+    except ImportError:
+        return False
     try:
         sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
