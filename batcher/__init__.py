@@ -1,3 +1,90 @@
-"""batcher: run Claude's vision over large image sets, exactly once per row."""
+"""batcher: run Claude's vision over large image sets, exactly once per row.
+
+From Python (see README, "Python API")::
+
+    import batcher
+
+    summary = batcher.run("job.toml")  # RunSummary: ok, errors, left, exit_code, cost_usd...
+    figures = batcher.estimate("job.toml")  # Estimate: rows, images, input_tokens, cost_usd_online...
+    image = batcher.prepare_image("photo.jpg", model="claude-haiku-5-5")  # PreparedImage
+
+The names are imported on first use, so ``import batcher`` (and ``batcher --help``) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from batcher.config import JobConfig as JobConfig
+    from batcher.estimate import Estimate as Estimate
+    from batcher.images.errors import ImageError as ImageError
+    from batcher.images.prepare import PreparedImage as PreparedImage
+    from batcher.python_api import JobError as JobError
+    from batcher.python_api import RunSummary as RunSummary
+    from batcher.python_api import estimate as estimate
+    from batcher.python_api import load_job as load_job
+    from batcher.python_api import prepare_image as prepare_image
+    from batcher.python_api import run as run
+
+#: Exported name -> the module that defines it.
+_EXPORTS = {
+    "run": "batcher.python_api",
+    "estimate": "batcher.python_api",
+    "prepare_image": "batcher.python_api",
+    "load_job": "batcher.python_api",
+    "JobError": "batcher.python_api",
+    "RunSummary": "batcher.python_api",
+    "JobConfig": "batcher.config",
+    "Estimate": "batcher.estimate",
+    "PreparedImage": "batcher.images.prepare",
+    "ImageError": "batcher.images.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """``batcher.estimate`` is the function, although a submodule of the same name exists.
+
+    Importing a submodule binds it on its package (``batcher.estimate = <module>``), which would
+    replace the function as soon as anything imports ``batcher.estimate`` the module. This property
+    keeps the name the function's; the module stays ``sys.modules["batcher.estimate"]``, which
+    ``from batcher.estimate import ...`` reads (``import batcher.estimate as m`` would not: use the
+    ``from`` form).
+    """
+
+    @property
+    def estimate(self) -> object:
+        replaced = self.__dict__.get("_estimate_set")
+        if replaced is not None:  # set by a test's monkeypatch, say
+            return replaced
+        from batcher.python_api import estimate
+
+        return estimate
+
+    @estimate.setter
+    def estimate(self, value: object) -> None:
+        if not isinstance(value, types.ModuleType):
+            self.__dict__["_estimate_set"] = value
+
+
+sys.modules[__name__].__class__ = _Package

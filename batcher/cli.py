@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from batcher.exits import EXIT_CONFIG, EXIT_FATAL
+from batcher.exits import EXIT_CONFIG
 
 if TYPE_CHECKING:
     from batcher.simulator.config import Faults
@@ -85,19 +85,15 @@ def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
     """
     import json
 
-    from batcher.config import ConfigError
-    from batcher.estimate import EstimateError, estimate_job, format_estimate, load
-    from batcher.manifest import ManifestError
+    from batcher.estimate import format_estimate
+    from batcher.python_api import JobError
+    from batcher.python_api import estimate as estimate_job
 
     try:
-        job_cfg, profile = load(job)
-        result = estimate_job(job_cfg, profile, exact_sample_rows=exact_sample)
-    except (ConfigError, ManifestError) as exc:
+        result = estimate_job(job, exact_sample=exact_sample)
+    except JobError as exc:
         click.echo(f"batcher: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-    except EstimateError as exc:
-        click.echo(f"batcher: {exc}", err=True)
-        sys.exit(EXIT_FATAL)
+        sys.exit(exc.exit_code)
     click.echo(json.dumps(result.to_json(), sort_keys=True) if as_json else format_estimate(result))
 
 

@@ -725,9 +725,16 @@ def _duration(seconds: float) -> str:
 
 def load(job_path: Any) -> tuple[JobConfig, ModelProfile]:
     """The job and its model's profile; raises ``ConfigError`` naming the key."""
-    from batcher.config import ConfigError, check_against_model, job_registry, load_job
+    from batcher.config import load_job
 
     job = load_job(job_path)
+    return job, job_profile(job)
+
+
+def job_profile(job: JobConfig) -> ModelProfile:
+    """The profile of a loaded job's model, checked against the job; raises ``ConfigError``."""
+    from batcher.config import ConfigError, check_against_model, job_registry
+
     registry = job_registry(job)
     profile = registry.get(job.request.model)
     if profile is None:
@@ -743,7 +750,7 @@ def load(job_path: Any) -> tuple[JobConfig, ModelProfile]:
             )
         profile = from_meta(probed, registry)
     check_against_model(job, profile)
-    return job, profile
+    return profile
 
 
 def estimate_job(

@@ -64,13 +64,14 @@ class RunRequest:
     err: TextIO = sys.stderr
     out_stream: TextIO = sys.stdout
     today: dt.date | None = None
+    #: a job already loaded (and perhaps changed in memory): run as it is, ``job_path`` not re-read
+    job: JobConfig | None = None
 
 
 def run(request: RunRequest) -> int:
-    """Run a job; returns the exit code. Every refusal is one line on stderr."""
+    """``batcher run``: :func:`execute`, every refusal one line on stderr; returns the exit code."""
     try:
-        job, registry, profile = _load(request)
-        return anyio.run(_run_async, request, job, registry, profile)
+        return execute(request)
     except RunRefused as exc:
         print(f"batcher: {exc}", file=request.err)
         return exc.code
@@ -78,16 +79,24 @@ def run(request: RunRequest) -> int:
         # Outside the pipeline (reading the manifest, merging parts): nothing half-done is kept.
         print("batcher: interrupted; `batcher run` again resumes", file=request.err)
         return EXIT_INCOMPLETE
+
+
+def execute(request: RunRequest) -> int:
+    """Run a job in this thread (which must have no event loop running); returns the exit code of
+    a run that ran, with its progress and summary on ``request.err``. A refusal, and a disk or
+    database failure that stops the run, raise :class:`RunRefused` (message and exit code)."""
+    try:
+        job, registry, profile = _load(request)
+        return anyio.run(_run_async, request, job, registry, profile)
     except (OSError, sqlite3.Error, BaseExceptionGroup) as exc:
         cause = _io_cause(exc)
         if cause is None:
             raise
-        print(
-            f"batcher: stopped: {type(cause).__name__}: {cause}; every answer recorded so far is "
+        raise RunRefused(
+            f"stopped: {type(cause).__name__}: {cause}; every answer recorded so far is "
             "kept, and `batcher run` again resumes",
-            file=request.err,
-        )
-        return EXIT_FATAL
+            EXIT_FATAL,
+        ) from exc
 
 
 def os_reason(exc: OSError, named: Path) -> str:
@@ -114,7 +123,7 @@ def _io_cause(exc: BaseException) -> BaseException | None:
 def _load(request: RunRequest) -> tuple[JobConfig, ModelRegistry, ModelProfile | None]:
     """The job, its model table, and the model's profile (None: not in the table, probe it)."""
     try:
-        job = load_job(request.job_path)
+        job = request.job if request.job is not None else load_job(request.job_path)
         registry = job_registry(job)
     except ConfigError as exc:
         raise RunRefused(str(exc), EXIT_CONFIG) from None

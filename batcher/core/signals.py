@@ -4,6 +4,7 @@ and the grace a fatal answer leaves the requests already sent."""
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Protocol
 
 import anyio
@@ -26,7 +27,12 @@ class Stoppable(Protocol):
 async def watch_signals(run: Stoppable) -> None:
     """First SIGINT/SIGTERM: send nothing more (the online driver's ``stop`` also cancels the
     downloads and image preparations in flight, killing their workers) and let requests already
-    sent finish. Second: abandon those too."""
+    sent finish. Second: abandon those too.
+
+    Only the main thread can receive signals: a run on another one (``batcher.run`` called where an
+    event loop already runs, as in a notebook) watches none, and its caller's interrupt stands."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
