@@ -41,10 +41,7 @@ class StreamNotices:
     ) -> None:
         from batcher.commands.progress import report
 
-        if extra is None:
-            await report(counters, remaining, stream=self.err, batch=batch)
-        else:
-            await report(counters, remaining, stream=self.err, extra=extra, batch=batch)
+        await report(counters, remaining, stream=self.err, extra=extra or (lambda: ""), batch=batch)
 
 
 def run(request: RunRequest, *, err: TextIO | None = None, out: TextIO | None = None) -> int:
