@@ -37,16 +37,19 @@ per-request latency) and ``request_id`` is the message id (or the error's reques
 
 Cancelling: the first SIGINT/SIGTERM stops submitting and cancels the job's live batches (what
 they already answered is collected by the next run; the rest is resubmitted then); a second one
-exits at once. ``batcher batches OUT --cancel`` cancels them from another shell. To leave batches
+exits at once. ``batcher batches OUT --cancel`` (:mod:`batcher.commands.batches`) cancels them from
+another shell. To leave batches
 running and exit, use ``wait = false``.
 
 Budget (``[limits] budget_usd``): each row's worst case is held at the batch price when it joins
 a batch and settled when its batch is collected; a row that does not fit stops submission (exit 5).
+
+What the driver does (a batch submitted, lost, cancelled) it says through the run's
+:class:`~batcher.core.notices.Notices`; it prints nothing.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import Counter
@@ -54,7 +57,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import orjson
@@ -66,13 +69,14 @@ from batcher.api.client import Client
 from batcher.budget import BUDGET_STOP, Budget, BudgetGate
 from batcher.config import JobConfig
 from batcher.core import results
+from batcher.core.notices import Notices, Say
 from batcher.core.outcomes import Counters, Prepared, Written
 from batcher.core.plan import Planner
 from batcher.core.prepare import RowPreparer, preparers_for
 from batcher.core.seams import ImagePreparer, ResultSink
 from batcher.core.signals import FATAL_GRACE_S, watch_signals
 from batcher.core.writer import Writer
-from batcher.exits import EXIT_BUDGET, EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
+from batcher.exits import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.files import FileUploader
 from batcher.models import ModelProfile
 from batcher.records import ImageSent, Result, Row
@@ -177,7 +181,7 @@ def live_holds_usd(state: JobState) -> float:
 
 
 def left_to_batches_line(rows: int, batches: int, out: Path) -> str:
-    """The one line a run prints while rows wait in live batches (it then exits 75)."""
+    """The one line a run says while rows wait in live batches (it then exits 75)."""
     noun = "batch" if batches == 1 else "batches"
     them = "it" if batches == 1 else "them"
     rows_are = "1 row is" if rows == 1 else f"{rows:,} rows are"
@@ -217,7 +221,8 @@ class Collector:
     client: Client
     state: JobState
     sink: ResultSink
-    err: TextIO
+    #: where it says what it did (a batch gone from the API)
+    say: Say
     counters: Counters
     policy: RetryPolicy
     part_rows: int
@@ -263,10 +268,9 @@ class Collector:
         self.state.update_batch(batch_id, status=LOST)
         if self.budget is not None:
             self.budget.settle(float(_memo(self.state, batch_id).get("held_usd", 0.0)), 0.0)
-        print(
+        self.say(
             f"batcher: batch {batch_id} is gone from the API; its {released:,} unanswered rows "
-            "will be sent again",
-            file=self.err,
+            "will be sent again"
         )
 
     async def _collect_one(self, batch_id: str) -> None:
@@ -385,7 +389,7 @@ async def collect_ended(
     state: JobState,
     sink: ResultSink,
     counters: Counters,
-    err: TextIO,
+    say: Say,
 ) -> Collector:
     """A run's first step, whatever the job's mode: rows found in live batches become ``batched``
     (:meth:`~batcher.state.JobState.adopt_batched`), then the batches that have ended are collected.
@@ -395,7 +399,7 @@ async def collect_ended(
         client=client,
         state=state,
         sink=sink,
-        err=err,
+        say=say,
         counters=counters,
         part_rows=job.run.part_rows,
         policy=RetryPolicy(max_attempts=job.run.max_attempts, max_wait_s=job.run.max_retry_wait_s),
@@ -426,7 +430,8 @@ class BatchRun:
     #: the image pool rows are prepared in
     pool: ImagePreparer
     rows: Callable[[], Iterable[Row]]
-    err: TextIO
+    #: where it says what it did, and its progress display
+    notices: Notices
     collector: Collector
     #: ``--retry-errors``: rows that ended in error are sent again (once a run)
     retry_errors: bool = False
@@ -650,7 +655,7 @@ class BatchRun:
             self.tries[item.row_id] += 1
         self.submitted_batches += 1
         self.submitted_rows += len(items)
-        print(f"batcher: submitted batch {batch_id} ({len(items):,} requests)", file=self.err, flush=True)
+        self.notices.say(f"batcher: submitted batch {batch_id} ({len(items):,} requests)")
 
     def _release(self, items: list[Pending]) -> None:
         if self.budget is not None:
@@ -658,7 +663,7 @@ class BatchRun:
                 self.budget.budget.settle(item.held_usd, 0.0)
 
     def _give_up(self, message: str, exc: errors.APIError | None = None) -> None:
-        print(f"batcher: {message}", file=self.err, flush=True)
+        self.notices.say(f"batcher: {message}")
         self.halted = True
         if exc is not None and exc.fatal:
             self.fatal = message
@@ -694,10 +699,10 @@ class BatchRun:
 
     async def cancel_live(self) -> int:
         """Ask the API to cancel every live batch; returns how many it accepted."""
-        return await cancel_batches(self.client, self.state, self.err)
+        return await cancel_batches(self.client, self.state, self.notices.say)
 
 
-async def cancel_batches(client: Client, state: JobState, err: TextIO) -> int:
+async def cancel_batches(client: Client, state: JobState, say: Say) -> int:
     """Cancel a job's live batches (what they answered already is collected by the next run)."""
     cancelled = 0
     for batch in state.list_batches():
@@ -706,11 +711,11 @@ async def cancel_batches(client: Client, state: JobState, err: TextIO) -> int:
         try:
             info = await client.cancel_batch(batch.batch_id)
         except errors.APIError as exc:
-            print(f"batcher: cannot cancel batch {batch.batch_id}: {exc}", file=err)
+            say(f"batcher: cannot cancel batch {batch.batch_id}: {exc}")
             continue
         state.update_batch(batch.batch_id, status=str(info.get("processing_status", "canceling")))
         cancelled += 1
-        print(f"batcher: cancelled batch {batch.batch_id}", file=err)
+        say(f"batcher: cancelled batch {batch.batch_id}")
     return cancelled
 
 
@@ -732,7 +737,7 @@ async def run_batch_mode(
     sink: ResultSink,
     manifest: Manifest,
     retry_errors: bool,
-    err: TextIO,
+    notices: Notices,
     to_do: int,
     budget: BudgetGate | None,
     collector: Collector,
@@ -744,7 +749,6 @@ async def run_batch_mode(
     1 fatal; 75 batches still running (``wait = false`` or interrupted) or rows left to resubmit.
     """
     from batcher.images.pool import ImagePool
-    from batcher.progress import report
 
     async with ImagePool(workers=job.run.image_workers or None) as pool:
         batch_run = BatchRun(
@@ -755,7 +759,7 @@ async def run_batch_mode(
             sink=sink,
             pool=pool,
             rows=manifest.rows,
-            err=err,
+            notices=notices,
             collector=collector,
             retry_errors=retry_errors,
             budget=budget,
@@ -763,7 +767,7 @@ async def run_batch_mode(
         counters = batch_run.counters
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals, batch_run)
-            tg.start_soon(lambda: report(counters, to_do, stream=err, batch=batch_run.progress))
+            tg.start_soon(lambda: notices.watch(counters, to_do, batch=batch_run.progress))
             await batch_run.run()
             tg.cancel_scope.cancel()
     sink.export(max_rows=job.run.part_rows)
@@ -775,7 +779,7 @@ async def run_batch_mode(
         await finish_run(
             batch_run.uploader,
             counters,
-            err,
+            notices.say,
             delete_at_end=job.images.delete_files_at_end and code in (EXIT_OK, EXIT_ROW_ERRORS),
         )
     return code, counters, batch_run.progress()
@@ -789,69 +793,3 @@ def exit_code(batch_run: BatchRun, state: JobState) -> int:
     if batch_run.live() or state.count_remaining(False):
         return EXIT_INCOMPLETE
     return EXIT_ROW_ERRORS if state.summary().by_status.get("error") else EXIT_OK
-
-
-# --- ``batcher batches OUT`` ------------------------------------------------------------------------
-
-
-def list_lines(out: Path) -> list[str]:
-    """One line per batch of the job: id, status, requests, counts, age."""
-    from batcher.state import JobState
-
-    with JobState.open(out) as state:
-        batches = state.list_batches()
-    now = time.time()
-    lines = []
-    for b in batches:
-        counts = " ".join(f"{k} {v:,}" for k, v in b.counts.items() if v)
-        age = math.floor((now - b.created_at) / 60)
-        lines.append(
-            f"{b.batch_id}  {b.status:<11} {b.request_count:>7,} requests  {counts or '-'}  ({age} min ago)"
-        )
-    return lines
-
-
-def batches_json(out: Path) -> list[dict[str, Any]]:
-    from dataclasses import asdict
-
-    from batcher.state import JobState
-
-    with JobState.open(out) as state:
-        return [asdict(b) for b in state.list_batches()]
-
-
-def batches_command(out: Path, *, as_json: bool, cancel: bool, err: TextIO, stdout: TextIO) -> int:
-    """``batcher batches OUT [--json] [--cancel]``; returns the exit code."""
-    import json
-
-    from batcher.state import STATE_FILE, JobState
-
-    if not (out / STATE_FILE).is_file():
-        print(f"batcher: {out}: no job state here (is it a job's output folder?)", file=err)
-        return EXIT_CONFIG
-    if cancel:
-        from batcher.api.client import Client, MissingKeyError, settings_from_env
-
-        try:
-            key, base_url = settings_from_env()
-        except MissingKeyError as exc:
-            print(f"batcher: {exc}", file=err)
-            return EXIT_FATAL
-
-        async def go() -> int:
-            with JobState.open(out) as state:
-                async with Client(key, base_url, max_connections=4) as client:
-                    return await cancel_batches(client, state, err)
-
-        done = anyio.run(go)
-        print(
-            f"batcher: {done} batch(es) cancelled; `batcher run` collects what they answered "
-            "and sends the rest again",
-            file=err,
-        )
-    if as_json:
-        print(json.dumps(batches_json(out), sort_keys=True), file=stdout)
-    else:
-        lines = list_lines(out)
-        print("\n".join(lines) if lines else f"{out}: no batches", file=stdout)
-    return EXIT_OK

@@ -1,4 +1,5 @@
-"""The ``batcher`` command: thin. Every command imports its stage lazily, so ``--help`` stays light."""
+"""The ``batcher`` command: thin, over the command modules (:mod:`batcher.commands`) and the Python
+API (:mod:`batcher.python_api`). Every command imports its stage lazily, so ``--help`` stays light."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def run(job: Path, out: Path | None, retry_errors: bool, redo_changed: bool) -> 
     sent); 1 fatal (no key, auth, I/O); 4 already running; 5 budget reached; 75 not finished
     (interrupted, or rows left for the next run).
     """
+    from batcher.commands.run import run as run_job
     from batcher.runner import RunRequest
-    from batcher.runner import run as run_job
 
     sys.exit(run_job(RunRequest(job_path=job, out=out, retry_errors=retry_errors, redo_changed=redo_changed)))
 
@@ -62,7 +63,7 @@ def demo(folder: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def status(out: Path, as_json: bool) -> None:
     """Counts by status and error type, tokens, spend and time for an output folder."""
-    from batcher.status import show_status
+    from batcher.commands.status import show_status
 
     sys.exit(show_status(out, as_json=as_json))
 
@@ -111,7 +112,7 @@ def batches(out: Path, as_json: bool, cancel: bool) -> None:
 
     Exit codes: 0 done; 2 no job state in OUT; 1 no key for --cancel.
     """
-    from batcher.batches import batches_command
+    from batcher.commands.batches import batches_command
 
     sys.exit(batches_command(out, as_json=as_json, cancel=cancel, err=sys.stderr, stdout=sys.stdout))
 
@@ -468,7 +469,7 @@ def files_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 def files_list(out: Path, as_json: bool) -> None:
     """The job's uploads, from its state: file id, bytes, when uploaded, when they expire."""
-    from batcher.files import list_command
+    from batcher.commands.files import list_command
 
     sys.exit(list_command(out, as_json=as_json))
 
@@ -490,7 +491,7 @@ def files_delete(out: Path, beta: str, rpm: float) -> None:
     A file the API no longer has counts as deleted. Exit codes: 0 all gone; 3 some could not be
     deleted; 1 fatal (no key, auth); 2 no job state in OUT; 4 a run is using the job.
     """
-    from batcher.files import delete_command
+    from batcher.commands.files import delete_command
 
     sys.exit(delete_command(out, beta=beta, rpm=rpm))
 

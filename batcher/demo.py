@@ -76,7 +76,8 @@ def write_demo(folder: Path) -> Path:
 
 
 def run_demo(folder: Path, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout) -> int:
-    from batcher.runner import RunRequest, run
+    from batcher.commands.run import run
+    from batcher.runner import RunRequest
     from batcher.simulator.config import Latency, SimConfig
     from batcher.simulator.server import running
 
@@ -90,7 +91,7 @@ def run_demo(folder: Path, *, err: TextIO = sys.stderr, out: TextIO = sys.stdout
         os.environ["ANTHROPIC_API_KEY"] = "demo-key-not-a-secret"
         os.environ["ANTHROPIC_BASE_URL"] = sim.base_url
         try:
-            code = run(RunRequest(job_path=job, err=err, out_stream=out))
+            code = run(RunRequest(job_path=job), err=err, out=out)
         finally:
             for k, v in saved.items():
                 if v is None:

@@ -21,6 +21,8 @@ Errors::
                                 ``retryable``: it ran out of retries (leave the row for the next run)
 
 Cleanup (:func:`delete_files`) deletes a job's uploads through the API; a 404 counts as already gone.
+``batcher files list|delete`` is :mod:`batcher.commands.files`. Nothing here prints: the end of a run
+says what it uploaded and deleted through the run's ``say``.
 """
 
 from __future__ import annotations
@@ -31,18 +33,16 @@ import mimetypes
 import os
 import random
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 import anyio
 
 from batcher import facts
 from batcher.api import errors
-from batcher.exits import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.retry import RetryPolicy, retrying
 from batcher.state import FileRecord
 from batcher.urls import scheme_of
@@ -50,8 +50,9 @@ from batcher.urls import scheme_of
 if TYPE_CHECKING:
     from batcher.api.client import Client
     from batcher.config import JobConfig
+    from batcher.core.notices import Say
+    from batcher.core.outcomes import Counters
     from batcher.images.prepare import PreparedImage
-    from batcher.state import JobState
 
 T = TypeVar("T")
 
@@ -472,16 +473,15 @@ async def delete_files(
     return report
 
 
-async def finish_run(uploader: FileUploader, counters: Any, err: Any, *, delete_at_end: bool) -> None:
+async def finish_run(uploader: FileUploader, counters: Counters, say: Say, *, delete_at_end: bool) -> None:
     """End of a ``transport = "files"`` run: say what was uploaded; delete the job's files if asked
     and the job has nothing left to send (an unfinished job keeps them for its next run)."""
     s = uploader.stats
     if s.uploads or s.reused:
-        print(
+        say(
             f"files: {s.uploads:,} uploaded ({s.bytes:,} bytes, {s.replaced:,} replacing gone ids), "
             f"{s.reused:,} references to earlier uploads, {uploader.prepared.hits:,} images "
-            "prepared once for several rows",
-            file=err,
+            "prepared once for several rows"
         )
     finished = counters.stop_reason is None and not counters.left_for_next_run
     if not (delete_at_end and finished):
@@ -493,116 +493,9 @@ async def finish_run(uploader: FileUploader, counters: Any, err: Any, *, delete_
         beta=uploader.beta,
         budget=uploader.budget,
     )
-    print(
+    say(
         f"files: deleted {report.deleted + report.already_gone:,} ({report.bytes:,} bytes; "
-        f"{report.already_gone:,} were already gone)",
-        file=err,
+        f"{report.already_gone:,} were already gone)"
     )
     for file_id, why in report.failed:
-        print(f"batcher: warning: could not delete {file_id}: {why} (see `batcher files delete`)", file=err)
-
-
-# --- ``batcher files list|delete OUT`` --------------------------------------------------------------------
-
-
-def _when(moment: float | None) -> str:
-    if moment is None:
-        return "never"
-    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _open_state(out: Path) -> JobState:
-    """The job state of ``out``, or FilesError (there is none, or it cannot be read)."""
-    from batcher.state import STATE_FILE, JobState, StateError
-
-    if not (out / STATE_FILE).is_file():
-        raise FilesError(f"{out}: no job state here (is it a job's output folder?)")
-    try:
-        return JobState.open(out)
-    except StateError as exc:
-        raise FilesError(str(exc)) from None
-
-
-def list_lines(records: Sequence[FileRecord], now: float) -> list[str]:
-    """The human listing of a job's uploads, newest last, with a total."""
-    lines = [f"{'file id':<40} {'bytes':>12}  {'uploaded':<20}  {'expires':<20}  sha256"]
-    for r in records:
-        expires = _when(r.expires_at) + (
-            " (expired)" if r.expires_at is not None and r.expires_at <= now else ""
-        )
-        lines.append(
-            f"{r.file_id:<40} {r.bytes:>12,}  {_when(r.uploaded_at):<20}  {expires:<20}  {r.sha256[:16]}"
-        )
-    total = sum(r.bytes for r in records)
-    lines.append(f"{len(records):,} file(s), {total:,} bytes stored")
-    return lines
-
-
-def list_command(out: Path, *, as_json: bool = False) -> int:
-    """``batcher files list OUT``: the job's uploads as the state records them. Returns the exit code."""
-    import json
-    from dataclasses import asdict
-
-    try:
-        state = _open_state(out)
-    except FilesError as exc:
-        print(f"batcher: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        records = state.list_files()
-    finally:
-        state.close()
-    if as_json:
-        for r in records:
-            print(json.dumps(asdict(r), sort_keys=True))
-    else:
-        print("\n".join(list_lines(records, time.time())))
-    return EXIT_OK
-
-
-def delete_command(out: Path, *, beta: str = facts.FILES_BETA, rpm: float = float(facts.FILES_RPM)) -> int:
-    """``batcher files delete OUT``: delete the job's uploads through the API (key and endpoint from
-    ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL) and forget them. Exit 0, 3 when some could not be
-    deleted, 1 fatal (no key, auth), 2 no job here, 4 a run holds the job."""
-    from batcher.api.client import MissingKeyError, settings_from_env
-    from batcher.state import AlreadyRunning, acquire_lock
-
-    try:
-        key, base_url = settings_from_env()
-    except MissingKeyError as exc:
-        print(f"batcher: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    try:
-        state = _open_state(out)
-    except FilesError as exc:
-        print(f"batcher: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        # Not while a run uses the files: it would only upload them again.
-        lock = acquire_lock(out)
-    except AlreadyRunning as exc:
-        state.close()
-        print(f"batcher: {exc}", file=sys.stderr)
-        return EXIT_ALREADY_RUNNING
-    try:
-        report = anyio.run(_delete_all, key, base_url, state, beta, rpm)
-    except errors.APIError as exc:
-        print(f"batcher: stopped: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    finally:
-        state.close()
-        lock.release()
-    print(
-        f"deleted {report.deleted:,} file(s) ({report.bytes:,} bytes); "
-        f"{report.already_gone:,} were already gone"
-    )
-    for file_id, why in report.failed:
-        print(f"batcher: could not delete {file_id}: {why}", file=sys.stderr)
-    return EXIT_ROW_ERRORS if report.failed else EXIT_OK
-
-
-async def _delete_all(key: str, base_url: str, state: FileStore, beta: str, rpm: float) -> DeleteReport:
-    from batcher.api.client import Client
-
-    async with Client(key, base_url, max_connections=4) as client:
-        return await delete_files(client, state, state.list_files(), beta=beta, budget=FilesBudget(rpm=rpm))
+        say(f"batcher: warning: could not delete {file_id}: {why} (see `batcher files delete`)")

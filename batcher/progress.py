@@ -1,7 +1,7 @@
-"""What a person (or cron's mail) sees while a job runs.
-
-On a terminal a live rich display; elsewhere a plain line every few seconds. Both read the same
-:class:`~batcher.core.outcomes.Counters`, and both end with the same summary.
+"""The lines a person (or cron's mail) reads about a running job, as pure functions of the
+:class:`~batcher.core.outcomes.Counters`: the plain status line and its batch-mode form. Nothing here
+writes: the runner hands the lines to its :class:`~batcher.core.notices.Notices`, and the live display
+(:mod:`batcher.commands.progress`) shows them.
 
 Batch mode sends no request of its own per row, so it shows no request rate, in-flight count or
 429s (a rate would really be "rows put into batches a second", hundreds while nothing is answered)
@@ -11,18 +11,13 @@ live batches instead (:class:`BatchProgress`).
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
-
-import anyio
 
 from batcher.core.outcomes import Counters, eta_s
 
 
-def _rate(counters: Counters) -> float:
+def request_rate(counters: Counters) -> float:
     elapsed = max(1e-9, time.monotonic() - counters.started)
     return counters.requests / elapsed
 
@@ -35,7 +30,7 @@ def status_line(counters: Counters, remaining: int | None, extra: str = "") -> s
         f"rows ok {counters.ok:,}",
         f"error {counters.error:,}",
         f"left {left:,}" if left is not None else "left ?",
-        f"{_rate(counters):.1f} req/s",
+        f"{request_rate(counters):.1f} req/s",
         f"in flight {counters.in_flight}",
         f"429s {counters.rate_limited}",
         f"tokens in {counters.input_tokens:,} out {counters.output_tokens:,}",
@@ -93,71 +88,3 @@ def _fmt_s(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-async def report(
-    counters: Counters,
-    remaining: int | None,
-    *,
-    stream: TextIO | None = None,
-    every_s: float = 5.0,
-    extra: Callable[[], str] = lambda: "",
-    batch: Callable[[], BatchProgress] | None = None,
-) -> None:
-    """Run until cancelled: a live display on a terminal, else a plain line every ``every_s``.
-
-    ``batch`` (batch mode) replaces the request figures with what the batches did.
-    """
-    stream = stream or sys.stderr
-    if stream.isatty():
-        await _live(counters, remaining, stream, extra, batch)
-        return
-    while True:
-        await anyio.sleep(every_s)
-        line = (
-            batch_status_line(counters, remaining, batch())
-            if batch is not None
-            else status_line(counters, remaining, extra())
-        )
-        print(line, file=stream, flush=True)
-
-
-async def _live(
-    counters: Counters,
-    remaining: int | None,
-    stream: TextIO,
-    extra: Callable[[], str],
-    batch: Callable[[], BatchProgress] | None,
-) -> None:
-    """A bar (rows done of remaining, ETA) with the live numbers on a line of their own below."""
-    from rich.console import Console, Group
-    from rich.live import Live
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    console = Console(file=stream)
-    # A batch ends when the API says so: no time-remaining guess from a rate for it.
-    columns = [TextColumn("[bold]rows"), BarColumn(), MofNCompleteColumn()]
-    if batch is None:
-        columns.append(TimeRemainingColumn())
-    bar = Progress(*columns, console=console)
-    task = bar.add_task("rows", total=remaining)
-    with Live(console=console, transient=True, refresh_per_second=4) as live:
-        while True:
-            bar.update(task, completed=counters.finished)
-            if batch is not None:
-                info = (
-                    f"ok {counters.ok:,}  error {counters.error:,}  |  {batch().describe()}  |  "
-                    f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
-                    f"${counters.cost_usd:.4f}"
-                )
-            else:
-                info = (
-                    f"ok {counters.ok:,}  error {counters.error:,}  |  {_rate(counters):.1f} req/s  |  "
-                    f"in flight {counters.in_flight}  |  429s {counters.rate_limited}  |  "
-                    f"tokens {counters.input_tokens:,} in / {counters.output_tokens:,} out  |  "
-                    f"${counters.cost_usd:.4f}"
-                )
-            more = extra()
-            live.update(Group(bar, Text(info), *([Text(more)] if more else [])))
-            await anyio.sleep(0.25)

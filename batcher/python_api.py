@@ -12,12 +12,11 @@ not read again (relative paths in it still resolve against the file's folder).
 
 Where an event loop already runs in the calling thread (a notebook), the work goes to a worker
 thread with a loop of its own and the caller waits for it; signals are then left to the caller
-(only the main thread can watch them: see ``batcher.runner._watch_signals``).
+(only the main thread can watch them: see :mod:`batcher.core.signals`).
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -112,18 +111,18 @@ def run(
     (``sys.stderr``) gets the progress, summary and ``results:`` lines the command writes.
     Raises :class:`JobError` for a refusal (nothing sent) or a fatal stop.
     """
+    from batcher.commands.run import StreamNotices
+    from batcher.core.notices import QUIET
     from batcher.runner import RunRefused, RunRequest, execute
 
     loaded = _loaded(job)
-    stream = progress if progress is not None else _Discard()
     request = RunRequest(
         job_path=loaded.path,
         job=loaded,
         out=Path(out) if out is not None else None,
         retry_errors=retry_errors,
         redo_changed=redo_changed,
-        err=stream,
-        out_stream=stream,
+        notices=QUIET if progress is None else StreamNotices(progress, progress),
     )
     try:
         code = _off_the_loop(lambda: execute(request))
@@ -270,11 +269,3 @@ def _off_the_loop(work: Callable[[], T]) -> T:
         return pool.submit(work).result()
     finally:
         pool.shutdown(wait=False)
-
-
-class _Discard(io.StringIO):
-    """A text stream that keeps nothing: a quiet run's progress goes here (a long run writes
-    progress lines for hours)."""
-
-    def write(self, text: str) -> int:
-        return len(text)

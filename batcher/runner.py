@@ -3,6 +3,10 @@
 The order matters and is the contract: everything that can be refused is refused before anything
 is sent (job file, model, manifest, key, the model's own answer from the Models API, duplicate
 ids); only then does the pipeline start. Exit codes: :mod:`batcher.exits` (also in README).
+
+Nothing here prints: what a run has to say goes to the request's
+:class:`~batcher.core.notices.Notices` (``batcher run`` writes them to stderr and stdout:
+:mod:`batcher.commands.run`), and a refusal is raised as :class:`RunRefused`.
 """
 
 from __future__ import annotations
@@ -10,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sqlite3
-import sys
 from collections.abc import Generator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -24,6 +27,7 @@ from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
 from batcher.budget import BUDGET_STOP, BudgetGate, gate_for
 from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
+from batcher.core.notices import QUIET, Notices, Say
 from batcher.core.signals import watch_signals
 from batcher.exits import (
     EXIT_ALREADY_RUNNING,
@@ -60,30 +64,17 @@ class RunRequest:
     #: resend done/error rows whose content (prompt, images, request settings) changed since
     #: they were answered
     redo_changed: bool = False
-    #: where progress and the summary go (stderr) and where the final line goes (stdout)
-    err: TextIO = sys.stderr
-    out_stream: TextIO = sys.stdout
+    #: where the run's lines, its progress and its final results line go (none by default;
+    #: ``batcher run`` gives its stderr and stdout)
+    notices: Notices = QUIET
     today: dt.date | None = None
     #: a job already loaded (and perhaps changed in memory): run as it is, ``job_path`` not re-read
     job: JobConfig | None = None
 
 
-def run(request: RunRequest) -> int:
-    """``batcher run``: :func:`execute`, every refusal one line on stderr; returns the exit code."""
-    try:
-        return execute(request)
-    except RunRefused as exc:
-        print(f"batcher: {exc}", file=request.err)
-        return exc.code
-    except KeyboardInterrupt:
-        # Outside the pipeline (reading the manifest, merging parts): nothing half-done is kept.
-        print("batcher: interrupted; `batcher run` again resumes", file=request.err)
-        return EXIT_INCOMPLETE
-
-
 def execute(request: RunRequest) -> int:
     """Run a job in this thread (which must have no event loop running); returns the exit code of
-    a run that ran, with its progress and summary on ``request.err``. A refusal, and a disk or
+    a run that ran, with its progress and summary said to ``request.notices``. A refusal, and a disk or
     database failure that stops the run, raise :class:`RunRefused` (message and exit code)."""
     try:
         job, registry, profile = _load(request)
@@ -154,7 +145,7 @@ async def _profile_for(
     registry: ModelRegistry,
     state: JobState,
     info: dict[str, Any],
-    err: TextIO,
+    say: Say,
 ) -> ModelProfile:
     """A model missing from the table: probed once through count_tokens, kept in the job state."""
     from batcher import probe
@@ -186,11 +177,10 @@ async def _profile_for(
         ) from None
     state.set_meta(key, probe.to_meta(profile))
     how = "matches a known size" if matched else "unlike any known size: using the smallest"
-    print(
+    say(
         f"batcher: {model_id} is not in configs/models.toml; probed through count_tokens: "
         f"native {profile.native_edge} px / {profile.image_token_budget} tokens ({how}); "
-        "costs at the highest known price until you set [models." + model_id + ".prices]",
-        file=err,
+        "costs at the highest known price until you set [models." + model_id + ".prices]"
     )
     return profile
 
@@ -229,9 +219,7 @@ def model_check_verdict(status: int, api_shaped: bool, error_type: str) -> Model
     return "error"
 
 
-async def _model_info(
-    client: Client, job: JobConfig, known: ModelProfile | None, err: TextIO
-) -> dict[str, Any]:
+async def _model_info(client: Client, job: JobConfig, known: ModelProfile | None, say: Say) -> dict[str, Any]:
     """``GET /v1/models/{id}`` once: the API's word on whether the model exists today ({} when
     the endpoint has no Models API: then the table's profile, or a probe, stands alone)."""
     model = job.request.model
@@ -251,11 +239,10 @@ async def _model_info(
             if known is not None
             else f"{model} is not in configs/models.toml either: probing it through count_tokens"
         )
-        print(
+        say(
             f"batcher: warning: GET /v1/models/{model} answered HTTP {exc.status} without the API's "
             f"error shape (a gateway without the Models API?); the model is not checked with the "
-            f"API, {going_on}",
-            file=err,
+            f"API, {going_on}"
         )
         return {}
     except errors.APIError as exc:
@@ -280,12 +267,11 @@ def _check_model_online(job: JobConfig, info: dict[str, Any]) -> None:
         )
 
 
-def _warn_deprecated(profile: ModelProfile, err: TextIO) -> None:
+def _warn_deprecated(profile: ModelProfile, say: Say) -> None:
     if profile.lifecycle == "deprecated" and profile.retires:
-        print(
+        say(
             f"batcher: warning: {profile.id} is deprecated and retires on {profile.retires}; "
-            "requests fail after that date",
-            file=err,
+            "requests fail after that date"
         )
 
 
@@ -309,7 +295,7 @@ async def _run_async(
         key, base_url, max_connections=job.run.concurrency, timeout_s=job.run.request_timeout_s
     ) as client:
         # The API's word on the model before anything is written: a refused job leaves no trace.
-        info = await _model_info(client, job, known, request.err)
+        info = await _model_info(client, job, known, request.notices.say)
         _check_model_online(job, info)
         return await _run_with_client(request, job, registry, known, manifest, client, info)
 
@@ -330,6 +316,7 @@ async def _run_with_client(
     from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
 
     out_dir = job.output_dir(request.out)
+    say = request.notices.say
     try:
         # The lock before anything else under OUT: a second runner touches nothing.
         lock = acquire_lock(out_dir)
@@ -347,17 +334,17 @@ async def _run_with_client(
     try:
         profile = known
         if profile is None:  # a known profile was checked against the job by _load
-            profile = await _profile_for(client, job, registry, state, info, request.err)
+            profile = await _profile_for(client, job, registry, state, info, say)
             _check(job, profile)
-        _warn_deprecated(profile, request.err)
+        _warn_deprecated(profile, say)
         # The sync of a new or changed manifest runs beside the pipeline (batcher.resume).
         sync = resume.begin(state, job, manifest, request.redo_changed)
         try:
             if job.run.mode == "batch":
                 if sync is not None:
                     await _sync_started(sync, job, whole=True)
-                sink = _open_sink(out_dir, state, manifest, request.err)
-                collector = await _collect_first(job, profile, client, state, sink, request.err)
+                sink = _open_sink(out_dir, state, manifest, say)
+                collector = await _collect_first(job, profile, client, state, sink, say)
                 _, live_rows = collector.live_counts()
                 # Rows this run finishes: those the collection just recorded, and those that need work.
                 to_do = collector.counters.finished + state.count_remaining(
@@ -367,7 +354,7 @@ async def _run_with_client(
                     request, job, profile, client, state, sink, manifest, to_do + live_rows, collector
                 )
                 sink.retire_removed()
-                _report_changed(state, request.err)
+                _report_changed(state, say)
                 return code
             to_do_box: list[int | None] = [None]
             refused: list[BaseException] = []
@@ -375,16 +362,15 @@ async def _run_with_client(
             async with ImagePool(workers=job.run.image_workers or None) as pool:
                 if sync is not None:
                     await _sync_started(sync, job, whole=False)
-                sink = _open_sink(out_dir, state, manifest, request.err)
+                sink = _open_sink(out_dir, state, manifest, say)
                 # Whatever the mode: first what ended batches answered; rows still in live batches
                 # are left to them (sent by no one) and the run exits 75 while any remain.
-                collector = await _collect_first(job, profile, client, state, sink, request.err)
+                collector = await _collect_first(job, profile, client, state, sink, say)
                 live_batches, live_rows = collector.live_counts()
                 if collector.collected_batches:
-                    print(
+                    say(
                         f"batcher: collected {collector.collected_rows:,} rows from "
-                        f"{collector.collected_batches} ended batch(es)",
-                        file=request.err,
+                        f"{collector.collected_batches} ended batch(es)"
                     )
                 pipeline = Pipeline(
                     job=job,
@@ -422,7 +408,7 @@ async def _run_with_client(
                     try:
                         await pipeline.run(rows)
                     except FatalRunError as exc:
-                        print(f"batcher: stopped: {exc}", file=request.err)
+                        say(f"batcher: stopped: {exc}")
                         code = EXIT_FATAL
                     finally:
                         await rows.aclose()
@@ -444,32 +430,28 @@ async def _run_with_client(
             await finish_run(
                 pipeline.uploader,
                 counters,
-                request.err,
+                say,
                 delete_at_end=job.images.delete_files_at_end and not live_batches,
             )
-        _report_changed(state, request.err)
+        _report_changed(state, say)
         remaining = to_do_box[0]
         if remaining is None and (sync is None or sync.gate.done):  # a short run, over before the count
             remaining = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
-        print(status_line(counters, remaining), file=request.err)
+        say(status_line(counters, remaining))
         if live_batches:
-            print(left_to_batches_line(live_rows, live_batches, out_dir), file=request.err)
-        print(f"results: {out_dir / 'results'}", file=request.out_stream)
+            say(left_to_batches_line(live_rows, live_batches, out_dir))
+        request.notices.results(f"results: {out_dir / 'results'}")
         if refused:
-            print(
+            say(
                 f"batcher: stopped: {_refusal(refused[0], job)}; nothing more was sent, and every "
-                "answer so far is kept",
-                file=request.err,
+                "answer so far is kept"
             )
             return EXIT_CONFIG
         if code:
             return code
         if counters.stop_reason == BUDGET_STOP:
             assert gate is not None  # only a budget stops a run for the budget
-            print(
-                f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)",
-                file=request.err,
-            )
+            say(f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)")
             return EXIT_BUDGET
         if counters.stop_reason is not None or counters.left_for_next_run or live_batches:
             return EXIT_INCOMPLETE
@@ -496,14 +478,14 @@ def _manifest_faults() -> tuple[type[BaseException], ...]:
 _MANIFEST_FAULTS = _manifest_faults()
 
 
-def _open_sink(out_dir: Path, state: JobState, manifest: Manifest, err: TextIO) -> Sink:
+def _open_sink(out_dir: Path, state: JobState, manifest: Manifest, say: Say) -> Sink:
     """The results sink, settled after any crash, holding the rows of the current manifest only."""
     from batcher.sink import Sink
 
     sink = Sink(out_dir, state, manifest.field_types())
     sink.recover()
     for warning in sink.warnings:
-        print(f"batcher: warning: {warning}", file=err)
+        say(f"batcher: warning: {warning}")
     sink.retire_removed()
     return sink
 
@@ -534,8 +516,6 @@ async def _report_when_counted(
 ) -> None:
     """The progress display, once the rows left are known (after the sync, counted off the run's
     connection: a scan at millions of rows)."""
-    from batcher.progress import report
-
     if sync is not None:
         with contextlib.suppress(Exception):  # the run itself reports what the sync found
             await sync.settled()
@@ -546,10 +526,9 @@ async def _report_when_counted(
         partial(resume.count_to_do, out_dir, request.retry_errors, request.redo_changed),
         abandon_on_cancel=True,
     )
-    await report(
+    await request.notices.watch(
         pipeline.counters,
         box[0],
-        stream=request.err,
         extra=lambda: pipeline.limiter.describe() if pipeline.limiter else "",
     )
 
@@ -560,28 +539,27 @@ async def _collect_first(
     client: Client,
     state: JobState,
     sink: Sink,
-    err: TextIO,
+    say: Say,
 ) -> Collector:
     """Collect the batches that have ended, before anything is sent; a fatal answer stops the run."""
     from batcher.batches import collect_ended
     from batcher.core.outcomes import Counters
 
     collector = await collect_ended(
-        job=job, profile=profile, client=client, state=state, sink=sink, counters=Counters(), err=err
+        job=job, profile=profile, client=client, state=state, sink=sink, counters=Counters(), say=say
     )
     if collector.fatal is not None:
         raise RunRefused(f"stopped: {collector.fatal}", EXIT_FATAL)
     return collector
 
 
-def _report_changed(state: JobState, err: TextIO) -> None:
+def _report_changed(state: JobState, say: Say) -> None:
     """Answered rows whose content changed are left as they are, and said so."""
     changed = state.count_changed()
     if changed:
-        print(
+        say(
             f"batcher: {changed:,} row(s) changed since they were answered (prompt, image or request "
-            "settings); `batcher run --redo-changed` resends them",
-            file=err,
+            "settings); `batcher run --redo-changed` resends them"
         )
 
 
@@ -609,24 +587,20 @@ async def _run_batches(
         sink=sink,
         manifest=manifest,
         retry_errors=request.retry_errors,
-        err=request.err,
+        notices=request.notices,
         to_do=to_do,
         budget=gate,
         collector=collector,
     )
-    print(batch_status_line(counters, to_do, progress), file=request.err)
+    say = request.notices.say
+    say(batch_status_line(counters, to_do, progress))
     if code == EXIT_BUDGET and gate is not None:
-        print(
-            f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)",
-            file=request.err,
-        )
+        say(f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)")
     if progress.live_batches:
-        print(
-            left_to_batches_line(progress.live_rows, progress.live_batches, state.out_dir), file=request.err
-        )
+        say(left_to_batches_line(progress.live_rows, progress.live_batches, state.out_dir))
     elif code == EXIT_INCOMPLETE:
-        print("batcher: rows left to resubmit: `batcher run` again sends them", file=request.err)
-    print(f"results: {state.out_dir / 'results'}", file=request.out_stream)
+        say("batcher: rows left to resubmit: `batcher run` again sends them")
+    request.notices.results(f"results: {state.out_dir / 'results'}")
     return code
 
 

@@ -133,6 +133,7 @@ def run_once(folder: Path, transport: str, base_url: str) -> tuple[Tally, float,
 
     from batcher import runner
     from batcher.api.client import Client
+    from batcher.commands.run import run
 
     tally = Tally()
 
@@ -151,7 +152,7 @@ def run_once(folder: Path, transport: str, base_url: str) -> tuple[Tally, float,
         started = time.perf_counter()
         # The progress display writes to stderr: keep it out of the benchmark's report.
         with contextlib.redirect_stderr(err):
-            code = runner.run(runner.RunRequest(job_path=job, err=err, out_stream=io.StringIO()))
+            code = run(runner.RunRequest(job_path=job), err=err, out=io.StringIO())
         elapsed = time.perf_counter() - started
     finally:
         runner.Client = real  # type: ignore[misc]

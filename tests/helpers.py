@@ -16,7 +16,8 @@ from typing import Any, Literal, overload
 import pytest
 from PIL import Image
 
-from batcher.runner import RunRequest, run
+from batcher.commands.run import run
+from batcher.runner import RunRequest
 from batcher.simulator.server import RunningSimulator
 from batcher.sink import read_results
 
@@ -93,7 +94,7 @@ def run_job(
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
     err = io.StringIO()
-    code = run(RunRequest(job_path=job, err=err, out_stream=io.StringIO(), **request))
+    code = run(RunRequest(job_path=job, **request), err=err, out=io.StringIO())
     return code, err.getvalue()
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from batcher.batches import COLLECTED, DONE_STATUSES, LOST, batches_command
+from batcher.batches import COLLECTED, DONE_STATUSES, LOST
+from batcher.commands.batches import batches_command
 from batcher.exits import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.pipeline import Counters
 from batcher.progress import BatchProgress, batch_status_line

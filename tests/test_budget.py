@@ -76,7 +76,7 @@ def test_the_budget_stops_the_run_with_exit_5_and_spend_within_it(
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert len(results_by_id(tmp_path / "out")) == len(rows)
-    from batcher.status import show_status
+    from batcher.commands.status import show_status
 
     status = io.StringIO()
     monkeypatch.setattr("sys.stdout", status)

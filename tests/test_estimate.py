@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from batcher.api.bodies import ImagePart, RequestSettings, messages_body
+from batcher.commands.run import run
 from batcher.demo import write_demo
 from batcher.estimate import (
     Sample,
@@ -25,7 +26,7 @@ from batcher.estimate import (
 from batcher.exits import EXIT_OK
 from batcher.images.sizing import ImageOptions
 from batcher.models import load_registry
-from batcher.runner import RunRequest, run
+from batcher.runner import RunRequest
 from batcher.simulator import tokens as sim_tokens
 from batcher.simulator.config import SimConfig
 from batcher.tokens import estimate_text_tokens
@@ -116,7 +117,7 @@ def _run_job(job: Path, sim, monkeypatch) -> dict:  # type: ignore[no-untyped-de
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
     err = io.StringIO()
-    assert run(RunRequest(job_path=job, err=err, out_stream=io.StringIO())) == EXIT_OK, err.getvalue()
+    assert run(RunRequest(job_path=job), err=err, out=io.StringIO()) == EXIT_OK, err.getvalue()
     return sim.sim.ledger.snapshot()
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from batcher.api import errors
 from batcher.api.client import Client
+from batcher.commands.files import list_lines
 from batcher.files import (
     FilesBudget,
     FileUploader,
@@ -23,7 +24,6 @@ from batcher.files import (
     UploadError,
     delete_files,
     is_usable,
-    list_lines,
     parse_expires_at,
     stale_file_ids,
     upload_name,

@@ -1,6 +1,6 @@
 """Transport "files" end to end: the real runner in this process, the simulator over real sockets.
 
-The runner runs in-process (``batcher.runner.run``), not as a subprocess, so that the suite stays
+The runner runs in-process (``batcher.commands.run.run``), not as a subprocess, so that the suite stays
 fast; the simulator's ledger is the witness of what was uploaded and what the messages named.
 """
 

@@ -8,8 +8,9 @@ import time
 import anyio
 import pytest
 
+from batcher.commands.progress import report
 from batcher.pipeline import Counters
-from batcher.progress import report, status_line
+from batcher.progress import status_line
 
 
 def test_status_line_counts_and_eta() -> None:

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from batcher import resume
+from batcher.commands.status import show_status
 from batcher.records import HASHED_CUSTOM_ID_PREFIX, Result, Row, custom_id_for
 from batcher.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.sink import REMOVED_DIR, REMOVED_FILE
@@ -30,7 +31,6 @@ from batcher.state import (
     is_changed,
     lock_holder,
 )
-from batcher.status import show_status
 from tests.helpers import batcher, messages_sent, results_by_id, run_job, write_jsonl
 
 JOB = """
