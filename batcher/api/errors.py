@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from batcher import facts
+from batcher.errors import API_TIMEOUT, BatcherError
 
 
-class APIError(Exception):
+class APIError(BatcherError):
     """Anything that went wrong talking to the API."""
 
     retryable: bool = False
@@ -44,7 +45,7 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    error_type = "timeout"
+    error_type = API_TIMEOUT
 
 
 class APIResponseError(APIError):

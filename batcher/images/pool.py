@@ -41,6 +41,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from batcher.errors import JobError
 from batcher.images.errors import ImageConfigError, ImageError, error_from_type
 from batcher.images.prepare import PreparedImage, prepare_file
 from batcher.images.sizing import ImageOptions, check_options
@@ -52,7 +53,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 2.0
 
 
-class PoolError(RuntimeError):
+class PoolError(JobError, RuntimeError):
     """The pool itself cannot run (workers fail to start, or it is used outside ``async with``)."""
 
 
