@@ -4,11 +4,15 @@ registry, and the two timeouts (an image worker's, an API request's) under two n
 from __future__ import annotations
 
 import gc
+import json
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from batcher import facts
 from batcher.api import errors
+from batcher.cli import main
 from batcher.core.failures import (
     API_TIMEOUT,
     ROW_ERROR_TYPES,
@@ -23,6 +27,7 @@ from batcher.files import UploadError
 from batcher.images import errors as image_errors
 from batcher.models import load_registry
 from batcher.records import Result, Row
+from batcher.state import JobState
 
 ROW = Row(id="r1", images=["a.jpg", "/data/b.png"], prompt="p", fields={"k": 1}, index=0)
 
@@ -103,3 +108,23 @@ def test_a_row_bad_as_read_reaches_the_writer_as_the_same_record() -> None:
         "batch",
     )
     assert out.error_message == "image cell is empty" and ROW_ERROR_TYPES[bad.error.error_type] == "row"
+
+
+def test_batcher_status_counts_an_image_workers_timeout_apart_from_an_api_timeout(tmp_path: Path) -> None:
+    rows = [
+        Row(id="slow-image", images=["a.jpg"], prompt="p", fields={}, index=0),
+        Row(id="slow-api", images=["b.jpg"], prompt="p", fields={}, index=1),
+    ]
+    image = failure_outcome(
+        image_failure(rows[0], image_errors.ImageTimeout("a.jpg: took 30 s"), 1), rows[0], _profile()
+    )
+    api = failure_outcome(api_failure(errors.APITimeoutError("no answer in 600 s"), 3), rows[1], _profile())
+    out = tmp_path / "out"
+    with JobState.open(out) as state:
+        state.sync_rows(rows)
+        assert isinstance(image, Result) and isinstance(api, Transient)
+        state.record(image)
+        state.record_transient(api.row_id, api.error_type, api.message, api.attempts)
+    shown = CliRunner().invoke(main, ["status", "--json", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["errors_by_type"] == {"image_timeout": 1, "api_timeout": 1}

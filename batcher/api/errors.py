@@ -1,10 +1,11 @@
-"""The client's exception hierarchy: one tree, documented, decided by :mod:`batcher.facts`.
+"""The client's exception hierarchy: one tree, documented, decided by :mod:`batcher.facts`; its
+root is a :class:`batcher.errors.BatcherError` (the package's tree: see :mod:`batcher.errors`).
 
 ::
 
     APIError
     ├── APIConnectionError          the request may or may not have reached the API (retryable)
-    │   └── APITimeoutError
+    │   └── APITimeoutError         error type ``api_timeout`` (an image worker's is ``image_timeout``)
     ├── APIResponseError            a response that is not what the API documents (retryable)
     └── APIStatusError              an HTTP error answer; ``retryable`` from facts.should_retry
         ├── BadRequestError         400: final for the row
