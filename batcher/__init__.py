@@ -22,10 +22,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from batcher.config import JobConfig as JobConfig
+    from batcher.errors import BatcherError as BatcherError
+    from batcher.errors import JobError as JobError
+    from batcher.errors import RowFailure as RowFailure
     from batcher.estimate import Estimate as Estimate
     from batcher.images.errors import ImageError as ImageError
     from batcher.images.prepare import PreparedImage as PreparedImage
-    from batcher.python_api import JobError as JobError
     from batcher.python_api import RunSummary as RunSummary
     from batcher.python_api import estimate as estimate
     from batcher.python_api import load_job as load_job
@@ -38,7 +40,9 @@ _EXPORTS = {
     "estimate": "batcher.python_api",
     "prepare_image": "batcher.python_api",
     "load_job": "batcher.python_api",
-    "JobError": "batcher.python_api",
+    "JobError": "batcher.errors",
+    "BatcherError": "batcher.errors",
+    "RowFailure": "batcher.errors",
     "RunSummary": "batcher.python_api",
     "JobConfig": "batcher.config",
     "Estimate": "batcher.estimate",

@@ -76,6 +76,7 @@ from batcher.core.prepare import RowPreparer, preparers_for
 from batcher.core.seams import ImagePreparer, ResultSink
 from batcher.core.signals import FATAL_GRACE_S, watch_signals
 from batcher.core.writer import Writer
+from batcher.errors import RowFailure
 from batcher.exits import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.files import FileUploader
 from batcher.models import ModelProfile
@@ -111,25 +112,22 @@ def next_delay(delay: float, maximum: float) -> float:
 _STATUS_OF_TYPE = {kind: status for status, kind in sorted(facts.ERROR_TYPES.items(), reverse=True)}
 
 
-def classify(result: dict[str, Any]) -> tuple[str, str | None, str | None]:
-    """``(kind, error_type, message)`` of one batch result: kind is ``ok``, ``error`` or ``again``.
-
-    ``again`` is a row to resubmit (expired, canceled, or an error worth retrying); ``error`` is
-    final, as the same error would be online.
+def classify(result: dict[str, Any]) -> RowFailure | None:
+    """The row failure one batch result holds, None when it succeeded: the same record a row's
+    failure is online. ``retryable``: a row to resubmit (expired, canceled, or an error worth
+    retrying); otherwise the error is final, as the same error would be online.
     """
     kind = result.get("type")
     if kind == "succeeded":
-        return "ok", None, None
+        return None
     if kind in ("expired", "canceled"):
-        return "again", kind, f"the batch request was {kind} before it was processed"
+        return RowFailure(str(kind), f"the batch request was {kind} before it was processed", retryable=True)
     error = ((result.get("error") or {}).get("error")) or {}
     error_type = str(error.get("type") or "api_error")
     message = str(error.get("message") or error_type)
     status = _STATUS_OF_TYPE.get(error_type, 500)
     exc = errors.from_response(status, {"type": "error", "error": error}, {})
-    if exc.retryable or exc.fatal:
-        return "again", error_type, message
-    return "error", error_type, message
+    return RowFailure(error_type, message, retryable=exc.retryable or exc.fatal)
 
 
 @dataclass
@@ -305,17 +303,22 @@ class Collector:
         if row_id is None:
             return 0.0  # not this job's (cannot happen unless the state was replaced)
         result = line.get("result") or {}
-        kind, error_type, message = classify(result)
+        failure = classify(result)
         attempts = 1  # this submission; the state adds the row's earlier ones
         memo = memos.get(custom_id, {})
-        if kind == "error" and error_type == "not_found_error" and self._forget_gone_files(memo, message):
+        if (
+            failure is not None
+            and not failure.retryable
+            and failure.error_type == "not_found_error"
+            and self._forget_gone_files(memo, failure.message)
+        ):
             # A file id the API no longer knows (expired, deleted): the next submit pass uploads
             # the image again, as online mode does within the request.
-            kind, error_type = "again", "file_gone"
-        if kind == "again":
-            self.state.record_transient(row_id, error_type or "batch_error", message or "", attempts)
+            failure = RowFailure("file_gone", failure.message, retryable=True)
+        if failure is not None and failure.retryable:
+            self.state.record_transient(row_id, failure.error_type, failure.message, attempts)
             return 0.0
-        out = self._result(row_id, result, kind, error_type, message, attempts, memo)
+        out = self._result(row_id, result, failure, attempts, memo)
         earlier = self.state.get_result(row_id)
         if earlier is not None and out.request_id and earlier.request_id == out.request_id:
             # Collected before a crash: recording it again would count its cost twice.
@@ -325,14 +328,14 @@ class Collector:
         self.counters.add(out)
         return out.cost_usd or 0.0
 
-    def _forget_gone_files(self, memo: dict[str, Any], message: str | None) -> bool:
+    def _forget_gone_files(self, memo: dict[str, Any], message: str) -> bool:
         """Mark the uploads a 404 names as expired, so they are uploaded again; True if any."""
         from dataclasses import replace
 
         from batcher.files import stale_file_ids
 
         ids = [i["file_id"] for i in memo.get("images", []) if i.get("file_id")]
-        gone = set(stale_file_ids(message or "", ids))
+        gone = set(stale_file_ids(message, ids))
         if not gone:
             return False
         for record in self.state.list_files():
@@ -344,22 +347,20 @@ class Collector:
         self,
         row_id: str,
         result: dict[str, Any],
-        kind: str,
-        error_type: str | None,
-        message: str | None,
+        failure: RowFailure | None,
         attempts: int,
         memo: dict[str, Any],
     ) -> Result:
         images = [ImageSent(**i) for i in memo.get("images", [])]
         warnings = list(memo.get("warnings", []))
         fields = dict(memo.get("fields", {}))
-        if kind == "error":
+        if failure is not None:
             error = result.get("error") or {}
             return results.refused(
                 self.profile,
                 row_id=row_id,
-                error_type=error_type,
-                message=message,
+                error_type=failure.error_type,
+                message=failure.message,
                 images=images,
                 warnings=warnings,
                 fields=fields,

@@ -5,14 +5,43 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from batcher.exits import EXIT_CONFIG
+from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE
 
 if TYPE_CHECKING:
     from batcher.simulator.config import Faults
+
+
+def exit_for(exc: BaseException) -> int:
+    """The exit code of a command that ``exc`` stopped: the one place exceptions become exit codes.
+
+    A job-level error (:class:`batcher.errors.JobError`: a refusal, a broken job or manifest, a
+    lock held...) carries its own; an interrupt leaves the job to finish next time; anything else
+    is fatal."""
+    if isinstance(exc, JobError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INCOMPLETE
+    return EXIT_FATAL
+
+
+def _stop(exc: JobError) -> NoReturn:
+    """A command refused: its one line on stderr, and its exit code."""
+    click.echo(f"batcher: {exc}", err=True)
+    sys.exit(exit_for(exc))
+
+
+ClickError = TypeVar("ClickError", bound=click.ClickException)
+
+
+def _click_error(error: ClickError, exc: JobError) -> ClickError:
+    """An option refused in click's words (``Usage:``, the option named), with ``exc``'s exit code."""
+    error.exit_code = exit_for(exc)
+    return error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,14 +116,12 @@ def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
     import json
 
     from batcher.estimate import format_estimate
-    from batcher.python_api import JobError
     from batcher.python_api import estimate as estimate_job
 
     try:
         result = estimate_job(job, exact_sample=exact_sample)
     except JobError as exc:
-        click.echo(f"batcher: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _stop(exc)
     click.echo(json.dumps(result.to_json(), sort_keys=True) if as_json else format_estimate(result))
 
 
@@ -431,14 +458,15 @@ def prepare_cmd(
             job_path=job_path, model=model, options=flags, images_in_request=images_per_request
         )
     except ConfigError as exc:
-        click.echo(f"batcher: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _stop(exc)
     except ModelConfigError as exc:
+        # exit code 1, as `batcher models` exits for a bad table (ModelConfigError's own is 2, as
+        # `batcher run` and the Python API give it): kept as it was, see README's "Errors"
         raise click.ClickException(str(exc)) from None
     except UnknownModelError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model") from None
+        raise _click_error(click.BadParameter(str(exc), param_hint="--model"), exc) from None
     except ImageConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise _click_error(click.UsageError(str(exc)), exc) from None
 
     def emit(row: dict[str, Any]) -> None:
         click.echo(json_line(row) if as_json else human_line(row))

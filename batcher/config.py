@@ -17,11 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batcher import facts
+from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG
 from batcher.models import ModelConfigError, ModelProfile, ModelRegistry, load_registry
 
 
-class ConfigError(ValueError):
+class ConfigError(JobError, ValueError):
     """A job file that cannot run; the message names the file and the key."""
+
+    exit_code = EXIT_CONFIG
 
 
 class _Section(BaseModel):

@@ -43,9 +43,10 @@ from batcher.core.plan import (
 )
 from batcher.core.prepare import RowPreparer
 from batcher.core.seams import ImagePreparer
+from batcher.errors import JobError, RowFailure
 from batcher.images.sizing import ImageOptions, image_tokens, target_size
 from batcher.models import ModelProfile
-from batcher.records import Row, RowError
+from batcher.records import Row
 from batcher.tokens import factor_hundredths
 from batcher.urls import is_url
 
@@ -60,8 +61,9 @@ PROGRESS_EVERY = 1000
 _DISTINCT_CACHE = 100_000
 
 
-class EstimateError(Exception):
-    """The estimate cannot be made (no key for ``--exact-sample``, the API refused the sample)."""
+class EstimateError(JobError):
+    """The estimate cannot be made (no key for ``--exact-sample``, the API refused the sample):
+    exit code 1."""
 
 
 # --- pure arithmetic -----------------------------------------------------------------------------
@@ -331,7 +333,7 @@ class _CellCosts:
         from batcher.manifest import parse_image_cell
 
         parsed = parse_image_cell(cell, self._base)
-        if isinstance(parsed, RowError):
+        if isinstance(parsed, RowFailure):
             return CellCost(cell_error=parsed.error_type)
         _written, resolved = parsed
         # A row of just these images: the very call the row path makes (and the run's checks in it).
@@ -518,8 +520,8 @@ class _ChunkCoster:
         failed: list[bool] = []
         for i in range(chunk.length):
             prompt, _key = self.m.prompt_of({n: values[i] for n, values in columns.items()}, self.names)
-            failed.append(isinstance(prompt, RowError))
-            lengths.append(0 if isinstance(prompt, RowError) else len(prompt.encode("utf-8")))
+            failed.append(isinstance(prompt, RowFailure))
+            lengths.append(0 if isinstance(prompt, RowFailure) else len(prompt.encode("utf-8")))
         kind = "template_error" if self.m.prompt_template is not None else "bad_row"
         return pa.array(lengths, pa.int64()), pa.array(failed), kind
 

@@ -43,6 +43,7 @@ import anyio
 
 from batcher import facts
 from batcher.api import errors
+from batcher.errors import BatcherError
 from batcher.retry import RetryPolicy, retrying
 from batcher.state import FileRecord
 from batcher.urls import scheme_of
@@ -69,7 +70,7 @@ UPLOAD_POLICY: Final = RetryPolicy(max_attempts=5, max_wait_s=120.0)
 _FILE_ID = re.compile(r"\bfile_[A-Za-z0-9_-]+")
 
 
-class FilesError(Exception):
+class FilesError(BatcherError):
     """Something the Files API side of a job could not do."""
 
     error_type = "files_error"

@@ -62,7 +62,9 @@ from json.encoder import encode_basestring as _json_string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
-from batcher.records import Row, RowError
+from batcher.errors import JobError, RowFailure
+from batcher.exits import EXIT_CONFIG
+from batcher.records import Row
 from batcher.urls import scheme_of
 
 if TYPE_CHECKING:
@@ -115,8 +117,10 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 _IMAGE_CACHE_SIZE = 512
 
 
-class ManifestError(ValueError):
+class ManifestError(JobError, ValueError):
     """The manifest cannot be used at all; the message names the file and the job key."""
+
+    exit_code = EXIT_CONFIG
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -152,7 +156,7 @@ def template_fields(template: str) -> list[str]:
 
 def render_template(
     template: str, names: list[str], values: dict[str, Any], empty_is_missing: bool
-) -> str | RowError:
+) -> str | RowFailure:
     """The prompt for one row, or the row error naming the first missing field."""
     for name in names:
         value = values.get(name)
@@ -162,14 +166,14 @@ def render_template(
             or (isinstance(value, float) and math.isnan(value))
         ):
             state = "empty" if name in values else "missing"
-            return RowError("template_error", f"template field {{{name}}} is {state} in this row")
+            return RowFailure("template_error", f"template field {{{name}}} is {state} in this row")
     try:
         return template.format_map(values)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
-        return RowError("template_error", f"template could not be filled: {exc}")
+        return RowFailure("template_error", f"template could not be filled: {exc}")
 
 
-def parse_images(cell: Any) -> list[str] | RowError:
+def parse_images(cell: Any) -> list[str] | RowFailure:
     """The image value(s) of one cell, as written: a path/URL, or a list of them."""
     if isinstance(cell, str):
         text = cell.strip()
@@ -177,23 +181,23 @@ def parse_images(cell: Any) -> list[str] | RowError:
             try:
                 cell = json.loads(text)
             except json.JSONDecodeError as exc:
-                return RowError("bad_row", f"image cell looks like a JSON list but is not one: {exc.msg}")
+                return RowFailure("bad_row", f"image cell looks like a JSON list but is not one: {exc.msg}")
         elif not text:
-            return RowError("bad_row", "image cell is empty")
+            return RowFailure("bad_row", "image cell is empty")
         else:
             return [text]
     if cell is None:
-        return RowError("bad_row", "image cell is empty")
+        return RowFailure("bad_row", "image cell is empty")
     if isinstance(cell, list | tuple):
         if not cell:
-            return RowError("bad_row", "image list is empty")
+            return RowFailure("bad_row", "image list is empty")
         out: list[str] = []
         for item in cell:
             if not isinstance(item, str) or not item.strip():
-                return RowError("bad_row", f"image list holds {item!r}, not a path or URL")
+                return RowFailure("bad_row", f"image list holds {item!r}, not a path or URL")
             out.append(item.strip())
         return out
-    return RowError("bad_row", f"image cell holds {type(cell).__name__} {cell!r}, not a path or URL")
+    return RowFailure("bad_row", f"image cell holds {type(cell).__name__} {cell!r}, not a path or URL")
 
 
 def resolve_image(value: str, base: str | Path) -> str:
@@ -385,11 +389,11 @@ def _span(first: int, last: int) -> str:
     )
 
 
-def _csv_problem(path: Path, exc: csv.Error, first: int, last: int, lines: _CsvLines) -> RowError:
+def _csv_problem(path: Path, exc: csv.Error, first: int, last: int, lines: _CsvLines) -> RowFailure:
     """The error of a record the csv module refused; it reads on from the next line."""
     problem = lines.take_bad(first, last)
     if problem is not None:
-        return RowError("bad_row", problem)
+        return RowFailure("bad_row", problem)
     if lines.exhausted:
         raise ManifestError(_open_quote(path, first))
     text = str(exc)
@@ -401,26 +405,26 @@ def _csv_problem(path: Path, exc: csv.Error, first: int, last: int, lines: _CsvL
         )
     if text.endswith("expected after '\"'"):
         text = f'a quoted cell goes on after its closing quote ({text}; a quote inside one is written "")'
-    return RowError("bad_row", f"{_span(first, last)}: {text}")
+    return RowFailure("bad_row", f"{_span(first, last)}: {text}")
 
 
 def _csv_row(
     cells: list[str], first: int, last: int, width: int, lines: _CsvLines
-) -> list[str] | RowError | None:
+) -> list[str] | RowFailure | None:
     """A record's row, its error, or None for a blank line (the slow path: most rows never get here)."""
     problem = lines.take_bad(first, last) if lines.bad else None
     if problem is not None:
-        return RowError("bad_row", problem)
+        return RowFailure("bad_row", problem)
     if not cells or (len(cells) == 1 and not cells[0].strip()):
         return None
     if len(cells) != width:
-        return RowError(
+        return RowFailure(
             "bad_row", f"{_span(first, last)} has {len(cells)} cells where the header has {width}"
         )
     return cells
 
 
-def csv_rows(path: Path, width: int) -> Iterator[list[str] | RowError]:
+def csv_rows(path: Path, width: int) -> Iterator[list[str] | RowFailure]:
     """A CSV manifest's rows after the header, streamed: each its cells, or its error.
 
     Raises :class:`ManifestError` for what no row can be blamed for: a quote open at the end of the
@@ -571,7 +575,7 @@ def _longest_cell(batch: pa.RecordBatch) -> int:
     return max((pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns), default=0)
 
 
-def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | list[str] | RowError]:
+def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | list[str] | RowFailure]:
     """:func:`csv_rows`, read by Arrow where Arrow reads the same (a quote-free file: a few times
     faster), and by the csv module from the first row it might not; a few hundred rows in Python
     objects at a time either way."""
@@ -598,7 +602,7 @@ def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | li
 
 
 def jsonl_value(raw: bytes, line_no: int) -> Any:
-    """One JSONL line's value, or the RowError naming the line (not UTF-8, not JSON).
+    """One JSONL line's value, or the RowFailure naming the line (not UTF-8, not JSON).
 
     orjson first (fast); the standard module for what orjson refuses but JSON-in-practice holds
     (``NaN``, ``Infinity``, integers past 64 bits, a BOM) and for its error message.
@@ -613,11 +617,11 @@ def jsonl_value(raw: bytes, line_no: int) -> Any:
         text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
     except UnicodeDecodeError:
         problem = utf8_problem(raw.decode("utf-8", "surrogateescape"), line_no)
-        return RowError("bad_row", problem or f"line {line_no} is not UTF-8")
+        return RowFailure("bad_row", problem or f"line {line_no} is not UTF-8")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        return RowError("bad_row", f"line {line_no} is not JSON: {exc.msg}")
+        return RowFailure("bad_row", f"line {line_no} is not JSON: {exc.msg}")
 
 
 # --- the manifest -------------------------------------------------------------------------------
@@ -631,7 +635,7 @@ class ArrowChunk:
     start: int
     length: int
     arrays: dict[str, pa.Array]
-    errors: dict[int, RowError]
+    errors: dict[int, RowFailure]
 
 
 @dataclass(slots=True)
@@ -761,16 +765,16 @@ class Manifest:
         for index, record in enumerate(self._records()):
             yield make(index, record)
 
-    def _records(self) -> Iterator[Sequence[str] | dict[str, Any] | RowError]:
-        """Each row as read: CSV cells, a JSONL/Parquet dict, or the RowError of a row bad as read."""
+    def _records(self) -> Iterator[Sequence[str] | dict[str, Any] | RowFailure]:
+        """Each row as read: CSV cells, a JSONL/Parquet dict, or the RowFailure of a row bad as read."""
         if self.format == "csv":
             yield from csv_records(self.path, self.columns)
         elif self.format == "jsonl":
             for _index, line_no, obj in self._jsonl_objects():
-                if isinstance(obj, dict | RowError):
+                if isinstance(obj, dict | RowFailure):
                     yield obj
                 else:
-                    yield RowError("bad_row", f"line {line_no} is JSON {type(obj).__name__}, not an object")
+                    yield RowFailure("bad_row", f"line {line_no} is JSON {type(obj).__name__}, not an object")
         else:
             import pyarrow.parquet as pq
 
@@ -831,8 +835,8 @@ class Manifest:
         start = skip
         rows = itertools.islice(csv_rows(self.path, len(self.columns)), skip, None)
         for chunk in chunked(rows, _PYTHON_CHUNK_ROWS):
-            errors = {i: r for i, r in enumerate(chunk) if type(r) is RowError}
-            records = [nulls if type(r) is RowError else r for r in chunk] if errors else chunk
+            errors = {i: r for i, r in enumerate(chunk) if type(r) is RowFailure}
+            records = [nulls if type(r) is RowFailure else r for r in chunk] if errors else chunk
             cells = list(zip(*records, strict=True))
             arrays = {c: pa.array(cells[p], pa.string()) for c, p in zip(wanted, positions, strict=True)}
             yield ArrowChunk(start=start, length=len(chunk), arrays=arrays, errors=errors)
@@ -850,11 +854,11 @@ class Manifest:
 
     # -- one row --
 
-    def prompt_of(self, record: dict[str, Any], names: list[str]) -> tuple[str | RowError, str]:
+    def prompt_of(self, record: dict[str, Any], names: list[str]) -> tuple[str | RowFailure, str]:
         """The prompt (or its error), and the text the derived id hashes for it."""
         if self.prompt_template is not None:
             prompt = render_template(self.prompt_template, names, record, self.format == "csv")
-            if isinstance(prompt, RowError):
+            if isinstance(prompt, RowFailure):
                 # No prompt to hash: the fields the template reads identify the row instead.
                 key = json.dumps({n: record.get(n) for n in names}, sort_keys=True, default=str)
                 return prompt, "template-fields:" + key
@@ -862,29 +866,29 @@ class Manifest:
         if self.prompt_column is not None:
             value = record.get(self.prompt_column)
             if value is None or (isinstance(value, str) and not value.strip()):
-                return RowError("bad_row", f"prompt column {self.prompt_column!r} is empty"), ""
+                return RowFailure("bad_row", f"prompt column {self.prompt_column!r} is empty"), ""
             text = value if isinstance(value, str) else str(value)
             return text, text
         return "", ""
 
     def id_of(
         self, record: dict[str, Any], images: list[str] | None, image_cell: Any, prompt_key: str
-    ) -> str | RowError:
+    ) -> str | RowFailure:
         """The row's id: its id cell as a string, or derived from its content."""
         if self.id_column is None:
             return derive_id(images, image_cell, prompt_key)
         value = record.get(self.id_column)
         if value is None or (isinstance(value, str) and not value.strip()):
-            return RowError("bad_row", f"id column {self.id_column!r} is empty")
+            return RowFailure("bad_row", f"id column {self.id_column!r} is empty")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         return value.strip() if isinstance(value, str) else str(value)
 
 
-def parse_image_cell(cell: Any, base: str) -> tuple[list[str], list[str]] | RowError:
+def parse_image_cell(cell: Any, base: str) -> tuple[list[str], list[str]] | RowFailure:
     """(the image value(s) as written, resolved against ``base``), or the cell's error."""
     images = parse_images(cell)
-    if isinstance(images, RowError):
+    if isinstance(images, RowFailure):
         return images
     return images, [resolve_image(v, base) for v in images]
 
@@ -923,15 +927,15 @@ class _RowMaker:
         csv_format = manifest.format == "csv"
         self._columns = manifest.columns if csv_format else []
         self._base = str(manifest.path.parent)
-        self._images: dict[Any, tuple[list[str], list[str]] | RowError] = {}
+        self._images: dict[Any, tuple[list[str], list[str]] | RowFailure] = {}
         self._prompt = self._csv_template if csv_format and self._template is not None else self._any_prompt
         self._id = self._csv_id if csv_format and manifest.id_column is not None else manifest.id_of
 
-    def make(self, index: int, record: Sequence[str] | dict[str, Any] | RowError) -> Row:
+    def make(self, index: int, record: Sequence[str] | dict[str, Any] | RowFailure) -> Row:
         # type(...) is: the fastest test on the CSV path, and one mypy narrows by.
         if type(record) is tuple or type(record) is list:  # CSV cells, as many as the header's
             record = fields = dict(zip(self._columns, record, strict=False))
-        elif isinstance(record, RowError):
+        elif isinstance(record, RowFailure):
             return Row(derive_id(None, f"#line {index + 1}", record.message), [], "", {}, index, record)
         else:
             record = cast("dict[str, Any]", record)  # the only other kind _records() yields
@@ -939,27 +943,27 @@ class _RowMaker:
             fields = {k: to_scalar(v) for k, v in record.items()}
         image_cell = record.get(self._image_column)
         parsed = self._image(image_cell)
-        if isinstance(parsed, RowError):
-            error: RowError | None = parsed
+        if isinstance(parsed, RowFailure):
+            error: RowFailure | None = parsed
             image_list: list[str] | None = None
             resolved: list[str] = []
         else:
             error = None
             image_list, resolved = parsed
         prompt, prompt_key = self._prompt(record)
-        if isinstance(prompt, RowError):
+        if isinstance(prompt, RowFailure):
             error = error or prompt
             prompt = ""
         row_id = self._id(record, image_list, image_cell, prompt_key)
-        if isinstance(row_id, RowError):
+        if isinstance(row_id, RowFailure):
             error = error or row_id
             row_id = derive_id(image_list, image_cell, prompt_key)
         return Row(row_id, list(resolved), prompt, fields, index, error)
 
-    def _any_prompt(self, record: dict[str, Any]) -> tuple[str | RowError, str]:
+    def _any_prompt(self, record: dict[str, Any]) -> tuple[str | RowFailure, str]:
         return self._m.prompt_of(record, self._names)
 
-    def _csv_template(self, record: dict[str, Any]) -> tuple[str | RowError, str]:
+    def _csv_template(self, record: dict[str, Any]) -> tuple[str | RowFailure, str]:
         assert self._template is not None
         for name in self._names:
             if not record[name]:
@@ -972,13 +976,13 @@ class _RowMaker:
 
     def _csv_id(
         self, record: dict[str, Any], images: list[str] | None, image_cell: Any, prompt_key: str
-    ) -> str | RowError:
+    ) -> str | RowFailure:
         column = self._m.id_column
         assert column is not None  # chosen in __init__ only with an id column
         value = record[column].strip()
         return value or self._m.id_of(record, images, image_cell, prompt_key)
 
-    def _image(self, cell: Any) -> tuple[list[str], list[str]] | RowError:
+    def _image(self, cell: Any) -> tuple[list[str], list[str]] | RowFailure:
         key = image_cache_key(cell)
         if key is None:
             return parse_image_cell(cell, self._base)

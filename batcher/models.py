@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batcher import facts
+from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG
 
 Lifecycle = Literal["active", "legacy", "deprecated"]
 _LIFECYCLES = ("active", "legacy", "deprecated")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(JobError, ValueError):
     """A model table that cannot be used; the message names the file and the key."""
+
+    exit_code = EXIT_CONFIG
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from batcher.api.client import Client
 from batcher.budget import BUDGET_STOP
 from batcher.config import JobConfig
 from batcher.core import results
-from batcher.core.failures import api_failure
+from batcher.core.failures import api_failure, failure_outcome
 from batcher.core.outcomes import Counters, Outcome, Prepared, Recorded, Transient, Written
 from batcher.core.plan import PlannedRequest, Planner
 from batcher.core.prepare import B64_CHUNK, RowPreparer, Stopped, b64_text, preparers_for
@@ -276,7 +276,7 @@ class Pipeline:
             if exc.fatal:
                 raise
             if exc.retryable:
-                return api_failure(exc, attempts).outcome(p.row, self.profile)
+                return failure_outcome(api_failure(exc, attempts), p.row, self.profile)
             return results.refused(
                 self.profile,
                 row_id=p.row.id,
@@ -330,7 +330,9 @@ class Pipeline:
                 try:
                     parts[i] = await self.preparer.file_part(image, p.sent[i], stale=ids[i])
                 except UploadError as exc:
-                    return self.preparer.upload_failure(p.row, exc, i + 1).outcome(p.row, self.profile)
+                    return failure_outcome(
+                        self.preparer.upload_failure(p.row, exc, i + 1), p.row, self.profile
+                    )
         again = await self._send(Prepared(p.row, parts, p.sent, p.warnings, p.uploaded))
         if isinstance(again, Result):
             again.attempts = (again.attempts or 0) + (outcome.attempts or 0)

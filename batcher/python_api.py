@@ -2,9 +2,10 @@
 ``batcher/__init__.py``), for notebooks and for other engines to call.
 
 The three do what ``batcher run``, ``batcher estimate`` and ``batcher prepare`` do, through the same
-code, but print nothing unless asked and never exit: a refusal raises :class:`JobError`, carrying
-the one-line message the command would print and the exit code it would exit with; a run that ran
-returns a :class:`RunSummary` whose ``exit_code`` is the command's.
+code, but print nothing unless asked and never exit: a refusal raises a :class:`JobError`
+(:mod:`batcher.errors`: a ``ConfigError``, ``ManifestError``, ``AlreadyRunning``... as it is, each a
+``JobError``), carrying the one-line message the command would print and the exit code it would
+exit with; a run that ran returns a :class:`RunSummary` whose ``exit_code`` is the command's.
 
 A job is a path to its TOML file or a loaded :class:`batcher.config.JobConfig` (:func:`load_job`),
 possibly changed in memory (``job.model_copy(update=...)``): a loaded job runs as it is, its file is
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from batcher.exits import EXIT_CONFIG, EXIT_FATAL
+from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG
 
 if TYPE_CHECKING:
     from batcher.config import JobConfig
@@ -33,19 +35,6 @@ if TYPE_CHECKING:
     from batcher.models import ModelProfile
 
 T = TypeVar("T")
-
-
-class JobError(Exception):
-    """A job refused or stopped before it could report: a broken job file or manifest, no API key,
-    the API refusing the key (401), another run holding the output folder, a disk failure.
-
-    ``str(error)`` is the one line ``batcher`` would print; ``exit_code`` is what it would exit with
-    (2 usage or config, 1 fatal, 4 already running: see README's exit codes)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +75,11 @@ class RunSummary:
 
 
 def load_job(path: str | os.PathLike[str]) -> JobConfig:
-    """The job file read and checked (not yet against its model); raises :class:`JobError`."""
-    from batcher.config import ConfigError
+    """The job file read and checked (not yet against its model); raises a :class:`JobError`
+    (``batcher.config.ConfigError``, exit code 2)."""
     from batcher.config import load_job as load
 
-    try:
-        return load(Path(path))
-    except ConfigError as exc:
-        raise JobError(str(exc), EXIT_CONFIG) from None
+    return load(Path(path))
 
 
 def run(
@@ -113,7 +99,7 @@ def run(
     """
     from batcher.commands.run import StreamNotices
     from batcher.core.notices import QUIET
-    from batcher.runner import RunRefused, RunRequest, execute
+    from batcher.runner import RunRequest, execute
 
     loaded = _loaded(job)
     request = RunRequest(
@@ -124,10 +110,8 @@ def run(
         redo_changed=redo_changed,
         notices=QUIET if progress is None else StreamNotices(progress, progress),
     )
-    try:
-        code = _off_the_loop(lambda: execute(request))
-    except RunRefused as exc:
-        raise JobError(str(exc), exc.code) from None
+    # A refusal is the runner's RunRefused, a JobError with the command's message and exit code.
+    code = _off_the_loop(lambda: execute(request))
     return _summary(loaded.output_dir(request.out), code)
 
 
@@ -136,18 +120,12 @@ def estimate(job: str | os.PathLike[str] | JobConfig, *, exact_sample: int = 0) 
     ``result.to_json()``); nothing is sent unless ``exact_sample`` > 0, which counts that many rows
     through the API's free ``count_tokens`` (needs the key) and calibrates the text estimate.
     Raises :class:`JobError` (2: the job or manifest; 1: the sample could not be counted)."""
-    from batcher.config import ConfigError
-    from batcher.estimate import EstimateError, estimate_job, job_profile
-    from batcher.manifest import ManifestError
+    from batcher.estimate import estimate_job, job_profile
 
+    # ConfigError and ManifestError (2), EstimateError (1): JobErrors carrying their exit codes.
     loaded = _loaded(job)
-    try:
-        profile = job_profile(loaded)
-        return _off_the_loop(lambda: estimate_job(loaded, profile, exact_sample_rows=exact_sample))
-    except (ConfigError, ManifestError) as exc:
-        raise JobError(str(exc), EXIT_CONFIG) from None
-    except EstimateError as exc:
-        raise JobError(str(exc), EXIT_FATAL) from None
+    profile = job_profile(loaded)
+    return _off_the_loop(lambda: estimate_job(loaded, profile, exact_sample_rows=exact_sample))
 
 
 def prepare_image(
@@ -171,10 +149,9 @@ def prepare_image(
     :class:`batcher.images.errors.ImageError` (its ``error_type`` is the results' ``error_type``);
     an unknown model or an option the model cannot take raises :class:`JobError` (exit code 2).
     """
-    from batcher.images.errors import ImageConfigError
     from batcher.images.prepare import prepare_file
     from batcher.images.sizing import ImageOptions, check_options
-    from batcher.models import ModelConfigError, ModelProfile, load_registry
+    from batcher.models import ModelProfile, load_registry
 
     default = ImageOptions()
     options = ImageOptions(
@@ -185,19 +162,17 @@ def prepare_image(
         jpeg_quality=default.jpeg_quality if jpeg_quality is None else jpeg_quality,
         max_pixels=default.max_pixels if max_pixels is None else max_pixels,
     )
-    try:
-        profile = model if isinstance(model, ModelProfile) else load_registry().get(model)
-        if profile is None:
-            raise JobError(f"unknown model {model!r} (see `batcher models`)", EXIT_CONFIG)
-        if not 1 <= images_in_request <= profile.images_per_request:
-            raise JobError(
-                f"images_in_request: {images_in_request} is not between 1 and {profile.id}'s "
-                f"limit of {profile.images_per_request} images a request",
-                EXIT_CONFIG,
-            )
-        check_options(profile, options)
-    except (ModelConfigError, ImageConfigError) as exc:
-        raise JobError(str(exc), EXIT_CONFIG) from None
+    # ModelConfigError and ImageConfigError are JobErrors with exit code 2 already.
+    profile = model if isinstance(model, ModelProfile) else load_registry().get(model)
+    if profile is None:
+        raise JobError(f"unknown model {model!r} (see `batcher models`)", EXIT_CONFIG)
+    if not 1 <= images_in_request <= profile.images_per_request:
+        raise JobError(
+            f"images_in_request: {images_in_request} is not between 1 and {profile.id}'s "
+            f"limit of {profile.images_per_request} images a request",
+            EXIT_CONFIG,
+        )
+    check_options(profile, options)
     data = source if isinstance(source, bytes) else os.fspath(source)
     return prepare_file(data, profile, options, images_in_request)
 

@@ -45,6 +45,8 @@ import anyio
 
 from batcher import facts
 from batcher.api import errors
+from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG
 
 Clock = Callable[[], float]
 
@@ -79,8 +81,10 @@ class GaveUp(Exception):
     """A wait for the limits ended because the run is stopping; nothing was sent."""
 
 
-class RateLimitConfigError(ValueError):
+class RateLimitConfigError(JobError, ValueError):
     """A tier name or preset file that cannot be used; the message names it."""
+
+    exit_code = EXIT_CONFIG
 
 
 # --- limits and presets ----------------------------------------------------------------------

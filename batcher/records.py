@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from batcher.errors import RowFailure
 from batcher.facts import CUSTOM_ID_PATTERN
 
 #: Prefix of a custom_id made by hashing an id the API would not accept as it is.
@@ -48,21 +49,13 @@ def finite(value: Any) -> Any:
 
 
 @dataclass(slots=True)
-class RowError:
-    """What is wrong with a row, or with the answer for it."""
-
-    error_type: str
-    message: str
-    retryable: bool = False
-
-
-@dataclass(slots=True)
 class Row:
     """One manifest row, ready for preprocessing.
 
     ``images`` are paths resolved against the manifest's folder, or http(s) URLs as given.
     ``fields`` are the manifest's own columns for this row (JSON-able scalars). A row that is already
-    bad when read (no image, a template field missing, ...) carries ``error`` and is never sent.
+    bad when read (no image, a template field missing, ...) carries ``error`` (the one row-failure
+    record, :class:`batcher.errors.RowFailure`) and is never sent.
     """
 
     id: str
@@ -70,7 +63,7 @@ class Row:
     prompt: str
     fields: dict[str, Any]
     index: int
-    error: RowError | None = None
+    error: RowFailure | None = None
 
     @property
     def custom_id(self) -> str:
@@ -117,20 +110,6 @@ class Result:
     finished_at: float = field(default_factory=time.time)
     mode: Literal["online", "batch"] = "online"
     tool_input: str | None = None
-
-    @classmethod
-    def from_row_error(cls, row: Row, *, mode: Literal["online", "batch"] = "online") -> Result:
-        """The error result for a row that was bad at read time (nothing was sent for it)."""
-        assert row.error is not None, "row has no error"
-        return cls(
-            id=row.id,
-            status="error",
-            error_type=row.error.error_type,
-            error_message=row.error.message,
-            fields=dict(row.fields),
-            mode=mode,
-            images=[ImageSent(source=s) for s in row.images],
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

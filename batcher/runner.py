@@ -29,6 +29,7 @@ from batcher.budget import BUDGET_STOP, BudgetGate, gate_for
 from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
 from batcher.core.notices import QUIET, Notices, Say
 from batcher.core.signals import watch_signals
+from batcher.errors import JobError
 from batcher.exits import (
     EXIT_ALREADY_RUNNING,
     EXIT_BUDGET,
@@ -48,12 +49,16 @@ if TYPE_CHECKING:
     from batcher.state import JobState
 
 
-class RunRefused(Exception):
+class RunRefused(JobError):
     """A reason not to start, with the exit code it deserves; the message is one line."""
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
+
+    @property
+    def code(self) -> int:
+        """The exit code (``exit_code``, by its older name)."""
+        return self.exit_code
 
 
 @dataclass

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from batcher.errors import JobError
 from batcher.records import Result
 from batcher.state import JobState, PartRecord
 
@@ -99,7 +100,7 @@ IMAGE_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
-class SinkError(RuntimeError):
+class SinkError(JobError, RuntimeError):
     """The results folder cannot be written or read."""
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from batcher.batches import BatchBuilder, Pending, classify, next_delay
 from batcher.cost import usage_cost
+from batcher.errors import ROW_ERROR_TYPES, RowFailure
 from batcher.exits import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.models import load_registry
 from batcher.simulator.config import BatchClock, SimConfig
@@ -71,7 +72,13 @@ def test_polling_backs_off_by_doubling_to_the_cap() -> None:
     ],
 )
 def test_batch_outcomes_final_or_again(result: dict, kind: str) -> None:
-    assert classify(result)[0] == kind
+    failure = classify(result)
+    got = "ok" if failure is None else "again" if failure.retryable else "error"
+    assert got == kind
+    if failure is not None:
+        # the one row-failure record, its type from the one registry
+        assert isinstance(failure, RowFailure) and failure.error_type in ROW_ERROR_TYPES
+        assert failure.message and failure.image_index is None
 
 
 def _pending(size: int) -> Pending:

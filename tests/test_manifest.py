@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from batcher.errors import RowFailure
 from batcher.manifest import (
     Manifest,
     ManifestError,
@@ -21,7 +22,7 @@ from batcher.manifest import (
     resolve_image,
     template_fields,
 )
-from batcher.records import RowError, custom_id_for
+from batcher.records import custom_id_for
 from batcher.state import JobState
 
 
@@ -63,13 +64,13 @@ def test_render_template_names_the_missing_field() -> None:
     names = ["title", "year"]
     assert render_template("{title} ({year})", names, {"title": "Cat", "year": 1999}, False) == "Cat (1999)"
     err = render_template("{title} ({year})", names, {"title": "Cat"}, False)
-    assert isinstance(err, RowError) and err.error_type == "template_error"
+    assert isinstance(err, RowFailure) and err.error_type == "template_error"
     assert "{year} is missing" in err.message
     err = render_template("{title}", ["title"], {"title": ""}, True)
-    assert isinstance(err, RowError) and "{title} is empty" in err.message
+    assert isinstance(err, RowFailure) and "{title} is empty" in err.message
     assert render_template("{title}", ["title"], {"title": ""}, False) == ""
     err = render_template("{n:d}", ["n"], {"n": "x"}, False)
-    assert isinstance(err, RowError) and "could not be filled" in err.message
+    assert isinstance(err, RowFailure) and "could not be filled" in err.message
 
 
 def test_parse_images_forms() -> None:
@@ -78,7 +79,7 @@ def test_parse_images_forms() -> None:
     assert parse_images(["a.jpg", "http://x/b.png"]) == ["a.jpg", "http://x/b.png"]
     for bad in ("", "  ", None, [], ["a.jpg", ""], [1], 7, "[not json"):
         err = parse_images(bad)
-        assert isinstance(err, RowError) and err.error_type == "bad_row", bad
+        assert isinstance(err, RowFailure) and err.error_type == "bad_row", bad
 
 
 def test_resolve_image_relative_to_manifest(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""The client's exception hierarchy: one tree, documented, decided by :mod:`batcher.facts`.
+"""The client's exception hierarchy: one tree, documented, decided by :mod:`batcher.facts`; its
+root is a :class:`batcher.errors.BatcherError` (the package's tree: see :mod:`batcher.errors`).
 
 ::
 
     APIError
     ├── APIConnectionError          the request may or may not have reached the API (retryable)
-    │   └── APITimeoutError
+    │   └── APITimeoutError         error type ``api_timeout`` (an image worker's is ``image_timeout``)
     ├── APIResponseError            a response that is not what the API documents (retryable)
     └── APIStatusError              an HTTP error answer; ``retryable`` from facts.should_retry
         ├── BadRequestError         400: final for the row
@@ -27,9 +28,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from batcher import facts
+from batcher.errors import API_TIMEOUT, BatcherError
 
 
-class APIError(Exception):
+class APIError(BatcherError):
     """Anything that went wrong talking to the API."""
 
     retryable: bool = False
@@ -44,7 +46,7 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    error_type = "timeout"
+    error_type = API_TIMEOUT
 
 
 class APIResponseError(APIError):

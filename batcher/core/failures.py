@@ -1,103 +1,68 @@
-"""Row failures: one typed record, whichever stage of the core a row fails in.
+"""Row failures: the stages' errors made into the one record, :class:`batcher.errors.RowFailure`.
 
-A row fails before its request (a bad image, a failed download or upload) or in it (an answer the
-API refuses, retries used up). Each failure is a :class:`RowFailure`: an ``error_type`` from the
-one registry below, a message for people, whether the next run may succeed (``retryable``: the row
-is left for it, a :class:`~batcher.core.outcomes.Transient`), and the image it is about. The stage
-turns it into the row's outcome with :meth:`RowFailure.outcome`.
+A row fails before its request (a bad row as read, a bad image, a failed download or upload) or in
+it (an answer the API refuses, retries used up, a batch result line). Each failure is a
+:class:`RowFailure`: an ``error_type`` from the one registry (:data:`batcher.errors.ROW_ERROR_TYPES`),
+a message for people, whether the next run may succeed (``retryable``: the row is left for it, a
+:class:`~batcher.core.outcomes.Transient`), and the image it is about. The stage turns it into the
+row's outcome with :func:`failure_outcome`.
 
-Two timeouts are two names: an image worker that ran out of time is ``timeout`` (the image's own
-error, as ``batcher prepare`` reports it), an API request that did is ``api_timeout``, so
-``batcher status`` counts them apart.
+Two timeouts are two names: an image worker that ran out of time is ``image_timeout``, an API
+request that did is ``api_timeout``, so ``batcher status`` counts them apart.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Literal
 
-from batcher import facts
 from batcher.api import errors
 from batcher.core.outcomes import Outcome, Transient
+from batcher.errors import API_TIMEOUT, ROW_ERROR_TYPES, UPLOAD_FAILED, RowFailure
 from batcher.files import UploadError
-from batcher.images import errors as image_errors
 from batcher.images.errors import ImageError, without_label
 from batcher.models import ModelProfile
 from batcher.records import ImageSent, Result, Row
 
-#: An API request that ran out of time (the image worker's is the image error ``timeout``).
-API_TIMEOUT: Final = "api_timeout"
-#: An image that could not be uploaded to the Files API.
-UPLOAD_FAILED: Final = "upload_failed"
-
-
-def _image_types() -> dict[str, str]:
-    found: dict[str, str] = {}
-    todo: list[type[image_errors.ImageError]] = [image_errors.ImageError]
-    while todo:
-        cls = todo.pop()
-        found[cls.error_type] = "image"
-        todo.extend(cls.__subclasses__())
-    return found
-
-
-#: Every ``error_type`` a row may end with, and the stage it comes from: the one registry.
-ROW_ERROR_TYPES: Final[dict[str, str]] = {
-    # the manifest: a row bad at read time
-    "bad_row": "row",
-    "template_error": "row",
-    # images: preparation and downloads (batcher.images.errors)
-    **_image_types(),
-    # the Files API transport
-    UPLOAD_FAILED: "upload",
-    # the request: the API's own error types, and the client's
-    **{kind: "api" for kind in facts.ERROR_TYPES.values()},
-    "api_error": "api",
-    "connection_error": "api",
-    API_TIMEOUT: "api",
-    "bad_response": "api",
-    # Message Batches: a request to send again
-    "expired": "batch",
-    "canceled": "batch",
-    "batch_error": "batch",
-    "batch_lost": "batch",
-    "batch_no_result": "batch",
-    "file_gone": "batch",
-}
+__all__ = [
+    "API_TIMEOUT",
+    "ROW_ERROR_TYPES",
+    "UPLOAD_FAILED",
+    "RowFailure",
+    "api_error_type",
+    "api_failure",
+    "failure_outcome",
+    "image_failure",
+    "upload_failure",
+]
 
 
 def api_error_type(exc: errors.APIError) -> str:
-    """The registry's name for an API error (its timeout is not the image worker's)."""
-    return API_TIMEOUT if isinstance(exc, errors.APITimeoutError) else exc.error_type
+    """The registry's name for an API error (its timeout is ``api_timeout``, not an image's)."""
+    return exc.error_type
 
 
-@dataclass(frozen=True, slots=True)
-class RowFailure:
-    """Why a row has no answer (see the module doc)."""
-
-    error_type: str
-    message: str
-    #: the next run may succeed: the row is left for it, not recorded as an error
-    retryable: bool = False
-    #: the image (1-based) the failure is about; None: the row as a whole
-    image_index: int | None = None
-    #: requests made for the row in this run
-    attempts: int = 0
-
-    def outcome(self, row: Row, profile: ModelProfile) -> Outcome:
-        """The row's outcome: left for the next run, or a final ``error`` row."""
-        if self.retryable:
-            return Transient(row.id, self.error_type, self.message, self.attempts)
-        return Result(
-            id=row.id,
-            status="error",
-            model=profile.id,
-            error_type=self.error_type,
-            error_message=self.message,
-            fields=dict(row.fields),
-            images=[ImageSent(source=s) for s in row.images],
-        )
+def failure_outcome(
+    failure: RowFailure,
+    row: Row,
+    profile: ModelProfile | None,
+    *,
+    mode: Literal["online", "batch"] = "online",
+) -> Outcome:
+    """The row's outcome: left for the next run, or a final ``error`` row (no model for a row bad
+    as read: nothing was sent for it)."""
+    if failure.retryable:
+        return Transient(row.id, failure.error_type, failure.message, failure.attempts)
+    return Result(
+        id=row.id,
+        status="error",
+        model=profile.id if profile is not None else None,
+        error_type=failure.error_type,
+        error_message=failure.message,
+        fields=dict(row.fields),
+        images=[ImageSent(source=s) for s in row.images],
+        mode=mode,
+    )
 
 
 def image_failure(row: Row, exc: ImageError | UploadError, index: int | None) -> RowFailure:

@@ -21,7 +21,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from batcher.api.bodies import ImagePart
 from batcher.api.download import DownloadLimits
 from batcher.config import JobConfig
-from batcher.core.failures import RowFailure, image_failure, upload_failure
+from batcher.core.failures import RowFailure, failure_outcome, image_failure, upload_failure
 from batcher.core.outcomes import Counters, Prepared, Written
 from batcher.core.plan import job_image_options
 from batcher.core.seams import Downloader, ImagePreparer, RunState
@@ -29,7 +29,7 @@ from batcher.images.errors import ImageError
 from batcher.images.prepare import PreparedImage
 from batcher.images.sizing import ImageOptions
 from batcher.models import ModelProfile
-from batcher.records import ImageSent, Result, Row
+from batcher.records import ImageSent, Row
 from batcher.urls import is_url
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ class RowPreparer:
                     return
                 counters.total += 1
                 if row.error is not None:
-                    await results.send(Result.from_row_error(row))
+                    await results.send(failure_outcome(row.error, row, None))
                 else:
                     await out.send(row)
 
@@ -162,7 +162,7 @@ class RowPreparer:
                 if isinstance(got, Prepared):
                     await out.send(got)
                 elif got is not None:
-                    await results.send(got.outcome(row, self.profile))
+                    await results.send(failure_outcome(got, row, self.profile))
 
     # --- one row ----------------------------------------------------------------------------------
 

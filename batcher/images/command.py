@@ -26,7 +26,8 @@ import aiofiles
 import anyio
 
 from batcher.core.plan import job_image_options
-from batcher.exits import EXIT_OK, EXIT_ROW_ERRORS
+from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.images.errors import ImageConfigError, ImageError, ImageIOError, without_label
 from batcher.images.pool import ImagePool
 from batcher.images.prepare import PreparedImage
@@ -42,8 +43,10 @@ IN_FLIGHT_PER_WORKER = 4
 DEFAULT_MODEL = "claude-haiku-5-5"
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(JobError, LookupError):
     """``--model`` names a model neither batcher's table nor the job's ``[models]`` has."""
+
+    exit_code = EXIT_CONFIG
 
 
 def prepare_settings(

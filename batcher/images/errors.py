@@ -12,12 +12,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from batcher.errors import IMAGE_TIMEOUT, ROW_ERROR_TYPES, BatcherError, JobError
+from batcher.exits import EXIT_CONFIG
 
-class ImageConfigError(ValueError):
+
+class ImageConfigError(JobError, ValueError):
     """The job's image options cannot be used with this model; the message names the option."""
 
+    exit_code = EXIT_CONFIG
 
-class ImageError(Exception):
+
+class ImageError(BatcherError):
     """One image could not be prepared. ``error_type`` is stable; ``str(exc)`` is for people."""
 
     error_type: ClassVar[str] = "image_error"
@@ -25,6 +30,14 @@ class ImageError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every image error type is in the one registry of row error types (batcher.errors).
+        if ROW_ERROR_TYPES.get(cls.error_type) != "image":
+            raise TypeError(
+                f"{cls.__name__}.error_type {cls.error_type!r} is not an image type in ROW_ERROR_TYPES"
+            )
 
 
 class NotFound(ImageError):
@@ -72,7 +85,7 @@ class DecodeError(ImageError):
 class ImageTimeout(ImageError):
     """Preparing the image took longer than its time bound; its worker was killed."""
 
-    error_type = "timeout"
+    error_type = IMAGE_TIMEOUT
 
 
 class OutOfMemory(ImageError):

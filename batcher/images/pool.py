@@ -41,7 +41,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from batcher.images.errors import ImageConfigError, ImageError, error_from_type
+from batcher.errors import JobError
+from batcher.images.errors import ImageConfigError, ImageError, ImageTimeout, OutOfMemory, error_from_type
 from batcher.images.prepare import PreparedImage, prepare_file
 from batcher.images.sizing import ImageOptions, check_options
 from batcher.models import ModelProfile
@@ -52,7 +53,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 2.0
 
 
-class PoolError(RuntimeError):
+class PoolError(JobError, RuntimeError):
     """The pool itself cannot run (workers fail to start, or it is used outside ``async with``)."""
 
 
@@ -301,11 +302,11 @@ def _failure(task: _Task, elapsed: float, exitcode: int | None) -> tuple[Any, ..
     if exitcode == -signal.SIGKILL and elapsed >= task.options.timeout_s:
         return (
             "error",
-            "timeout",
+            ImageTimeout.error_type,
             f"{label}: not prepared within {task.options.timeout_s:g} s; its worker was killed",
         )
     if exitcode == -signal.SIGKILL:
-        return ("error", "out_of_memory", f"{label}: its worker was killed (out of memory)")
+        return ("error", OutOfMemory.error_type, f"{label}: its worker was killed (out of memory)")
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
     return ("error", "decode_error", f"{label}: the decoder crashed its worker ({how})")
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from batcher.errors import JobError
+from batcher.exits import EXIT_ALREADY_RUNNING, EXIT_CONFIG
 
-class StateError(RuntimeError):
+
+class StateError(JobError, RuntimeError):
     """The job state cannot be used (wrong schema version, a corrupt file, an id collision)."""
 
 
 class DuplicateIds(StateError):
     """The manifest holds an id more than once (a sync beside the pipeline stops at the first)."""
+
+    exit_code = EXIT_CONFIG
 
     def __init__(self, ids: list[str], count: int, *, complete: bool, read: int) -> None:
         names = ", ".join(ids)
@@ -30,6 +35,8 @@ class DuplicateIds(StateError):
 
 class AlreadyRunning(StateError):
     """Another ``batcher run`` holds this job's lock."""
+
+    exit_code = EXIT_ALREADY_RUNNING
 
     def __init__(self, out_dir: Path, pid: int | None) -> None:
         holder = f"pid {pid}" if pid else "another process"

@@ -228,7 +228,7 @@ def test_error_types_are_stable_and_rebuildable() -> None:
         "truncated",
         "too_many_pixels",
         "decode_error",
-        "timeout",
+        "image_timeout",
         "out_of_memory",
         "too_large",
         "io_error",

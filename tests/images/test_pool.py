@@ -73,7 +73,7 @@ async def test_slow_decode_is_killed_and_the_pool_goes_on(haiku: ModelProfile, t
         started = time.monotonic()
         with pytest.raises(ImageError) as info:
             await pool.prepare(slow, haiku, ImageOptions(timeout_s=0.05))
-        assert info.value.error_type == "timeout" and "slow.png" in str(info.value)
+        assert info.value.error_type == "image_timeout" and "slow.png" in str(info.value)
         assert time.monotonic() - started < 10
         assert pool.replaced == 1
         prepared = await pool.prepare(fine, haiku)
