@@ -14,8 +14,6 @@ The names are imported on first use, so ``import batcher`` (and ``batcher --help
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -25,7 +23,7 @@ if TYPE_CHECKING:
     from batcher.errors import BatcherError as BatcherError
     from batcher.errors import JobError as JobError
     from batcher.errors import RowFailure as RowFailure
-    from batcher.estimate import Estimate as Estimate
+    from batcher.estimator import Estimate as Estimate
     from batcher.images.errors import ImageError as ImageError
     from batcher.images.prepare import PreparedImage as PreparedImage
     from batcher.python_api import RunSummary as RunSummary
@@ -45,7 +43,7 @@ _EXPORTS = {
     "RowFailure": "batcher.errors",
     "RunSummary": "batcher.python_api",
     "JobConfig": "batcher.config",
-    "Estimate": "batcher.estimate",
+    "Estimate": "batcher.estimator",
     "PreparedImage": "batcher.images.prepare",
     "ImageError": "batcher.images.errors",
 }
@@ -64,31 +62,3 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    """``batcher.estimate`` is the function, although a submodule of the same name exists.
-
-    Importing a submodule binds it on its package (``batcher.estimate = <module>``), which would
-    replace the function as soon as anything imports ``batcher.estimate`` the module. This property
-    keeps the name the function's; the module stays ``sys.modules["batcher.estimate"]``, which
-    ``from batcher.estimate import ...`` reads (``import batcher.estimate as m`` would not: use the
-    ``from`` form).
-    """
-
-    @property
-    def estimate(self) -> object:
-        replaced = self.__dict__.get("_estimate_set")
-        if replaced is not None:  # set by a test's monkeypatch, say
-            return replaced
-        from batcher.python_api import estimate
-
-        return estimate
-
-    @estimate.setter
-    def estimate(self, value: object) -> None:
-        if not isinstance(value, types.ModuleType):
-            self.__dict__["_estimate_set"] = value
-
-
-sys.modules[__name__].__class__ = _Package

@@ -115,7 +115,7 @@ def estimate(job: Path, as_json: bool, exact_sample: int) -> None:
     """
     import json
 
-    from batcher.estimate import format_estimate
+    from batcher.estimator import format_estimate
     from batcher.python_api import estimate as estimate_job
 
     try:

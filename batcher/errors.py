@@ -14,7 +14,7 @@ turns it into a :class:`RowFailure`, the one shape a row's failure takes on its 
     │   ├── ImageConfigError (ValueError)       2  batcher.images.errors: image options
     │   ├── RateLimitConfigError (ValueError)   2  batcher.ratelimit: a tier or preset
     │   ├── ManifestError (ValueError)          2  batcher.manifest: the manifest as a whole
-    │   ├── EstimateError                       1  batcher.estimate: ``--exact-sample``
+    │   ├── EstimateError                       1  batcher.estimator: ``--exact-sample``
     │   ├── StateError (RuntimeError)           1  batcher.state: the job state
     │   │   ├── DuplicateIds                    2
     │   │   └── AlreadyRunning                  4

@@ -30,7 +30,7 @@ from batcher.exits import EXIT_CONFIG
 
 if TYPE_CHECKING:
     from batcher.config import JobConfig
-    from batcher.estimate import Estimate
+    from batcher.estimator import Estimate
     from batcher.images.prepare import PreparedImage
     from batcher.models import ModelProfile
 
@@ -120,7 +120,7 @@ def estimate(job: str | os.PathLike[str] | JobConfig, *, exact_sample: int = 0) 
     ``result.to_json()``); nothing is sent unless ``exact_sample`` > 0, which counts that many rows
     through the API's free ``count_tokens`` (needs the key) and calibrates the text estimate.
     Raises :class:`JobError` (2: the job or manifest; 1: the sample could not be counted)."""
-    from batcher.estimate import estimate_job, job_profile
+    from batcher.estimator import estimate_job, job_profile
 
     # ConfigError and ManifestError (2), EstimateError (1): JobErrors carrying their exit codes.
     loaded = _loaded(job)

@@ -15,7 +15,7 @@ from batcher.api.client import MissingKeyError
 from batcher.cli import exit_for
 from batcher.config import ConfigError
 from batcher.errors import BatcherError, JobError
-from batcher.estimate import EstimateError
+from batcher.estimator import EstimateError
 from batcher.exits import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE
 from batcher.files import UploadError
 from batcher.images.command import UnknownModelError

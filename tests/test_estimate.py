@@ -14,7 +14,7 @@ from PIL import Image
 from batcher.api.bodies import ImagePart, RequestSettings, messages_body
 from batcher.commands.run import run
 from batcher.demo import write_demo
-from batcher.estimate import (
+from batcher.estimator import (
     Sample,
     count_body,
     estimate_job,
@@ -357,6 +357,6 @@ def test_after_a_run_the_time_is_at_the_limits_the_api_reported(
 
 
 def test_the_sample_spreads_over_the_manifest() -> None:
-    from batcher.estimate import sample_stride
+    from batcher.estimator import sample_stride
 
     assert sample_stride(11, 3) == 3 and sample_stride(2, 5) == 1 and sample_stride(10_000, 20) == 500

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batcher.estimate import PY_WHITESPACE, Estimate, estimate_chunks, estimate_rows, load
+from batcher.estimator import PY_WHITESPACE, Estimate, estimate_chunks, estimate_rows, load
 from batcher.manifest import Manifest, open_manifest
 from tests.test_manifest_issue13 import spy_arrow_chunks
 
@@ -248,7 +248,7 @@ def test_the_whitespace_class_is_what_str_strip_strips() -> None:
 
 
 def test_costs_come_from_the_input_histogram_whichever_order_rows_came_in() -> None:
-    from batcher.estimate import RowTokens, row_cost
+    from batcher.estimator import RowTokens, row_cost
     from batcher.models import load_registry
 
     profile = load_registry()["claude-haiku-5-5"]
@@ -269,7 +269,7 @@ def test_costs_come_from_the_input_histogram_whichever_order_rows_came_in() -> N
 def test_image_headers_are_read_once_per_distinct_image_cell(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # what made the estimate take 100 us a row: every row's image header read again, over 50 images
     import batcher.images.prepare as prepare
-    from batcher.estimate import estimate_job
+    from batcher.estimator import estimate_job
 
     names = _images(tmp_path)
     _plain_csv(tmp_path / "m.csv", 5000, names)

@@ -254,10 +254,8 @@ def test_prepare_image_refuses_a_corrupt_file_and_an_unknown_model(tmp_path: Pat
     assert unknown.value.exit_code == 2 and "claude-nope-1" in str(unknown.value)
 
 
-def test_the_exported_estimate_is_the_function_though_a_module_has_its_name() -> None:
-    # Importing the submodule binds it on the package, were nothing to stop it.
-    import batcher.estimate
-    from batcher.estimate import Estimate
+def test_the_exported_names_are_the_api_and_estimate_is_the_function() -> None:
+    from batcher.estimator import Estimate
 
     assert callable(batcher.estimate) and batcher.estimate.__module__ == "batcher.python_api"
     assert batcher.Estimate is Estimate

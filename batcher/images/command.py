@@ -67,7 +67,7 @@ def prepare_settings(
     if job_path is None:
         profile = load_registry().get(model or DEFAULT_MODEL)
     elif model is None:
-        from batcher.estimate import load
+        from batcher.estimator import load
 
         job, profile = load(job_path)
     else:
