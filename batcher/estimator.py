@@ -759,16 +759,9 @@ def estimate_job(
     job: JobConfig, profile: ModelProfile, *, exact_sample_rows: int = 0, progress: Any = None
 ) -> Estimate:
     """The whole estimate for a job; ``exact_sample_rows`` > 0 calibrates text on the API."""
-    from batcher.manifest import open_manifest
+    from batcher.manifest import job_manifest
 
-    manifest = open_manifest(
-        job.manifest_path,
-        id_column=job.input.id_column,
-        image_column=job.input.image_column,
-        prompt_column=job.input.prompt_column,
-        prompt_template=job.input.prompt,
-    )
-    manifest.check()
+    manifest = job_manifest(job)
     if manifest.has_arrow_chunks:
         est = estimate_chunks(manifest, job, profile, progress)
     else:

@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+    from batcher.config import JobConfig
+
 Format = Literal["csv", "jsonl", "parquet"]
 #: Sink column types a manifest column can have.
 FieldType = Literal["string", "int64", "double", "bool"]
@@ -1014,3 +1016,16 @@ def open_manifest(
         prompt_column=prompt_column,
         prompt_template=prompt_template,
     )
+
+
+def job_manifest(job: JobConfig) -> Manifest:
+    """The manifest of a job's ``[input]`` table, its header checked (raises :class:`ManifestError`)."""
+    manifest = open_manifest(
+        job.manifest_path,
+        id_column=job.input.id_column,
+        image_column=job.input.image_column,
+        prompt_column=job.input.prompt_column,
+        prompt_template=job.input.prompt,
+    )
+    manifest.check()
+    return manifest

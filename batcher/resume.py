@@ -149,8 +149,9 @@ class BackgroundSync:
     def start(self) -> BackgroundSync:
         self._started = time.monotonic()
         if self._in_process:
-            ours, theirs = multiprocessing.get_context("spawn").Pipe()
-            self._process = multiprocessing.get_context("spawn").Process(
+            spawn = multiprocessing.get_context("spawn")
+            ours, theirs = spawn.Pipe()
+            self._process = spawn.Process(
                 target=_sync_in_child, args=(self._job, theirs), name="batcher-sync", daemon=True
             )
             self._process.start()

@@ -191,20 +191,12 @@ async def _profile_for(
 
 
 def _open_manifest(job: JobConfig) -> Manifest:
-    from batcher.manifest import ManifestError, open_manifest
+    from batcher.manifest import ManifestError, job_manifest
 
     try:
-        manifest = open_manifest(
-            job.manifest_path,
-            id_column=job.input.id_column,
-            image_column=job.input.image_column,
-            prompt_column=job.input.prompt_column,
-            prompt_template=job.input.prompt,
-        )
-        manifest.check()
+        return job_manifest(job)
     except ManifestError as exc:
         raise RunRefused(f"{job.path}: {exc}", EXIT_CONFIG) from None
-    return manifest
 
 
 #: Statuses a gateway or proxy answers for a route it does not have.

@@ -41,6 +41,13 @@ def start_sync(out: Path, manifest: Manifest, *, chunk: int = 500) -> tuple[JobS
     return state, sync.start()
 
 
+async def first_chunk(sync: resume.BackgroundSync) -> None:
+    """Wait until the sync process has committed its first chunk (so it is mid-way, not done)."""
+    with anyio.fail_after(60):
+        while sync.gate.synced < 0:
+            await anyio.sleep(0.01)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -92,9 +99,7 @@ async def test_a_sync_process_that_dies_is_an_error_naming_it_not_a_hang(tmp_pat
     manifest = write_csv(tmp_path / "m.csv", [f"r{i}" for i in range(200_000)])
     state, sync = start_sync(tmp_path / "out", manifest, chunk=50)
     try:
-        with anyio.fail_after(60):
-            while sync.gate.synced < 0:
-                await anyio.sleep(0.01)
+        await first_chunk(sync)
         assert sync._process is not None and sync._process.pid is not None
         os.kill(sync._process.pid, signal.SIGKILL)
         with anyio.fail_after(30), pytest.raises(StateError, match=r"killed by SIGKILL.*run the job again"):
@@ -108,9 +113,7 @@ async def test_stop_ends_the_process_after_its_chunk_and_leaves_no_fingerprint(t
     manifest = write_csv(tmp_path / "m.csv", [f"r{i}" for i in range(200_000)])
     state, sync = start_sync(tmp_path / "out", manifest, chunk=50)
     try:
-        with anyio.fail_after(60):
-            while sync.gate.synced < 0:
-                await anyio.sleep(0.01)
+        await first_chunk(sync)
         sync.stop()
         assert sync._process is not None and not sync._process.is_alive()
         assert sync._process.exitcode == 0  # it stopped when asked: not killed after STOP_WAIT_S
