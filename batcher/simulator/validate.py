@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from batcher import facts
 from batcher.models import ModelProfile
-from batcher.simulator import tokens
+from batcher.simulator import schemas, tokens
 from batcher.simulator.config import SimConfig
 from batcher.simulator.errors import ApiError, invalid
 
@@ -480,6 +480,9 @@ class _Walk:
         schema = _dict(_need(fmt, "schema", where), _at(where, "schema"))
         if not self.profile.can("structured_outputs"):
             raise invalid(where, f"structured outputs are not supported on {self.profile.id}")
+        problem = schemas.strict_problem(schema)
+        if problem is not None:
+            raise invalid(_at(where, "schema"), problem)
         return schema
 
     # tools
@@ -518,8 +521,11 @@ class _Walk:
         if schema.get("required") is not None:
             for i, key in enumerate(_list(schema["required"], _at(schema_path, "required"))):
                 _str(key, _at(_at(schema_path, "required"), i))
-        if "strict" in tool:
-            _bool(tool["strict"], _at(path, "strict"))
+        # a strict tool's schema follows structured output's rules; a plain one need not
+        if "strict" in tool and _bool(tool["strict"], _at(path, "strict")):
+            problem = schemas.strict_problem(schema)
+            if problem is not None:
+                raise invalid(schema_path, problem)
         ttl = self._cache_control(tool, path)
         self.segments.append(
             Segment(
