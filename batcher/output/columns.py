@@ -9,7 +9,8 @@ Rules (README "Structured output"):
   list<item type> (arrays of objects: list<struct>);
 * ``["T", "null"]``, ``anyOf [T, null]`` and a property not in ``required`` → T, nullable; ``integer``
   and ``number`` together → double;
-* a local ``$ref`` is followed (a recursive one past :data:`MAX_REF_DEPTH` becomes JSON text);
+* a local ``$ref`` is followed (a recursive one, expanded :data:`MAX_RECURSION` times, then becomes
+  JSON text);
   ``allOf`` of objects is merged;
 * everything else has no single Arrow type: ``anyOf``/``oneOf`` of different types, an object
   without properties, an array without ``items``, a schema without a type: a **JSON-text** column
@@ -21,8 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-#: How many $refs deep a column type follows before it becomes JSON text (recursive schemas).
-MAX_REF_DEPTH = 8
+#: How many times a recursive $ref is expanded inside itself before it becomes JSON text.
+MAX_RECURSION = 3
+
+#: The $refs being expanded, outermost first.
+Chain = tuple[str, ...]
 
 Kind = Literal["string", "int64", "double", "bool", "json", "list", "struct"]
 
@@ -105,28 +109,30 @@ class _Planner:
     def __init__(self, root: dict[str, Any]) -> None:
         self.root = root
 
-    def deref(self, node: dict[str, Any], depth: int) -> tuple[dict[str, Any] | None, int]:
-        """Follow $refs; None past the depth limit (or a ref that does not resolve)."""
+    def deref(self, node: dict[str, Any], chain: Chain) -> tuple[dict[str, Any] | None, Chain]:
+        """Follow $refs, adding each to ``chain`` (the refs being expanded); None for a ref expanded
+        :data:`MAX_RECURSION` times already inside itself, or one that does not resolve."""
         while "$ref" in node:
-            if depth >= MAX_REF_DEPTH:
-                return None, depth
-            target = resolve_ref(self.root, str(node["$ref"]))
+            ref = str(node["$ref"])
+            if chain.count(ref) >= MAX_RECURSION:
+                return None, chain
+            target = resolve_ref(self.root, ref)
             if target is None:
-                return None, depth
-            node, depth = target, depth + 1
-        return node, depth
+                return None, chain
+            node, chain = target, (*chain, ref)
+        return node, chain
 
-    def merge_all_of(self, node: dict[str, Any], depth: int) -> dict[str, Any] | None:
+    def merge_all_of(self, node: dict[str, Any], chain: Chain) -> dict[str, Any] | None:
         """``allOf`` folded into one schema (objects: properties and required joined); None if not."""
         merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
         for sub in node["allOf"]:
             if not isinstance(sub, dict):
                 return None
-            part, _ = self.deref(sub, depth)
+            part, _ = self.deref(sub, chain)
             if part is None:
                 return None
             if "allOf" in part:
-                part = self.merge_all_of(part, depth)
+                part = self.merge_all_of(part, chain)
                 if part is None:
                     return None
             for key, value in part.items():
@@ -140,15 +146,15 @@ class _Planner:
                     merged.setdefault(key, value)
         return merged
 
-    def plan(self, schema: Any, depth: int = 0) -> tuple[ColumnType, bool]:
+    def plan(self, schema: Any, chain: Chain = ()) -> tuple[ColumnType, bool]:
         """The column type ``schema`` implies, and whether null is a value it allows."""
         if not isinstance(schema, dict):
             return JSON_TEXT, True
-        node, depth = self.deref(schema, depth)
+        node, chain = self.deref(schema, chain)
         if node is None:
             return JSON_TEXT, True
         if "allOf" in node:
-            merged = self.merge_all_of(node, depth)
+            merged = self.merge_all_of(node, chain)
             if merged is None:
                 return JSON_TEXT, True
             node = merged
@@ -158,17 +164,17 @@ class _Planner:
             return _literal_type(node["enum"])
         for key in ("anyOf", "oneOf"):
             if isinstance(node.get(key), list):
-                return self.plan_union(node[key], depth)
+                return self.plan_union(node[key], chain)
         type_ = node.get("type")
         if isinstance(type_, list):
-            return self.plan_union([{**node, "type": t} for t in type_], depth)
+            return self.plan_union([{**node, "type": t} for t in type_], chain)
         if type_ in _SCALARS:
             return _SCALARS[type_], type_ == "null"
         if type_ == "array":
             items = node.get("items")
             if not isinstance(items, dict):
                 return JSON_TEXT, False
-            item, _ = self.plan(items, depth)
+            item, _ = self.plan(items, chain)
             return ColumnType("list", item=item), False
         if type_ == "object":
             props = node.get("properties")
@@ -177,16 +183,16 @@ class _Planner:
             required = set(node.get("required") or [])
             fields = []
             for name, sub in props.items():
-                col, nullable = self.plan(sub, depth)
+                col, nullable = self.plan(sub, chain)
                 fields.append(Field(name, col, nullable or name not in required))
             return ColumnType("struct", fields=tuple(fields)), False
         return JSON_TEXT, True
 
-    def plan_union(self, variants: list[Any], depth: int) -> tuple[ColumnType, bool]:
+    def plan_union(self, variants: list[Any], chain: Chain) -> tuple[ColumnType, bool]:
         nullable = False
         types: list[ColumnType] = []
         for variant in variants:
-            col, null_ok = self.plan(variant, depth)
+            col, null_ok = self.plan(variant, chain)
             if isinstance(variant, dict) and variant.get("type") == "null":
                 nullable = True
                 continue
@@ -205,9 +211,9 @@ class _Planner:
 def root_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
     """The root after its $refs (and allOf), or None where that cannot be followed."""
     planner = _Planner(schema)
-    node, depth = planner.deref(schema, 0)
+    node, chain = planner.deref(schema, ())
     if node is not None and "allOf" in node:
-        node = planner.merge_all_of(node, depth)
+        node = planner.merge_all_of(node, chain)
     return node
 
 

@@ -180,8 +180,12 @@ def check_column_names(spec: OutputSpec, taken: Iterable[str], job: JobConfig) -
     ``taken`` is the result columns and the manifest's carried columns (as the results name them)."""
     from batcher.sink import RESULT_NAMES
 
-    taken = list(taken)
+    taken = set(taken)
     for name in spec.column_names():
         if name in taken:
             what = "batcher's result column" if name in RESULT_NAMES else "the manifest column"
+            if spec.columns == "struct":
+                raise ConfigError(
+                    f"{job.path}: output.columns: the struct column {name!r} collides with {what} {name!r}"
+                )
             raise ConfigError(f"{job.path}: output.schema: property {name!r} collides with {what} {name!r}")
