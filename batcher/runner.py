@@ -357,9 +357,9 @@ async def _run_with_client(
     output: StructuredOutput | None = None,
 ) -> int:
     from batcher.batches import left_to_batches_line, live_holds_usd
+    from batcher.core.structured import output_line
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
-    from batcher.core.structured import output_line
     from batcher.progress import status_line
     from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
 
