@@ -537,7 +537,11 @@ def _open_sink(
     (and, with [output], the schema's typed columns)."""
     from batcher.sink import Sink
 
-    sink = Sink(out_dir, state, manifest.field_types(), output=spec)
+    sink = (
+        Sink(out_dir, state, manifest.field_types(), output=spec)
+        if spec is not None
+        else Sink(out_dir, state, manifest.field_types())
+    )
     sink.recover()
     for warning in sink.warnings:
         say(f"batcher: warning: {warning}")
