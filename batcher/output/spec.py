@@ -56,6 +56,19 @@ class OutputSpec:
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", fingerprint_of(self.wire_schema, self.columns))
 
+    # Pickled without its caches (a jsonschema validator does not pickle): a spec crosses process
+    # boundaries whole and rebuilds them on first use.
+    _STATE = ("schema", "wire_schema", "columns", "retry_invalid", "source", "fingerprint")
+
+    def __getstate__(self) -> list[Any]:
+        return [getattr(self, name) for name in self._STATE]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        for name, value in zip(self._STATE, state, strict=True):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_fields", None)
+        object.__setattr__(self, "_validator", None)
+
     # -- columns --
 
     def fields(self) -> tuple[_columns.Field, ...]:

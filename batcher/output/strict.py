@@ -9,7 +9,9 @@ are transformed and ``$ref`` kept as it is; every other keyword (``minimum``, ``
 appended to the description, written as the SDK writes it, for the model to follow if it will.
 batcher checks those constraints itself after the answer (:meth:`batcher.output.OutputSpec.check`).
 
-Two differences, both where the SDK would fail: a node with neither ``type`` nor ``anyOf``/``oneOf``/
+Three differences: ``$schema``, ``$id`` and ``$comment`` are left out (they are about the document,
+not constraints on the answer: the SDK would append them to the description). And two where the SDK
+would fail: a node with neither ``type`` nor ``anyOf``/``oneOf``/
 ``allOf``/``const``/``enum`` raises :class:`StrictSchemaError` naming its path (the SDK raises a
 ValueError without one), and a list ``type`` (``["string", "null"]``, which the SDK cannot take)
 becomes an ``anyOf`` of one branch per type first.
@@ -107,9 +109,14 @@ def _join(path: str, *parts: str) -> str:
     return ".".join(p for p in (path, *parts) if p)
 
 
+#: Keywords about the schema document rather than the value: left out of what is sent (the SDK
+#: would append them to the description as constraints).
+META_KEYWORDS = frozenset({"$schema", "$id", "$comment"})
+
+
 def strict_schema(schema: dict[str, Any], path: str = "") -> dict[str, Any]:
     """``schema`` as the API takes it; raises :class:`StrictSchemaError` where it cannot be."""
-    node = split_type_list({**schema})
+    node = split_type_list({k: v for k, v in schema.items() if k not in META_KEYWORDS})
     out: dict[str, Any] = {}
 
     # $defs first: a root {"$ref": ..., "$defs": ...} (pydantic's RootModel) keeps its definitions.

@@ -213,3 +213,20 @@ def test_struct_mode_collides_as_data(tmp_path: Path) -> None:
         match=r"output\.columns: the struct column 'data' collides with the manifest column 'data'",
     ):
         check_column_names(spec, [*RESULT_NAMES, "data"], job)
+
+
+def test_importing_the_package_is_light_and_checking_needs_no_pyarrow() -> None:
+    import subprocess
+
+    code = (
+        "import sys, batcher.output;"
+        "light = 'jsonschema' not in sys.modules and 'pyarrow' not in sys.modules;"
+        "from batcher.config import load_job;"
+        "spec = batcher.output.load_output(load_job('jobs/tags.toml'));"
+        "spec.check('{}'); spec.row_values(None); spec.column_types();"
+        "print(light, 'pyarrow' in sys.modules)"
+    )
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["True", "False"]

@@ -124,3 +124,14 @@ def test_the_simulators_answer_to_the_wire_schema_is_checked(name: str) -> None:
     if name == "tags":
         assert checked.problem is None
     assert (checked.data is None) == (checked.problem is not None)
+
+
+def test_a_spec_pickles_without_its_caches() -> None:
+    import pickle
+
+    spec = _spec(TAGS)
+    assert spec.check(GOOD).problem is None  # the validator is built
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy == spec
+    assert copy.check(GOOD).problem is None
+    assert copy.column_types() == spec.column_types()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from anthropic.lib._parse._transform import transform_schema
 
-from batcher.output.strict import StrictSchemaError, split_type_list, strict_schema
+from batcher.output.strict import META_KEYWORDS, StrictSchemaError, split_type_list, strict_schema
 from tests.output.samples import NULLABLE_TYPES, SDK_SAMPLES
 
 #: Small schemas for single rules, beside the whole samples.
@@ -23,6 +23,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "all_of": {"allOf": [{"type": "integer"}, {"type": "integer", "maximum": 3}]},
     "required_kept": {"type": "object", "properties": {"a": {"type": "null"}}, "required": ["a"]},
     "pattern_properties": {"type": "object", "patternProperties": {"^x": {"type": "string"}}},
+    "commented": {"type": "object", "$comment": "c", "properties": {"a": {"$id": "a", "type": "string"}}},
 }
 
 
@@ -30,8 +31,23 @@ SMALL: dict[str, dict[str, Any]] = {
 def test_matches_the_sdk_transform(name: str) -> None:
     schema = SDK_SAMPLES.get(name) or SMALL[name]
     before = copy.deepcopy(schema)
-    assert strict_schema(schema) == transform_schema(copy.deepcopy(schema))
+    assert strict_schema(schema) == transform_schema(_without_meta(schema))
     assert schema == before, "the user's schema is not modified"
+
+
+def _without_meta(node: Any) -> Any:
+    """``$schema``/``$id``/``$comment`` taken out: batcher leaves them out, the SDK would describe them."""
+    if isinstance(node, dict):
+        return {k: _without_meta(v) for k, v in node.items() if k not in META_KEYWORDS}
+    if isinstance(node, list):
+        return [_without_meta(v) for v in node]
+    return node
+
+
+def test_document_keywords_are_not_sent() -> None:
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "x", "type": "object"}
+    assert strict_schema(schema) == {"type": "object", "properties": {}, "additionalProperties": False}
+    assert "$schema" in transform_schema(copy.deepcopy(schema))["description"]  # the SDK's way
 
 
 def _objects(node: Any) -> Iterator[dict[str, Any]]:
