@@ -265,11 +265,61 @@ def instance(schema: Any, filler: str, root: Any = None, depth: int = 0, *, brok
     if schema.get("allOf"):
         return instance(_merged(schema, root), filler, root, depth + 1, broken=broken)
     kind = _type_of(schema)
+    if not broken:
+        schema = _hinted(schema)
     if broken and kind in _BROKEN:
         return _BROKEN[kind](schema)
     if broken and kind in ("array", "object"):
         return (_array if kind == "array" else _object)(schema, filler, root, depth, broken=True)
     return _BY_TYPE[kind](schema, filler, root, depth)
+
+
+#: Constraints the official SDK moves into a description as ``{minimum: 1, maxLength: 20}``.
+_HINTS: Final = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minItems",
+    "maxItems",
+)
+_HINT_TAIL: Final = re.compile(r"(?:^|\n\n)\{((?:" + "|".join(_HINTS) + r"): .*)\}\Z", re.DOTALL)
+_HINT_SPLIT: Final = re.compile(r", (?=(?:" + "|".join(_HINTS) + r"|[A-Za-z_]+): )")
+
+
+def _hinted(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the constraints an SDK-style description hint states (the model reads its
+    description): the hint's tail ``{minimum: 1, maxLength: 20}``, for keys the schema lacks."""
+    description = schema.get("description")
+    if not isinstance(description, str) or not description.endswith("}"):
+        return schema
+    match = _HINT_TAIL.search(description)
+    if match is None:
+        return schema
+    extra: dict[str, Any] = {}
+    for item in _HINT_SPLIT.split(match.group(1)):
+        key, _, text = item.partition(": ")
+        if key in _HINTS and key not in schema:
+            extra[key] = text if key in ("pattern", "format") else _hint_number(text)
+    extra = {k: v for k, v in extra.items() if v is not None}
+    return {**schema, **extra} if extra else schema
+
+
+def _hint_number(text: str) -> int | float | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _type_of(schema: dict[str, Any]) -> str:
