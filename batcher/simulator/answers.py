@@ -11,8 +11,19 @@ blocks, tool results), each once, in order of first appearance::
 The text is then cut to ``max_tokens`` (stop_reason ``max_tokens``) or at the first stop sequence
 (``stop_sequence``); otherwise the answer ends its turn. A forced ``tool_choice`` answers with one
 ``tool_use`` block whose ``input`` fits the tool's ``input_schema`` (:func:`instance`), and
-``output_config.format`` with a JSON text that fits its schema; free strings in either carry the
-description above, so a test can still see which row an answer belongs to.
+``output_config.format`` with one text block of compact JSON that fits its schema (cut like any
+text, so a tight ``max_tokens`` leaves unparseable JSON and stop_reason ``max_tokens``); free
+strings in either, nested and in arrays too, carry the description above, so a test can still see
+which row an answer belongs to. Enums and consts take their first value, formats a valid example.
+The constraints the official SDK moves into a description (``"...\n\n{minimum: 1, maxLength: 20}"``)
+are followed, as a model reading its description would.
+
+Answer faults (:mod:`batcher.simulator.faults`, drawn by the caller and passed to :func:`answer`):
+``refusal`` answers ``stop_reason`` "refusal" with ``stop_details`` ``{"type": "refusal",
+"category": null, "explanation": null}`` and one short text block (:data:`REFUSAL_TEXT`, billed as
+output), whatever was asked; ``mismatch`` answers a structured request with JSON that keeps types,
+required properties, enums, consts and formats but ignores every other constraint: integers -1,
+numbers -1.5, free strings "" (``instance(..., broken=True)``).
 
 Prompt caching (:class:`PromptCache`): a ``cache_control`` breakpoint whose prefix holds at least
 the model's ``min_cacheable_tokens`` is written the first time and read while the same prefix
