@@ -11,8 +11,19 @@ blocks, tool results), each once, in order of first appearance::
 The text is then cut to ``max_tokens`` (stop_reason ``max_tokens``) or at the first stop sequence
 (``stop_sequence``); otherwise the answer ends its turn. A forced ``tool_choice`` answers with one
 ``tool_use`` block whose ``input`` fits the tool's ``input_schema`` (:func:`instance`), and
-``output_config.format`` with a JSON text that fits its schema; free strings in either carry the
-description above, so a test can still see which row an answer belongs to.
+``output_config.format`` with one text block of compact JSON that fits its schema (cut like any
+text, so a tight ``max_tokens`` leaves unparseable JSON and stop_reason ``max_tokens``); free
+strings in either, nested and in arrays too, carry the description above, so a test can still see
+which row an answer belongs to. Enums and consts take their first value, formats a valid example.
+The constraints the official SDK moves into a description (``"...\n\n{minimum: 1, maxLength: 20}"``)
+are followed, as a model reading its description would.
+
+Answer faults (:mod:`batcher.simulator.faults`, drawn by the caller and passed to :func:`answer`):
+``refusal`` answers ``stop_reason`` "refusal" with ``stop_details`` ``{"type": "refusal",
+"category": null, "explanation": null}`` and one short text block (:data:`REFUSAL_TEXT`, billed as
+output), whatever was asked; ``mismatch`` answers a structured request with JSON that keeps types,
+required properties, enums, consts and formats but ignores every other constraint: integers -1,
+numbers -1.5, free strings "" (``instance(..., broken=True)``).
 
 Prompt caching (:class:`PromptCache`): a ``cache_control`` breakpoint whose prefix holds at least
 the model's ``min_cacheable_tokens`` is written the first time and read while the same prefix
@@ -265,11 +276,61 @@ def instance(schema: Any, filler: str, root: Any = None, depth: int = 0, *, brok
     if schema.get("allOf"):
         return instance(_merged(schema, root), filler, root, depth + 1, broken=broken)
     kind = _type_of(schema)
+    if not broken:
+        schema = _hinted(schema)
     if broken and kind in _BROKEN:
         return _BROKEN[kind](schema)
     if broken and kind in ("array", "object"):
         return (_array if kind == "array" else _object)(schema, filler, root, depth, broken=True)
     return _BY_TYPE[kind](schema, filler, root, depth)
+
+
+#: Constraints the official SDK moves into a description as ``{minimum: 1, maxLength: 20}``.
+_HINTS: Final = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minItems",
+    "maxItems",
+)
+_HINT_TAIL: Final = re.compile(r"(?:^|\n\n)\{((?:" + "|".join(_HINTS) + r"): .*)\}\Z", re.DOTALL)
+_HINT_SPLIT: Final = re.compile(r", (?=(?:" + "|".join(_HINTS) + r"|[A-Za-z_]+): )")
+
+
+def _hinted(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the constraints an SDK-style description hint states (the model reads its
+    description): the hint's tail ``{minimum: 1, maxLength: 20}``, for keys the schema lacks."""
+    description = schema.get("description")
+    if not isinstance(description, str) or not description.endswith("}"):
+        return schema
+    match = _HINT_TAIL.search(description)
+    if match is None:
+        return schema
+    extra: dict[str, Any] = {}
+    for item in _HINT_SPLIT.split(match.group(1)):
+        key, _, text = item.partition(": ")
+        if key in _HINTS and key not in schema:
+            extra[key] = text if key in ("pattern", "format") else _hint_number(text)
+    extra = {k: v for k, v in extra.items() if v is not None}
+    return {**schema, **extra} if extra else schema
+
+
+def _hint_number(text: str) -> int | float | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _type_of(schema: dict[str, Any]) -> str:

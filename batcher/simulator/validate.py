@@ -3,8 +3,9 @@
 Every problem is an :class:`~batcher.simulator.errors.ApiError` whose message names the failing
 path the way the API does (``messages.0.content.2.source.media_type: ...``); unknown files are a
 404, everything else a 400. A body that passes comes back as a :class:`Checked`: the model's
-profile, the prompt cut into counted :class:`Segment` s in the API's cache order (tools, system,
-messages) and every image with the size it was sent at and the tokens it costs.
+profile, the prompt cut into counted :class:`Segment` s in the API's cache order (tools, the
+structured-output format, system, messages) and every image with the size it was sent at and the
+tokens it costs.
 
 Rules the simulator adds where it cannot do what the API does (each documented where enforced):
 
@@ -342,6 +343,10 @@ class _Walk:
         checked = Checked(self.profile, body["model"], max_tokens, self.segments, self.images, self.texts)
         self._options(body, path, checked)
         self._tools(body, path, checked)
+        if checked.output_schema is not None:
+            text = tokens.output_format_text(checked.output_schema)
+            overhead = tokens.OUTPUT_FORMAT_OVERHEAD
+            self.segments.append(Segment(text=text, overhead=overhead, key="format:" + text))
         if "system" in body:
             self._system(body["system"], _at(path, "system"))
         for i, message in enumerate(messages):
