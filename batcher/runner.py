@@ -537,11 +537,13 @@ def _open_sink(
     (and, with [output], the schema's typed columns)."""
     from batcher.sink import Sink
 
-    sink = (
-        Sink(out_dir, state, manifest.field_types(), output=spec)
-        if spec is not None
-        else Sink(out_dir, state, manifest.field_types())
-    )
+    from batcher.sink import SinkError
+
+    try:
+        sink = Sink(out_dir, state, manifest.field_types(), output=spec)
+    except SinkError as exc:
+        # An [output] other than the one the folder's parts were written with: nothing is sent.
+        raise RunRefused(str(exc), exc.exit_code) from None
     sink.recover()
     for warning in sink.warnings:
         say(f"batcher: warning: {warning}")

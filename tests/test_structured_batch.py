@@ -42,7 +42,11 @@ def test_batch_mode_gives_the_same_typed_columns(
     schema = read_results(tmp_path / "out").schema
     assert schema.field("tags").type == pa.list_(pa.string())
     assert schema.field("counts").type == pa.struct(
-        [pa.field("people", pa.int64()), pa.field("animals", pa.int64()), pa.field("vehicles", pa.int64())]
+        [
+            pa.field("people", pa.int64(), nullable=False),
+            pa.field("animals", pa.int64(), nullable=False),
+            pa.field("vehicles", pa.int64(), nullable=False),
+        ]
     )
     assert schema.field("has_text").type == pa.bool_()
     for row in rows:

@@ -30,11 +30,17 @@ TAGS_TYPES = {
     "caption": pa.string(),
     "tags": pa.list_(pa.string()),
     "counts": pa.struct(
-        [pa.field("people", pa.int64()), pa.field("animals", pa.int64()), pa.field("vehicles", pa.int64())]
+        [
+            pa.field("people", pa.int64(), nullable=False),
+            pa.field("animals", pa.int64(), nullable=False),
+            pa.field("vehicles", pa.int64(), nullable=False),
+        ]
     ),
     "has_text": pa.bool_(),
     "is_photo": pa.bool_(),
-    "dominant_colour": pa.struct([pa.field("name", pa.string()), pa.field("hex", pa.string())]),
+    "dominant_colour": pa.struct(
+        [pa.field("name", pa.string(), nullable=False), pa.field("hex", pa.string(), nullable=False)]
+    ),
     "setting": pa.string(),
     "text_content": pa.string(),
 }
@@ -153,7 +159,7 @@ def test_an_inline_schema_and_struct_columns(
     assert code == EXIT_OK, err
     schema = read_results(tmp_path / "out").schema
     assert schema.field("data").type == pa.struct(
-        [pa.field("caption", pa.string()), pa.field("n", pa.int64())]
+        [pa.field("caption", pa.string(), nullable=False), pa.field("n", pa.int64(), nullable=False)]
     )
     fmt = bodies[-1]["output_config"]["format"]
     assert fmt["type"] == "json_schema" and fmt["schema"]["additionalProperties"] is False
@@ -176,7 +182,7 @@ def test_a_pydantic_model_in_the_jobs_folder(
     assert schema.field("labels").type == pa.list_(pa.string())
     assert schema.field("score").type == pa.float64()
     assert schema.field("size").type == pa.struct(
-        [pa.field("width", pa.int64()), pa.field("height", pa.int64())]
+        [pa.field("width", pa.int64(), nullable=False), pa.field("height", pa.int64(), nullable=False)]
     )
     assert f"nonce={rows[0]['id']}" in results_by_id(tmp_path / "out")[rows[0]["id"]]["caption"]
 
