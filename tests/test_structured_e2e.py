@@ -200,6 +200,16 @@ def test_a_colliding_property_is_refused_before_anything_is_sent(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_schema_that_cannot_be_loaded_is_one_line_and_nothing_is_sent(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = good_rows(tmp_path, 1)
+    code, err = run_job(structured_job(tmp_path, rows, '"schemas/none.json"'), simulator, monkeypatch)
+    assert code == EXIT_CONFIG, err
+    assert len(err.strip().splitlines()) == 1 and "output.schema" in err, err
+    assert simulator.sim.ledger.snapshot()["requests"] == {}
+
+
 def test_a_model_without_structured_outputs_gets_a_forced_tool_and_the_same_columns(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,10 +238,11 @@ def test_a_model_with_neither_is_refused_naming_it(
     job = structured_job(tmp_path, rows, tags_schema(tmp_path), model="claude-sonnet-5-5")
     code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_CONFIG, err
-    assert err.strip() == (
-        f"batcher: {job}: request.model: claude-sonnet-5-5 supports neither structured outputs nor "
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.strip().endswith(
+        f"{job}: request.model: claude-sonnet-5-5 supports neither structured outputs nor "
         "forced tool use; output.schema cannot be enforced"
-    ) or err.strip().endswith("output.schema cannot be enforced"), err
+    ), err
     assert messages_sent(simulator) == 0 and not (tmp_path / "out").exists()
 
 
@@ -276,3 +287,25 @@ def test_the_shipped_tags_job_runs_against_the_simulator(
     for name, kind in TAGS_TYPES.items():
         assert table.schema.field(name).type == kind
     assert table.num_rows == 2
+
+
+def test_status_and_the_python_api_count_the_typed_errors_and_the_re_asks(
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import batcher
+    from batcher.commands.status import show_status
+
+    sim = make_simulator(SimConfig(faults=Faults(mismatch=1.0)))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
+    rows = good_rows(tmp_path, 2)
+    summary = batcher.run(structured_job(tmp_path, rows, tags_schema(tmp_path), retry_invalid=2))
+    assert summary.exit_code == EXIT_ROW_ERRORS
+    assert summary.errors_by_type == {"schema_mismatch": 2} and summary.reasks == 4
+    assert messages_sent(sim) == 6
+    assert show_status(tmp_path / "out") == 0
+    shown = capsys.readouterr().out
+    assert "schema_mismatch" in shown and "re-asks    4 answers asked again" in shown
+    assert show_status(tmp_path / "out", as_json=True) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_json["reasks"] == 4 and as_json["errors_by_type"] == {"schema_mismatch": 2}
