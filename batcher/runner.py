@@ -535,9 +535,7 @@ def _open_sink(
 ) -> Sink:
     """The results sink, settled after any crash, holding the rows of the current manifest only
     (and, with [output], the schema's typed columns)."""
-    from batcher.sink import Sink
-
-    from batcher.sink import SinkError
+    from batcher.sink import Sink, SinkError
 
     try:
         sink = Sink(out_dir, state, manifest.field_types(), output=spec)
