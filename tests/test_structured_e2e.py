@@ -173,7 +173,9 @@ def test_a_pydantic_model_in_the_jobs_folder(
     (tmp_path / "tagmodel.py").write_text(
         "from pydantic import BaseModel\n\n"
         "class Size(BaseModel):\n    width: int\n    height: int\n\n"
+        "class Thing(BaseModel):\n    label: str\n    confidence: float\n\n"
         "class Tags(BaseModel):\n    caption: str\n    labels: list[str]\n    size: Size\n    score: float\n"
+        "    things: list[Thing]\n"
     )
     rows = good_rows(tmp_path, 1)
     code, err = run_job(structured_job(tmp_path, rows, '"tagmodel:Tags"'), simulator, monkeypatch)
@@ -181,6 +183,10 @@ def test_a_pydantic_model_in_the_jobs_folder(
     schema = read_results(tmp_path / "out").schema
     assert schema.field("labels").type == pa.list_(pa.string())
     assert schema.field("score").type == pa.float64()
+    thing = pa.struct(
+        [pa.field("label", pa.string(), nullable=False), pa.field("confidence", pa.float64(), nullable=False)]
+    )
+    assert schema.field("things").type == pa.list_(thing), schema.field("things").type
     assert schema.field("size").type == pa.struct(
         [pa.field("width", pa.int64(), nullable=False), pa.field("height", pa.int64(), nullable=False)]
     )
