@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from batcher.errors import BatcherError
 from batcher.output.columns import ColumnType, Field
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-class Unfit(ValueError):
-    """A value its column cannot hold; ``path`` is its JSON path ("counts.people")."""
+class Unfit(BatcherError, ValueError):
+    """A value its column cannot hold, named by its JSON path ("counts.people"); raised by a strict
+    :func:`convert`, caught by :func:`unfit`."""
 
     def __init__(self, path: tuple[str, ...], value: Any, col: ColumnType) -> None:
         shown = json_text(value) if not isinstance(value, float) else repr(value)
