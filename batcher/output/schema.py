@@ -95,6 +95,9 @@ def _from_model(job: JobConfig, name: str, where: str) -> dict[str, Any]:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             missing = exc.name or module_name
+            if not (module_name == missing or module_name.startswith(missing + ".")):
+                # the module is there, but something it imports is not
+                raise ConfigError(f"{where}: importing {module_name!r} failed: {exc}") from None
             raise ConfigError(
                 f"{where}: module {missing!r} not found (looked in the job's folder {folder} and on the "
                 "Python path)"

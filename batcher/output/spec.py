@@ -127,6 +127,11 @@ class OutputSpec:
             if len(message) > 300:
                 message = message[:297] + "..."
             return Checked(None, f"{_path_text(error.absolute_path)}: {message}")
+        # Valid, but a value no column can hold (an integer beyond int64): refused here, not by
+        # the Parquet writer.
+        problem = _values.unfit(data, self.fields(), self.columns == "struct")
+        if problem is not None:
+            return Checked(None, problem)
         return Checked(data, None)
 
 

@@ -112,6 +112,7 @@ def test_a_path_and_a_module_are_told_apart_by_form(value: str, module: bool) ->
 def test_refusals_of_a_model(tmp_path: Path) -> None:
     (tmp_path / "models_o15.py").write_text(MODEL)
     (tmp_path / "broken_o15.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "needs_o15.py").write_text("import nosuchdependency_o15\n")
     try:
         assert _refused(tmp_path, "nosuchmod_o15:X").startswith("module 'nosuchmod_o15' not found")
         assert _refused(tmp_path, "models_o15:Missing") == "module 'models_o15' has no attribute 'Missing'"
@@ -119,8 +120,12 @@ def test_refusals_of_a_model(tmp_path: Path) -> None:
             "models_o15:NOT_A_MODEL is not a pydantic model (a BaseModel subclass)"
         )
         assert _refused(tmp_path, "broken_o15:X") == "importing 'broken_o15' failed: RuntimeError: boom"
+        assert _refused(tmp_path, "needs_o15:X") == (
+            "importing 'needs_o15' failed: No module named 'nosuchdependency_o15'"
+        )
+        assert _refused(tmp_path, "models_o15.sub:X").startswith("module 'models_o15.sub' not found")
     finally:
-        for name in ("models_o15", "broken_o15"):
+        for name in ("models_o15", "broken_o15", "needs_o15"):
             sys.modules.pop(name, None)
 
 

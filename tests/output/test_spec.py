@@ -135,3 +135,14 @@ def test_a_spec_pickles_without_its_caches() -> None:
     assert copy == spec
     assert copy.check(GOOD).problem is None
     assert copy.column_types() == spec.column_types()
+
+
+def test_a_valid_value_no_column_can_hold_is_refused() -> None:
+    spec = _spec(TAGS)
+    huge = GOOD.replace('"people": 2', '"people": 1e20')
+    assert spec.check(huge).problem == "counts.people: 1e+20 does not fit the column type int64"
+    big = GOOD.replace('"people": 2', f'"people": {2**63}')
+    assert spec.check(big).problem == f"counts.people: {2**63} does not fit the column type int64"
+    assert spec.check(GOOD.replace('"people": 2', '"people": 2.0')).problem is None
+    struct = _spec(TAGS, "struct")
+    assert struct.check(huge).problem == "counts.people: 1e+20 does not fit the column type int64"
