@@ -39,7 +39,8 @@ Structured output (``[output]``): results are typed by :mod:`batcher.core.result
 (``refusal``, ``max_tokens``, ``schema_mismatch``). A ``schema_mismatch`` with re-asks left is not
 final: its row is recorded ``transient`` (its cost in the job's totals and the budget's settle, its
 re-ask counted in ``results.reasks``) and goes back to be resubmitted, by the wait loop or, with
-``wait = false``, by the next run. The count lives in the state, so ``retry_invalid`` holds across
+``wait = false``, by the next run; the row's final result adds up every answer it was paid for, as
+online (the state adds each answer's spend once: ``record(..., spend=)``). The count lives in the state, so ``retry_invalid`` holds across
 runs: no row is sent more than ``1 + retry_invalid`` times because of mismatches.
 
 Cancelling: the first SIGINT/SIGTERM stops submitting and cancels the job's live batches (what
@@ -336,15 +337,27 @@ class Collector:
             # Collected before a crash: recording it again would count its cost twice.
             self.state.unbatch(row_id, status_for(earlier, final=True))
             return 0.0
+        paid = out
+        if earlier is not None and self._reasked(row_id, earlier):
+            # The row shows every answer it was paid for, as online; the state adds only this one.
+            out = results.combined(earlier, out, attempts=False)
         if self._reask(row_id, out):
             # Paid, not final: the row is sent again (its cost counts in the totals and the budget).
-            self.state.record(out, final=False, reasks=1)
+            self.state.record(out, final=False, reasks=1, spend=paid)
             self.counters.reasks += 1
-            self.counters.spend(out)
-            return out.cost_usd or 0.0
-        self.state.record(out)
-        self.counters.add(out)
-        return out.cost_usd or 0.0
+            self.counters.spend(paid)
+            return paid.cost_usd or 0.0
+        self.state.record(out, spend=paid)
+        self.counters.add(paid)
+        return paid.cost_usd or 0.0
+
+    def _reasked(self, row_id: str, earlier: Result) -> bool:
+        """The row's stored result is a mismatch this run's answer was a re-ask of."""
+        return (
+            self.output is not None
+            and earlier.error_type == SCHEMA_MISMATCH
+            and self.state.reasks_of(row_id) > 0
+        )
 
     def _reask(self, row_id: str, out: Result) -> bool:
         """A ``schema_mismatch`` answer whose row has re-asks left (``[output] retry_invalid``,

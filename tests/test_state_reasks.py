@@ -55,3 +55,17 @@ def test_a_v2_state_migrates_to_v3_with_no_re_asks(tmp_path: Path) -> None:
         assert state.reasks_of("a") == 0 and state.status_of("a") == "error"
         state.record(_mismatch("a", 0.01), final=False, reasks=1)
         assert state.reasks_of("a") == 1
+
+
+def test_spend_adds_one_answer_while_the_row_shows_them_all(tmp_path: Path) -> None:
+    with JobState.open(tmp_path) as state:
+        _rows(state, "a")
+        first = _mismatch("a", 0.01)
+        state.record(first, final=False, reasks=1)
+        second = Result(id="a", status="ok", attempts=1, input_tokens=10, output_tokens=5, cost_usd=0.01)
+        shown = Result(id="a", status="ok", attempts=1, input_tokens=20, output_tokens=10, cost_usd=0.02)
+        state.record(shown, spend=second)
+        got = state.get_result("a")
+        assert got is not None and got.cost_usd == 0.02 and got.attempts == 2
+        summary = state.summary()
+        assert abs(summary.cost_usd - 0.02) < 1e-12 and summary.output_tokens == 10

@@ -87,13 +87,16 @@ def test_a_batch_mismatch_is_resubmitted_and_then_ok(
     assert code == EXIT_OK, err
     assert batches_created(sim) == 2
     spent = sim.sim.ledger.snapshot()
-    for got in results_by_id(tmp_path / "out").values():
+    results = results_by_id(tmp_path / "out")
+    for got in results.values():
         assert got["status"] == "ok" and got["attempts"] == 2 and got["caption"]
+    # Each row shows both its answers, as online; the job's spend counts each once.
+    assert sum(r["output_tokens"] for r in results.values()) == spent["batch_output_tokens"]
     with JobState.open(tmp_path / "out") as state:
         summary = state.summary()
         assert summary.reasks == 2 and all(state.reasks_of(r["id"]) == 1 for r in rows)
-        # Both answers of each row are in the job's spend.
         assert summary.output_tokens == spent["batch_output_tokens"]
+        assert summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in results.values()))
     assert "re-asks 2" in err
 
 
@@ -119,7 +122,9 @@ def test_without_waiting_the_next_run_resubmits_and_the_re_asks_hold_across_runs
     assert batches_created(sim) == 2  # 1 + retry_invalid, never more
     got = results_by_id(tmp_path / "out")[rows[0]["id"]]
     assert got["error_type"] == "schema_mismatch" and got["attempts"] == 2
+    assert got["output_tokens"] == sim.sim.ledger.snapshot()["batch_output_tokens"]
     with JobState.open(tmp_path / "out") as state:
         assert state.reasks_of(rows[0]["id"]) == 1
+        assert state.summary().cost_usd == pytest.approx(got["cost_usd"])
     assert run_job(job, sim, monkeypatch)[0] == EXIT_ROW_ERRORS
     assert batches_created(sim) == 2

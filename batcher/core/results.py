@@ -106,9 +106,10 @@ def _paid_error(result: Result, error_type: str, message: str) -> Result:
     return result
 
 
-def combined(earlier: Result, later: Result) -> Result:
+def combined(earlier: Result, later: Result, *, attempts: bool = True) -> Result:
     """``later`` (a re-ask's row) carrying every paid answer of the row: attempts, tokens, cost and
-    latency of ``earlier`` added to its own."""
+    latency of ``earlier`` added to its own (``attempts=False``: its own attempts, for the state's
+    ``record``, which adds a row's earlier attempts itself)."""
 
     def plus(a: int | None, b: int | None) -> int | None:
         return None if a is None and b is None else (a or 0) + (b or 0)
@@ -120,7 +121,7 @@ def combined(earlier: Result, later: Result) -> Result:
     )
     return replace(
         later,
-        attempts=earlier.attempts + later.attempts,
+        attempts=earlier.attempts + later.attempts if attempts else later.attempts,
         input_tokens=plus(earlier.input_tokens, later.input_tokens),
         output_tokens=plus(earlier.output_tokens, later.output_tokens),
         cache_read_input_tokens=plus(earlier.cache_read_input_tokens, later.cache_read_input_tokens),

@@ -179,8 +179,10 @@ class JobState:
     def id_for_custom_id(self, custom_id: str) -> str | None:
         return self.rows.id_for_custom_id(custom_id)
 
-    def record(self, result: Result, *, final: bool = True, reasks: int = 0) -> None:
-        self.rows.record(result, final=final, reasks=reasks)
+    def record(
+        self, result: Result, *, final: bool = True, reasks: int = 0, spend: Result | None = None
+    ) -> None:
+        self.rows.record(result, final=final, reasks=reasks, spend=spend)
 
     def reasks_of(self, row_id: str) -> int:
         return self.rows.reasks_of(row_id)

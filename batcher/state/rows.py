@@ -365,7 +365,9 @@ class RowStore:
 
     # -- outcomes --
 
-    def record(self, result: Result, *, final: bool = True, reasks: int = 0) -> None:
+    def record(
+        self, result: Result, *, final: bool = True, reasks: int = 0, spend: Result | None = None
+    ) -> None:
         """Store a row's outcome durably (committed when this returns) and queue it for export.
 
         ``final=False`` stores an error result that the next run retries (status ``transient``) but
@@ -381,18 +383,19 @@ class RowStore:
         with self._db.tx() as c:
             old = c.execute("SELECT part_id, attempts FROM results WHERE id = ?", (result.id,)).fetchone()
             result.attempts = (result.attempts or 0) + (old[1] if old else 0)
+            paid = spend if spend is not None else result
             params = {
                 "id": result.id,
                 "status": status_for(result, final),
                 "error_type": result.error_type,
                 "error_message": result.error_message,
                 "attempts": result.attempts,
-                "input_tokens": result.input_tokens or 0,
-                "output_tokens": result.output_tokens or 0,
-                "cache_read": result.cache_read_input_tokens or 0,
-                "cache_write": result.cache_creation_input_tokens or 0,
-                "cost_usd": result.cost_usd or 0.0,
-                "latency_s": result.latency_s or 0.0,
+                "input_tokens": paid.input_tokens or 0,
+                "output_tokens": paid.output_tokens or 0,
+                "cache_read": paid.cache_read_input_tokens or 0,
+                "cache_write": paid.cache_creation_input_tokens or 0,
+                "cost_usd": paid.cost_usd or 0.0,
+                "latency_s": paid.latency_s or 0.0,
                 "result_json": result.to_json(),
                 "now": time.time(),
                 "reasks": reasks,
