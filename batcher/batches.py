@@ -40,8 +40,9 @@ Structured output (``[output]``): results are typed by :mod:`batcher.core.result
 final: its row is recorded ``transient`` (its cost in the job's totals and the budget's settle, its
 re-ask counted in ``results.reasks``) and goes back to be resubmitted, by the wait loop or, with
 ``wait = false``, by the next run; the row's final result adds up every answer it was paid for, as
-online (the state adds each answer's spend once: ``record(..., spend=)``). The count lives in the state, so ``retry_invalid`` holds across
-runs: no row is sent more than ``1 + retry_invalid`` times because of mismatches.
+online (the state adds each answer's spend once: ``record(..., spend=)``). The count lives in the
+state, so ``retry_invalid`` holds across runs: no row is sent more than ``1 + retry_invalid`` times
+because of mismatches.
 
 Cancelling: the first SIGINT/SIGTERM stops submitting and cancels the job's live batches (what
 they already answered is collected by the next run; the rest is resubmitted then); a second one
