@@ -35,6 +35,15 @@ retryable error, ``expired``, ``canceled`` → left for resubmission. A batch ro
 how many times it went into a batch, over all runs; ``latency_s`` is empty (a batch has no
 per-request latency) and ``request_id`` is the message id (or the error's request id).
 
+Structured output (``[output]``): results are typed by :mod:`batcher.core.results` as online
+(``refusal``, ``max_tokens``, ``schema_mismatch``). A ``schema_mismatch`` with re-asks left is not
+final: its row is recorded ``transient`` (its cost in the job's totals and the budget's settle, its
+re-ask counted in ``results.reasks``) and goes back to be resubmitted, by the wait loop or, with
+``wait = false``, by the next run; the row's final result adds up every answer it was paid for, as
+online (the state adds each answer's spend once: ``record(..., spend=)``). The count lives in the
+state, so ``retry_invalid`` holds across runs: no row is sent more than ``1 + retry_invalid`` times
+because of mismatches.
+
 Cancelling: the first SIGINT/SIGTERM stops submitting and cancels the job's live batches (what
 they already answered is collected by the next run; the rest is resubmitted then); a second one
 exits at once. ``batcher batches OUT --cancel`` (:mod:`batcher.commands.batches`) cancels them from
@@ -75,8 +84,9 @@ from batcher.core.plan import Planner
 from batcher.core.prepare import RowPreparer, preparers_for
 from batcher.core.seams import ImagePreparer, ResultSink
 from batcher.core.signals import FATAL_GRACE_S, watch_signals
+from batcher.core.structured import StructuredOutput
 from batcher.core.writer import Writer
-from batcher.errors import RowFailure
+from batcher.errors import SCHEMA_MISMATCH, RowFailure
 from batcher.exits import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
 from batcher.files import FileUploader
 from batcher.models import ModelProfile
@@ -232,6 +242,10 @@ class Collector:
     collected_batches: int = 0
     #: result lines recorded by this run (answers, errors, and requests to send again)
     collected_rows: int = 0
+    #: the job's [output] and its mode: answers are checked and typed (None: free text)
+    output: StructuredOutput | None = None
+    #: the job's request.max_tokens, for the message of a cut-off structured answer
+    max_tokens: int | None = None
 
     def live_counts(self) -> tuple[int, int]:
         """``(batches, requests)`` still live."""
@@ -324,9 +338,36 @@ class Collector:
             # Collected before a crash: recording it again would count its cost twice.
             self.state.unbatch(row_id, status_for(earlier, final=True))
             return 0.0
-        self.state.record(out)
-        self.counters.add(out)
-        return out.cost_usd or 0.0
+        paid = out
+        if earlier is not None and self._reasked(row_id, earlier):
+            # The row shows every answer it was paid for, as online; the state adds only this one.
+            out = results.combined(earlier, out, attempts=False)
+        if self._reask(row_id, out):
+            # Paid, not final: the row is sent again (its cost counts in the totals and the budget).
+            self.state.record(out, final=False, reasks=1, spend=paid)
+            self.counters.reasks += 1
+            self.counters.spend(paid)
+            return paid.cost_usd or 0.0
+        self.state.record(out, spend=paid)
+        self.counters.add(paid)
+        return paid.cost_usd or 0.0
+
+    def _reasked(self, row_id: str, earlier: Result) -> bool:
+        """The row's stored result is a mismatch this run's answer was a re-ask of."""
+        return (
+            self.output is not None
+            and earlier.error_type == SCHEMA_MISMATCH
+            and self.state.reasks_of(row_id) > 0
+        )
+
+    def _reask(self, row_id: str, out: Result) -> bool:
+        """A ``schema_mismatch`` answer whose row has re-asks left (``[output] retry_invalid``,
+        counted over every run in the state)."""
+        return (
+            self.output is not None
+            and out.error_type == SCHEMA_MISMATCH
+            and self.state.reasks_of(row_id) < self.output.retry_invalid
+        )
 
     def _forget_gone_files(self, memo: dict[str, Any], message: str) -> bool:
         """Mark the uploads a 404 names as expired, so they are uploaded again; True if any."""
@@ -379,6 +420,8 @@ class Collector:
             attempts=attempts,
             request_id=msg.get("id"),
             mode="batch",
+            output=self.output,
+            max_tokens=self.max_tokens,
         )
 
 
@@ -391,6 +434,7 @@ async def collect_ended(
     sink: ResultSink,
     counters: Counters,
     say: Say,
+    output: StructuredOutput | None = None,
 ) -> Collector:
     """A run's first step, whatever the job's mode: rows found in live batches become ``batched``
     (:meth:`~batcher.state.JobState.adopt_batched`), then the batches that have ended are collected.
@@ -404,6 +448,8 @@ async def collect_ended(
         counters=counters,
         part_rows=job.run.part_rows,
         policy=RetryPolicy(max_attempts=job.run.max_attempts, max_wait_s=job.run.max_retry_wait_s),
+        output=output,
+        max_tokens=job.request.max_tokens,
     )
     if live_batches(state):
         state.adopt_batched()
@@ -454,7 +500,7 @@ class BatchRun:
         self.collector.budget = self.budget.budget if self.budget is not None else None
         self.stopping = anyio.Event()
         self._cancel_work: anyio.CancelScope | None = None
-        self.planner = Planner.for_job(self.job, self.profile)
+        self.planner = Planner.for_job(self.job, self.profile, self.collector.output)
         self.preparer = RowPreparer.for_job(
             self.job,
             self.profile,

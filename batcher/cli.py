@@ -197,9 +197,11 @@ def batches(out: Path, as_json: bool, cancel: bool) -> None:
     multiple=True,
     metavar="KIND=P",
     help="Inject faults, repeatable: overloaded, server_error, gateway_timeout, drop, "
-    "stall (share 0..1 of messages requests); fatal ones auth_error_after, "
-    "billing_error_after, spend_limit_after (=N: N paid requests pass, then "
-    "every one fails).",
+    "stall (share 0..1 of messages requests); answer faults refusal, mismatch (share 0..1 "
+    "of answers: stop_reason refusal; structured JSON ignoring the schema's constraints) "
+    "and mismatch_first=1 (each row's first structured answer is a mismatch); fatal ones "
+    "auth_error_after, billing_error_after, spend_limit_after (=N: N paid requests pass, "
+    "then every one fails).",
 )
 @click.option(
     "--stall-seconds",
@@ -290,12 +292,19 @@ def _fault_shares(items: tuple[str, ...], stall_s: float, seed: int) -> Faults:
     """``--fault KIND=P`` (a drawn share) and ``--fault KIND_after=N`` (a fatal fault after N
     paid requests) options as a Faults config."""
     from batcher.simulator.config import Faults
-    from batcher.simulator.faults import FATAL_KINDS, KINDS
+    from batcher.simulator.faults import ANSWER_KINDS, FATAL_KINDS, KINDS
 
     fatal = tuple(f"{kind}_after" for kind in FATAL_KINDS)
     config = Faults(stall_s=stall_s, seed=seed)
     for item in items:
         kind, _, share = item.partition("=")
+        if kind == "mismatch_first":
+            if share not in ("", "0", "1"):
+                raise click.BadParameter(
+                    f"{item!r}: expected mismatch_first=1 (on) or =0", param_hint="--fault"
+                )
+            config.mismatch_first = share != "0"
+            continue
         if kind in fatal:
             try:
                 after = int(share)
@@ -308,10 +317,9 @@ def _fault_shares(items: tuple[str, ...], stall_s: float, seed: int) -> Faults:
                 )
             setattr(config, kind, after)
             continue
-        if kind not in KINDS:
-            raise click.BadParameter(
-                f"unknown fault kind {kind!r} (one of {', '.join((*KINDS, *fatal))})", param_hint="--fault"
-            )
+        if kind not in (*KINDS, *ANSWER_KINDS):
+            known = ", ".join((*KINDS, *ANSWER_KINDS, "mismatch_first", *fatal))
+            raise click.BadParameter(f"unknown fault kind {kind!r} (one of {known})", param_hint="--fault")
         try:
             setattr(config, kind, float(share))
         except ValueError:

@@ -142,12 +142,41 @@ class LimitsConfig(_Section):
         return tier
 
 
+class OutputConfig(_Section):
+    """[output]: structured output, a JSON Schema the answers must fit (see batcher.output)."""
+
+    #: a JSON Schema file (relative to the job file), a pydantic model "module:Class" importable
+    #: from the job's folder, or an inline table
+    schema_: str | dict[str, Any] = Field(alias="schema")
+    #: "flatten": one column per top-level property; "struct": one column `data`
+    columns: Literal["flatten", "struct"] = "flatten"
+    #: re-asks a row gets after an answer that fails validation
+    retry_invalid: int = Field(default=1, ge=0, le=10)
+
+    @field_validator("schema_", mode="before")
+    @classmethod
+    def _path_or_table(cls, value: object) -> object:
+        if not isinstance(value, str | dict):
+            raise ValueError(
+                f"a schema file, a pydantic model (module:Class) or an inline table, not {_toml_value(value)}"
+            )
+        return value
+
+    # `schema` is the key's name; pydantic's BaseModel has a (deprecated) `schema` method, so the
+    # field is `schema_` under the alias and this property reads it.
+    @property
+    def schema(self) -> str | dict[str, Any]:  # type: ignore[override]
+        return self.schema_
+
+
 class JobConfig(_Section):
     input: InputConfig
     request: RequestConfig
     run: RunConfig = RunConfig()
     images: ImagesConfig = ImagesConfig()
     limits: LimitsConfig = LimitsConfig()
+    #: structured output: answers as JSON fitting a schema, stored as typed columns
+    output: OutputConfig | None = None
     #: extra or overridden model profiles, as in configs/models.toml's [models] table
     models: dict[str, dict[str, Any]] = {}
 

@@ -76,6 +76,12 @@ API_TIMEOUT: Final = "api_timeout"
 IMAGE_TIMEOUT: Final = "image_timeout"
 #: An image that could not be uploaded to the Files API.
 UPLOAD_FAILED: Final = "upload_failed"
+#: Structured output ([output]): the model declined (stop_reason "refusal"); final.
+REFUSAL: Final = "refusal"
+#: Structured output: the JSON was cut off at max_tokens; final.
+MAX_TOKENS: Final = "max_tokens"
+#: Structured output: JSON that does not fit the schema, after the re-asks [output] allows; final.
+SCHEMA_MISMATCH: Final = "schema_mismatch"
 
 #: The image errors' types (batcher.images.errors: each subclass of ImageError names one of these;
 #: a test holds the two to each other).
@@ -135,6 +141,10 @@ ROW_ERROR_TYPES: Final[dict[str, str]] = {
     "batch_lost": "batch",
     "batch_no_result": "batch",
     "file_gone": "batch",
+    # structured output: an answer that is not the JSON asked for (batcher.output; all final)
+    REFUSAL: "output",
+    MAX_TOKENS: "output",
+    SCHEMA_MISMATCH: "output",
 }
 
 
@@ -160,5 +170,6 @@ class RowFailure:
 
     @property
     def stage(self) -> str | None:
-        """The stage the error type belongs to (``row``, ``image``, ``upload``, ``api``, ``batch``)."""
+        """The stage the error type belongs to (``row``, ``image``, ``upload``, ``api``, ``batch``,
+        ``output``)."""
         return ROW_ERROR_TYPES.get(self.error_type)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from batcher.api.bodies import ImagePart, RequestSettings, messages_body
+from batcher.api.bodies import ImagePart, RequestSettings, StructuredRequest, messages_body
 from batcher.api.download import DownloadLimits
 from batcher.config import JobConfig
 from batcher.core.outcomes import Prepared
@@ -43,6 +43,7 @@ from batcher.core.plan import (
 )
 from batcher.core.prepare import RowPreparer
 from batcher.core.seams import ImagePreparer
+from batcher.core.structured import StructuredOutput
 from batcher.errors import JobError, RowFailure
 from batcher.images.sizing import ImageOptions, image_tokens, target_size
 from batcher.models import ModelProfile
@@ -80,11 +81,33 @@ def sent_image_tokens(
 
 
 def row_tokens(
-    profile: ModelProfile, settings: RequestSettings, prompt: str, images: Sequence[int]
+    profile: ModelProfile,
+    settings: RequestSettings,
+    prompt: str,
+    images: Sequence[int],
+    structured: StructuredRequest | None = None,
 ) -> RowTokens:
-    """Input tokens of the request for a row whose images cost ``images`` tokens each."""
+    """Input tokens of the request for a row whose images cost ``images`` tokens each (with the
+    job's output schema, when ``structured``: :func:`batcher.tokens.estimate_schema_tokens`)."""
     placeholders = [ImagePart("url", "") for _ in images]
-    return body_tokens(profile, messages_body(profile, settings, placeholders, prompt), images)
+    body = messages_body(profile, settings, placeholders, prompt, structured)
+    return body_tokens(profile, body, images)
+
+
+def job_structured(job: JobConfig, profile: ModelProfile) -> StructuredOutput | None:
+    """The job's [output] and the mode a run would send it in, decided from the profile alone (no
+    network: the run asks the Models API too); raises ``ConfigError`` as the run would refuse."""
+    if job.output is None:
+        return None
+    from batcher.core.structured import decide
+    from batcher.output import load_output
+
+    return decide(load_output(job), job.path, profile, {})
+
+
+def _structured_request(job: JobConfig, profile: ModelProfile) -> StructuredRequest | None:
+    output = job_structured(job, profile)
+    return output.request if output is not None else None
 
 
 def run_time_s(
@@ -148,6 +171,10 @@ class Estimate:
     budget_usd: float | None = None
     sample: Sample | None = None
     failures: dict[str, int] = field(default_factory=dict)
+    #: structured output ([output]): how the schema is sent ("format", or "tool": a forced tool),
+    #: and the input tokens it adds to every row (an estimate: tokens.estimate_schema_tokens)
+    structured_mode: str | None = None
+    schema_tokens_per_row: int = 0
     #: sendable rows by their input tokens: what the costs are summed from (not in the JSON)
     input_histogram: dict[int, int] = field(default_factory=dict, repr=False)
 
@@ -246,6 +273,7 @@ def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile, progress: An
     from batcher.images.errors import ImageError
 
     settings = settings_for(job)
+    structured = _structured_request(job, profile)
     options = job_image_options(job)
     est = Estimate(model=profile.id, mode=job.run.mode, budget_usd=job.limits.budget_usd)
     # The images of a row (as a tuple) -> their tokens and unsized count, or the error type.
@@ -275,7 +303,7 @@ def estimate_rows(rows: Any, job: JobConfig, profile: ModelProfile, progress: An
             est.fail(found)
             continue
         per_image, unsized = found
-        est.add(row_tokens(profile, settings, row.prompt, per_image), len(per_image), unsized)
+        est.add(row_tokens(profile, settings, row.prompt, per_image, structured), len(per_image), unsized)
     return _finish(est, job, profile)
 
 
@@ -310,6 +338,7 @@ class _CellCosts:
 
     def __init__(self, job: JobConfig, profile: ModelProfile, base: str) -> None:
         self._settings = settings_for(job)
+        self._structured = _structured_request(job, profile)
         self._options = job_image_options(job)
         self._profile = profile
         self._base = base
@@ -343,7 +372,7 @@ class _CellCosts:
         except ImageError as exc:
             return CellCost(image_error=getattr(exc, "error_type", "image_error"))
         per_image = [sent_image_tokens(self._profile, self._options, size, len(sizes)) for size in sizes]
-        framing = row_tokens(self._profile, self._settings, "", per_image).text
+        framing = row_tokens(self._profile, self._settings, "", per_image, self._structured).text
         return CellCost(
             image_tokens=sum(per_image),
             framing_text=framing,
@@ -555,6 +584,13 @@ def estimate_chunks(
 
 
 def _finish(est: Estimate, job: JobConfig, profile: ModelProfile) -> Estimate:
+    output = job_structured(job, profile)
+    if output is not None:
+        from batcher.api.bodies import structured_params
+        from batcher.tokens import estimate_schema_tokens
+
+        est.structured_mode = output.mode
+        est.schema_tokens_per_row = estimate_schema_tokens(structured_params(output.request), profile)
     est.finish(profile, job.request.max_tokens)
     (rpm, itpm, otpm), est.limits_source = limits_for(job)
     est.time_s = run_time_s(
@@ -632,7 +668,8 @@ async def exact_sample(
         # One worker: the sample is prepared a row at a time, each answer awaited.
         async with ImagePool(workers=1) as own:
             return await exact_sample(rows, job, profile, n, client, stride, own)
-    planner = Planner(profile, settings_for(job), job.images.files_beta)
+    # The bodies counted carry the schema (output_config or the tool): the figure includes it.
+    planner = Planner(profile, settings_for(job), job.images.files_beta, output=job_structured(job, profile))
     preparer = RowPreparer(
         profile=profile,
         pool=pool,
@@ -692,6 +729,16 @@ def format_estimate(est: Estimate) -> str:
         lines.append(
             f"  sample        {s.rows:>14,} rows counted by the API: {s.input_tokens_exact:,} "
             f"tokens vs {s.input_tokens_estimated:,} estimated (text x{s.text_ratio:.3f})"
+        )
+    if est.structured_mode is not None:
+        how = (
+            "sent as output_config.format"
+            if est.structured_mode == "format"
+            else "sent as a forced tool: the model lacks structured outputs"
+        )
+        lines.append(
+            f"  structured output: ~{est.schema_tokens_per_row:,} input tokens a row for the schema "
+            f"(estimate), {how}; in the input tokens above"
         )
     lines.append(f"  output tokens {est.output_tokens_max:>14,}  at most (max_tokens x rows)")
     lines.append(

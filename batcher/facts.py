@@ -198,3 +198,14 @@ EFFORT_LEVELS: Final = ("low", "medium", "high", "xhigh", "max")
 #: ``cache_control`` breakpoints allowed in one request, and each TTL in seconds.
 MAX_CACHE_BREAKPOINTS: Final = 4
 CACHE_TTL_S: Final[Mapping[str, int]] = {"5m": 300, "1h": 3600}
+
+# --- structured output ----------------------------------------------------------------------------
+#: Forced tool use (the fallback for a model without ``output_config.format``): the one tool the
+#: request offers and forces, whose ``input_schema`` is the job's schema.
+STRUCTURED_TOOL: Final = "record_answer"
+STRUCTURED_TOOL_DESCRIPTION: Final = (
+    "Record the answer about the image(s). Call this tool exactly once with the answer as its input."
+)
+#: ``stop_reason`` values that end a structured answer without usable JSON.
+STOP_REFUSAL: Final = "refusal"
+STOP_MAX_TOKENS: Final = "max_tokens"

@@ -12,6 +12,12 @@ memory stays bounded however long the manifest is. Every row ends in exactly one
 Stopping takes effect at once for everything not yet on the wire: queued rows are dropped, waits
 for the rate limits and between retries end, and only requests already sent are awaited.
 
+With structured output (``[output]``), an answer whose JSON does not fit the schema
+(``schema_mismatch``) is asked again, up to ``retry_invalid`` times, within the row's request
+stage: each re-ask passes the budget (its worst case held again, settled with what it cost) and the
+limiter like any request, and the row's final result adds up every paid answer (attempts, tokens,
+cost). The state counts the row's re-asks (``results.reasks``).
+
 Read-ahead is bounded by what the limits let through, not by ``concurrency``: the request stage
 holds at most about twice the limiter's in-flight window of prepared rows (each carries its
 images), so ``concurrency = 500`` on a slow key does not prepare 500 images that wait for minutes.
@@ -23,6 +29,7 @@ import random
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -38,7 +45,9 @@ from batcher.core.plan import PlannedRequest, Planner
 from batcher.core.prepare import B64_CHUNK, RowPreparer, Stopped, b64_text, preparers_for
 from batcher.core.seams import BudgetHook, ImagePreparer, ResultSink, RunState
 from batcher.core.signals import FATAL_GRACE_S
+from batcher.core.structured import StructuredOutput
 from batcher.core.writer import Writer
+from batcher.errors import SCHEMA_MISMATCH
 from batcher.files import FileUploader
 from batcher.models import ModelProfile
 from batcher.ratelimit import Cost, GaveUp, Limiter
@@ -83,6 +92,8 @@ class Pipeline:
     budget: BudgetHook | None = None
     #: transport "files": the job's uploader (made from the job when not given)
     uploader: FileUploader | None = None
+    #: the job's [output] and its wire mode (the runner decides it): answers are checked and typed
+    output: StructuredOutput | None = None
 
     _fatal: list[BaseException] = field(default_factory=list)
     #: prepared rows the request stage holds (waiting for the limits or in flight)
@@ -93,7 +104,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.stopping = anyio.Event()
-        self.planner = Planner.for_job(self.job, self.profile)
+        self.planner = Planner.for_job(self.job, self.profile, self.output)
         self.settings = self.planner.settings
         self.preparer = RowPreparer.for_job(
             self.job,
@@ -192,7 +203,7 @@ class Pipeline:
                         prepared = await rows.receive()
                     except anyio.EndOfStream:
                         return
-                    outcome = await self._request_one(prepared)
+                    outcome, reasks = await self._request_reasking(prepared)
                 finally:
                     self._holding -= 1
                     assert self._hold_changed is not None
@@ -202,7 +213,12 @@ class Pipeline:
                 # Durable before anything else happens, by this task: an answer the API has billed
                 # waits in no queue, so a kill -9 pays twice only for requests truly in flight.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(writer.record_all, [outcome])
+                    if reasks and isinstance(outcome, Result):
+                        await anyio.to_thread.run_sync(
+                            partial(writer.record_all, [outcome], {outcome.id: reasks})
+                        )
+                    else:
+                        await anyio.to_thread.run_sync(writer.record_all, [outcome])
                 await results.send(Recorded(outcome))
 
     async def _wait_to_hold(self) -> None:
@@ -216,6 +232,31 @@ class Pipeline:
             # The window also grows as the limiter learns, without a row finishing: look again.
             with anyio.move_on_after(0.5):
                 await self._hold_changed.wait()
+
+    async def _request_reasking(self, prepared: Prepared) -> tuple[Outcome | None, int]:
+        """:meth:`_request_one`, and again while the answer is a ``schema_mismatch`` with re-asks
+        left (``[output] retry_invalid``); returns the row's outcome, every paid answer added up,
+        and how many re-asks it took. A re-ask the run cannot make (stopping, budget, a fatal
+        answer, retries used up) leaves the last mismatch as the row's final result: it was paid."""
+        outcome = await self._request_one(prepared)
+        reasks = 0
+        output = self.output
+        while (
+            output is not None
+            and isinstance(outcome, Result)
+            and outcome.error_type == SCHEMA_MISMATCH
+            and reasks < output.retry_invalid
+            and not self.stopping.is_set()
+        ):
+            again = await self._request_one(prepared)
+            if again is None:
+                break
+            reasks += 1
+            self.counters.reasks += 1
+            if not isinstance(again, Result):
+                break  # retries used up on the re-ask: the paid mismatch stands
+            outcome = results.combined(outcome, again)
+        return outcome, reasks
 
     async def _request_one(self, prepared: Prepared) -> Outcome | None:
         """One row's request; None: not sent (stopping, budget) or the job is over (fatal)."""
@@ -299,6 +340,8 @@ class Pipeline:
             attempts=attempts,
             request_id=resp.request_id,
             latency_s=round(time.monotonic() - started, 4),
+            output=self.output,
+            max_tokens=plan.max_tokens,
         )
 
     async def _retry_sleep(self, seconds: float) -> None:

@@ -66,7 +66,10 @@ class RunSummary:
     output_tokens: int
     #: rows by status (``ok``, ``error``, ``pending``...) and errors by type
     by_status: Mapping[str, int]
+    #: ``refusal``, ``max_tokens`` and ``schema_mismatch`` (structured output) among them, by name
     errors_by_type: Mapping[str, int]
+    #: structured output: answers asked again because their JSON did not fit the schema (all runs)
+    reasks: int = 0
 
     @property
     def done(self) -> bool:
@@ -207,6 +210,7 @@ def _summary(out_dir: Path, code: int) -> RunSummary:
         output_tokens=s.output_tokens,
         by_status=dict(s.by_status),
         errors_by_type=dict(s.errors_by_type),
+        reasks=s.reasks,
     )
 
 

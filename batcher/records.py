@@ -110,6 +110,8 @@ class Result:
     finished_at: float = field(default_factory=time.time)
     mode: Literal["online", "batch"] = "online"
     tool_input: str | None = None
+    #: the parsed answer that fitted the job's [output] schema; None on error rows and without [output]
+    data: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,7 +43,9 @@ from batcher.models import ModelProfile, ModelRegistry
 
 if TYPE_CHECKING:
     from batcher.batches import Collector
+    from batcher.core.structured import StructuredOutput
     from batcher.manifest import Manifest
+    from batcher.output import OutputSpec
     from batcher.pipeline import Pipeline
     from batcher.sink import Sink
     from batcher.state import JobState
@@ -190,6 +192,48 @@ async def _profile_for(
     return profile
 
 
+def _load_output(job: JobConfig, manifest: Manifest) -> OutputSpec | None:
+    """The job's [output], loaded and checked before anything is sent: its schema (one line naming
+    output.schema, exit 2) and its columns against the result columns and the manifest's carried
+    ones."""
+    if job.output is None:
+        return None
+    from batcher.manifest import ManifestError
+    from batcher.output import check_column_names, load_output
+    from batcher.sink import RESULT_NAMES, column_names
+
+    try:
+        spec = load_output(job)
+        if spec is None:
+            return None
+        try:
+            carried = list(column_names(manifest.field_types()).values())
+        except ManifestError as exc:
+            raise RunRefused(f"{job.path}: {exc}", EXIT_CONFIG) from None
+        check_column_names(spec, [*RESULT_NAMES, *carried], job)
+    except ConfigError as exc:
+        raise RunRefused(str(exc), EXIT_CONFIG) from None
+    return spec
+
+
+def _structured(
+    job: JobConfig, spec: OutputSpec | None, profile: ModelProfile, info: dict[str, Any], say: Say
+) -> StructuredOutput | None:
+    """The wire mode of the job's schema (:func:`batcher.core.structured.decide`): format, or the
+    forced-tool fallback (said once), or refused naming the model (exit 2)."""
+    if spec is None:
+        return None
+    from batcher.core.structured import decide, tool_fallback_line
+
+    try:
+        output = decide(spec, job.path, profile, info)
+    except ConfigError as exc:
+        raise RunRefused(str(exc), EXIT_CONFIG) from None
+    if output is not None and output.mode == "tool":
+        say(tool_fallback_line(profile))
+    return output
+
+
 def _open_manifest(job: JobConfig) -> Manifest:
     from batcher.manifest import ManifestError, job_manifest
 
@@ -283,6 +327,7 @@ async def _run_async(
     request: RunRequest, job: JobConfig, registry: ModelRegistry, known: ModelProfile | None
 ) -> int:
     manifest = _open_manifest(job)
+    spec = _load_output(job, manifest)
     try:
         key, base_url = settings_from_env()
     except MissingKeyError as exc:
@@ -294,7 +339,10 @@ async def _run_async(
         # The API's word on the model before anything is written: a refused job leaves no trace.
         info = await _model_info(client, job, known, request.notices.say)
         _check_model_online(job, info)
-        return await _run_with_client(request, job, registry, known, manifest, client, info)
+        # A known model's mode is decided here, before the output folder is touched; a probed
+        # model's once its profile is known.
+        output = _structured(job, spec, known, info, request.notices.say) if known is not None else None
+        return await _run_with_client(request, job, registry, known, manifest, client, info, spec, output)
 
 
 async def _run_with_client(
@@ -305,8 +353,11 @@ async def _run_with_client(
     manifest: Manifest,
     client: Client,
     info: dict[str, Any],
+    spec: OutputSpec | None = None,
+    output: StructuredOutput | None = None,
 ) -> int:
     from batcher.batches import left_to_batches_line, live_holds_usd
+    from batcher.core.structured import output_line
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
     from batcher.progress import status_line
@@ -333,6 +384,7 @@ async def _run_with_client(
         if profile is None:  # a known profile was checked against the job by _load
             profile = await _profile_for(client, job, registry, state, info, say)
             _check(job, profile)
+            output = _structured(job, spec, profile, info, say)
         _warn_deprecated(profile, say)
         # The sync of a new or changed manifest runs beside the pipeline (batcher.resume).
         sync = resume.begin(state, job, manifest, request.redo_changed)
@@ -340,8 +392,8 @@ async def _run_with_client(
             if job.run.mode == "batch":
                 if sync is not None:
                     await _sync_started(sync, job, whole=True)
-                sink = _open_sink(out_dir, state, manifest, say)
-                collector = await _collect_first(job, profile, client, state, sink, say)
+                sink = _open_sink(out_dir, state, manifest, say, spec)
+                collector = await _collect_first(job, profile, client, state, sink, say, output)
                 _, live_rows = collector.live_counts()
                 # Rows this run finishes: those the collection just recorded, and those that need work.
                 to_do = collector.counters.finished + state.count_remaining(
@@ -359,10 +411,10 @@ async def _run_with_client(
             async with ImagePool(workers=job.run.image_workers or None) as pool:
                 if sync is not None:
                     await _sync_started(sync, job, whole=False)
-                sink = _open_sink(out_dir, state, manifest, say)
+                sink = _open_sink(out_dir, state, manifest, say, spec)
                 # Whatever the mode: first what ended batches answered; rows still in live batches
                 # are left to them (sent by no one) and the run exits 75 while any remain.
-                collector = await _collect_first(job, profile, client, state, sink, say)
+                collector = await _collect_first(job, profile, client, state, sink, say, output)
                 live_batches, live_rows = collector.live_counts()
                 if collector.collected_batches:
                     say(
@@ -377,6 +429,7 @@ async def _run_with_client(
                     sink=sink,
                     pool=pool,
                     counters=collector.counters,
+                    output=output,
                 )
                 pipeline.policy = collector.policy
                 gate = pipeline.budget = _budget_gate(job, state)
@@ -435,6 +488,8 @@ async def _run_with_client(
         if remaining is None and (sync is None or sync.gate.done):  # a short run, over before the count
             remaining = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
         say(status_line(counters, remaining))
+        if output is not None:
+            say(output_line(counters))
         if live_batches:
             say(left_to_batches_line(live_rows, live_batches, out_dir))
         request.notices.results(f"results: {out_dir / 'results'}")
@@ -475,11 +530,18 @@ def _manifest_faults() -> tuple[type[BaseException], ...]:
 _MANIFEST_FAULTS = _manifest_faults()
 
 
-def _open_sink(out_dir: Path, state: JobState, manifest: Manifest, say: Say) -> Sink:
-    """The results sink, settled after any crash, holding the rows of the current manifest only."""
-    from batcher.sink import Sink
+def _open_sink(
+    out_dir: Path, state: JobState, manifest: Manifest, say: Say, spec: OutputSpec | None = None
+) -> Sink:
+    """The results sink, settled after any crash, holding the rows of the current manifest only
+    (and, with [output], the schema's typed columns)."""
+    from batcher.sink import Sink, SinkError
 
-    sink = Sink(out_dir, state, manifest.field_types())
+    try:
+        sink = Sink(out_dir, state, manifest.field_types(), output=spec)
+    except SinkError as exc:
+        # An [output] other than the one the folder's parts were written with: nothing is sent.
+        raise RunRefused(str(exc), exc.exit_code) from None
     sink.recover()
     for warning in sink.warnings:
         say(f"batcher: warning: {warning}")
@@ -537,13 +599,21 @@ async def _collect_first(
     state: JobState,
     sink: Sink,
     say: Say,
+    output: StructuredOutput | None = None,
 ) -> Collector:
     """Collect the batches that have ended, before anything is sent; a fatal answer stops the run."""
     from batcher.batches import collect_ended
     from batcher.core.outcomes import Counters
 
     collector = await collect_ended(
-        job=job, profile=profile, client=client, state=state, sink=sink, counters=Counters(), say=say
+        job=job,
+        profile=profile,
+        client=client,
+        state=state,
+        sink=sink,
+        counters=Counters(),
+        say=say,
+        output=output,
     )
     if collector.fatal is not None:
         raise RunRefused(f"stopped: {collector.fatal}", EXIT_FATAL)
@@ -591,6 +661,10 @@ async def _run_batches(
     )
     say = request.notices.say
     say(batch_status_line(counters, to_do, progress))
+    if collector.output is not None:
+        from batcher.core.structured import output_line
+
+        say(output_line(counters))
     if code == EXIT_BUDGET and gate is not None:
         say(f"batcher: stopped by the budget: {gate.budget.line()} (raise [limits] budget_usd to go on)")
     if progress.live_batches:

@@ -24,12 +24,18 @@ Schema (the same for every part; :func:`result_schema`): ``id, status, text, mod
 input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, attempts,
 latency_s, request_id, error_type, error_message, images (list<struct<source, width, height, bytes,
 media_type, transport, tokens, file_id>>), warnings (list<string>), cost_usd, finished_at
-(timestamp[us, UTC]), mode, tool_input``, then the manifest's own columns under their own names
-(``manifest_`` prefixed where a name collides with a result column) with the manifest's types
+(timestamp[us, UTC]), mode, tool_input``; then, for a job with structured output ([output],
+:class:`batcher.output.OutputSpec`), its typed columns: one per top-level property of the schema
+(``columns = "flatten"``) or one struct column ``data`` (``"struct"``), with the Arrow types the
+schema implies (:mod:`batcher.output.columns`), filled from :attr:`Result.data` (null on error
+rows); then the manifest's own columns under their own names (``manifest_`` prefixed where a name
+collides with a result column) with the manifest's types
 (:meth:`batcher.manifest.Manifest.field_types`: strings for CSV and JSONL, int64/double/bool/string
-for Parquet). The field list is fixed by the job's first Sink and kept in the state, so parts of
-later runs match even if the manifest gained columns (those are not stored; see
-:attr:`Sink.warnings`).
+for Parquet). The manifest's field list is fixed by the job's first Sink and kept in the state, so
+parts of later runs match even if the manifest gained columns (those are not stored; see
+:attr:`Sink.warnings`). So is the output's schema (its fingerprint and columns): a later Sink whose
+[output] differs (another schema or columns mode, [output] added or removed) while the state holds
+results is refused (:class:`SinkError`, exit 2): its parts would have other columns.
 
 pyarrow is imported lazily: importing this module stays light.
 """
@@ -46,11 +52,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG
 from batcher.records import Result
 from batcher.state import JobState, PartRecord
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from batcher.output import OutputSpec
 
 RESULTS_DIR = "results"
 #: Answers of rows the manifest no longer has: OUT/removed/removed.parquet (same schema).
@@ -59,6 +68,8 @@ REMOVED_FILE = "removed.parquet"
 #: meta: the pass whose removed rows OUT/removed/removed.parquet holds.
 REMOVED_META_KEY = "sink.removed_pass"
 FIELDS_META_KEY = "sink.fields"
+#: meta: the structured output the parts were written with: {"fingerprint", "columns"} (none: null).
+OUTPUT_META_KEY = "sink.output"
 MANIFEST_PREFIX = "manifest_"
 #: Results converted per Parquet write: bounds memory however large a part is.
 WRITE_CHUNK = 2000
@@ -210,15 +221,33 @@ def _arrow_type(kind: str) -> pa.DataType:
     return simple[kind]
 
 
-def result_schema(fields: Mapping[str, str] | None = None) -> pa.Schema:
-    """The results schema: the result columns, then the manifest's (renamed per :func:`column_names`)."""
+def result_schema(fields: Mapping[str, str] | None = None, output: OutputSpec | None = None) -> pa.Schema:
+    """The results schema: the result columns, the output's (if any), then the manifest's (renamed per
+    :func:`column_names`)."""
     import pyarrow as pa
 
     cols = [pa.field(n, _arrow_type(t)) for n, t in RESULT_COLUMNS]
+    if output is not None:
+        cols += output.arrow_fields()
     fields = fields or {}
     names = column_names(fields)
     cols += [pa.field(names[n], _arrow_type(t)) for n, t in fields.items()]
+    seen: set[str] = set()
+    for col in cols:
+        if col.name in seen:
+            # batcher.output.check_column_names refuses this at start; a Sink must not write it.
+            raise SinkError(
+                f"results column {col.name!r} would appear twice (output.schema and the manifest)"
+            )
+        seen.add(col.name)
     return pa.schema(cols)
+
+
+def output_meta(output: OutputSpec | None) -> dict[str, Any]:
+    """What the state keeps of the output the parts are written with."""
+    if output is None:
+        return {"fingerprint": None, "columns": []}
+    return {"fingerprint": output.fingerprint, "columns": [list(c) for c in output.column_types()]}
 
 
 # --- the sink -----------------------------------------------------------------------------------
@@ -254,9 +283,11 @@ class Sink:
     """Writes finished results from the job state into Parquet parts.
 
     ``fields`` are the manifest's column types (``Manifest.field_types()``); the first Sink of a job
-    fixes them in the state. ``on_step`` is a fault-injection seam for tests: it is called with the
-    name of each step of a write ("written", "committed", "renamed", "rewrite-written") and may raise
-    or kill the process to simulate a crash there.
+    fixes them in the state. ``output`` is the job's structured output (None: no [output]); its
+    columns are fixed the same way, but a different one is refused (:class:`SinkError`, exit 2), not
+    ignored. ``on_step`` is a fault-injection seam for tests: it is called with the name of each step
+    of a write ("written", "committed", "renamed", "rewrite-written") and may raise or kill the
+    process to simulate a crash there.
     """
 
     def __init__(
@@ -265,16 +296,19 @@ class Sink:
         state: JobState,
         fields: Mapping[str, str] | None = None,
         *,
+        output: OutputSpec | None = None,
         on_step: Callable[[str], None] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.state = state
+        self._fix_output(output)
         self.dir = self.out_dir / RESULTS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state = state
         self.warnings: list[str] = []
+        self.output = output
         self.fields = self._fix_fields(dict(fields) if fields is not None else None)
         self._names = column_names(self.fields)
-        self.schema = result_schema(self.fields)
+        self.schema = result_schema(self.fields, output)
         self._on_step = on_step
         self._lock = threading.RLock()
 
@@ -297,6 +331,26 @@ class Sink:
                     f"manifest columns whose type changed keep their first type: {', '.join(changed)}"
                 )
         return kept
+
+    def _fix_output(self, output: OutputSpec | None) -> None:
+        """Hold the output's columns to those the folder's parts were written with (state meta)."""
+        wanted = output_meta(output)
+        stored = self.state.get_meta(OUTPUT_META_KEY)
+        if stored == wanted:
+            return
+        # Nothing stored: the job's first Sink, or a state from before structured output (whose
+        # parts have no output columns, as a job without [output] has).
+        same_columns = stored is None and output is None
+        if not same_columns and self._holds_results():
+            raise SinkError(
+                f"{self.out_dir}: output.schema: differs from the one this output folder was written "
+                "with (its parts have other columns); write to a new --out",
+                exit_code=EXIT_CONFIG,
+            )
+        self.state.set_meta(OUTPUT_META_KEY, wanted)
+
+    def _holds_results(self) -> bool:
+        return bool(self.state.parts() or self.state.unexported(0, 1) or self.state.removed_results(0, 1))
 
     def _step(self, name: str) -> None:
         if self._on_step is not None:
@@ -368,6 +422,9 @@ class Sink:
                     columns[name].append(int(r.finished_at * 1_000_000))
                 else:
                     columns[name].append(getattr(r, name))
+            if self.output is not None:
+                for name, value in self.output.row_values(r.data).items():
+                    columns[name].append(value)
             for src, kind in self.fields.items():
                 columns[self._names[src]].append(coerce(r.fields.get(src), kind))
         arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema]

@@ -12,6 +12,12 @@ The simulator does not share this rule: it counts with its own stand-in for the 
 tests that compare an estimate with what the simulator counts can fail on text. Against it, the
 estimate is close on short prompts, high on plain English prose (about 4.5 bytes a token there) and
 low on text full of digits, punctuation or identifiers; image tokens and the framing agree exactly.
+
+Structured output adds the schema to every request's input (:func:`estimate_schema_tokens`): the
+canonical JSON of ``output_config.format.schema``, or of each tool definition (name, description,
+input schema) in tool mode, counted as text, plus :data:`SCHEMA_FRAMING` tokens for the
+instructions the API wraps around it. That is an estimate too (the API does not publish its
+framing): ``--exact-sample`` measures it, since the bodies it sends carry the schema.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ MESSAGE_OVERHEAD: Final = 3
 IMAGE_BLOCK_OVERHEAD: Final = 3
 #: UTF-8 bytes per token on the older tokenizer (text_token_factor 1.0), in hundredths of a token.
 _BYTES_PER_TOKEN_X100: Final = 400
+#: Tokens of framing around a structured-output schema or a tool definition (the instructions the
+#: API adds for it): a stated allowance, not a measured figure.
+SCHEMA_FRAMING: Final = 40
 
 
 def factor_hundredths(profile: ModelProfile) -> int:
@@ -42,15 +51,37 @@ def estimate_text_tokens(text: str, profile: ModelProfile) -> int:
     return -(-n_bytes * factor_hundredths(profile) // _BYTES_PER_TOKEN_X100)
 
 
+def canonical_json(value: object) -> str:
+    """Compact JSON, keys sorted: the same text for the same schema, whatever order it was built in."""
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def estimate_schema_tokens(body: Mapping[str, Any], profile: ModelProfile) -> int:
+    """Estimated input tokens the body's structured-output schema or tool definitions add (0 for
+    a body with neither)."""
+    tokens = 0
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, Mapping) else None
+    if isinstance(fmt, Mapping) and fmt.get("schema") is not None:
+        tokens += SCHEMA_FRAMING + estimate_text_tokens(canonical_json(fmt["schema"]), profile)
+    for tool in body.get("tools") or []:
+        shown = {k: tool[k] for k in ("name", "description", "input_schema") if k in tool}
+        tokens += SCHEMA_FRAMING + estimate_text_tokens(canonical_json(shown), profile)
+    return tokens
+
+
 def estimate_body_tokens(
     body: Mapping[str, Any], profile: ModelProfile, image_tokens: Callable[[int, dict[str, Any]], int]
 ) -> tuple[int, int]:
-    """(text-and-framing tokens, image tokens) of a messages body.
+    """(text-and-framing tokens, image tokens) of a messages body (the text includes a structured
+    output schema's tokens: :func:`estimate_schema_tokens`).
 
     ``image_tokens(n, block)`` answers the visual tokens of the n-th image block (0-based, in body
     order): the caller knows the sizes the images are sent at, the body (a URL, a file id) may not.
     """
-    text = 0
+    text = estimate_schema_tokens(body, profile)
     images = 0
     system = body.get("system")
     if isinstance(system, str):

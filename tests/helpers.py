@@ -164,3 +164,79 @@ def results_by_id(out: Path) -> dict[str, dict[str, Any]]:
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), "an id appears twice in the results"
     return {r["id"]: r for r in rows}
+
+
+# --- structured output ([output]) ----------------------------------------------------------------
+
+#: the repository's shipped jobs (jobs/tags.toml, jobs/schemas/tags.json)
+REPO_JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+STRUCTURED_JOB = """
+[input]
+manifest = "manifest.jsonl"
+id_column = "id"
+image_column = "image"
+prompt = "Tag this {{kind}}. nonce={{id}}"
+
+[request]
+model = "{model}"
+max_tokens = {max_tokens}
+
+[run]
+output = "out"
+mode = "{mode}"
+poll_initial_s = 0.05
+poll_max_s = 0.2
+{run_extra}
+
+[output]
+schema = {schema}
+columns = "{columns}"
+retry_invalid = {retry_invalid}
+"""
+
+
+def structured_job(
+    tmp: Path,
+    rows: list[dict[str, Any]],
+    schema: str,
+    *,
+    model: str = "claude-haiku-5-5",
+    max_tokens: int = 800,
+    mode: str = "online",
+    columns: str = "flatten",
+    retry_invalid: int = 1,
+    run_extra: str = "",
+) -> Path:
+    """A job with an ``[output]`` table; ``schema`` is the TOML value as written (a quoted path or
+    ``module:Class``, or an inline table). The prompt carries ``nonce={id}``: the simulator echoes
+    it in the answer's strings."""
+    write_jsonl(tmp / "manifest.jsonl", rows)
+    job = tmp / "job.toml"
+    job.write_text(
+        STRUCTURED_JOB.format(
+            model=model,
+            max_tokens=max_tokens,
+            mode=mode,
+            run_extra=run_extra,
+            schema=schema,
+            columns=columns,
+            retry_invalid=retry_invalid,
+        )
+    )
+    return job
+
+
+def capture_bodies(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every messages body an in-process run (:func:`run_job`) sends, in order."""
+    from batcher.api.client import Client
+
+    bodies: list[dict[str, Any]] = []
+    send = Client.messages
+
+    async def messages(self: Client, body: Any, betas: Any = ()) -> Any:
+        bodies.append(json.loads(json.dumps(body)))
+        return await send(self, body, betas)
+
+    monkeypatch.setattr(Client, "messages", messages)
+    return bodies

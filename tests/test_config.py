@@ -251,3 +251,78 @@ def test_batcher_run_refuses_a_quoted_number_or_boolean_in_one_line(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"batcher: {job}: {key}: Input should be a valid ")
     assert messages_sent(simulator) == 0
+
+
+# --- [output]: structured output -------------------------------------------------------------------
+
+
+def test_no_output_table_is_none(tmp_path: Path) -> None:
+    assert load_job(write(tmp_path, GOOD)).output is None
+
+
+def test_the_output_table_with_its_defaults(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, GOOD + '\n[output]\nschema = "schemas/tags.json"\n'))
+    assert job.output is not None
+    assert (job.output.schema, job.output.columns, job.output.retry_invalid) == (
+        "schemas/tags.json",
+        "flatten",
+        1,
+    )
+    inline = load_job(
+        write(
+            tmp_path,
+            GOOD + '\n[output]\ncolumns = "struct"\nretry_invalid = 0\n[output.schema]\ntype = "object"\n',
+        )
+    )
+    assert inline.output is not None
+    assert inline.output.schema == {"type": "object"}
+    assert (inline.output.columns, inline.output.retry_invalid) == ("struct", 0)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            "schema = 3",
+            "output.schema: a schema file, a pydantic model (module:Class) or an inline table, "
+            "not the integer 3",
+        ),
+        (
+            'schema = ["a"]',
+            "output.schema: a schema file, a pydantic model (module:Class) or an inline table, not an array",
+        ),
+        ('columns = "flatten"', "output.schema: missing"),
+        ('schema = "s.json"\ncolumns = "wide"', "output.columns: Input should be 'flatten' or 'struct'"),
+        (
+            'schema = "s.json"\nretry_invalid = 11',
+            "output.retry_invalid: Input should be less than or equal to 10",
+        ),
+        (
+            'schema = "s.json"\nretry_invalid = -1',
+            "output.retry_invalid: Input should be greater than or equal to 0",
+        ),
+        (
+            'schema = "s.json"\nretry_invalid = "2"',
+            'output.retry_invalid: Input should be a valid integer, not the string "2"',
+        ),
+        ('schema = "s.json"\nretry = 2', "output.retry: unknown key"),
+    ],
+)
+def test_bad_output_keys_are_named(tmp_path: Path, lines: str, message: str) -> None:
+    path = write(tmp_path, f"{GOOD}\n[output]\n{lines}\n")
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_result_data_round_trips_and_older_json_reads_as_none() -> None:
+    import json
+
+    from batcher.records import Result
+
+    result = Result(id="a", status="ok", text='{"n": 1}', data={"n": 1, "tags": ["x"], "sub": {"f": 1.5}})
+    assert Result.from_json(result.to_json()) == result
+    old = json.loads(result.to_json())
+    del old["data"]
+    assert Result.from_json(json.dumps(old)).data is None
+    assert Result(id="b", status="error").data is None

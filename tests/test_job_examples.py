@@ -29,3 +29,39 @@ def test_examples_cover_cheap_captioning_and_high_resolution_documents() -> None
     assert "claude-haiku-5-5" in models
     registry = job_registry(load_job(EXAMPLES[0]))
     assert any(registry[m].native_edge > 1568 for m in models)
+
+
+WITH_OUTPUT = [p for p in EXAMPLES if load_job(p).output is not None]
+
+
+def test_there_is_a_structured_output_example() -> None:
+    assert [p.name for p in WITH_OUTPUT] == ["tags.toml"]
+
+
+@pytest.mark.parametrize("path", WITH_OUTPUT, ids=lambda p: p.name)
+def test_example_output_schema_loads(path: Path) -> None:
+    from batcher.output import check_column_names, load_output
+    from batcher.sink import RESULT_NAMES
+
+    job = load_job(path)
+    spec = load_output(job)
+    assert spec is not None
+    assert spec.column_names()
+    check_column_names(spec, RESULT_NAMES, job)
+
+
+def test_tags_example_has_what_a_captioning_user_asks_for() -> None:
+    import pyarrow as pa
+
+    from batcher.output import load_output
+
+    spec = load_output(load_job(REPO / "jobs" / "tags.toml"))
+    assert spec is not None
+    types = {f.name: f.type for f in spec.arrow_fields()}
+    assert types["caption"] == pa.string()
+    assert types["tags"] == pa.list_(pa.string())
+    assert pa.types.is_struct(types["counts"]) and pa.types.is_struct(types["dominant_colour"])
+    assert types["has_text"] == types["is_photo"] == pa.bool_()
+    assert spec.schema["properties"]["setting"]["enum"] == ["indoor", "outdoor", "unknown"]
+    assert set(spec.schema["properties"]) - set(spec.schema["required"]) == {"text_content"}
+    assert spec.schema["properties"]["caption"]["maxLength"] >= 400

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from batcher.output import OutputSpec
 from batcher.records import ImageSent, Result, Row
 from batcher.sink import (
     IMAGE_FIELDS,
     RESULT_COLUMNS,
     Sink,
+    SinkError,
     coerce,
     column_names,
     part_name,
@@ -164,7 +166,8 @@ def test_every_result_field_has_a_column_of_its_type_and_no_column_is_extra() ->
     # A field added to Result (or ImageSent) without a column, a column without a field, or a
     # column whose type disagrees with its field fails here. ``fields`` is the manifest's own
     # columns, which follow the result columns (test_written_part_has_the_documented_schema).
-    assert list(RESULT_COLUMNS) == _declared(Result, skip=("fields",))
+    # ``data`` (a structured answer) becomes the [output] columns (test_output_columns_*).
+    assert list(RESULT_COLUMNS) == _declared(Result, skip=("fields", "data"))
     assert list(IMAGE_FIELDS) == _declared(ImageSent)
 
 
@@ -534,3 +537,163 @@ def test_crash_during_compaction_then_recover(out: Path, step: str) -> None:
         Sink(out, state, FIELDS).export()
     assert _ids(out) == Counter({f"r{i:04d}": 1 for i in range(12)})
     _assert_parts_readable(out)
+
+
+# --- structured output: typed columns ------------------------------------------------------------
+
+
+def _output(columns: typing.Any = "flatten", schema: dict[str, typing.Any] | None = None) -> OutputSpec:
+    from batcher.output.strict import strict_schema
+    from tests.output.samples import TAGS
+
+    schema = schema or TAGS
+    return OutputSpec(schema, strict_schema(schema), columns, 1, "test")
+
+
+TAG_DATA = {
+    "caption": "A red bus.",
+    "tags": ["bus", "street"],
+    "counts": {"people": 2, "animals": 0, "vehicles": 1},
+    "has_text": True,
+    "is_photo": True,
+    "dominant_colour": {"name": "red", "hex": "#cc0000"},
+    "setting": "outdoor",
+}
+
+
+def _record_answers(state: JobState, ids: range) -> None:
+    """Rows answered with TAG_DATA (people = the row's number); every third one an error row."""
+    state.sync_rows([Row(id=f"r{i:04d}", images=[], prompt="", fields={}, index=i) for i in ids])
+    for i in ids:
+        result = _result(i, status="error" if i % 3 == 0 else "ok")
+        if result.status == "ok":
+            result.data = {**TAG_DATA, "counts": {**TAG_DATA["counts"], "people": i}}
+        state.record(result)
+
+
+def _not_null(name: str, type_: typing.Any) -> typing.Any:
+    import pyarrow as pa
+
+    return pa.field(name, type_, nullable=False)
+
+
+def test_output_columns_flatten_are_typed_between_result_and_manifest_columns(out: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS, output=_output())
+        _record_answers(state, range(6))
+        assert sink.export(max_rows=4) == 6
+    parts = sorted((out / "results").glob("part-*.parquet"))
+    assert len(parts) == 2
+    schema = pq.read_schema(parts[0])
+    assert all(pq.read_schema(p).equals(schema) for p in parts)
+    names = schema.names
+    result_names = [n for n, _ in RESULT_COLUMNS]
+    tag_names = [*TAG_DATA, "text_content"]
+    assert names == [*result_names, *tag_names, "title", "manifest_text", "score", "n", "ok"]
+    assert schema.field("caption").type == pa.string()
+    assert schema.field("tags").type == pa.list_(pa.field("element", pa.string()))
+    assert schema.field("counts").type == pa.struct(
+        [_not_null("people", pa.int64()), _not_null("animals", pa.int64()), _not_null("vehicles", pa.int64())]
+    )
+    assert schema.field("has_text").type == pa.bool_()
+    assert schema.field("dominant_colour").type == pa.struct(
+        [_not_null("name", pa.string()), _not_null("hex", pa.string())]
+    )
+    assert all(schema.field(n).nullable for n in tag_names)
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert rows["r0004"]["counts"] == {"people": 4, "animals": 0, "vehicles": 1}
+    assert rows["r0004"]["tags"] == ["bus", "street"] and rows["r0004"]["setting"] == "outdoor"
+    assert rows["r0004"]["text_content"] is None  # optional, not answered
+    assert rows["r0003"]["status"] == "error"
+    assert all(rows["r0003"][n] is None for n in tag_names)  # error rows: nulls
+
+
+def test_output_struct_is_one_column_data(out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with JobState.open(out) as state:
+        sink = Sink(out, state, output=_output("struct"))
+        _record_answers(state, range(3))
+        assert sink.export() == 3
+    (part,) = (out / "results").glob("part-*.parquet")
+    schema = pq.read_schema(part)
+    assert schema.names == [n for n, _ in RESULT_COLUMNS] + ["data"]
+    assert schema.field("data").type.field("counts").type.field("people").type == "int64"
+    rows = {r["id"]: r for r in read_results(out).to_pylist()}
+    assert rows["r0001"]["data"]["counts"]["people"] == 1
+    assert rows["r0001"]["data"]["text_content"] is None
+    assert rows["r0000"]["data"] is None
+
+
+def test_output_schema_is_the_same_in_every_part_run_compaction_and_removed(out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with JobState.open(out) as state:
+        sink = Sink(out, state, FIELDS, output=_output())
+        _record_answers(state, range(3))  # error rows only in the first part: r0000
+        sink.export(max_rows=1)
+    with JobState.open(out) as state:
+        later = Sink(out, state, FIELDS, output=_output())
+        _record_answers(state, range(3, 5))
+        later.export(max_rows=1)
+        schemas = [pq.read_schema(p) for p in sorted((out / "results").glob("part-*.parquet"))]
+        assert len(schemas) == 5 and all(s.equals(later.schema) for s in schemas)
+        assert later.compact(target_rows=100) == 5
+        (merged,) = (out / "results").glob("part-*.parquet")
+        assert pq.read_schema(merged).equals(later.schema)
+        # rows the manifest no longer has: removed.parquet has the parts' schema
+        state.sync_rows([Row(id="r0004", images=[], prompt="", fields={}, index=4)])
+        assert later.retire_removed() == 4
+        assert pq.read_schema(out / "removed" / "removed.parquet").equals(later.schema)
+    assert read_results(out).column("counts").to_pylist() == [{"people": 4, "animals": 0, "vehicles": 1}]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ("tags", "other"),
+        ("tags", "struct"),
+        ("tags", None),
+        (None, "tags"),
+    ],
+)
+def test_a_changed_output_is_refused_once_the_folder_holds_results(
+    out: Path, first: str | None, then: str | None
+) -> None:
+    from batcher.exits import EXIT_CONFIG
+
+    other = {"type": "object", "properties": {"score": {"type": "number"}}}
+    specs = {"tags": _output(), "struct": _output("struct"), "other": _output(schema=other), None: None}
+    with JobState.open(out) as state:
+        Sink(out, state, output=specs[first])
+        Sink(out, state, output=specs[first])  # the same: fine
+        Sink(out, state, output=specs[then])  # nothing written yet: the new one is taken
+        Sink(out, state, output=specs[first])
+        _record_answers(state, range(2))
+        with pytest.raises(SinkError) as caught:
+            Sink(out, state, output=specs[then])
+        assert caught.value.exit_code == EXIT_CONFIG
+        assert str(caught.value) == (
+            f"{out}: output.schema: differs from the one this output folder was written with (its "
+            "parts have other columns); write to a new --out"
+        )
+        Sink(out, state, output=specs[first]).export()  # the original still writes
+
+
+def test_a_folder_from_before_structured_output_takes_no_output_only(out: Path) -> None:
+    with JobState.open(out) as state:
+        Sink(out, state).export()
+        _record(state, range(2))
+        state.set_meta("sink.output", None)  # as a state written before [output] existed
+        with pytest.raises(SinkError):
+            Sink(out, state, output=_output())
+        Sink(out, state).export()
+
+
+def test_an_output_column_that_collides_with_a_manifest_column_is_not_written(out: Path) -> None:
+    spec = _output(schema={"type": "object", "properties": {"title": {"type": "string"}}})
+    with JobState.open(out) as state, pytest.raises(SinkError, match="'title' would appear twice"):
+        Sink(out, state, {"title": "string"}, output=spec)

@@ -3,6 +3,13 @@
 Images come before the prompt, and with several images each is introduced by ``Image N:``, as
 the vision guide advises. Parameters the model refuses are never sent (config has already refused
 a job that sets them for such a model).
+
+Structured output (a job with ``[output]``) goes on the wire in one of two shapes
+(:class:`StructuredRequest`): ``"format"`` sets ``output_config.format`` to the schema as prepared
+for the API (``OutputSpec.wire_schema``), beside ``effort`` when the job sets it, with no beta
+header; ``"tool"`` (a model without structured outputs that takes forced tool use) offers one tool,
+:data:`batcher.facts.STRUCTURED_TOOL`, whose ``input_schema`` is that schema, and forces it with
+``tool_choice``. The answer's JSON is then the text block, or the tool_use block's input.
 """
 
 from __future__ import annotations
@@ -45,6 +52,41 @@ class RequestSettings:
     stop_sequences: Sequence[str] | None = None
 
 
+StructuredMode = Literal["format", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredRequest:
+    """How a job's output schema is asked for: its wire schema and the mode the model takes."""
+
+    mode: StructuredMode
+    #: the schema as sent (``OutputSpec.wire_schema``)
+    schema: dict[str, Any]
+
+
+def structured_params(structured: StructuredRequest, effort: str | None = None) -> dict[str, Any]:
+    """The body keys that ask for ``structured``'s schema (``output_config`` carries ``effort``
+    too, when given): the one place that knows both wire shapes."""
+    if structured.mode == "format":
+        config: dict[str, Any] = {"format": {"type": "json_schema", "schema": structured.schema}}
+        if effort is not None:
+            config = {"effort": effort, **config}
+        return {"output_config": config}
+    params: dict[str, Any] = {
+        "tools": [
+            {
+                "name": facts.STRUCTURED_TOOL,
+                "description": facts.STRUCTURED_TOOL_DESCRIPTION,
+                "input_schema": structured.schema,
+            }
+        ],
+        "tool_choice": {"type": "tool", "name": facts.STRUCTURED_TOOL},
+    }
+    if effort is not None:
+        params["output_config"] = {"effort": effort}
+    return params
+
+
 def user_content(images: Sequence[ImagePart], prompt: str) -> list[dict[str, Any]]:
     """Images first, each labelled when there are several, then the prompt."""
     blocks: list[dict[str, Any]] = []
@@ -57,7 +99,11 @@ def user_content(images: Sequence[ImagePart], prompt: str) -> list[dict[str, Any
 
 
 def messages_body(
-    profile: ModelProfile, settings: RequestSettings, images: Sequence[ImagePart], prompt: str
+    profile: ModelProfile,
+    settings: RequestSettings,
+    images: Sequence[ImagePart],
+    prompt: str,
+    structured: StructuredRequest | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": profile.id,
@@ -73,7 +119,9 @@ def messages_body(
             value = getattr(settings, param)
             if value is not None:
                 body[param] = value
-    if settings.effort is not None:
+    if structured is not None:
+        body.update(structured_params(structured, settings.effort))
+    elif settings.effort is not None:
         body["output_config"] = {"effort": settings.effort}
     return body
 

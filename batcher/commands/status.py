@@ -43,6 +43,8 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
         print("  errors by type:")
         for kind, n in sorted(s.errors_by_type.items(), key=lambda kv: -kv[1]):
             print(f"    {kind:<22} {n:>8,}")
+    if s.reasks:
+        print(f"  re-asks    {s.reasks:,} answers asked again because their JSON did not fit output.schema")
     if s.warnings:
         shown = ", ".join(f"{kind} {n:,}" for kind, n in s.warnings.items())
         print(f"  warnings   {shown} (per row in the results' warnings column)")

@@ -29,6 +29,8 @@ class Counters:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    #: structured output: answers asked again because their JSON did not fit the schema
+    reasks: int = 0
     in_flight: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -48,6 +50,10 @@ class Counters:
             self.errors_by_type[result.error_type or "error"] += 1
         for warning in result.warnings:
             self.warnings[warning] += 1
+        self.spend(result)
+
+    def spend(self, result: Result) -> None:
+        """What an answer cost: counted even when the row is not finished (a re-asked answer)."""
         self.input_tokens += result.input_tokens or 0
         self.output_tokens += result.output_tokens or 0
         self.cost_usd += result.cost_usd or 0.0

@@ -13,6 +13,7 @@ from typing import Any
 from batcher.api.bodies import RequestSettings, betas_for, messages_body
 from batcher.config import JobConfig
 from batcher.core.outcomes import Prepared
+from batcher.core.structured import StructuredOutput
 from batcher.cost import usage_cost
 from batcher.images.sizing import ImageOptions
 from batcher.models import ModelProfile
@@ -101,17 +102,24 @@ class Planner:
     files_beta: str
     #: Message Batches: costs at the batch price
     batch: bool = False
+    #: the job's [output] and its mode: the body asks for the schema (and its tokens are counted)
+    output: StructuredOutput | None = None
 
     @classmethod
-    def for_job(cls, job: JobConfig, profile: ModelProfile) -> Planner:
-        return cls(profile, settings_for(job), job.images.files_beta, batch=job.run.mode == "batch")
+    def for_job(
+        cls, job: JobConfig, profile: ModelProfile, output: StructuredOutput | None = None
+    ) -> Planner:
+        return cls(
+            profile, settings_for(job), job.images.files_beta, batch=job.run.mode == "batch", output=output
+        )
 
     def plan(self, prepared: Prepared) -> PlannedRequest:
         # An image whose tokens are not known (one sent by URL) counts at the model's budget: the
         # most it can cost.
         unsized = self.profile.image_token_budget
         images = [s.tokens if s.tokens is not None else unsized for s in prepared.sent]
-        body = messages_body(self.profile, self.settings, prepared.parts, prepared.row.prompt)
+        structured = self.output.request if self.output is not None else None
+        body = messages_body(self.profile, self.settings, prepared.parts, prepared.row.prompt, structured)
         tokens = body_tokens(self.profile, body, images)
         max_tokens = self.settings.max_tokens
         return PlannedRequest(

@@ -4,7 +4,7 @@ without the event loop ever waiting on disk. Both drivers end in it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -37,8 +37,9 @@ class Writer:
     export_as_it_goes: bool = True
     _pending: int = field(default=0, init=False)
 
-    def record_all(self, batch: list[Outcome]) -> None:
-        """In a worker thread: each outcome durable in the state, in order."""
+    def record_all(self, batch: list[Outcome], reasks: Mapping[str, int] | None = None) -> None:
+        """In a worker thread: each outcome durable in the state, in order. ``reasks``: row id →
+        the re-asks its answer took (structured output's ``retry_invalid``), which the state keeps."""
         for outcome in batch:
             if isinstance(outcome, Transient):
                 self.state.record_transient(
@@ -47,7 +48,11 @@ class Writer:
             else:
                 if self.mode != "online":
                     outcome.mode = self.mode
-                self.state.record(outcome)
+                n = reasks.get(outcome.id, 0) if reasks else 0
+                if n:
+                    self.state.record(outcome, reasks=n)
+                else:
+                    self.state.record(outcome)
 
     def count(self, outcome: Outcome) -> None:
         if isinstance(outcome, Transient):

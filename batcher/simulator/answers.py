@@ -11,8 +11,19 @@ blocks, tool results), each once, in order of first appearance::
 The text is then cut to ``max_tokens`` (stop_reason ``max_tokens``) or at the first stop sequence
 (``stop_sequence``); otherwise the answer ends its turn. A forced ``tool_choice`` answers with one
 ``tool_use`` block whose ``input`` fits the tool's ``input_schema`` (:func:`instance`), and
-``output_config.format`` with a JSON text that fits its schema; free strings in either carry the
-description above, so a test can still see which row an answer belongs to.
+``output_config.format`` with one text block of compact JSON that fits its schema (cut like any
+text, so a tight ``max_tokens`` leaves unparseable JSON and stop_reason ``max_tokens``); free
+strings in either, nested and in arrays too, carry the description above, so a test can still see
+which row an answer belongs to. Enums and consts take their first value, formats a valid example.
+The constraints the official SDK moves into a description (``"...\n\n{minimum: 1, maxLength: 20}"``)
+are followed, as a model reading its description would.
+
+Answer faults (:mod:`batcher.simulator.faults`, drawn by the caller and passed to :func:`answer`):
+``refusal`` answers ``stop_reason`` "refusal" with ``stop_details`` ``{"type": "refusal",
+"category": null, "explanation": null}`` and one short text block (:data:`REFUSAL_TEXT`, billed as
+output), whatever was asked; ``mismatch`` answers a structured request with JSON that keeps types,
+required properties, enums, consts and formats but ignores every other constraint: integers -1,
+numbers -1.5, free strings "" (``instance(..., broken=True)``).
 
 Prompt caching (:class:`PromptCache`): a ``cache_control`` breakpoint whose prefix holds at least
 the model's ``min_cacheable_tokens`` is written the first time and read while the same prefix
@@ -58,13 +69,21 @@ class Processed:
     images: list[ImageSeen] = field(default_factory=list)
 
 
-def answer(checked: Checked, cache: PromptCache) -> Processed:
-    """Answer a validated body (no rate limit, fault or latency: the caller's business), reading
-    and writing the simulator's prompt ``cache``."""
+def answer(checked: Checked, cache: PromptCache, fault: str | None = None) -> Processed:
+    """Answer a validated body (no rate limit, error fault or latency: the caller's business),
+    reading and writing the simulator's prompt ``cache``; ``fault`` is the answer fault drawn for
+    it (``"refusal"``, ``"mismatch"``; see :mod:`batcher.simulator.faults`), or None."""
     read, write_5m, write_1h = cache.use(checked)
     nonces = find_nonces(checked.prompt_texts)
     described = describe(checked.images, nonces)
-    content, stop_reason, stop_sequence, output_tokens = _content(checked, described)
+    stop_details: dict[str, Any] | None = None
+    if fault == "refusal":
+        content, stop_reason, stop_sequence, output_tokens = _refusal(checked)
+        stop_details = {"type": "refusal", "category": None, "explanation": None}
+    else:
+        content, stop_reason, stop_sequence, output_tokens = _content(
+            checked, described, broken=fault == "mismatch"
+        )
     usage = {
         "input_tokens": checked.input_tokens - read - write_5m - write_1h,
         "output_tokens": output_tokens,
@@ -84,7 +103,7 @@ def answer(checked: Checked, cache: PromptCache) -> Processed:
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "stop_details": None,
+        "stop_details": stop_details,
         "usage": usage,
         "container": None,
     }
@@ -144,14 +163,36 @@ def mean_colour(raw: bytes) -> str:
 # --- content -------------------------------------------------------------------------------------
 
 
-def _content(checked: Checked, described: str) -> tuple[list[dict[str, Any]], str, str | None, int]:
-    """(content blocks, stop_reason, stop_sequence, output tokens)."""
+#: What a refusal says (the API's wording varies; a client must go by ``stop_reason``).
+REFUSAL_TEXT: Final = "I can't help with that request."
+
+
+def _refusal(checked: Checked) -> tuple[list[dict[str, Any]], str, str | None, int]:
+    """A refusal: a short text (no JSON, whatever was asked), cut to ``max_tokens`` if need be."""
+    f100 = tokens.factor_hundredths(checked.profile)
+    if checked.max_tokens == 0:
+        return [], "max_tokens", None, 0
+    text = REFUSAL_TEXT
+    if tokens.text_tokens(text, f100) > checked.max_tokens:
+        text = tokens.cut_to_tokens(text, checked.max_tokens, f100)
+    return (
+        [{"type": "text", "text": text, "citations": None}],
+        "refusal",
+        None,
+        tokens.text_tokens(text, f100),
+    )
+
+
+def _content(
+    checked: Checked, described: str, *, broken: bool = False
+) -> tuple[list[dict[str, Any]], str, str | None, int]:
+    """(content blocks, stop_reason, stop_sequence, output tokens); ``broken``: a mismatch."""
     f100 = tokens.factor_hundredths(checked.profile)
     if checked.max_tokens == 0:
         return [], "max_tokens", None, 0
     if checked.forced_tool is not None:
         tool = checked.tools[checked.forced_tool]
-        tool_input = instance(tool["input_schema"], described)
+        tool_input = instance(tool["input_schema"], described, broken=broken)
         used = tokens.text_tokens(tokens.tool_use_text(tool["name"], tool_input), f100)
         if used > checked.max_tokens:
             return [], "max_tokens", None, checked.max_tokens
@@ -164,7 +205,7 @@ def _content(checked: Checked, described: str) -> tuple[list[dict[str, Any]], st
         }
         return [block], "tool_use", None, used
     if checked.output_schema is not None:
-        text = orjson.dumps(instance(checked.output_schema, described)).decode()
+        text = orjson.dumps(instance(checked.output_schema, described, broken=broken)).decode()
     else:
         text = described
     text, stop_reason, stop_sequence = _cut(text, checked.stop_sequences, checked.max_tokens, f100)
@@ -202,7 +243,7 @@ _FORMATS: Final = {
 _PATTERN_TRIES: Final = ("", "a", "A", "0", "a0", "A0", "aa", "00", "a-0", "x_0")
 
 
-def instance(schema: Any, filler: str, root: Any = None, depth: int = 0) -> Any:
+def instance(schema: Any, filler: str, root: Any = None, depth: int = 0, *, broken: bool = False) -> Any:
     """A value that fits ``schema`` (the JSON Schema subset tools and formats use).
 
     Handles ``$ref`` within the schema, ``const``/``enum`` (first value), ``anyOf``/``oneOf``
@@ -210,12 +251,17 @@ def instance(schema: Any, filler: str, root: Any = None, depth: int = 0) -> Any:
     string length, format and pattern, numeric bounds and ``multipleOf``, array bounds and
     ``prefixItems``, and objects (every property near the top, required ones deeper down). Free
     strings carry ``filler``.
+
+    ``broken`` (the ``mismatch`` fault): what a decoder that enforces only the strict schema lets
+    through when the model ignores the rest: types, required properties, ``enum``/``const`` and
+    formats still hold, but integers are -1, numbers -1.5 and free strings "" whatever their
+    bounds, lengths or patterns say.
     """
     root = schema if root is None else root
     if not isinstance(schema, dict) or depth > _MAX_DEPTH:
-        return filler if schema is not False else None
+        return ("" if broken else filler) if schema is not False else None
     if "$ref" in schema:
-        return instance(_resolve(root, schema["$ref"]), filler, root, depth + 1)
+        return instance(_resolve(root, schema["$ref"]), filler, root, depth + 1, broken=broken)
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -226,10 +272,65 @@ def instance(schema: Any, filler: str, root: Any = None, depth: int = 0) -> Any:
             pick = next(
                 (b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")), branches[0]
             )
-            return instance(pick, filler, root, depth + 1)
+            return instance(pick, filler, root, depth + 1, broken=broken)
     if schema.get("allOf"):
-        return instance(_merged(schema, root), filler, root, depth + 1)
-    return _BY_TYPE[_type_of(schema)](schema, filler, root, depth)
+        return instance(_merged(schema, root), filler, root, depth + 1, broken=broken)
+    kind = _type_of(schema)
+    if not broken:
+        schema = _hinted(schema)
+    if broken and kind in _BROKEN:
+        return _BROKEN[kind](schema)
+    if broken and kind in ("array", "object"):
+        return (_array if kind == "array" else _object)(schema, filler, root, depth, broken=True)
+    return _BY_TYPE[kind](schema, filler, root, depth)
+
+
+#: Constraints the official SDK moves into a description as ``{minimum: 1, maxLength: 20}``.
+_HINTS: Final = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minItems",
+    "maxItems",
+)
+_HINT_TAIL: Final = re.compile(r"(?:^|\n\n)\{((?:" + "|".join(_HINTS) + r"): .*)\}\Z", re.DOTALL)
+_HINT_SPLIT: Final = re.compile(r", (?=(?:" + "|".join(_HINTS) + r"|[A-Za-z_]+): )")
+
+
+def _hinted(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the constraints an SDK-style description hint states (the model reads its
+    description): the hint's tail ``{minimum: 1, maxLength: 20}``, for keys the schema lacks."""
+    description = schema.get("description")
+    if not isinstance(description, str) or not description.endswith("}"):
+        return schema
+    match = _HINT_TAIL.search(description)
+    if match is None:
+        return schema
+    extra: dict[str, Any] = {}
+    for item in _HINT_SPLIT.split(match.group(1)):
+        key, _, text = item.partition(": ")
+        if key in _HINTS and key not in schema:
+            extra[key] = text if key in ("pattern", "format") else _hint_number(text)
+    extra = {k: v for k, v in extra.items() if v is not None}
+    return {**schema, **extra} if extra else schema
+
+
+def _hint_number(text: str) -> int | float | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _type_of(schema: dict[str, Any]) -> str:
@@ -307,7 +408,7 @@ def _number(schema: dict[str, Any], integer: bool) -> int | float:
     return math.ceil(value) if integer else value
 
 
-def _array(schema: dict[str, Any], filler: str, root: Any, depth: int) -> list[Any]:
+def _array(schema: dict[str, Any], filler: str, root: Any, depth: int, *, broken: bool = False) -> list[Any]:
     prefix = schema.get("prefixItems") or []
     low = schema.get("minItems", 0)
     high = schema.get("maxItems")
@@ -319,18 +420,20 @@ def _array(schema: dict[str, Any], filler: str, root: Any, depth: int) -> list[A
     for i in range(count):
         sub = prefix[i] if i < len(prefix) else items
         # numbered fillers keep uniqueItems arrays of strings unique
-        out.append(instance(sub, f"{filler} #{i + 1}" if i else filler, root, depth + 1))
+        out.append(instance(sub, f"{filler} #{i + 1}" if i else filler, root, depth + 1, broken=broken))
     return out
 
 
-def _object(schema: dict[str, Any], filler: str, root: Any, depth: int) -> dict[str, Any]:
+def _object(
+    schema: dict[str, Any], filler: str, root: Any, depth: int, *, broken: bool = False
+) -> dict[str, Any]:
     properties = schema.get("properties") or {}
     required = list(schema.get("required") or [])
     names = list(properties) if depth < _FULL_DEPTH else []
     out: dict[str, Any] = {}
     for name in dict.fromkeys([*names, *required]):
         sub = properties.get(name, schema.get("additionalProperties", {}))
-        out[name] = instance(sub if isinstance(sub, dict) else {}, filler, root, depth + 1)
+        out[name] = instance(sub if isinstance(sub, dict) else {}, filler, root, depth + 1, broken=broken)
     return out
 
 
@@ -342,6 +445,14 @@ _BY_TYPE: Final[dict[str, Callable[[dict[str, Any], str, Any, int], Any]]] = {
     "null": lambda s, f, r, d: None,
     "array": _array,
     "object": _object,
+}
+
+
+#: A mismatch's scalars: a supported format's value stays (the decoder enforces formats).
+_BROKEN: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
+    "string": lambda s: _FORMATS.get(s.get("format", ""), ""),
+    "integer": lambda s: -1,
+    "number": lambda s: -1.5,
 }
 
 

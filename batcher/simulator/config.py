@@ -36,8 +36,10 @@ class Latency:
 
 @dataclass
 class Faults:
-    """Probabilities, per messages request, of each injected failure (drawn from ``seed``); and
-    the fatal faults, which start after a number of paid requests and then never stop.
+    """Probabilities, per messages request, of each injected failure (drawn from ``seed``); the
+    answer faults (``refusal``, ``mismatch``, ``mismatch_first``: an answer, not an error, live
+    and in batches alike); and the fatal faults, which start after a number of paid requests and
+    then never stop.
 
     A fatal ``*_after`` of ``N`` lets ``N`` paid requests (``POST /v1/messages`` and
     ``POST /v1/messages/batches`` that pass authentication) through, counted from when the setting
@@ -50,6 +52,14 @@ class Faults:
     drop: float = 0.0  # the connection is cut mid-response
     stall: float = 0.0  # no answer for stall_s (past any sane client timeout)
     stall_s: float = 30.0
+    #: the answer is a refusal: ``stop_reason`` "refusal", a short text, billed (not an error)
+    refusal: float = 0.0
+    #: a structured answer (``output_config.format`` or a forced tool) is well-formed JSON that
+    #: fits the schema as sent but ignores every constraint a decoder cannot enforce
+    mismatch: float = 0.0
+    #: deterministic: the first structured answer for each distinct set of nonces is a mismatch,
+    #: every later one for the same nonces is normal (a re-ask succeeds)
+    mismatch_first: bool = False
     seed: int = 0
     #: 401 authentication_error, then on every /v1 request of any kind: the key was revoked
     auth_error_after: int | None = None

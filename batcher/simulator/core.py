@@ -25,7 +25,7 @@ from typing import Any
 
 from batcher import facts
 from batcher.models import ModelProfile, ModelRegistry, build_registry, packaged_models_path
-from batcher.simulator.answers import Processed, PromptCache, answer
+from batcher.simulator.answers import Processed, PromptCache, answer, find_nonces
 from batcher.simulator.batchstore import BatchStore
 from batcher.simulator.buckets import Buckets
 from batcher.simulator.config import SimConfig
@@ -33,7 +33,7 @@ from batcher.simulator.errors import ApiError
 from batcher.simulator.faults import FaultInjector
 from batcher.simulator.filestore import FileStore
 from batcher.simulator.ledger import Ledger
-from batcher.simulator.validate import check_body
+from batcher.simulator.validate import Checked, check_body
 
 
 def api_registry() -> ModelRegistry:
@@ -96,9 +96,17 @@ class Simulator:
 def process(body: object, sim: Simulator, *, betas: frozenset[str], path: str = "") -> Processed:
     """Validate and answer one messages body; raises ``ApiError`` for a bad one.
 
-    ``path`` prefixes every error path (``requests.3.params``). No rate limit, fault or latency.
+    ``path`` prefixes every error path (``requests.3.params``). No rate limit, error fault or
+    latency; the answer faults (refusal, mismatch) are drawn, as for a live request.
     """
-    return answer(check_body(body, sim, betas=betas, path=path), sim.prompt_cache)
+    checked = check_body(body, sim, betas=betas, path=path)
+    return answer(checked, sim.prompt_cache, answer_fault(sim, checked))
+
+
+def answer_fault(sim: Simulator, checked: Checked) -> str | None:
+    """The answer fault (refusal, mismatch) drawn for a checked body about to be answered."""
+    structured = checked.output_schema is not None or checked.forced_tool is not None
+    return sim.faults.answer_fault(find_nonces(checked.prompt_texts), structured)
 
 
 def record(sim: Simulator, processed: Processed) -> None:

@@ -42,7 +42,26 @@ Through ``/_control``::
     {"faults": {"spend_limit_after": 3}}     # 3 more, then the spend-limit 429
     {"faults": {"spend_limit_after": null}}  # off again
 
-Every injected fault, drawn or fatal, is counted in the ledger's ``faults`` by kind
+Answer faults are not errors: the request is answered (and billed), but not as asked. Drawn
+from a generator of their own (``seed`` + an offset, so setting them does not change which
+requests the error faults above hit), once per answered request, live or inside a batch, through
+:meth:`FaultInjector.answer_fault`:
+
+- ``refusal`` (share): ``stop_reason`` "refusal", ``stop_details`` of type "refusal", a short text
+  block and no JSON, whatever the request asked for; billed for that text.
+- ``mismatch`` (share, structured answers only: ``output_config.format`` or a forced tool): the
+  JSON is well-formed and fits the schema as the decoder enforces it (types, required, enum,
+  const, supported formats, ``additionalProperties``), but every constraint a decoder cannot
+  enforce, and the SDK moves into descriptions, is ignored: integers are -1, numbers -1.5, free
+  strings "" (see :func:`batcher.simulator.answers.instance`, ``broken``). Whether that breaks
+  the caller's schema depends on its constraints (a ``minimum: 0``, a ``minLength: 1``).
+- ``mismatch_first`` (on/off, deterministic): the first structured answer for each distinct set
+  of the prompt's nonces (in order of appearance) is a mismatch; later ones for the same nonces
+  are normal, so one re-ask of a row succeeds. A refusal does not use up the first answer;
+  requests without a nonce are never touched. Switching it on forgets the nonce sets seen before;
+  it remembers the last :data:`SEEN_NONCE_SETS` of them.
+
+Every injected fault, drawn, answer or fatal, is counted in the ledger's ``faults`` by kind
 (``auth_error``, ``billing_error``, ``spend_limit`` for the fatal ones).
 """
 
@@ -52,7 +71,9 @@ import dataclasses
 import datetime as dt
 import logging
 import random
+import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -70,12 +91,17 @@ if TYPE_CHECKING:
 
 #: Fault kinds in draw order; each is a share field of :class:`Faults`.
 KINDS: Final = ("overloaded", "server_error", "gateway_timeout", "stall", "drop")
+#: Answer fault kinds, each a share field of :class:`Faults` (``mismatch_first`` is a switch).
+ANSWER_KINDS: Final = ("refusal", "mismatch")
+#: How many distinct nonce sets ``mismatch_first`` remembers (oldest forgotten first).
+SEEN_NONCE_SETS: Final = 100_000
 #: Fatal fault kinds in check order; each has a ``{kind}_after`` field of :class:`Faults`.
 FATAL_KINDS: Final = ("auth_error", "billing_error", "spend_limit")
 #: The requests that cost money: what a fatal fault's ``*_after`` counts.
 PAID_ROUTES: Final = frozenset({("POST", "/v1/messages"), ("POST", "/v1/messages/batches")})
 #: Offset between the fault and jitter generators' seeds (any constant keeps them independent).
 _JITTER_SEED_OFFSET: Final = 0x5EED
+_ANSWER_SEED_OFFSET: Final = 0xA115
 
 
 @dataclass
@@ -131,6 +157,10 @@ class FaultInjector:
         self.paid = 0
         self._fatal_base = dict.fromkeys(FATAL_KINDS, 0)
         self._fatal_set: dict[str, int | None] = dict.fromkeys(FATAL_KINDS)
+        #: the nonce sets ``mismatch_first`` has answered (a dict: insertion order, oldest first)
+        self._seen: dict[tuple[str, ...], None] = {}
+        self._answer_lock = threading.Lock()
+        self.faults = Faults(seed=-1)
         self.configure(faults, latency)
 
     def configure(self, faults: Faults, latency: Latency) -> None:
@@ -143,6 +173,9 @@ class FaultInjector:
                 self._fatal_set[kind] = after
                 self._fatal_base[kind] = self.paid
         self._any_fatal = any(after is not None for after in self._fatal_set.values())
+        if faults.mismatch_first and not self.faults.mismatch_first:
+            with self._answer_lock:
+                self._seen.clear()  # switched on: every row's next structured answer is its first
         # Copies: a config edited in place takes effect only through configure(), checked.
         self.faults = dataclasses.replace(faults)
         self.latency = dataclasses.replace(latency)
@@ -150,6 +183,7 @@ class FaultInjector:
             self._seed = faults.seed
             self._rng = random.Random(faults.seed)
             self._jitter_rng = random.Random(faults.seed + _JITTER_SEED_OFFSET)
+            self._answer_rng = random.Random(faults.seed + _ANSWER_SEED_OFFSET)
 
     def draw(self) -> str | None:
         """The next request's fault kind (one of :data:`KINDS`), or None for none."""
@@ -164,6 +198,30 @@ class FaultInjector:
             if x < edge:
                 return kind
         return None
+
+    def answer_fault(self, nonces: Sequence[str], structured: bool) -> str | None:
+        """The answer fault (one of :data:`ANSWER_KINDS`) for a request about to be answered, or
+        None; ``structured``: it asks for JSON (a format or a forced tool). See the module
+        docstring. Safe from any thread (batches are answered off the event loop)."""
+        f = self.faults
+        with self._answer_lock:
+            kind: str | None = None
+            if f.refusal or f.mismatch:
+                x = self._answer_rng.random()
+                if x < f.refusal:
+                    kind = "refusal"
+                elif structured and x < f.refusal + f.mismatch:
+                    kind = "mismatch"
+            if f.mismatch_first and kind != "refusal" and structured and nonces:
+                key = tuple(nonces)
+                if key not in self._seen:
+                    self._seen[key] = None
+                    if len(self._seen) > SEEN_NONCE_SETS:
+                        del self._seen[next(iter(self._seen))]
+                    kind = "mismatch"
+            if kind is not None:
+                self._count(kind)
+        return kind
 
     def seconds(self, cost: MessageCost, output_tokens: int) -> float:
         """How long a request takes by the latency model (draws jitter when there is some)."""
@@ -260,6 +318,14 @@ def _check(faults: Faults, latency: Latency) -> None:
                 400,
                 f"faults.{kind}_after: must be a whole number of requests (0 or more) or null, got {after!r}",
             )
+    for kind in ANSWER_KINDS:
+        share = getattr(faults, kind)
+        if not 0.0 <= share <= 1.0:
+            raise ApiError(400, f"faults.{kind}: a share must be within 0..1, got {share}")
+    if faults.refusal + faults.mismatch > 1.0 + 1e-9:
+        raise ApiError(
+            400, f"faults: refusal and mismatch add up to {faults.refusal + faults.mismatch:g}, more than 1"
+        )
     shares = {kind: getattr(faults, kind) for kind in KINDS}
     for kind, share in shares.items():
         if not 0.0 <= share <= 1.0:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batcher.simulator.answers import answer
-from batcher.simulator.core import Simulator, record
+from batcher.simulator.core import Simulator, answer_fault, record
 from batcher.simulator.records import MessageCost
 from batcher.simulator.validate import check_body
 from batcher.simulator.wire import betas_of, read_json
@@ -51,10 +51,11 @@ async def create(request: Request, sim: Simulator) -> Response:
         raise
     # Mean colours decode pixels: worth a thread hop only when there are many bytes to decode
     # (small images decode in well under the hop's own cost; file sources are not in the body).
+    fault = answer_fault(sim, checked)
     if sum(len(image.raw) for image in checked.images if image.raw is not None) > _HEAVY_BODY_BYTES:
-        processed = await anyio.to_thread.run_sync(answer, checked, sim.prompt_cache)
+        processed = await anyio.to_thread.run_sync(answer, checked, sim.prompt_cache, fault)
     else:
-        processed = answer(checked, sim.prompt_cache)
+        processed = answer(checked, sim.prompt_cache, fault)
     await sim.faults.delay(cost, processed.output_tokens)
     read = processed.message["usage"]["cache_read_input_tokens"]
     sim.buckets.settle(admission, processed.output_tokens, processed.input_tokens - read)

@@ -32,6 +32,10 @@ token; JSON, identifiers, numbers and non-Latin scripts cost more than a byte ru
 - **Images** cost ``IMAGE_BLOCK_OVERHEAD`` plus their visual tokens, ``facts.visual_tokens`` of
   the size the model sees them at (``ModelProfile.native_size``): exact, not an estimate.
 - **Each message** costs ``MESSAGE_OVERHEAD`` (the role marker and turn separators).
+- **A structured-output format** (``output_config.format``) costs ``OUTPUT_FORMAT_OVERHEAD``
+  plus the text rule over its schema's canonical JSON (:func:`output_format_text`): the API
+  compiles it into a system prompt. It sits after the tools and before the system prompt, so a
+  change of schema changes every cached prefix past the tools.
 - **Tool definitions** cost the text rule over their compact JSON
   (``{"name", "description", "input_schema"}``, keys in that order, absent ones left out);
   a ``tool_use`` block in the history costs the text rule over ``name + compact JSON(input)``.
@@ -39,8 +43,8 @@ token; JSON, identifiers, numbers and non-Latin scripts cost more than a byte ru
   answer cut by ``max_tokens`` is the longest prefix that costs at most ``max_tokens``
   (:func:`cut_to_tokens`).
 
-A request's input tokens are the sum over the system prompt, the tool definitions and every
-block of every message, each text counted on its own (``validate.py`` tallies them; messages,
+A request's input tokens are the sum over the tool definitions, the output format, the system
+prompt and every block of every message, each text counted on its own (``validate.py`` tallies them; messages,
 ``count_tokens``, batches and the rate limiter's input-token admission all use that one tally).
 """
 
@@ -57,6 +61,9 @@ from batcher.models import ModelProfile
 
 MESSAGE_OVERHEAD: Final = 3
 IMAGE_BLOCK_OVERHEAD: Final = 3
+#: The fixed framing of a structured-output format (the system-prompt text it is compiled into),
+#: on top of its schema's text.
+OUTPUT_FORMAT_OVERHEAD: Final = 20
 
 #: The pre-tokenizer: one alternative per kind of piece, tried in this order.
 _PIECE: Final = re.compile(
@@ -158,6 +165,12 @@ def tool_definition_text(tool: dict[str, Any]) -> str:
     """The text a tool definition is counted as."""
     shown = {k: tool[k] for k in ("name", "description", "input_schema") if k in tool}
     return orjson.dumps(shown).decode()
+
+
+def output_format_text(schema: dict[str, Any]) -> str:
+    """The text an ``output_config.format`` schema is counted as: its canonical JSON (compact,
+    keys sorted), so the same schema costs the same whatever order its keys were sent in."""
+    return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def tool_use_text(name: str, tool_input: object) -> str:

@@ -3,8 +3,9 @@
 Every problem is an :class:`~batcher.simulator.errors.ApiError` whose message names the failing
 path the way the API does (``messages.0.content.2.source.media_type: ...``); unknown files are a
 404, everything else a 400. A body that passes comes back as a :class:`Checked`: the model's
-profile, the prompt cut into counted :class:`Segment` s in the API's cache order (tools, system,
-messages) and every image with the size it was sent at and the tokens it costs.
+profile, the prompt cut into counted :class:`Segment` s in the API's cache order (tools, the
+structured-output format, system, messages) and every image with the size it was sent at and the
+tokens it costs.
 
 Rules the simulator adds where it cannot do what the API does (each documented where enforced):
 
@@ -31,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from batcher import facts
 from batcher.models import ModelProfile
-from batcher.simulator import tokens
+from batcher.simulator import schemas, tokens
 from batcher.simulator.config import SimConfig
 from batcher.simulator.errors import ApiError, invalid
 
@@ -342,6 +343,10 @@ class _Walk:
         checked = Checked(self.profile, body["model"], max_tokens, self.segments, self.images, self.texts)
         self._options(body, path, checked)
         self._tools(body, path, checked)
+        if checked.output_schema is not None:
+            text = tokens.output_format_text(checked.output_schema)
+            overhead = tokens.OUTPUT_FORMAT_OVERHEAD
+            self.segments.append(Segment(text=text, overhead=overhead, key="format:" + text))
         if "system" in body:
             self._system(body["system"], _at(path, "system"))
         for i, message in enumerate(messages):
@@ -480,6 +485,9 @@ class _Walk:
         schema = _dict(_need(fmt, "schema", where), _at(where, "schema"))
         if not self.profile.can("structured_outputs"):
             raise invalid(where, f"structured outputs are not supported on {self.profile.id}")
+        problem = schemas.strict_problem(schema)
+        if problem is not None:
+            raise invalid(_at(where, "schema"), problem)
         return schema
 
     # tools
@@ -518,8 +526,11 @@ class _Walk:
         if schema.get("required") is not None:
             for i, key in enumerate(_list(schema["required"], _at(schema_path, "required"))):
                 _str(key, _at(_at(schema_path, "required"), i))
-        if "strict" in tool:
-            _bool(tool["strict"], _at(path, "strict"))
+        # a strict tool's schema follows structured output's rules; a plain one need not
+        if "strict" in tool and _bool(tool["strict"], _at(path, "strict")):
+            problem = schemas.strict_problem(schema)
+            if problem is not None:
+                raise invalid(schema_path, problem)
         ttl = self._cache_control(tool, path)
         self.segments.append(
             Segment(

@@ -29,7 +29,8 @@ from typing import Any, Literal, TypeVar
 from batcher.state.errors import StateError
 
 #: 2: rows.hash and results.answered_hash (issue 13: edits to answered rows); a v1 state migrates.
-SCHEMA_VERSION = 2
+#: 3: results.reasks (issue 15: the re-asks a structured-output row had, over every run).
+SCHEMA_VERSION = 3
 STATE_FILE = "state.sqlite"
 #: Rows per executemany/IN-list chunk: bounded memory, well under SQLite's 32766 variables.
 CHUNK = 2000
@@ -61,7 +62,8 @@ CREATE TABLE results(
   cache_read_tokens INTEGER NOT NULL DEFAULT 0, cache_write_tokens INTEGER NOT NULL DEFAULT 0,
   cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0,
   result_json TEXT, updated_at REAL NOT NULL,
-  version INTEGER NOT NULL DEFAULT 0, part_id INTEGER, answered_hash INTEGER);
+  version INTEGER NOT NULL DEFAULT 0, part_id INTEGER, answered_hash INTEGER,
+  reasks INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX results_by_part ON results(part_id);
 CREATE TABLE parts(
   part_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
@@ -85,6 +87,12 @@ ALTER TABLE rows ADD COLUMN hash INTEGER;
 ALTER TABLE results ADD COLUMN answered_hash INTEGER;
 CREATE INDEX rows_dups ON rows(last_seen_pass) WHERE seen_in_pass > 1;
 INSERT OR REPLACE INTO meta(key, value) VALUES ('{HASH_BASELINE_KEY}', 'true');
+"""
+
+#: v2 -> v3: how many times each row was asked again because its JSON did not fit the job's
+#: [output] schema (0 for every row answered before).
+_MIGRATE_2_TO_3 = """
+ALTER TABLE results ADD COLUMN reasks INTEGER NOT NULL DEFAULT 0;
 """
 
 
@@ -134,7 +142,10 @@ class Database:
         if version == SCHEMA_VERSION:
             return
         if version == 1:
-            self._apply(_MIGRATE_1_TO_2)
+            self._apply(_MIGRATE_1_TO_2 + ";" + _MIGRATE_2_TO_3)
+            return
+        if version == 2:
+            self._apply(_MIGRATE_2_TO_3)
             return
         if version != 0:
             raise StateError(

@@ -179,8 +179,13 @@ class JobState:
     def id_for_custom_id(self, custom_id: str) -> str | None:
         return self.rows.id_for_custom_id(custom_id)
 
-    def record(self, result: Result, *, final: bool = True) -> None:
-        self.rows.record(result, final=final)
+    def record(
+        self, result: Result, *, final: bool = True, reasks: int = 0, spend: Result | None = None
+    ) -> None:
+        self.rows.record(result, final=final, reasks=reasks, spend=spend)
+
+    def reasks_of(self, row_id: str) -> int:
+        return self.rows.reasks_of(row_id)
 
     def record_transient(self, row_id: str, error_type: str, message: str, attempts: int) -> None:
         self.rows.record_transient(row_id, error_type, message, attempts)

@@ -43,10 +43,10 @@ SYNC_FINGERPRINT_KEY = "sync.fingerprint"
 _RECORD_SQL = """
 INSERT INTO results(id, status, error_type, error_message, attempts, input_tokens, output_tokens,
   cache_read_tokens, cache_write_tokens, cost_usd, latency_s, result_json, updated_at, version, part_id,
-  answered_hash)
+  answered_hash, reasks)
 VALUES (:id, :status, :error_type, :error_message, :attempts, :input_tokens, :output_tokens,
   :cache_read, :cache_write, :cost_usd, :latency_s, :result_json, :now, 1, NULL,
-  (SELECT hash FROM rows WHERE id = :id))
+  (SELECT hash FROM rows WHERE id = :id), :reasks)
 ON CONFLICT(id) DO UPDATE SET
   status = excluded.status, error_type = excluded.error_type, error_message = excluded.error_message,
   attempts = excluded.attempts,
@@ -57,7 +57,8 @@ ON CONFLICT(id) DO UPDATE SET
   cost_usd = results.cost_usd + excluded.cost_usd,
   latency_s = results.latency_s + excluded.latency_s,
   result_json = excluded.result_json, updated_at = excluded.updated_at,
-  version = results.version + 1, part_id = NULL, answered_hash = excluded.answered_hash
+  version = results.version + 1, part_id = NULL, answered_hash = excluded.answered_hash,
+  reasks = results.reasks + excluded.reasks
 """
 
 _SYNC_SQL = """
@@ -364,7 +365,9 @@ class RowStore:
 
     # -- outcomes --
 
-    def record(self, result: Result, *, final: bool = True) -> None:
+    def record(
+        self, result: Result, *, final: bool = True, reasks: int = 0, spend: Result | None = None
+    ) -> None:
         """Store a row's outcome durably (committed when this returns) and queue it for export.
 
         ``final=False`` stores an error result that the next run retries (status ``transient``) but
@@ -372,25 +375,30 @@ class RowStore:
         the part holding the old version is marked dirty and the sink rewrites it without the row.
 
         ``result.attempts`` is this outcome's; like usage, attempts accumulate over every run, and
-        ``result`` is updated to the row's total (what the results show).
+        ``result`` is updated to the row's total (what the results show). ``reasks``: re-asks of
+        a structured-output answer this outcome stands for (online: those its request stage made;
+        batch: 1 when a mismatch is recorded ``final=False`` to be sent again); they add up in
+        ``results.reasks`` (:meth:`reasks_of`), so ``retry_invalid`` holds across runs.
         """
         with self._db.tx() as c:
             old = c.execute("SELECT part_id, attempts FROM results WHERE id = ?", (result.id,)).fetchone()
             result.attempts = (result.attempts or 0) + (old[1] if old else 0)
+            paid = spend if spend is not None else result
             params = {
                 "id": result.id,
                 "status": status_for(result, final),
                 "error_type": result.error_type,
                 "error_message": result.error_message,
                 "attempts": result.attempts,
-                "input_tokens": result.input_tokens or 0,
-                "output_tokens": result.output_tokens or 0,
-                "cache_read": result.cache_read_input_tokens or 0,
-                "cache_write": result.cache_creation_input_tokens or 0,
-                "cost_usd": result.cost_usd or 0.0,
-                "latency_s": result.latency_s or 0.0,
+                "input_tokens": paid.input_tokens or 0,
+                "output_tokens": paid.output_tokens or 0,
+                "cache_read": paid.cache_read_input_tokens or 0,
+                "cache_write": paid.cache_creation_input_tokens or 0,
+                "cost_usd": paid.cost_usd or 0.0,
+                "latency_s": paid.latency_s or 0.0,
                 "result_json": result.to_json(),
                 "now": time.time(),
+                "reasks": reasks,
             }
             c.execute(_RECORD_SQL, params)
             if old and old[0] is not None:
@@ -447,6 +455,11 @@ class RowStore:
     def prior_attempts(self, row_id: str) -> int:
         """Attempts recorded for a row by earlier outcomes (0 for a new row)."""
         row = self._db.query("SELECT attempts FROM results WHERE id = ?", (row_id,))
+        return int(row[0][0] or 0) if row else 0
+
+    def reasks_of(self, row_id: str) -> int:
+        """How many times the row was asked again because its JSON did not fit the schema."""
+        row = self._db.query("SELECT reasks FROM results WHERE id = ?", (row_id,))
         return int(row[0][0] or 0) if row else 0
 
     def get_result(self, row_id: str) -> Result | None:

@@ -35,6 +35,8 @@ class Summary:
     changed_rows: int = 0
     #: answers of removed rows (kept apart under OUT/removed, not in OUT/results)
     removed_answers: int = 0
+    #: structured output: answers asked again because their JSON did not fit the schema (all runs)
+    reasks: int = 0
 
 
 def summarize(db: Database, pass_id: int | None, changed_rows: int) -> Summary:
@@ -77,6 +79,7 @@ def summarize(db: Database, pass_id: int | None, changed_rows: int) -> Summary:
         runs: tuple[float, int] = db.conn.execute(
             "SELECT coalesce(sum(coalesce(finished_at, last_write_at) - started_at), 0), count(*) FROM passes"
         ).fetchone()
+        reasks: int = db.conn.execute("SELECT coalesce(sum(reasks), 0) FROM results").fetchone()[0]
         files: tuple[int, int] = db.conn.execute(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM files"
         ).fetchone()
@@ -110,6 +113,7 @@ def summarize(db: Database, pass_id: int | None, changed_rows: int) -> Summary:
         warnings=warnings,
         changed_rows=changed_rows,
         removed_answers=removed[1],
+        reasks=reasks,
     )
 
 

@@ -71,3 +71,32 @@ def test_answer_text_joins_text_and_takes_tool_input() -> None:
         }
     )
     assert text == "ab" and tool == '{"k":1}'
+
+
+def test_structured_bodies_validate_against_the_published_schema(check) -> None:  # type: ignore[no-untyped-def]
+    from batcher.api.bodies import StructuredRequest
+    from batcher.output.strict import strict_schema
+
+    wire = strict_schema(
+        {
+            "type": "object",
+            "properties": {"caption": {"type": "string", "maxLength": 50}, "tags": {"type": "array"}},
+            "required": ["caption"],
+        }
+    )
+    images = [ImagePart("base64", PNG, "image/png")]
+    fmt = messages_body(
+        REG["claude-haiku-5-5"],
+        RequestSettings(max_tokens=50, effort="low"),
+        images,
+        "p",
+        StructuredRequest("format", wire),
+    )
+    assert fmt["output_config"] == {"effort": "low", "format": {"type": "json_schema", "schema": wire}}
+    check(fmt, "CreateMessageParams")
+    tool = messages_body(
+        REG["claude-haiku-4-5"], RequestSettings(max_tokens=50), images, "p", StructuredRequest("tool", wire)
+    )
+    assert tool["tool_choice"] == {"type": "tool", "name": "record_answer"}
+    assert tool["tools"][0]["input_schema"] == wire and "output_config" not in tool
+    check(tool, "CreateMessageParams")

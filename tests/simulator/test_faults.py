@@ -353,3 +353,85 @@ def test_fatal_faults_are_checked_in_order_and_counted_once_a_request() -> None:
 def test_bad_fatal_settings_are_refused(bad: Any) -> None:
     with pytest.raises(ApiError, match=r"faults\.billing_error_after"):
         FaultInjector(Faults(billing_error_after=bad), Latency())
+
+
+# --- answer faults: refusal, mismatch, mismatch_first --------------------------------------------
+
+
+def answer_faults(injector: FaultInjector, n: int, structured: bool = True) -> list[str | None]:
+    return [injector.answer_fault([f"row-{i}"], structured) for i in range(n)]
+
+
+def test_answer_faults_are_seeded_and_apart_from_the_error_draws() -> None:
+    config = Faults(refusal=0.2, mismatch=0.3, seed=5)
+    first = answer_faults(FaultInjector(config, Latency()), 400)
+    assert first == answer_faults(FaultInjector(config, Latency()), 400)
+    counts = Counter(first)
+    assert 40 < counts["refusal"] < 120 and 80 < counts["mismatch"] < 160
+    # the error faults' sequence is the same whether answer faults are set or not
+    plain = FaultInjector(Faults(overloaded=0.3, seed=5), Latency())
+    both = FaultInjector(Faults(overloaded=0.3, refusal=0.5, seed=5), Latency())
+    a, b = [], []
+    for i in range(200):
+        a.append(plain.draw())
+        plain.answer_fault([str(i)], True)
+        b.append(both.draw())
+        both.answer_fault([str(i)], True)
+    assert a == b
+
+
+def test_a_mismatch_needs_a_structured_answer_and_a_refusal_does_not() -> None:
+    injector = FaultInjector(Faults(refusal=0.5, mismatch=0.5, seed=1), Latency())
+    kinds = answer_faults(injector, 300, structured=False)
+    assert set(kinds) == {"refusal", None}
+    assert injector.injected["refusal"] == kinds.count("refusal") and injector.injected["mismatch"] == 0
+
+
+def test_no_answer_faults_configured_draws_nothing() -> None:
+    injector = FaultInjector(Faults(), Latency())
+    assert answer_faults(injector, 50) == [None] * 50 and not injector.injected
+
+
+def test_mismatch_first_breaks_each_rows_first_structured_answer_only() -> None:
+    injector = FaultInjector(Faults(mismatch_first=True), Latency())
+    assert injector.answer_fault(["a"], True) == "mismatch"
+    assert injector.answer_fault(["a"], True) is None  # the re-ask
+    assert injector.answer_fault(["b"], True) == "mismatch"
+    assert injector.answer_fault(["a", "b"], True) == "mismatch"  # another nonce set
+    assert injector.answer_fault(["c"], False) is None  # not structured: not its first answer
+    assert injector.answer_fault(["c"], True) == "mismatch"
+    assert injector.answer_fault([], True) is None  # no nonce: never
+    assert injector.injected["mismatch"] == 4
+    # switched off and on again: every row starts over
+    injector.configure(Faults(), Latency())
+    assert injector.answer_fault(["a"], True) is None
+    injector.configure(Faults(mismatch_first=True), Latency())
+    assert injector.answer_fault(["a"], True) == "mismatch"
+
+
+def test_a_refusal_does_not_use_up_the_first_answer() -> None:
+    injector = FaultInjector(Faults(refusal=1.0, mismatch_first=True), Latency())
+    assert injector.answer_fault(["a"], True) == "refusal"
+    injector.configure(Faults(mismatch_first=True), Latency())
+    assert injector.answer_fault(["a"], True) == "mismatch"
+
+
+def test_the_nonce_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faults_mod, "SEEN_NONCE_SETS", 3)
+    injector = FaultInjector(Faults(mismatch_first=True), Latency())
+    assert answer_faults(injector, 4) == ["mismatch"] * 4
+    assert injector.answer_fault(["row-0"], True) == "mismatch"  # forgotten, the oldest
+    assert injector.answer_fault(["row-3"], True) is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (Faults(refusal=1.5), "faults.refusal: a share must be within 0..1"),
+        (Faults(mismatch=-0.1), "faults.mismatch: a share must be within 0..1"),
+        (Faults(refusal=0.6, mismatch=0.6), "refusal and mismatch add up to 1.2"),
+    ],
+)
+def test_impossible_answer_shares_are_refused(bad: Faults, says: str) -> None:
+    with pytest.raises(ApiError, match=says):
+        FaultInjector(bad, Latency())

@@ -12,7 +12,7 @@ PACKAGE = Path(batcher.simulator.__file__).parent
 
 #: Bottom first. A module may import simulator modules of earlier layers only.
 LAYERS: list[set[str]] = [
-    {"config", "errors", "ledger", "records", "tokens"},  # plain records and rules
+    {"config", "errors", "ledger", "records", "schemas", "tokens"},  # plain records and rules
     {"wire", "validate", "buckets", "faults"},  # HTTP conventions, body checks, limits, faults
     {"answers", "filestore", "batchstore"},  # answering a checked body; the stores
     {"core"},  # the Simulator: wires the parts, the one process/record path

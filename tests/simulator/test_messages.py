@@ -195,7 +195,13 @@ RICH_SCHEMA: dict[str, Any] = {
                 "x": {"type": "integer", "minimum": 0},
                 "y": {"type": "integer", "exclusiveMinimum": 10},
             },
-        }
+        },
+        "pair": {
+            "type": "object",
+            "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
     },
     "properties": {
         "caption": {"type": "string", "minLength": 3, "maxLength": 2000},
@@ -209,12 +215,7 @@ RICH_SCHEMA: dict[str, Any] = {
         "boxes": {"type": "array", "items": {"$ref": "#/$defs/box"}},
         "flag": {"type": ["boolean", "null"]},
         "maybe": {"anyOf": [{"type": "null"}, {"type": "integer", "maximum": -5}]},
-        "both": {
-            "allOf": [
-                {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
-                {"properties": {"b": {"type": "integer"}}, "required": ["b"]},
-            ]
-        },
+        "both": {"allOf": [{"$ref": "#/$defs/pair"}]},
     },
     "required": ["caption", "label", "score", "count", "tags", "boxes", "both"],
     "additionalProperties": False,
@@ -289,6 +290,18 @@ def test_structured_output_is_json_that_fits_the_format(client: httpx.Client) ->
             },
         },
         {"type": "object", "additionalProperties": {"type": "integer"}, "required": ["k"]},
+        {
+            "type": "object",
+            "properties": {
+                "both": {
+                    "allOf": [
+                        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                        {"properties": {"b": {"type": "integer"}}, "required": ["b"]},
+                    ]
+                }
+            },
+            "required": ["both"],
+        },
     ],
 )
 def test_generated_instances_fit_their_schema(schema: dict[str, Any]) -> None:

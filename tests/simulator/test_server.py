@@ -149,6 +149,9 @@ def test_the_platform_option_refuses_file_sources_on_bedrock() -> None:
         (["--fault", "spend_limit_after=x"], "expected spend_limit_after=N"),
         (["--fault", "auth_error_after=-1"], "expected auth_error_after=N"),
         (["--fault", "billing_error_after=1.5"], "expected billing_error_after=N"),
+        (["--fault", "refusal=1.5"], "faults.refusal: a share must be within 0..1"),
+        (["--fault", "refusal=0.5", "--fault", "mismatch=0.6"], "refusal and mismatch add up to 1.1"),
+        (["--fault", "mismatch_first=yes"], "expected mismatch_first=1 (on) or =0"),
         (["--rpm", "0"], "limits.rpm: must be positive"),
         (["--today", "yesterday"], "is not YYYY-MM-DD"),
     ],
@@ -160,6 +163,17 @@ def test_bad_settings_are_one_line_usage_errors(args: list[str], says: str) -> N
     assert says in err
     assert len(err.strip().splitlines()) == 1, err
     assert "listening" not in out
+
+
+def test_answer_faults_on_the_command_line() -> None:
+    url, proc = start_subprocess(["--fault", "refusal=1", "--fault", "mismatch_first"])
+    try:
+        response = httpx.post(f"{url}/v1/messages", json=BODY, headers=HEADERS, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["stop_reason"] == "refusal"
+        assert httpx.get(f"{url}/_ledger", timeout=10).json()["faults"] == {"refusal": 1}
+    finally:
+        assert stop_subprocess(proc) == 0
 
 
 def test_start_subprocess_reports_a_child_that_never_listens() -> None:

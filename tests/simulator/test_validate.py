@@ -233,7 +233,7 @@ def test_sampling_parameters(sim: Simulator) -> None:
 
 
 def test_effort_and_structured_output(sim: Simulator) -> None:
-    schema = {"type": "object", "properties": {"caption": {"type": "string"}}}
+    schema = {"type": "object", "properties": {"caption": {"type": "string"}}, "additionalProperties": False}
     checked = check_body(
         body(output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}}),
         sim,
