@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from batcher.output import columns as _columns
-from batcher.output import values as _values
+import batcher.output.columns as _columns
+import batcher.output.values as _values
 
 if TYPE_CHECKING:
     import pyarrow as pa
