@@ -50,16 +50,60 @@ class InputConfig(_Section):
         return self
 
 
+class ExampleConfig(_Section):
+    """One few-shot example, ``[[request.examples]]``: an image (or several) and the answer wanted
+    for it, sent as a user turn and an assistant turn before each row's own turn."""
+
+    #: a path relative to the job file (or an http(s) URL); or ``images``, several
+    image: str | None = None
+    images: list[str] | None = None
+    #: the example's user prompt; default: the job's own prompt template's text for that image
+    prompt: str | None = None
+    #: the answer wanted: text, or (with ``[output]``) a table sent as its JSON
+    answer: str | dict[str, Any]
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> ExampleConfig:
+        if (self.image is None) == (self.images is None):
+            raise ValueError("set exactly one of image or images")
+        if self.images is not None and not self.images:
+            raise ValueError("images: at least one image")
+        return self
+
+    @property
+    def image_list(self) -> list[str]:
+        return [self.image] if self.image is not None else list(self.images or [])
+
+
 class RequestConfig(_Section):
     model: str
     max_tokens: int = Field(gt=0)
     system: str | None = None
+    #: the system prompt from a file (relative to the job file) instead of ``system``
+    system_file: str | None = None
+    #: few-shot examples, in order, before each row's own turn
+    examples: list[ExampleConfig] = []
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, gt=0)
     #: output_config.effort; thinking is billed as output within max_tokens
     effort: Literal[facts.EFFORT_LEVELS] | None = None  # type: ignore[valid-type]
     stop_sequences: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_system_source(self) -> RequestConfig:
+        if self.system is not None and self.system_file is not None:
+            raise ValueError("set system or system_file, not both")
+        return self
+
+
+class CacheConfig(_Section):
+    """[cache]: prompt caching of the prefix every row shares (system prompt, examples)."""
+
+    #: "auto": one breakpoint at the end of the shared prefix when it is long enough; "off": none
+    mode: Literal["auto", "off"] = "auto"
+    #: "auto": 5m online, 1h in batch mode
+    ttl: Literal["auto", "5m", "1h"] = "auto"
 
 
 class RunConfig(_Section):
@@ -177,6 +221,8 @@ class JobConfig(_Section):
     limits: LimitsConfig = LimitsConfig()
     #: structured output: answers as JSON fitting a schema, stored as typed columns
     output: OutputConfig | None = None
+    #: prompt caching of the shared prefix
+    cache: CacheConfig = CacheConfig()
     #: extra or overridden model profiles, as in configs/models.toml's [models] table
     models: dict[str, dict[str, Any]] = {}
 

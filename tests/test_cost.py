@@ -28,6 +28,19 @@ def test_cache_reads_and_writes_priced_as_such() -> None:
     assert usage_cost(haiku4, usage, cache_ttl="1h") == pytest.approx(0.1 + 2.0)
 
 
+def test_the_answers_own_split_of_5m_and_1h_writes_wins_over_the_assumed_ttl() -> None:
+    haiku4 = REG["claude-haiku-4-5"]  # writes: $1.25 (5m), $2 (1h) a million
+    usage = {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 3_000_000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1_000_000, "ephemeral_1h_input_tokens": 2_000_000},
+    }
+    for ttl in ("5m", "1h"):
+        assert usage_cost(haiku4, usage, cache_ttl=ttl) == pytest.approx(1.25 + 4.0)
+    assert usage_cost(haiku4, usage, batch=True) == pytest.approx((1.25 + 4.0) / 2)
+
+
 def test_long_prompt_tier_and_batch_discount() -> None:
     haiku5 = REG["claude-haiku-5-5"]  # 0.10/0.50, over 100k: 0.50/2.50
     short = {"input_tokens": 100_000, "output_tokens": 1000}

@@ -12,6 +12,7 @@ from typing import Any
 
 from batcher.api.bodies import RequestSettings, betas_for, messages_body
 from batcher.config import JobConfig
+from batcher.core.cache import CachePoint
 from batcher.core.outcomes import Prepared
 from batcher.core.structured import StructuredOutput
 from batcher.cost import usage_cost
@@ -91,6 +92,8 @@ class PlannedRequest:
     max_tokens: int
     #: the most the request may cost, at the price of the mode it is sent in
     worst_usd: float
+    #: the prompt-cache breakpoint it carries (batcher.core.cache), or None
+    cache: CachePoint | None = None
 
 
 @dataclass(frozen=True, slots=True)
