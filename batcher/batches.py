@@ -80,7 +80,7 @@ from batcher.config import JobConfig
 from batcher.core import results
 from batcher.core.notices import Notices, Say
 from batcher.core.outcomes import Counters, Prepared, Written
-from batcher.core.plan import Planner
+from batcher.core.plan import NO_PREFIX, Planner, SharedPrefix
 from batcher.core.prepare import RowPreparer, preparers_for
 from batcher.core.seams import ImagePreparer, ResultSink
 from batcher.core.signals import FATAL_GRACE_S, watch_signals
@@ -494,13 +494,15 @@ class BatchRun:
     halted: bool = False
     #: submit passes made in this run
     passes: int = 0
+    #: the few-shot examples and the cache breakpoint every request shares
+    prefix: SharedPrefix = NO_PREFIX
 
     def __post_init__(self) -> None:
         # Holds of batches collected from now on are settled against this run's budget.
         self.collector.budget = self.budget.budget if self.budget is not None else None
         self.stopping = anyio.Event()
         self._cancel_work: anyio.CancelScope | None = None
-        self.planner = Planner.for_job(self.job, self.profile, self.collector.output)
+        self.planner = Planner.for_job(self.job, self.profile, self.collector.output, self.prefix)
         self.preparer = RowPreparer.for_job(
             self.job,
             self.profile,

@@ -41,7 +41,7 @@ from batcher.config import JobConfig
 from batcher.core import results
 from batcher.core.failures import api_failure, failure_outcome
 from batcher.core.outcomes import Counters, Outcome, Prepared, Recorded, Transient, Written
-from batcher.core.plan import PlannedRequest, Planner
+from batcher.core.plan import NO_PREFIX, PlannedRequest, Planner, SharedPrefix
 from batcher.core.prepare import B64_CHUNK, RowPreparer, Stopped, b64_text, preparers_for
 from batcher.core.seams import BudgetHook, ImagePreparer, ResultSink, RunState
 from batcher.core.signals import FATAL_GRACE_S
@@ -94,6 +94,9 @@ class Pipeline:
     uploader: FileUploader | None = None
     #: the job's [output] and its wire mode (the runner decides it): answers are checked and typed
     output: StructuredOutput | None = None
+    #: the few-shot examples and the cache breakpoint every row's request shares (the runner
+    #: settles them before anything is sent)
+    prefix: SharedPrefix = NO_PREFIX
 
     _fatal: list[BaseException] = field(default_factory=list)
     #: prepared rows the request stage holds (waiting for the limits or in flight)
@@ -104,7 +107,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.stopping = anyio.Event()
-        self.planner = Planner.for_job(self.job, self.profile, self.output)
+        self.planner = Planner.for_job(self.job, self.profile, self.output, self.prefix)
         self.settings = self.planner.settings
         self.preparer = RowPreparer.for_job(
             self.job,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from batcher import facts
+from batcher.core.cache import CachePoint, cache_control
 from batcher.models import ModelProfile
 
 
@@ -87,6 +88,70 @@ def structured_params(structured: StructuredRequest, effort: str | None = None) 
     return params
 
 
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A few-shot example as it goes on the wire: its images (prepared as a row's are), its prompt,
+    and the answer wanted, as text (with structured output: the answer's JSON)."""
+
+    images: Sequence[ImagePart]
+    prompt: str
+    answer: str
+
+
+def example_turns(examples: Sequence[Example], tool: bool) -> list[dict[str, Any]]:
+    """The examples as user/assistant turns, in order. With a structured tool (``tool``), each
+    answer is a call of that tool whose input is the answer, and the API wants every tool call
+    answered: the turn after it (the next example's, or the row's own: see :func:`messages_body`)
+    opens with its ``tool_result``."""
+    turns: list[dict[str, Any]] = []
+    for n, example in enumerate(examples):
+        content = user_content(example.images, example.prompt)
+        if tool and n:
+            content.insert(0, _tool_result(n - 1))
+        turns.append({"role": "user", "content": content})
+        if tool:
+            import orjson
+
+            answer: dict[str, Any] = {
+                "type": "tool_use",
+                "id": _example_tool_id(n),
+                "name": facts.STRUCTURED_TOOL,
+                "input": orjson.loads(example.answer),
+            }
+        else:
+            answer = {"type": "text", "text": example.answer}
+        turns.append({"role": "assistant", "content": [answer]})
+    return turns
+
+
+def _example_tool_id(n: int) -> str:
+    return f"toolu_example_{n + 1}"
+
+
+def _tool_result(n: int) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": _example_tool_id(n), "content": "Recorded."}
+
+
+def mark_breakpoint(body: dict[str, Any], point: CachePoint) -> None:
+    """Put the job's one ``cache_control`` breakpoint on the last block every row shares: the
+    examples' last block (an answer, or with a structured tool the ``tool_result`` that opens the
+    row's own turn), else the system prompt's (sent as a text block to carry it)."""
+    marker = cache_control(point.ttl)
+    if point.anchor == "system":
+        system = body["system"]
+        blocks = [{"type": "text", "text": system}] if isinstance(system, str) else system
+        blocks[-1] = {**blocks[-1], "cache_control": marker}
+        body["system"] = blocks
+        return
+    messages = body["messages"]
+    own = messages[-1]["content"]
+    if own and own[0].get("type") == "tool_result":
+        own[0] = {**own[0], "cache_control": marker}
+        return
+    last = messages[-2]["content"]
+    last[-1] = {**last[-1], "cache_control": marker}
+
+
 def user_content(images: Sequence[ImagePart], prompt: str) -> list[dict[str, Any]]:
     """Images first, each labelled when there are several, then the prompt."""
     blocks: list[dict[str, Any]] = []
@@ -104,11 +169,19 @@ def messages_body(
     images: Sequence[ImagePart],
     prompt: str,
     structured: StructuredRequest | None = None,
+    examples: Sequence[Example] = (),
+    cache: CachePoint | None = None,
 ) -> dict[str, Any]:
+    """A row's body: the few-shot ``examples`` as turns before its own, and the ``cache``
+    breakpoint (:mod:`batcher.core.cache`) at the end of what every row shares."""
+    tool = structured is not None and structured.mode == "tool"
+    own = user_content(images, prompt)
+    if tool and examples:
+        own.insert(0, _tool_result(len(examples) - 1))
     body: dict[str, Any] = {
         "model": profile.id,
         "max_tokens": settings.max_tokens,
-        "messages": [{"role": "user", "content": user_content(images, prompt)}],
+        "messages": [*example_turns(examples, tool), {"role": "user", "content": own}],
     }
     if settings.system:
         body["system"] = settings.system
@@ -123,6 +196,8 @@ def messages_body(
         body.update(structured_params(structured, settings.effort))
     elif settings.effort is not None:
         body["output_config"] = {"effort": settings.effort}
+    if cache is not None:
+        mark_breakpoint(body, cache)
     return body
 
 

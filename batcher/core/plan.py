@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from batcher.api.bodies import RequestSettings, betas_for, messages_body
+from batcher.api.bodies import Example, RequestSettings, betas_for, messages_body
 from batcher.config import JobConfig
 from batcher.core.cache import CachePoint
 from batcher.core.outcomes import Prepared
@@ -97,6 +97,19 @@ class PlannedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedPrefix:
+    """What every row's request shares before its own turn, settled once a run before anything is
+    sent: the few-shot examples (their images prepared once) and the cache breakpoint at the end
+    of the shared prefix (:mod:`batcher.core.cache`; None: no breakpoint)."""
+
+    examples: tuple[Example, ...] = ()
+    cache: CachePoint | None = None
+
+
+NO_PREFIX = SharedPrefix()
+
+
+@dataclass(frozen=True, slots=True)
 class Planner:
     """Plans each prepared row's request for one job and model."""
 
@@ -107,13 +120,24 @@ class Planner:
     batch: bool = False
     #: the job's [output] and its mode: the body asks for the schema (and its tokens are counted)
     output: StructuredOutput | None = None
+    #: the examples and the cache breakpoint every row's request shares
+    prefix: SharedPrefix = NO_PREFIX
 
     @classmethod
     def for_job(
-        cls, job: JobConfig, profile: ModelProfile, output: StructuredOutput | None = None
+        cls,
+        job: JobConfig,
+        profile: ModelProfile,
+        output: StructuredOutput | None = None,
+        prefix: SharedPrefix = NO_PREFIX,
     ) -> Planner:
         return cls(
-            profile, settings_for(job), job.images.files_beta, batch=job.run.mode == "batch", output=output
+            profile,
+            settings_for(job),
+            job.images.files_beta,
+            batch=job.run.mode == "batch",
+            output=output,
+            prefix=prefix,
         )
 
     def plan(self, prepared: Prepared) -> PlannedRequest:
@@ -122,7 +146,16 @@ class Planner:
         unsized = self.profile.image_token_budget
         images = [s.tokens if s.tokens is not None else unsized for s in prepared.sent]
         structured = self.output.request if self.output is not None else None
-        body = messages_body(self.profile, self.settings, prepared.parts, prepared.row.prompt, structured)
+        prefix = self.prefix
+        body = messages_body(
+            self.profile,
+            self.settings,
+            prepared.parts,
+            prepared.row.prompt,
+            structured,
+            examples=prefix.examples,
+            cache=prefix.cache,
+        )
         tokens = body_tokens(self.profile, body, images)
         max_tokens = self.settings.max_tokens
         return PlannedRequest(
@@ -131,4 +164,5 @@ class Planner:
             tokens=tokens,
             max_tokens=max_tokens,
             worst_usd=row_worst_cost(self.profile, tokens, max_tokens, batch=self.batch),
+            cache=prefix.cache,
         )

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from batcher.api.bodies import ImagePart, RequestSettings, answer_text, betas_for, messages_body
+from batcher.api.bodies import (
+    Example,
+    ImagePart,
+    RequestSettings,
+    StructuredRequest,
+    answer_text,
+    betas_for,
+    messages_body,
+)
+from batcher.core.cache import CachePoint
 from batcher.models import load_registry
 
 REG = load_registry()
@@ -74,7 +83,6 @@ def test_answer_text_joins_text_and_takes_tool_input() -> None:
 
 
 def test_structured_bodies_validate_against_the_published_schema(check) -> None:  # type: ignore[no-untyped-def]
-    from batcher.api.bodies import StructuredRequest
     from batcher.output.strict import strict_schema
 
     wire = strict_schema(
@@ -100,3 +108,65 @@ def test_structured_bodies_validate_against_the_published_schema(check) -> None:
     assert tool["tool_choice"] == {"type": "tool", "name": "record_answer"}
     assert tool["tools"][0]["input_schema"] == wire and "output_config" not in tool
     check(tool, "CreateMessageParams")
+
+
+def _examples() -> list[Example]:
+    return [
+        Example([ImagePart("base64", PNG, "image/png")], "Describe it", '{"caption": "a red bike"}'),
+        Example([ImagePart("url", "https://x/b.jpg")], "Describe it", '{"caption": "a blue car"}'),
+    ]
+
+
+def test_examples_go_as_turns_before_the_rows_own_and_the_breakpoint_ends_them(check) -> None:  # type: ignore[no-untyped-def]
+    point = CachePoint("1h", "examples", 2000)
+    body = messages_body(
+        REG["claude-haiku-5-5"],
+        RequestSettings(max_tokens=50, system="Be factual"),
+        [ImagePart("base64", PNG, "image/png")],
+        "Describe it",
+        examples=_examples(),
+        cache=point,
+    )
+    msgs = body["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
+    assert msgs[1]["content"] == [{"type": "text", "text": '{"caption": "a red bike"}'}]
+    assert msgs[3]["content"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    marked = [b for m in msgs for b in m["content"] if "cache_control" in b]
+    assert len(marked) == 1 and body["system"] == "Be factual" and "cache_control" not in body
+    check(body, "CreateMessageParams")
+
+
+def test_without_examples_the_breakpoint_ends_the_system_prompt(check) -> None:  # type: ignore[no-untyped-def]
+    body = messages_body(
+        REG["claude-haiku-5-5"],
+        RequestSettings(max_tokens=50, system="Be factual"),
+        [ImagePart("base64", PNG, "image/png")],
+        "p",
+        cache=CachePoint("5m", "system", 600),
+    )
+    assert body["system"] == [
+        {"type": "text", "text": "Be factual", "cache_control": {"type": "ephemeral", "ttl": "5m"}}
+    ]
+    assert not any("cache_control" in b for b in body["messages"][0]["content"])
+    check(body, "CreateMessageParams")
+
+
+def test_with_a_structured_tool_example_answers_are_tool_calls_each_answered_by_the_next_turn(check) -> None:  # type: ignore[no-untyped-def]
+    wire = {"type": "object", "properties": {"caption": {"type": "string"}}, "additionalProperties": False}
+    body = messages_body(
+        REG["claude-haiku-4-5"],
+        RequestSettings(max_tokens=50),
+        [ImagePart("base64", PNG, "image/png")],
+        "p",
+        StructuredRequest("tool", wire),
+        examples=_examples(),
+        cache=CachePoint("5m", "examples", 3000),
+    )
+    msgs = body["messages"]
+    calls = [b for m in msgs if m["role"] == "assistant" for b in m["content"]]
+    assert [c["input"] for c in calls] == [{"caption": "a red bike"}, {"caption": "a blue car"}]
+    results = [m["content"][0] for m in msgs[2::2]]
+    assert [r["tool_use_id"] for r in results] == [c["id"] for c in calls]
+    # The row's own turn opens with the last call's result: shared by every row, so it ends the prefix.
+    assert msgs[-1]["content"][0]["cache_control"] == {"type": "ephemeral", "ttl": "5m"}
+    check(body, "CreateMessageParams")
