@@ -24,7 +24,6 @@ from tests.helpers import (
     system_prefix,
 )
 
-
 #: Limits seeded far above the first requests' needs, so the first 16 may go at once.
 UNLIMITED = "[limits]\nrpm = 1_000_000\nitpm = 1_000_000_000\notpm = 1_000_000_000\n"
 
