@@ -201,9 +201,8 @@ def main() -> int:
     off, _ = run_variant("off", args.rows, args.itpm, args.latency)
     job = "stand-in (long system prompt; breakpoint given to the drivers)" if stand_in else str(FEWSHOT)
     print(f"job: {job}; {args.rows} generated rows; ITPM {args.itpm:,.0f}; latency {args.latency} s")
-    print(
-        f"{'cache':<6} {'rows ok':>8} {'input $':>10} {'total $':>10} {'time s':>8} {'hit rate':>9} {'429s':>5}"
-    )
+    heads = ("rows ok", 8), ("input $", 10), ("total $", 10), ("time s", 8), ("hit rate", 9), ("429s", 5)
+    print(f"{'cache':<6} " + " ".join(f"{h:>{w}}" for h, w in heads))
     for name, f in (("auto", auto), ("off", off)):
         rate = "-" if f.hit_rate is None else f"{f.hit_rate:.1%}"
         print(
