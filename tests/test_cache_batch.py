@@ -68,7 +68,8 @@ def test_a_warm_up_batch_of_one_row_goes_first_and_every_request_carries_the_1h_
 def test_with_wait_false_the_warm_up_goes_alone_and_the_next_run_sends_the_rest(
     tmp_path: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.2)))
+    # Batches take 3 s: long enough that the second tick surely finds the warm-up running.
+    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=3.0)))
     force_prefix(monkeypatch, system_prefix("1h"))
     batches = capture_batches(monkeypatch)
     job = cached_job(tmp_path, good_rows(tmp_path, 5), mode="batch")
@@ -84,10 +85,10 @@ def test_with_wait_false_the_warm_up_goes_alone_and_the_next_run_sends_the_rest(
     assert code == EXIT_INCOMPLETE and [len(b) for b in batches] == [1], err
     import time
 
-    time.sleep(0.3)
+    time.sleep(3.1)
     code, err = run_job(job, sim, monkeypatch)  # collects the warm-up, submits the rest
     assert code == EXIT_INCOMPLETE and [len(b) for b in batches] == [1, 4], err
-    time.sleep(0.3)
+    time.sleep(3.1)
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     assert len(results_by_id(tmp_path / "out")) == 5
