@@ -311,14 +311,14 @@ def answer_visible_cache(sim: RunningSimulator, delay_s: float) -> None:
     use, peek = cache.use, cache.peek
 
     def hiding(call: Any) -> Any:
-        def wrapped(checked: Any) -> Any:
+        def wrapped(checked: Any, *args: Any, **kwargs: Any) -> Any:
             now = cache.clock()
             hidden = {k: v for k, v in cache.entries.items() if born.get(k, -1.0) > now}
             for key in hidden:
                 del cache.entries[key]
             before = set(cache.entries)
             try:
-                return call(checked)
+                return call(checked, *args, **kwargs)
             finally:
                 for key in set(cache.entries) - before:
                     born[key] = (
