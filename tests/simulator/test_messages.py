@@ -15,10 +15,10 @@ import pytest
 from batcher import facts
 from batcher.simulator import tokens
 from batcher.simulator.answers import PromptCache, instance
-from batcher.simulator.promptcache import CacheUse
 from batcher.simulator.config import SimConfig
 from batcher.simulator.core import process, record
 from batcher.simulator.errors import ApiError
+from batcher.simulator.promptcache import CacheUse
 from batcher.simulator.server import RunningSimulator
 from batcher.simulator.validate import check_body
 from tests.simulator.test_validate import b64_image, image_block
