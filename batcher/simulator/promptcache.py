@@ -16,8 +16,9 @@
 - **Writes are priced by breakpoint.** The tokens past what was read, up to each breakpoint, are
   written at that breakpoint's TTL (``cache_creation.ephemeral_5m_input_tokens`` and
   ``ephemeral_1h_input_tokens`` apart).
-- **TTLs.** "5m" or "1h" from the write; a read refreshes the entry (to the longer of its own TTL
-  and the reading breakpoint's); an expired entry is a miss. The clock is injectable.
+- **TTLs.** "5m" (``ttl`` absent) or "1h" from the write; a read refreshes the entry for its TTL
+  (a breakpoint rewriting a live entry keeps the longer of the two); an expired entry is a miss.
+  The clock is injectable (the live simulator's is skewed by ``SimConfig.cache_clock_skew_s``).
 - **Namespaces.** Online ``/v1/messages`` requests and Message Batches requests keep apart
   entries (:data:`ONLINE`, :data:`BATCH`): a warm-up through the online API does not carry into
   batches (as reported of the API), while an entry written by an earlier batch, or by an earlier
@@ -46,6 +47,8 @@ from batcher.simulator.validate import Checked
 LOOKBACK_BLOCKS: Final = 20
 #: The minimum cacheable prompt where a model's own is unknown (``min_cacheable_tokens`` unset).
 SIM_DEFAULT_MIN_CACHEABLE: Final = 1024
+#: Entries kept before expired ones are swept out.
+_SWEEP_AT: Final = 4096
 #: The cache namespaces: online Messages requests, and Message Batches requests.
 ONLINE: Final = "online"
 BATCH: Final = "batch"
@@ -143,6 +146,8 @@ class PromptCache:
         minimum = min_cacheable(checked)
         with self._lock:
             now = self.clock()
+            if len(self.entries) >= _SWEEP_AT:
+                self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
             found = self._lookup(points, namespace, now) if hit else None
             read = 0
             if found is not None:
