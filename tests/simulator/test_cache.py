@@ -437,3 +437,47 @@ def test_control_checks_the_new_settings(simulator: RunningSimulator) -> None:
         assert client.post("/_control", json={"batches": {"cache_hit": 1.0}}).status_code == 200
         assert simulator.sim.config.batches.cache_hit == 1.0
         assert client.post("/_control", json={"cache_clock_skew_s": "x"}).status_code == 400
+
+
+# --- batcher's own bodies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "mode"), [(HAIKU, None), (HAIKU, "format"), ("claude-haiku-4-5", "tool")])
+def test_batchers_bodies_write_once_and_later_rows_read(
+    sim: Simulator, cache: PromptCache, model: str, mode: str | None
+) -> None:
+    """The one breakpoint batcher puts on the examples' end is read by every later row."""
+    from batcher.api.bodies import Example, ImagePart, RequestSettings, StructuredRequest, messages_body
+    from batcher.core.cache import CachePoint
+    from tests.simulator.test_validate import b64_image
+
+    schema = {
+        "type": "object",
+        "properties": {"caption": {"type": "string"}},
+        "required": ["caption"],
+        "additionalProperties": False,
+    }
+    structured = StructuredRequest(mode, schema) if mode else None  # type: ignore[arg-type]
+    answer = '{"caption": "a red bike"}'
+    examples = [
+        Example(
+            [ImagePart("base64", b64_image(1000, 1000, colour=(i, 0, 0)), "image/png")], "Describe it", answer
+        )
+        for i in range(3)
+    ]
+    profile = sim.registry.get(model)
+    assert profile is not None
+    settings = RequestSettings(max_tokens=50, system="Be factual. " * 1500)
+
+    def row(colour: tuple[int, int, int]) -> Checked:
+        image = ImagePart("base64", b64_image(300, 200, colour=colour), "image/png")
+        payload = messages_body(
+            profile, settings, [image], "Describe it", structured, examples, CachePoint("5m", "examples", 0)
+        )
+        return checked(sim, payload)
+
+    first, second = row((0, 90, 0)), row((0, 0, 90))
+    wrote = cache.use(first)
+    assert wrote.read == 0 and 0 < wrote.write_5m < first.input_tokens
+    read = cache.use(second)
+    assert (read.read, read.written) == (wrote.write_5m, 0)
