@@ -218,6 +218,14 @@ def batches(out: Path, as_json: bool, cancel: bool) -> None:
     show_default=True,
     help="Seconds a message batch takes to end.",
 )
+@click.option(
+    "--batch-cache-hit",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.9,
+    show_default=True,
+    help="Chance (0..1, per custom_id) that a batch request's prompt-cache lookup that would hit "
+    "does (batches cache on a best-effort basis).",
+)
 def simulate(
     host: str,
     port: int,
@@ -237,6 +245,7 @@ def simulate(
     stall_seconds: float,
     seed: int,
     batch_seconds: float,
+    batch_cache_hit: float,
 ) -> None:
     """Serve a local simulator of the Anthropic API until Ctrl-C.
 
@@ -269,7 +278,7 @@ def simulate(
             per_output_token_s=per_output_token,
         ),
         faults=fault_config,
-        batches=BatchClock(duration_s=batch_seconds, seed=seed),
+        batches=BatchClock(duration_s=batch_seconds, seed=seed, cache_hit=batch_cache_hit),
     )
 
     def ready(url: str) -> None:

@@ -25,29 +25,26 @@ output), whatever was asked; ``mismatch`` answers a structured request with JSON
 required properties, enums, consts and formats but ignores every other constraint: integers -1,
 numbers -1.5, free strings "" (``instance(..., broken=True)``).
 
-Prompt caching (:class:`PromptCache`): a ``cache_control`` breakpoint whose prefix holds at least
-the model's ``min_cacheable_tokens`` is written the first time and read while the same prefix
-(same model, same content up to the breakpoint) is within its TTL; a read refreshes the TTL.
-Cache reads do not count toward the input-tokens-per-minute limit (writes do), as on current models:
-:meth:`PromptCache.peek` tells the live endpoint what a prompt would read before it is admitted.
+Prompt caching: :func:`answer` reads and writes the prompt cache
+(:class:`~batcher.simulator.promptcache.PromptCache`, which holds the API's rules: breakpoints
+only, the 20-block lookback, the minimum per model, TTLs, online and batch namespaces) and reports
+what it read and wrote in ``usage``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
-from batcher import facts
 from batcher.simulator import tokens
 from batcher.simulator.ledger import ImageSeen
+from batcher.simulator.promptcache import NO_USE, ONLINE, CacheUse, PromptCache
 from batcher.simulator.validate import Checked, ImageIn
 from batcher.simulator.wire import new_id
 
@@ -67,13 +64,24 @@ class Processed:
     image_tokens: int
     nonces: list[str]
     images: list[ImageSeen] = field(default_factory=list)
+    #: what the answer read from and wrote to the prompt cache
+    cache: CacheUse = NO_USE
 
 
-def answer(checked: Checked, cache: PromptCache, fault: str | None = None) -> Processed:
+def answer(
+    checked: Checked,
+    cache: PromptCache,
+    fault: str | None = None,
+    *,
+    namespace: str = ONLINE,
+    hit: bool = True,
+) -> Processed:
     """Answer a validated body (no rate limit, error fault or latency: the caller's business),
-    reading and writing the simulator's prompt ``cache``; ``fault`` is the answer fault drawn for
-    it (``"refusal"``, ``"mismatch"``; see :mod:`batcher.simulator.faults`), or None."""
-    read, write_5m, write_1h = cache.use(checked)
+    reading and writing the simulator's prompt ``cache`` in ``namespace`` (``hit`` False: a
+    best-effort miss); ``fault`` is the answer fault drawn for it (``"refusal"``, ``"mismatch"``;
+    see :mod:`batcher.simulator.faults`), or None."""
+    used = cache.use(checked, namespace, hit=hit)
+    read, write_5m, write_1h = used.read, used.write_5m, used.write_1h
     nonces = find_nonces(checked.prompt_texts)
     described = describe(checked.images, nonces)
     stop_details: dict[str, Any] | None = None
@@ -114,6 +122,7 @@ def answer(checked: Checked, cache: PromptCache, fault: str | None = None) -> Pr
         checked.image_tokens,
         nonces,
         [seen_of(image) for image in checked.images],
+        used,
     )
 
 
@@ -454,56 +463,3 @@ _BROKEN: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "integer": lambda s: -1,
     "number": lambda s: -1.5,
 }
-
-
-# --- prompt cache --------------------------------------------------------------------------------
-
-
-class PromptCache:
-    """Cached prompt prefixes: key -> monotonic expiry time."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.entries: dict[bytes, float] = {}
-
-    def peek(self, checked: Checked) -> int:
-        """Tokens of this prompt that :meth:`use` would read from the cache now; changes nothing
-        (a request refused by the rate limits neither writes nor refreshes an entry)."""
-        points = _breakpoints(checked)
-        if not points:
-            return 0
-        now = self.clock()
-        return max((cum for key, cum, _ in points if self.entries.get(key, 0.0) > now), default=0)
-
-    def use(self, checked: Checked) -> tuple[int, int, int]:
-        """(read, written for 5 minutes, written for 1 hour) tokens of this prompt."""
-        points = _breakpoints(checked)
-        if not points:
-            return 0, 0, 0
-        now = self.clock()
-        read = max((cum for key, cum, _ in points if self.entries.get(key, 0.0) > now), default=0)
-        written = {"5m": 0, "1h": 0}
-        prev = read
-        for key, cum, ttl in points:
-            if cum > prev:
-                written[ttl] += cum - prev
-                prev = cum
-            # a write starts the TTL; a read refreshes it
-            self.entries[key] = now + facts.CACHE_TTL_S[ttl]
-        return read, written["5m"], written["1h"]
-
-
-def _breakpoints(checked: Checked) -> list[tuple[bytes, int, str]]:
-    """(prefix key, prefix tokens, ttl) at every breakpoint whose prefix is long enough to cache."""
-    if not any(seg.ttl for seg in checked.segments):
-        return []
-    digest = hashlib.blake2b(checked.profile.id.encode(), digest_size=16)
-    out = []
-    cum = 0
-    for seg in checked.segments:
-        digest.update(seg.key.encode("utf-8", "surrogatepass"))
-        digest.update(b"\x1f")
-        cum += seg.tokens
-        if seg.ttl and cum >= checked.profile.min_cacheable_tokens:
-            out.append((digest.copy().digest(), cum, seg.ttl))
-    return out

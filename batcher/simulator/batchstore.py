@@ -50,9 +50,10 @@ _CANCEL_SHARE: Final = 0.1
 TICK_S: Final = 0.05
 _OUTCOMES: Final = ("succeeded", "errored", "canceled", "expired")
 
-#: Answers one request's ``params`` with the create call's betas and bills it at the batch
-#: price: the ``Message`` object, or ``ApiError`` for a request the API would refuse.
-Answer = Callable[[dict[str, Any], frozenset[str]], dict[str, Any]]
+#: Answers one request's ``params`` with the create call's betas and its ``custom_id`` (which
+#: seeds its best-effort cache draw) and bills it at the batch price: the ``Message`` object, or
+#: ``ApiError`` for a request the API would refuse.
+Answer = Callable[[dict[str, Any], frozenset[str], str], dict[str, Any]]
 
 
 @dataclass
@@ -305,7 +306,8 @@ class BatchStore:
         if index in batch.expiring:
             return {"type": "expired"}
         try:
-            message = self.answer(batch.requests[index].params, batch.betas)
+            request = batch.requests[index]
+            message = self.answer(request.params, batch.betas, request.custom_id)
         except ApiError as exc:
             return errored(exc)
         if isinstance(message.get("usage"), dict):  # the tier the API reports for batch work

@@ -77,6 +77,9 @@ class BatchClock:
     duration_s: float = 1.0
     #: share of requests that come back ``expired`` instead of being processed
     expire_share: float = 0.0
+    #: prompt caching in batches is best effort: the chance that a lookup that would hit does,
+    #: drawn per ``custom_id`` from ``seed`` (1.0: always, for exact tests)
+    cache_hit: float = 0.9
     seed: int = 0
 
 
@@ -95,6 +98,9 @@ class SimConfig:
     #: no Models API route (a proxy, Bedrock- or Vertex-style endpoints): ``GET /v1/models...``
     #: answers that status with the gateway's own body, not the API's error shape.
     models_route_missing: int | None = None
+    #: seconds added to the prompt cache's clock: a test lets cache entries expire by raising it
+    #: (``POST /_control {"cache_clock_skew_s": 301}``) instead of waiting
+    cache_clock_skew_s: float = 0.0
 
     def current_date(self) -> dt.date:
         return self.today or dt.datetime.now(dt.UTC).date()

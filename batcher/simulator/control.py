@@ -110,6 +110,8 @@ def _check_batch_clock(clock: BatchClock) -> None:
         raise ApiError(400, f"batches.duration_s: must not be negative, got {clock.duration_s:g}")
     if not 0.0 <= clock.expire_share <= 1.0:
         raise ApiError(400, f"batches.expire_share: a share must be within 0..1, got {clock.expire_share:g}")
+    if not 0.0 <= clock.cache_hit <= 1.0:
+        raise ApiError(400, f"batches.cache_hit: a share must be within 0..1, got {clock.cache_hit:g}")
 
 
 async def update(request: Request, sim: Simulator) -> Response:

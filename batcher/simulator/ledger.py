@@ -2,6 +2,15 @@
 
 Served outside ``/v1`` (``GET /_ledger``) so a test can check, after a run, that no row was
 charged twice, that no image needed resizing and how close to the limit a client ran.
+
+What was charged, by kind: ``input_tokens`` counts every prompt token (cached or not, as
+``count_tokens`` does); of those, ``cache_read_tokens`` were read from the prompt cache (billed at
+the cache-read price), ``cache_write_5m_tokens`` and ``cache_write_1h_tokens`` written to it (at
+the 5-minute and 1-hour write prices), and the rest, ``input_tokens - cache_read_tokens -
+cache_write_5m_tokens - cache_write_1h_tokens`` (the snapshot's ``uncached_input_tokens``), at the
+input price. Each has its ``batch_`` part, billed through Message Batches at the batch price.
+``cache_hits`` / ``cache_misses`` count answered requests with a breakpoint that read something /
+read nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +41,17 @@ class Ledger:
     #: the part of input_tokens / output_tokens billed through Message Batches (at the batch price)
     batch_input_tokens: int = 0
     batch_output_tokens: int = 0
+    #: the part of input_tokens read from / written to the prompt cache, by kind
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    #: their parts billed through Message Batches
+    batch_cache_read_tokens: int = 0
+    batch_cache_write_5m_tokens: int = 0
+    batch_cache_write_1h_tokens: int = 0
+    #: answered requests with a cache breakpoint that read something / that read nothing
+    cache_hits: int = 0
+    cache_misses: int = 0
     #: bytes the Files API holds now (kept up to date by the file store)
     files_bytes_stored: int = 0
     in_flight: int = 0
@@ -59,20 +79,51 @@ class Ledger:
             if path == "/v1/messages":
                 self.message_log.append((when, status))
 
-    def charge(self, *, input_tokens: int, output_tokens: int, image_tokens: int, nonces: list[str]) -> None:
-        """A messages answer the API would bill (counted whether or not the client got it)."""
+    def charge(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        image_tokens: int,
+        nonces: list[str],
+        cache_read: int = 0,
+        cache_write_5m: int = 0,
+        cache_write_1h: int = 0,
+        cache_breakpoint: bool = False,
+    ) -> None:
+        """A messages answer the API would bill (counted whether or not the client got it);
+        ``input_tokens`` is the whole prompt, of which ``cache_*`` were read or written."""
         with self._lock:
             self.input_tokens += input_tokens
             self.output_tokens += output_tokens
             self.image_tokens += image_tokens
+            self.cache_read_tokens += cache_read
+            self.cache_write_5m_tokens += cache_write_5m
+            self.cache_write_1h_tokens += cache_write_1h
+            if cache_breakpoint:
+                if cache_read:
+                    self.cache_hits += 1
+                else:
+                    self.cache_misses += 1
             for nonce in nonces:
                 self.charges_by_nonce[nonce] += 1
 
-    def charge_batch(self, *, input_tokens: int, output_tokens: int) -> None:
+    def charge_batch(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read: int = 0,
+        cache_write_5m: int = 0,
+        cache_write_1h: int = 0,
+    ) -> None:
         """Mark tokens already charged by :meth:`charge` as billed at the Message Batches price."""
         with self._lock:
             self.batch_input_tokens += input_tokens
             self.batch_output_tokens += output_tokens
+            self.batch_cache_read_tokens += cache_read
+            self.batch_cache_write_5m_tokens += cache_write_5m
+            self.batch_cache_write_1h_tokens += cache_write_1h
 
     def files_stored(self, total_bytes: int) -> None:
         with self._lock:
@@ -104,6 +155,22 @@ class Ledger:
                 "image_tokens": self.image_tokens,
                 "batch_input_tokens": self.batch_input_tokens,
                 "batch_output_tokens": self.batch_output_tokens,
+                "cache_read_tokens": self.cache_read_tokens,
+                "cache_write_5m_tokens": self.cache_write_5m_tokens,
+                "cache_write_1h_tokens": self.cache_write_1h_tokens,
+                "uncached_input_tokens": self.input_tokens
+                - self.cache_read_tokens
+                - self.cache_write_5m_tokens
+                - self.cache_write_1h_tokens,
+                "batch_cache_read_tokens": self.batch_cache_read_tokens,
+                "batch_cache_write_5m_tokens": self.batch_cache_write_5m_tokens,
+                "batch_cache_write_1h_tokens": self.batch_cache_write_1h_tokens,
+                "batch_uncached_input_tokens": self.batch_input_tokens
+                - self.batch_cache_read_tokens
+                - self.batch_cache_write_5m_tokens
+                - self.batch_cache_write_1h_tokens,
+                "cache_hits": self.cache_hits,
+                "cache_misses": self.cache_misses,
                 "files_bytes_stored": self.files_bytes_stored,
                 "in_flight": self.in_flight,
                 "peak_in_flight": self.peak_in_flight,

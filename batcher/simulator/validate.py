@@ -153,7 +153,12 @@ class ImageIn:
 
 @dataclass(slots=True)
 class Segment:
-    """One counted piece of the prompt; ``ttl`` set when a cache breakpoint ends here."""
+    """One counted piece of the prompt; ``ttl`` set when a cache breakpoint ends here.
+
+    ``block``: the piece ends a block, in the sense of the prompt cache's 20-block lookback (a
+    tool, a system block, a message content block, or one inside a ``tool_result``); a message's
+    role overhead, a ``tool_result``'s opening and the structured-output format are not blocks.
+    """
 
     text: str = ""
     image: ImageIn | None = None
@@ -161,6 +166,7 @@ class Segment:
     key: str = ""  # identity for the prompt cache (the text, the image data, a url, a file id)
     ttl: str | None = None
     tokens: int = 0
+    block: bool = True
 
 
 @dataclass(slots=True)
@@ -325,6 +331,7 @@ class _Walk:
         self.images: list[ImageIn] = []
         self.texts: list[str] = []
         self.breakpoints = 0
+        self.short_ttl_seen = False
         self.thinking_on = False
         self.profile: ModelProfile
         self.f100 = 100
@@ -346,7 +353,7 @@ class _Walk:
         if checked.output_schema is not None:
             text = tokens.output_format_text(checked.output_schema)
             overhead = tokens.OUTPUT_FORMAT_OVERHEAD
-            self.segments.append(Segment(text=text, overhead=overhead, key="format:" + text))
+            self.segments.append(Segment(text=text, overhead=overhead, key="format:" + text, block=False))
         if "system" in body:
             self._system(body["system"], _at(path, "system"))
         for i, message in enumerate(messages):
@@ -593,7 +600,7 @@ class _Walk:
         if index == 0 and role != "user":
             raise invalid(_at(path, "role"), 'the first message must use the "user" role')
         content = _need(message, "content", path)
-        self.segments.append(Segment(overhead=tokens.MESSAGE_OVERHEAD, key="\x00" + role))
+        self.segments.append(Segment(overhead=tokens.MESSAGE_OVERHEAD, key="\x00" + role, block=False))
         where = _at(path, "content")
         if isinstance(content, str):
             if not _has_text(content) and not (last and role == "assistant" and not content):
@@ -668,7 +675,7 @@ class _Walk:
             raise invalid(_at(path, "tool_use_id"), "String should match pattern '^[a-zA-Z0-9_-]+$'")
         if "is_error" in block:
             _bool(block["is_error"], _at(path, "is_error"))
-        self.segments.append(Segment(key="tool_result:" + tool_use_id))
+        self.segments.append(Segment(key="tool_result:" + tool_use_id, block=False))
         content = block.get("content")
         where = _at(path, "content")
         if isinstance(content, str):
@@ -689,6 +696,7 @@ class _Walk:
                 else:
                     _no_extra(inner, _BLOCK_KEYS["image"], inner_path)
                     self._image_block(inner, inner_path)
+        self.segments[-1].block = True  # the tool_result ends with its last piece
         self.segments[-1].ttl = self._cache_control(block, path) or self.segments[-1].ttl
 
     def _cache_control(self, block: dict[str, Any], path: str) -> str | None:
@@ -708,13 +716,26 @@ class _Walk:
                 f"A maximum of {facts.MAX_CACHE_BREAKPOINTS} blocks with "
                 f"cache_control may be provided. Found {self.breakpoints}.",
             )
+        # TTLs may only shorten along the prompt: a 1h breakpoint after a 5m one is a 400
+        if ttl == "1h" and self.short_ttl_seen:
+            raise invalid(
+                _at(where, "ttl"),
+                "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block. "
+                "Note that blocks are processed in the following order: `tools`, `system`, `messages`.",
+            )
+        self.short_ttl_seen = self.short_ttl_seen or ttl == "5m"
         return ttl
 
     def _top_cache_control(self, body: dict[str, Any], path: str) -> None:
-        """Top-level ``cache_control`` marks the last cacheable block (the prompt's end)."""
+        """Top-level ``cache_control`` marks the last cacheable block (the prompt's end; thinking
+        blocks cannot carry a breakpoint). It is one of the 4 breakpoints, processed last."""
         ttl = self._cache_control(body, path)
-        if ttl is not None:
-            self.segments[-1].ttl = ttl
+        if ttl is None:
+            return
+        for seg in reversed(self.segments):
+            if seg.block and not seg.key.startswith(("thinking:", "redacted:")):
+                seg.ttl = ttl
+                return
 
     # images
 

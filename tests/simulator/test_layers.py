@@ -14,7 +14,8 @@ PACKAGE = Path(batcher.simulator.__file__).parent
 LAYERS: list[set[str]] = [
     {"config", "errors", "ledger", "records", "schemas", "tokens"},  # plain records and rules
     {"wire", "validate", "buckets", "faults"},  # HTTP conventions, body checks, limits, faults
-    {"answers", "filestore", "batchstore"},  # answering a checked body; the stores
+    {"promptcache", "filestore", "batchstore"},  # the prompt cache; the stores
+    {"answers"},  # answering a checked body
     {"core"},  # the Simulator: wires the parts, the one process/record path
     {"messages", "files", "batches", "models_api", "control"},  # route handlers
     {"app"},  # routing and the cross-cutting rules

@@ -18,6 +18,7 @@ from batcher.simulator.answers import PromptCache, instance
 from batcher.simulator.config import SimConfig
 from batcher.simulator.core import process, record
 from batcher.simulator.errors import ApiError
+from batcher.simulator.promptcache import CacheUse
 from batcher.simulator.server import RunningSimulator
 from batcher.simulator.validate import check_body
 from tests.simulator.test_validate import b64_image, image_block
@@ -338,13 +339,14 @@ def test_cached_prefixes_expire_after_their_ttl(simulator: RunningSimulator) -> 
     text = {"type": "text", "text": "word " * 2000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
     checked = check_body(ask(text), simulator.sim, betas=frozenset())
     assert cache.peek(checked) == 0 and not cache.entries  # peeking writes nothing
-    read, w5, w1 = cache.use(checked)
-    assert (read, w5) == (0, 0) and w1 > 0
+    first = cache.use(checked)
+    w1 = first.write_1h
+    assert (first.read, first.write_5m) == (0, 0) and w1 > 0
     now[0] = 3599.0
     assert cache.peek(checked) == w1
-    assert cache.use(checked) == (w1, 0, 0)
+    assert cache.use(checked) == CacheUse(read=w1, breakpoints=1)
     now[0] = 3599.0 + 3601.0
-    assert cache.use(checked) == (0, 0, w1)
+    assert cache.use(checked) == CacheUse(write_1h=w1, breakpoints=1)
 
 
 # --- errors, betas, platforms, dates -------------------------------------------------------------
