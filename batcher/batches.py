@@ -50,6 +50,16 @@ exits at once. ``batcher batches OUT --cancel`` (:mod:`batcher.commands.batches`
 another shell. To leave batches
 running and exit, use ``wait = false``.
 
+Prompt caching (:mod:`batcher.core.cache`): every request carries the same breakpoint (TTL 1h by
+default in batch mode). In a batch, requests run in any order and at once, and a cache hit is best
+effort, so the docs' advice is followed: before the first rows that carry a breakpoint, unless a
+warm-up batch for the same prefix ended less than its TTL (less :data:`WARMUP_MARGIN_S`) ago, one
+row goes alone in a *warm-up* batch (a real row: nothing is wasted), and the rest are submitted
+only once it has ended. With ``wait = false`` the run submits the warm-up and exits 75; the next
+run (a cron tick) collects it and submits the rest. The state's meta (:data:`WARMUP_KEY`) keeps the
+warm-up batch's id, when it was created and the prefix's fingerprint (a changed prefix needs a new
+warm-up). :func:`warmup_state` decides.
+
 Budget (``[limits] budget_usd``): each row's worst case is held at the batch price when it joins
 a batch and settled when its batch is collected; a row that does not fit stops submission (exit 5).
 
@@ -85,6 +95,7 @@ from batcher.core.prepare import RowPreparer, preparers_for
 from batcher.core.seams import ImagePreparer, ResultSink
 from batcher.core.signals import FATAL_GRACE_S, watch_signals
 from batcher.core.structured import StructuredOutput
+from batcher.core.warmup import EXPIRY_MARGIN_S
 from batcher.core.writer import Writer
 from batcher.errors import SCHEMA_MISMATCH, RowFailure
 from batcher.exits import EXIT_BUDGET, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_ROW_ERRORS
@@ -107,6 +118,11 @@ DONE_STATUSES = frozenset(BATCH_DONE_STATUSES)
 #: Bytes of ``{"requests":[...]}`` around the requests themselves.
 _ENVELOPE_BYTES = 64
 _META_PREFIX = "batch/"
+#: meta: the last cache warm-up batch: ``{"batch_id", "created_at", "fingerprint", "ttl"}``
+WARMUP_KEY = "cache.warmup"
+#: A warm-up's entry is taken as gone this long before its TTL runs out, counted from when the
+#: warm-up batch was created (its one request was processed at some time after that).
+WARMUP_MARGIN_S = 10 * 60.0
 
 T = TypeVar("T")
 
@@ -138,6 +154,44 @@ def classify(result: dict[str, Any]) -> RowFailure | None:
     status = _STATUS_OF_TYPE.get(error_type, 500)
     exc = errors.from_response(status, {"type": "error", "error": error}, {})
     return RowFailure(error_type, message, retryable=exc.retryable or exc.fatal)
+
+
+def warmup_state(
+    warmup: dict[str, Any] | None,
+    fingerprint: str,
+    batch_status: str | None,
+    now: float,
+    ttl_s: float,
+) -> str:
+    """Where the cache warm-up of a batch-mode job stands, from the state's record of the last
+    warm-up (:data:`WARMUP_KEY`) and its batch's status:
+
+    - ``"cold"``: submit a warm-up first (none yet, another prefix, lost, or too long ago);
+    - ``"warming"``: the warm-up batch has not ended: submit nothing until it has;
+    - ``"warm"``: it ended less than its TTL (less :data:`WARMUP_MARGIN_S`) after it was created.
+    """
+    if not warmup or warmup.get("fingerprint") != fingerprint or batch_status in (None, LOST):
+        return "cold"
+    if batch_status not in (COLLECTED, "ended"):
+        return "warming"
+    margin = WARMUP_MARGIN_S if ttl_s > 2 * WARMUP_MARGIN_S else EXPIRY_MARGIN_S
+    return "warm" if now - float(warmup.get("created_at") or 0.0) < ttl_s - margin else "cold"
+
+
+def prefix_fingerprint(planner: Planner) -> str:
+    """What identifies the cached prefix of a job's requests: the body every row shares (model,
+    system, few-shot turns, tools, the breakpoint) without the row's own turn."""
+    import hashlib
+
+    from batcher.api.bodies import messages_body
+
+    prefix = planner.prefix
+    structured = planner.output.request if planner.output is not None else None
+    body = messages_body(
+        planner.profile, planner.settings, [], "", structured, examples=prefix.examples, cache=prefix.cache
+    )
+    body["messages"] = body["messages"][:-1]
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 @dataclass
@@ -496,6 +550,10 @@ class BatchRun:
     passes: int = 0
     #: the few-shot examples and the cache breakpoint every request shares
     prefix: SharedPrefix = NO_PREFIX
+    #: the cache warm-up batch this run submitted, if any
+    warmup_batch: str | None = None
+    #: this submit pass is a cache warm-up (one row)
+    _warming: bool = False
 
     def __post_init__(self) -> None:
         # Holds of batches collected from now on are settled against this run's budget.
@@ -585,22 +643,49 @@ class BatchRun:
 
     # -- submit --
 
+    def warmup(self) -> str | None:
+        """None: no breakpoint (nothing to warm); else :func:`warmup_state` for the run's prefix."""
+        point = self.prefix.cache
+        if point is None:
+            return None
+        record = self.state.get_meta(WARMUP_KEY)
+        batch = self.state.get_batch(str(record.get("batch_id"))) if isinstance(record, dict) else None
+        return warmup_state(
+            record if isinstance(record, dict) else None,
+            prefix_fingerprint(self.planner),
+            batch.status if batch is not None else None,
+            time.time(),
+            float(facts.CACHE_TTL_S[point.ttl]),
+        )
+
     async def submit(self) -> None:
         """Prepare every row that needs work into new batches. Rows in live batches are ``batched``
-        (the runner adopted any that were not), so ``pending`` leaves them out."""
+        (the runner adopted any that were not), so ``pending`` leaves them out. With a cache
+        breakpoint and no warm cache, a warm-up batch of one row first (see the module doc)."""
+        warm = self.warmup()
+        if warm == "warming":
+            return  # the rest follow once the warm-up batch has ended
+        only = 1 if warm == "cold" else None
         limit = self.job.run.max_attempts
         # --retry-errors sends final errors again once a run, not on every pass of the wait loop
         retry_errors = self.retry_errors and not self.passes
         self.passes += 1
 
         def wanted() -> Iterable[Row]:
+            taken = 0
             for row in self.state.pending(self.rows(), retry_errors):
                 if self.tries[row.id] >= limit:
                     continue  # left for the next run, as online rows out of attempts are
                 yield row
+                taken += 1
+                if only is not None and taken >= only:
+                    return  # a cache warm-up: one row goes alone
 
         prep = self.preparer
-        builder = BatchBuilder(self.job.run.batch_max_requests, self.job.run.batch_max_bytes)
+        builder = BatchBuilder(
+            1 if only is not None else self.job.run.batch_max_requests, self.job.run.batch_max_bytes
+        )
+        self._warming = only is not None
         prep_n = preparers_for(self.pool)
         # Rows that fail before any batch (bad row, bad image, upload) are recorded as online, by
         # the core's writer stage, which exports once the pass is over (off the event loop, never
@@ -704,6 +789,23 @@ class BatchRun:
             self.tries[item.row_id] += 1
         self.submitted_batches += 1
         self.submitted_rows += len(items)
+        if self._warming:
+            self._warming = False
+            self.warmup_batch = batch_id
+            self.state.set_meta(
+                WARMUP_KEY,
+                {
+                    "batch_id": batch_id,
+                    "created_at": time.time(),
+                    "fingerprint": prefix_fingerprint(self.planner),
+                    "ttl": self.prefix.cache.ttl if self.prefix.cache is not None else None,
+                },
+            )
+            self.notices.say(
+                f"batcher: cache warm-up: batch {batch_id} ({len(items):,} request) first; the rest "
+                "follow once it has ended"
+            )
+            return
         self.notices.say(f"batcher: submitted batch {batch_id} ({len(items):,} requests)")
 
     def _release(self, items: list[Pending]) -> None:
@@ -790,6 +892,7 @@ async def run_batch_mode(
     to_do: int,
     budget: BudgetGate | None,
     collector: Collector,
+    prefix: SharedPrefix = NO_PREFIX,
 ) -> tuple[int, Counters, BatchProgress]:
     """Run a batch-mode job inside ``batcher run``, after :func:`collect_ended` made ``collector``;
     returns ``(exit code, counters, what the batches did)``.
@@ -812,6 +915,7 @@ async def run_batch_mode(
             collector=collector,
             retry_errors=retry_errors,
             budget=budget,
+            prefix=prefix,
         )
         counters = batch_run.counters
         async with anyio.create_task_group() as tg:

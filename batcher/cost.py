@@ -46,3 +46,24 @@ def usage_cost(
         * scale
     ) / _PER
     return dollars * (prices.batch_discount if batch else 1.0)
+
+
+def cache_saving(
+    profile: ModelProfile, usage: Mapping[str, Any], *, batch: bool = False, cache_ttl: str = "5m"
+) -> float:
+    """What the prompt cache saved on one answer (USD): what it would have cost with every cached
+    token (read or written) as plain input, less what it cost. Negative for an answer that wrote
+    the prefix (a write costs more than plain input); 0 without cache activity. Exact as
+    :func:`usage_cost` is: 5-minute and 1-hour writes apart, the long-prompt tier and the batch
+    discount alike on both sides."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written_5m, written_1h = cache_writes(usage, cache_ttl)
+    if not (read or written_5m or written_1h):
+        return 0.0
+    plain = {
+        "input_tokens": int(usage.get("input_tokens") or 0) + read + written_5m + written_1h,
+        "output_tokens": int(usage.get("output_tokens") or 0),
+    }
+    return usage_cost(profile, plain, batch=batch) - usage_cost(
+        profile, usage, batch=batch, cache_ttl=cache_ttl
+    )

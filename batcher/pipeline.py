@@ -46,6 +46,7 @@ from batcher.core.prepare import B64_CHUNK, RowPreparer, Stopped, b64_text, prep
 from batcher.core.seams import BudgetHook, ImagePreparer, ResultSink, RunState
 from batcher.core.signals import FATAL_GRACE_S
 from batcher.core.structured import StructuredOutput
+from batcher.core.warmup import Admission, WarmupGate
 from batcher.core.writer import Writer
 from batcher.errors import SCHEMA_MISMATCH
 from batcher.files import FileUploader
@@ -104,6 +105,9 @@ class Pipeline:
     _hold_changed: anyio.Event | None = None
     _preparers: int = 2
     _cancel_work: anyio.CancelScope | None = None
+    #: the write-first gate of the prefix's cache breakpoint (made at the first request with one)
+    warmup: WarmupGate | None = None
+    _warmup_changed: anyio.Event | None = None
 
     def __post_init__(self) -> None:
         self.stopping = anyio.Event()
@@ -174,6 +178,7 @@ class Pipeline:
             self.limiter.wake()
         if self._hold_changed is not None:
             self._hold_changed.set()
+        self._warmup_notify()
 
     def fatal_stop(self, exc: BaseException) -> None:
         """Nothing more can succeed (401, 402, spend limit): send nothing new, and give the
@@ -267,13 +272,21 @@ class Pipeline:
             return None
         # Planned once: the budget holds its worst case, the limiter counts its estimate.
         plan = self.planner.plan(prepared)
+        # Write first: with a cache breakpoint, wait while another request writes the prefix.
+        turn = await self._warmup_turn(plan)
+        if self.stopping.is_set():
+            self._warmup_done(turn, None, 0.0)
+            return None
         # The budget hook: hold the row's worst case before sending; none left, stop.
         held = self.budget.reserve(plan) if self.budget is not None else 0.0
         if held is None:
+            self._warmup_done(turn, None, 0.0)
             self.stop(BUDGET_STOP)
             return None
+        outcome: Outcome | None = None
+        sent_at = time.monotonic()
         try:
-            outcome = await self._send_with_files(prepared, plan)
+            outcome = await self._send_with_files(prepared, plan, warm=turn == "read")
         except errors.APIError as exc:
             if exc.fatal:
                 self.fatal_stop(exc)
@@ -281,20 +294,61 @@ class Pipeline:
             raise
         except GaveUp:
             outcome = None
+        finally:
+            self._warmup_done(turn, outcome, sent_at)
         if self.budget is not None:
             self.budget.settle(held, outcome)
         return outcome
 
-    async def _send(self, p: Prepared, plan: PlannedRequest | None = None) -> Outcome:
+    # --- write first (batcher.core.warmup) ----------------------------------------------------
+
+    async def _warmup_turn(self, plan: PlannedRequest) -> Admission | None:
+        """None without a breakpoint; else wait while another request writes the prefix, and say
+        whether this one reads it or goes alone to write it. Stopping ends the wait (the caller
+        looks at ``stopping``)."""
+        if plan.cache is None:
+            return None
+        if self.warmup is None:
+            self.warmup = WarmupGate.for_point(plan.cache)
+        gate = self.warmup
+        while True:
+            if self.stopping.is_set():
+                return None
+            turn = gate.admit(time.monotonic())
+            if turn != "wait":
+                return turn
+            if self._warmup_changed is None:
+                self._warmup_changed = anyio.Event()
+            await self._warmup_changed.wait()
+
+    def _warmup_done(self, turn: Admission | None, outcome: Outcome | None, sent_at: float) -> None:
+        """The request that took ``turn`` is over: answered (it read or wrote the prefix), the gate
+        opens; no answer (an error, retries used up, not sent), a writer's turn passes on."""
+        if turn is None or self.warmup is None:
+            return
+        if isinstance(outcome, Result) and outcome.input_tokens is not None:
+            self.warmup.answered(sent_at)
+        else:
+            self.warmup.failed(writer=turn == "write")
+        self._warmup_notify()
+
+    def _warmup_notify(self) -> None:
+        if self._warmup_changed is not None:
+            self._warmup_changed.set()
+            self._warmup_changed = None
+
+    async def _send(self, p: Prepared, plan: PlannedRequest | None = None, *, warm: bool = False) -> Outcome:
         """One row's request, retried as the policy says; the outcome, or :class:`GaveUp` when the
-        run stops meanwhile, or a fatal ``APIError``."""
+        run stops meanwhile, or a fatal ``APIError``. ``warm``: the prefix's cache entry is
+        expected to be read (the limiter does not count it toward ITPM)."""
         assert self.client is not None
         plan = plan or self.planner.plan(p)
         body, betas = plan.body, plan.betas
         if self.limiter is None:
             self.limiter = Limiter.for_job(self.job)
         limiter = self.limiter
-        cost = Cost(plan.tokens.input, plan.max_tokens)
+        prefix = plan.cache.prefix_tokens if plan.cache is not None else 0
+        cost = Cost(plan.tokens.input, plan.max_tokens, prefix_tokens=prefix, warm=warm and prefix > 0)
         attempts = 0
         started = time.monotonic()
         try:
@@ -354,11 +408,11 @@ class Pipeline:
         if self.stopping.is_set():
             raise GaveUp
 
-    async def _send_with_files(self, p: Prepared, plan: PlannedRequest) -> Outcome:
+    async def _send_with_files(self, p: Prepared, plan: PlannedRequest, *, warm: bool = False) -> Outcome:
         """``_send``, and once more after uploading again any file id the API answered 404 for."""
         from batcher.files import UploadError, stale_file_ids
 
-        outcome = await self._send(p, plan)
+        outcome = await self._send(p, plan, warm=warm)
         if (
             not p.uploaded
             or not isinstance(outcome, Result)
@@ -379,7 +433,7 @@ class Pipeline:
                     return failure_outcome(
                         self.preparer.upload_failure(p.row, exc, i + 1), p.row, self.profile
                     )
-        again = await self._send(Prepared(p.row, parts, p.sent, p.warnings, p.uploaded))
+        again = await self._send(Prepared(p.row, parts, p.sent, p.warnings, p.uploaded), warm=warm)
         if isinstance(again, Result):
             again.attempts = (again.attempts or 0) + (outcome.attempts or 0)
         else:

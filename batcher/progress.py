@@ -88,3 +88,30 @@ def _fmt_s(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def cache_figures(reads: int, uses: int, saved_usd: float) -> str:
+    """The prompt cache in a few words: ``39 of 40 requests read the prefix (97%); saved $0.41``.
+    ``uses``: answers that read or wrote the cached prefix (the hit rate's denominator; a request
+    whose prefix the API did not cache, e.g. one under the model's minimum, is not among them).
+    The rate is rounded down, so 100% means every one."""
+    rate = reads * 100 // uses if uses else 0
+    noun = "request" if uses == 1 else "requests"
+    if saved_usd >= 0:
+        money = f"saved {_usd(saved_usd)}"
+    else:
+        money = f"cost {_usd(-saved_usd)} more than it saved (the writes outweigh the reads)"
+    return f"{reads:,} of {uses:,} {noun} read the prefix ({rate}%); {money}"
+
+
+def cache_line(counters: Counters) -> str | None:
+    """The run's closing line about the prompt cache; None when no answer of the run used it."""
+    if not counters.cache_uses:
+        return None
+    return "batcher: cache: " + cache_figures(
+        counters.cache_reads, counters.cache_uses, counters.cache_saved_usd
+    )
+
+
+def _usd(dollars: float) -> str:
+    return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.4f}"

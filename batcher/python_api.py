@@ -70,6 +70,15 @@ class RunSummary:
     errors_by_type: Mapping[str, int]
     #: structured output: answers asked again because their JSON did not fit the schema (all runs)
     reasks: int = 0
+    #: prompt cache (all runs): answers that read the cached prefix, of those that read or wrote
+    #: it, their ratio (None: no answer used the cache), the tokens read and written, and what the
+    #: cache saved in dollars (cost with every cached token as plain input, less the cost)
+    cache_reads: int = 0
+    cache_uses: int = 0
+    cache_hit_rate: float | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_saved_usd: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -211,6 +220,12 @@ def _summary(out_dir: Path, code: int) -> RunSummary:
         by_status=dict(s.by_status),
         errors_by_type=dict(s.errors_by_type),
         reasks=s.reasks,
+        cache_reads=s.cache_reads,
+        cache_uses=s.cache_uses,
+        cache_hit_rate=s.cache_hit_rate,
+        cache_read_tokens=s.cache_read_input_tokens,
+        cache_write_tokens=s.cache_creation_input_tokens,
+        cache_saved_usd=s.cache_saved_usd,
     )
 
 

@@ -349,10 +349,42 @@ def is_overload(exc: BaseException) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """What one request will take: estimated input tokens and its ``max_tokens``."""
+    """What one request will take: estimated input tokens and its ``max_tokens``.
+
+    A request that carries a prompt-cache breakpoint says how many of its estimated input tokens
+    are the cached prefix (``prefix_tokens``) and whether the prefix is expected to be read
+    (``warm``, the online write-first gate knows): cache reads do not count toward ITPM."""
 
     input_tokens: int
     max_tokens: int
+    #: estimated tokens of the cached prefix within ``input_tokens`` (0: no breakpoint)
+    prefix_tokens: int = 0
+    #: the prefix is expected to be read from the cache (not written)
+    warm: bool = False
+
+
+def itpm_tokens(cost: Cost) -> int:
+    """The estimated input tokens a request counts toward ITPM: all of them, less the prefix when
+    it is expected to be read from the cache (reads do not count on current models; a write
+    does)."""
+    if cost.warm:
+        return max(0, cost.input_tokens - cost.prefix_tokens)
+    return cost.input_tokens
+
+
+def ratio_sample(usage: Mapping[str, Any], estimate: int, prefix_tokens: int) -> float | None:
+    """One sample of the input estimate's error: the tokens the API counted over the tokens
+    estimated for the same part of the prompt. When the cache took the prefix (read or written:
+    ``input_tokens`` then excludes it), the uncached part is compared with the estimate less the
+    prefix, so neither reads nor writes skew what is learned. None: nothing to learn from."""
+    fresh = int(usage.get("input_tokens") or 0)
+    cached = int(usage.get("cache_read_input_tokens") or 0) + int(
+        usage.get("cache_creation_input_tokens") or 0
+    )
+    base = estimate - prefix_tokens if cached and prefix_tokens else estimate
+    if not fresh or base <= 0:
+        return None
+    return fresh / base
 
 
 def request_cost(
@@ -377,9 +409,11 @@ class Ticket:
     """What :meth:`Limiter.acquire` took for one request, until it is settled."""
 
     taken: dict[str, float]
+    #: the whole input estimate (cached prefix included) and the prefix's part of it
     estimate: int
     sent_at: float
     done: bool = False
+    prefix_tokens: int = 0
 
 
 @dataclass
@@ -421,10 +455,11 @@ class Limiter:
     # -- decisions over the current state --
 
     def cost_of(self, cost: Cost) -> dict[str, float]:
-        """What a request takes from each budget (the input estimate corrected by experience)."""
+        """What a request takes from each budget (the input estimate corrected by experience; a
+        prefix expected to be read from the cache is not counted: :func:`itpm_tokens`)."""
         return {
             "requests": 1.0,
-            "input-tokens": math.ceil(cost.input_tokens * self.input_ratio),
+            "input-tokens": math.ceil(itpm_tokens(cost) * self.input_ratio),
             "output-tokens": float(cost.max_tokens),
         }
 
@@ -479,7 +514,7 @@ class Limiter:
             refill(bucket, now)
             bucket.level -= taken[kind]
         self.in_flight += 1
-        return Ticket(taken, cost.input_tokens, now)
+        return Ticket(taken, cost.input_tokens, now, prefix_tokens=cost.prefix_tokens)
 
     @contextlib.asynccontextmanager
     async def slot(self, cost: Cost, give_up: anyio.Event | None = None) -> AsyncIterator[Slot]:
@@ -504,12 +539,14 @@ class Limiter:
         """An answer: settle the estimate against ``usage``, learn, and take the API's headers."""
         now = self.clock()
         usage = usage or {}
+        # What counts toward ITPM: fresh input and cache writes; never cache reads.
         used_in = int(usage.get("input_tokens") or 0) + int(usage.get("cache_creation_input_tokens") or 0)
         used_out = int(usage.get("output_tokens") or 0)
         self._settle(ticket, {"input-tokens": used_in, "output-tokens": used_out}, now)
         self.latency_s = ewma(self.latency_s, now - ticket.sent_at)
-        if used_in and ticket.estimate:
-            ratio = ewma(self.input_ratio, used_in / ticket.estimate)
+        sample = ratio_sample(usage, ticket.estimate, ticket.prefix_tokens)
+        if sample is not None:
+            ratio = ewma(self.input_ratio, sample)
             self.input_ratio = min(RATIO_BOUNDS[1], max(RATIO_BOUNDS[0], ratio))
         self.per_request["input-tokens"] = ewma(self.per_request.get("input-tokens"), used_in)
         self.per_request["output-tokens"] = ewma(self.per_request.get("output-tokens"), used_out)

@@ -105,6 +105,9 @@ class Result:
     images: list[ImageSent] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     cost_usd: float | None = None
+    #: what the prompt cache saved on this row's answers (cost with cached tokens as plain input,
+    #: less the cost; negative for a write): :func:`batcher.cost.cache_saving`
+    cache_saved_usd: float | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     #: Unix time (seconds) when the row finished.
     finished_at: float = field(default_factory=time.time)

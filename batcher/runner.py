@@ -360,7 +360,7 @@ async def _run_with_client(
     from batcher.core.structured import output_line
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
-    from batcher.progress import status_line
+    from batcher.progress import cache_line, status_line
     from batcher.state import AlreadyRunning, JobState, StateError, acquire_lock
 
     out_dir = job.output_dir(request.out)
@@ -488,6 +488,8 @@ async def _run_with_client(
         if remaining is None and (sync is None or sync.gate.done):  # a short run, over before the count
             remaining = counters.finished + state.count_remaining(request.retry_errors, request.redo_changed)
         say(status_line(counters, remaining))
+        if (line := cache_line(counters)) is not None:
+            say(line)
         if output is not None:
             say(output_line(counters))
         if live_batches:
@@ -643,7 +645,7 @@ async def _run_batches(
 ) -> int:
     """``[run] mode = "batch"``: the Message Batches API (see :mod:`batcher.batches`)."""
     from batcher.batches import left_to_batches_line, run_batch_mode
-    from batcher.progress import batch_status_line
+    from batcher.progress import batch_status_line, cache_line
 
     gate = _budget_gate(job, state)
     code, counters, progress = await run_batch_mode(
@@ -661,6 +663,8 @@ async def _run_batches(
     )
     say = request.notices.say
     say(batch_status_line(counters, to_do, progress))
+    if (line := cache_line(counters)) is not None:
+        say(line)
     if collector.output is not None:
         from batcher.core.structured import output_line
 

@@ -240,3 +240,93 @@ def capture_bodies(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     monkeypatch.setattr(Client, "messages", messages)
     return bodies
+
+
+# --- prompt caching (issue 16) -------------------------------------------------------------------
+
+#: A system prompt well over Haiku 5.5's 512-token minimum cacheable prefix (~1,000 tokens).
+LONG_SYSTEM = " ".join(
+    f"Rule {i}: describe the image in one plain sentence, naming colours and objects precisely."
+    for i in range(60)
+)
+
+
+def cached_job(
+    tmp: Path,
+    rows: list[dict[str, Any]],
+    *,
+    concurrency: int = 8,
+    mode: str = "online",
+    extra: str = "",
+    system: str = LONG_SYSTEM,
+    max_attempts: int = 4,
+) -> Path:
+    """:func:`write_job` with a long system prompt every row shares (``extra``: more TOML, e.g. a
+    ``[limits]`` table), in ``mode`` (batch mode polls fast)."""
+    job = write_job(tmp, rows, concurrency=concurrency, max_attempts=max_attempts)
+    text = job.read_text().replace("[request]\n", f"[request]\nsystem = {json.dumps(system)}\n")
+    text = text.replace("[run]\n", f'[run]\nmode = "{mode}"\npoll_initial_s = 0.05\npoll_max_s = 0.2\n')
+    job.write_text(text + "\n" + extra)
+    return job
+
+
+def system_prefix(ttl: Literal["5m", "1h"] = "5m", system: str = LONG_SYSTEM) -> Any:
+    """The :class:`~batcher.core.plan.SharedPrefix` of :func:`cached_job`: a breakpoint at the end
+    of its system prompt (what the runner decides for it)."""
+    from batcher.core.cache import CachePoint
+    from batcher.core.plan import SharedPrefix
+    from batcher.models import load_registry
+    from batcher.tokens import estimate_text_tokens
+
+    tokens = estimate_text_tokens(system, load_registry().get("claude-haiku-5-5"))
+    return SharedPrefix(cache=CachePoint(ttl, "system", tokens))
+
+
+def force_prefix(monkeypatch: pytest.MonkeyPatch, prefix: Any) -> None:
+    """Make an in-process run's drivers (online and batch) carry ``prefix``, whatever the runner
+    decided."""
+    import dataclasses
+
+    import batcher.batches
+    import batcher.pipeline
+
+    for module, name in ((batcher.pipeline, "Pipeline"), (batcher.batches, "BatchRun")):
+        cls = getattr(module, name)
+        post_init = cls.__post_init__
+
+        def patched(self: Any, _post_init: Any = post_init) -> None:
+            self.prefix = prefix
+            _post_init(self)
+
+        monkeypatch.setattr(cls, "__post_init__", patched)
+        assert any(f.name == "prefix" for f in dataclasses.fields(cls))
+
+
+def answer_visible_cache(sim: RunningSimulator, delay_s: float) -> None:
+    """Make the simulator's prompt cache show an entry only ``delay_s`` after the request that
+    wrote it (as the API does: only once the writing request has answered), so that requests sent
+    while it is being written miss it and write it again."""
+    cache = sim.sim.prompt_cache
+    born: dict[bytes, float] = {}
+    use, peek = cache.use, cache.peek
+
+    def hiding(call: Any) -> Any:
+        def wrapped(checked: Any, *args: Any, **kwargs: Any) -> Any:
+            now = cache.clock()
+            hidden = {k: v for k, v in cache.entries.items() if born.get(k, -1.0) > now}
+            for key in hidden:
+                del cache.entries[key]
+            before = set(cache.entries)
+            try:
+                return call(checked, *args, **kwargs)
+            finally:
+                for key in set(cache.entries) - before:
+                    born[key] = (
+                        min(born.get(key, now + delay_s), now + delay_s) if key in hidden else now + delay_s
+                    )
+                for key, value in hidden.items():
+                    cache.entries.setdefault(key, value)
+
+        return wrapped
+
+    cache.use, cache.peek = hiding(use), hiding(peek)

@@ -176,7 +176,7 @@ def test_a_v1_state_opens_migrated_and_its_answers_are_taken_as_current(tmp_path
     _v1_state(out, done=["a", "b"], pending=["c"])
     rows = [Row(id=i, images=[], prompt=f"p{i}", fields={}, index=n) for n, i in enumerate("abc")]
     with JobState.open(out) as state:
-        assert state._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+        assert state._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
         assert state.summary().by_status == {"ok": 2, "pending": 1}
         assert list(state.remaining(False)) == ["c"]
         state.sync_rows(rows)

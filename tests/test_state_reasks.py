@@ -46,12 +46,14 @@ def test_a_v2_state_migrates_to_v3_with_no_re_asks(tmp_path: Path) -> None:
         _rows(state, "a")
         state.record(_mismatch("a", 0.01))
     conn = sqlite3.connect(tmp_path / STATE_FILE)
-    conn.execute("ALTER TABLE results DROP COLUMN reasks")
+    # A v2 state has neither reasks nor the cache columns of v4.
+    for column in ("reasks", "cache_saved_usd", "cache_reads", "cache_uses"):
+        conn.execute(f"ALTER TABLE results DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
     with JobState.open(tmp_path) as state:
-        assert state._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+        assert state._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
         assert state.reasks_of("a") == 0 and state.status_of("a") == "error"
         state.record(_mismatch("a", 0.01), final=False, reasks=1)
         assert state.reasks_of("a") == 1

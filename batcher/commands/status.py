@@ -53,6 +53,10 @@ def show_status(out: Path, *, as_json: bool = False) -> int:
         f"cache read {s.cache_read_input_tokens:,}  cache write {s.cache_creation_input_tokens:,}"
     )
     print(f"  spend      ${s.cost_usd:.4f}")
+    if s.cache_uses:
+        from batcher.progress import cache_figures
+
+        print(f"  cache      {cache_figures(s.cache_reads, s.cache_uses, s.cache_saved_usd)}")
     print(f"  time       {s.time_spent_s:,.1f} s of runs, {s.request_time_s:,.1f} s of requests")
     if rate_limits:
         from batcher.ratelimit import describe

@@ -35,6 +35,14 @@ class Counters:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    #: prompt cache: answers that read the prefix, answers that read or wrote it, the tokens read
+    #: and written, and what the cache saved (:func:`batcher.cost.cache_saving`; a write's
+    #: saving is negative)
+    cache_reads: int = 0
+    cache_uses: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_saved_usd: float = 0.0
     started: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None
 
@@ -57,6 +65,14 @@ class Counters:
         self.input_tokens += result.input_tokens or 0
         self.output_tokens += result.output_tokens or 0
         self.cost_usd += result.cost_usd or 0.0
+        read = result.cache_read_input_tokens or 0
+        written = result.cache_creation_input_tokens or 0
+        self.cache_read_tokens += read
+        self.cache_write_tokens += written
+        self.cache_saved_usd += result.cache_saved_usd or 0.0
+        if read or written:
+            self.cache_uses += 1
+            self.cache_reads += 1 if read else 0
 
 
 def eta_s(counters: Counters, remaining: int) -> float | None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from batcher import facts
 from batcher.api.bodies import answer_text
 from batcher.core.structured import StructuredOutput
-from batcher.cost import usage_cost
+from batcher.cost import cache_saving, usage_cost
 from batcher.errors import MAX_TOKENS, REFUSAL, SCHEMA_MISMATCH
 from batcher.models import ModelProfile
 from batcher.records import ImageSent, Result
@@ -60,6 +60,7 @@ def answered(
         images=images,
         warnings=warnings,
         cost_usd=usage_cost(profile, usage, batch=mode == "batch"),
+        cache_saved_usd=cache_saving(profile, usage, batch=mode == "batch"),
         fields=fields,
         mode=mode,
     )
@@ -129,6 +130,7 @@ def combined(earlier: Result, later: Result, *, attempts: bool = True) -> Result
             earlier.cache_creation_input_tokens, later.cache_creation_input_tokens
         ),
         cost_usd=(earlier.cost_usd or 0.0) + (later.cost_usd or 0.0),
+        cache_saved_usd=(earlier.cache_saved_usd or 0.0) + (later.cache_saved_usd or 0.0),
         latency_s=latency,
     )
 

@@ -30,7 +30,8 @@ from batcher.state.errors import StateError
 
 #: 2: rows.hash and results.answered_hash (issue 13: edits to answered rows); a v1 state migrates.
 #: 3: results.reasks (issue 15: the re-asks a structured-output row had, over every run).
-SCHEMA_VERSION = 3
+#: 4: results.cache_saved_usd, cache_reads, cache_uses (issue 16: the prompt cache's figures).
+SCHEMA_VERSION = 4
 STATE_FILE = "state.sqlite"
 #: Rows per executemany/IN-list chunk: bounded memory, well under SQLite's 32766 variables.
 CHUNK = 2000
@@ -63,7 +64,8 @@ CREATE TABLE results(
   cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0,
   result_json TEXT, updated_at REAL NOT NULL,
   version INTEGER NOT NULL DEFAULT 0, part_id INTEGER, answered_hash INTEGER,
-  reasks INTEGER NOT NULL DEFAULT 0);
+  reasks INTEGER NOT NULL DEFAULT 0, cache_saved_usd REAL NOT NULL DEFAULT 0,
+  cache_reads INTEGER NOT NULL DEFAULT 0, cache_uses INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX results_by_part ON results(part_id);
 CREATE TABLE parts(
   part_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL,
@@ -93,6 +95,15 @@ INSERT OR REPLACE INTO meta(key, value) VALUES ('{HASH_BASELINE_KEY}', 'true');
 #: [output] schema (0 for every row answered before).
 _MIGRATE_2_TO_3 = """
 ALTER TABLE results ADD COLUMN reasks INTEGER NOT NULL DEFAULT 0;
+"""
+
+#: v3 -> v4: what the prompt cache saved on each row's answers (cost with cached tokens as plain
+#: input, less the cost: batcher.cost.cache_saving), and how many of its answers read the cached
+#: prefix (cache_reads) out of those that read or wrote it (cache_uses); 0 for earlier answers.
+_MIGRATE_3_TO_4 = """
+ALTER TABLE results ADD COLUMN cache_saved_usd REAL NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN cache_reads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN cache_uses INTEGER NOT NULL DEFAULT 0;
 """
 
 
@@ -142,10 +153,13 @@ class Database:
         if version == SCHEMA_VERSION:
             return
         if version == 1:
-            self._apply(_MIGRATE_1_TO_2 + ";" + _MIGRATE_2_TO_3)
+            self._apply(_MIGRATE_1_TO_2 + ";" + _MIGRATE_2_TO_3 + ";" + _MIGRATE_3_TO_4)
             return
         if version == 2:
-            self._apply(_MIGRATE_2_TO_3)
+            self._apply(_MIGRATE_2_TO_3 + ";" + _MIGRATE_3_TO_4)
+            return
+        if version == 3:
+            self._apply(_MIGRATE_3_TO_4)
             return
         if version != 0:
             raise StateError(

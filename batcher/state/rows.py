@@ -43,10 +43,10 @@ SYNC_FINGERPRINT_KEY = "sync.fingerprint"
 _RECORD_SQL = """
 INSERT INTO results(id, status, error_type, error_message, attempts, input_tokens, output_tokens,
   cache_read_tokens, cache_write_tokens, cost_usd, latency_s, result_json, updated_at, version, part_id,
-  answered_hash, reasks)
+  answered_hash, reasks, cache_saved_usd, cache_reads, cache_uses)
 VALUES (:id, :status, :error_type, :error_message, :attempts, :input_tokens, :output_tokens,
   :cache_read, :cache_write, :cost_usd, :latency_s, :result_json, :now, 1, NULL,
-  (SELECT hash FROM rows WHERE id = :id), :reasks)
+  (SELECT hash FROM rows WHERE id = :id), :reasks, :cache_saved_usd, :cache_reads, :cache_uses)
 ON CONFLICT(id) DO UPDATE SET
   status = excluded.status, error_type = excluded.error_type, error_message = excluded.error_message,
   attempts = excluded.attempts,
@@ -58,7 +58,10 @@ ON CONFLICT(id) DO UPDATE SET
   latency_s = results.latency_s + excluded.latency_s,
   result_json = excluded.result_json, updated_at = excluded.updated_at,
   version = results.version + 1, part_id = NULL, answered_hash = excluded.answered_hash,
-  reasks = results.reasks + excluded.reasks
+  reasks = results.reasks + excluded.reasks,
+  cache_saved_usd = results.cache_saved_usd + excluded.cache_saved_usd,
+  cache_reads = results.cache_reads + excluded.cache_reads,
+  cache_uses = results.cache_uses + excluded.cache_uses
 """
 
 _SYNC_SQL = """
@@ -399,6 +402,9 @@ class RowStore:
                 "result_json": result.to_json(),
                 "now": time.time(),
                 "reasks": reasks,
+                "cache_saved_usd": paid.cache_saved_usd or 0.0,
+                "cache_reads": 1 if paid.cache_read_input_tokens else 0,
+                "cache_uses": 1 if paid.cache_read_input_tokens or paid.cache_creation_input_tokens else 0,
             }
             c.execute(_RECORD_SQL, params)
             if old and old[0] is not None:

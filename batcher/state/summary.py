@@ -37,6 +37,13 @@ class Summary:
     removed_answers: int = 0
     #: structured output: answers asked again because their JSON did not fit the schema (all runs)
     reasks: int = 0
+    #: prompt cache (all runs): answers that read the cached prefix, answers that read or wrote it,
+    #: their ratio (None: no answer used the cache), and what the cache saved in dollars (cost with
+    #: every cached token as plain input, less the cost; writes count against it)
+    cache_reads: int = 0
+    cache_uses: int = 0
+    cache_hit_rate: float | None = None
+    cache_saved_usd: float = 0.0
 
 
 def summarize(db: Database, pass_id: int | None, changed_rows: int) -> Summary:
@@ -80,6 +87,10 @@ def summarize(db: Database, pass_id: int | None, changed_rows: int) -> Summary:
             "SELECT coalesce(sum(coalesce(finished_at, last_write_at) - started_at), 0), count(*) FROM passes"
         ).fetchone()
         reasks: int = db.conn.execute("SELECT coalesce(sum(reasks), 0) FROM results").fetchone()[0]
+        cache: tuple[int, int, float] = db.conn.execute(
+            "SELECT coalesce(sum(cache_reads), 0), coalesce(sum(cache_uses), 0), "
+            "coalesce(sum(cache_saved_usd), 0) FROM results"
+        ).fetchone()
         files: tuple[int, int] = db.conn.execute(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM files"
         ).fetchone()
@@ -114,7 +125,16 @@ def summarize(db: Database, pass_id: int | None, changed_rows: int) -> Summary:
         changed_rows=changed_rows,
         removed_answers=removed[1],
         reasks=reasks,
+        cache_reads=cache[0],
+        cache_uses=cache[1],
+        cache_hit_rate=hit_rate(cache[0], cache[1]),
+        cache_saved_usd=cache[2],
     )
+
+
+def hit_rate(reads: int, uses: int) -> float | None:
+    """Answers that read the cached prefix over those that read or wrote it (None: none did)."""
+    return reads / uses if uses else None
 
 
 def _tally(db: Database, sql: str, params: Params) -> dict[str, int]:
