@@ -504,6 +504,6 @@ def _breakpoints(checked: Checked) -> list[tuple[bytes, int, str]]:
         digest.update(seg.key.encode("utf-8", "surrogatepass"))
         digest.update(b"\x1f")
         cum += seg.tokens
-        if seg.ttl and cum >= checked.profile.min_cacheable_tokens:
+        if seg.ttl and cum >= (checked.profile.min_cacheable_tokens or 1024):
             out.append((digest.copy().digest(), cum, seg.ttl))
     return out
