@@ -790,6 +790,7 @@ async def run_batch_mode(
     to_do: int,
     budget: BudgetGate | None,
     collector: Collector,
+    prefix: SharedPrefix = NO_PREFIX,
 ) -> tuple[int, Counters, BatchProgress]:
     """Run a batch-mode job inside ``batcher run``, after :func:`collect_ended` made ``collector``;
     returns ``(exit code, counters, what the batches did)``.
@@ -812,6 +813,7 @@ async def run_batch_mode(
             collector=collector,
             retry_errors=retry_errors,
             budget=budget,
+            prefix=prefix,
         )
         counters = batch_run.counters
         async with anyio.create_task_group() as tg:

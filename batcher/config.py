@@ -354,8 +354,7 @@ def _settle_request(job: JobConfig) -> JobConfig:
             if example.prompt is None:
                 if default is None:
                     why = (
-                        "the job's prompts come from the manifest's column "
-                        f"{job.input.prompt_column!r}"
+                        f"the job's prompts come from the manifest's column {job.input.prompt_column!r}"
                         if job.input.prompt_column is not None
                         else "the job's prompt is a template over manifest columns"
                     )
