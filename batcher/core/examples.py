@@ -169,7 +169,7 @@ async def settle_prefix(
     prepared = await prepare_examples(job, profile, preparer, answers) if answers else NO_EXAMPLES
     tokens = prefix_tokens(job, profile, structured, prepared)
     decision = decide_for_job(job, profile, tokens, batch=batch)
-    return SharedPrefix(prepared.examples, decision.point), decision
+    return SharedPrefix(prepared.examples, decision.point, prepared.image_tokens), decision
 
 
 def cache_line(decision: CacheDecision) -> str:

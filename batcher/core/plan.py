@@ -122,6 +122,8 @@ class SharedPrefix:
 
     examples: tuple[Example, ...] = ()
     cache: CachePoint | None = None
+    #: the tokens of the examples' images, in body order (each as sent; by URL: the most it costs)
+    image_tokens: tuple[int, ...] = ()
 
 
 NO_PREFIX = SharedPrefix()
@@ -162,9 +164,12 @@ class Planner:
         # An image whose tokens are not known (one sent by URL) counts at the model's budget: the
         # most it can cost.
         unsized = self.profile.image_token_budget
-        images = [s.tokens if s.tokens is not None else unsized for s in prepared.sent]
-        structured = self.output.request if self.output is not None else None
         prefix = self.prefix
+        images = [
+            *prefix.image_tokens,
+            *(s.tokens if s.tokens is not None else unsized for s in prepared.sent),
+        ]
+        structured = self.output.request if self.output is not None else None
         body = messages_body(
             self.profile,
             self.settings,

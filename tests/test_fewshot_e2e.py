@@ -1,0 +1,106 @@
+"""Few-shot examples and the prompt cache end to end, online, through real sockets against the
+simulator: the shipped jobs/fewshot.toml over a small manifest sends its examples as turns before
+each row's own, with one breakpoint at the end of them; a later row reads the prefix the first
+wrote; a bad example image stops the run before any request, naming it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batcher.exits import EXIT_CONFIG, EXIT_OK
+from tests.helpers import (
+    REPO_JOBS,
+    capture_bodies,
+    good_rows,
+    messages_sent,
+    results_by_id,
+    run_job,
+    write_jsonl,
+)
+
+
+def fewshot_copy(tmp: Path, rows: list[dict[str, Any]], *, run: str = "concurrency = 1") -> Path:
+    """jobs/fewshot.toml, its style guide and example images, copied beside a small manifest."""
+    shutil.copytree(REPO_JOBS / "examples", tmp / "examples")
+    shutil.copytree(REPO_JOBS / "prompts", tmp / "prompts")
+    write_jsonl(tmp / "manifest.jsonl", rows)
+    text = (REPO_JOBS / "fewshot.toml").read_text()
+    text = text.replace('manifest = "../data/manifest.csv"', 'manifest = "manifest.jsonl"')
+    text = text.replace('output = "../out/{job}"', 'output = "out"')
+    # One request at a time: the second row is sent once the first (the write) has answered.
+    text = re.sub(r"(?m)^concurrency = \d+", run, text)
+    job = tmp / "fewshot.toml"
+    job.write_text(text)
+    return job
+
+
+def test_examples_go_as_turns_with_one_breakpoint_and_later_rows_read_the_prefix(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch, check: Any
+) -> None:
+    rows = good_rows(tmp_path, 3)
+    bodies = capture_bodies(monkeypatch)
+    code, err = run_job(fewshot_copy(tmp_path, rows), simulator, monkeypatch)
+    assert code == EXIT_OK, err
+    assert "batcher: cache: breakpoint at the end of the examples" in err
+    assert len(bodies) == 3
+    style = (REPO_JOBS / "prompts" / "style.md").read_text()
+    for body in bodies:
+        check(body, "CreateMessageParams")
+        messages = body["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3 + ["user"]
+        assert body["system"] == style  # no breakpoint there: it is at the end of the examples
+        marked = [
+            (n, block)
+            for n, message in enumerate(messages)
+            for block in message["content"]
+            if "cache_control" in block
+        ]
+        assert marked == [(5, {**messages[5]["content"][-1]})]
+        assert marked[0][1]["cache_control"] == {"type": "ephemeral", "ttl": "5m"}
+        assert messages[1]["content"][0]["text"].startswith("An illustration of a red bicycle")
+        assert [b["type"] for b in messages[0]["content"]] == ["image", "text"]
+        assert messages[0]["content"][1]["text"] == "Write alt text for this image."
+    # The examples' images are the same bytes in every request (prepared once a run).
+    first = [m["content"][0]["source"]["data"] for m in bodies[0]["messages"][:6:2]]
+    for body in bodies[1:]:
+        assert [m["content"][0]["source"]["data"] for m in body["messages"][:6:2]] == first
+    results = results_by_id(tmp_path / "out")
+    ordered = [results[row["id"]] for row in rows]
+    written = [r["cache_creation_input_tokens"] or 0 for r in ordered]
+    read = [r["cache_read_input_tokens"] or 0 for r in ordered]
+    assert sum(1 for w in written if w > 0) == 1, (written, read)
+    assert sum(1 for r in read if r > 0) == 2, (written, read)
+    assert max(read) == max(written) > 3000
+
+
+def test_cache_off_sends_no_breakpoint(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = good_rows(tmp_path, 2)
+    job = fewshot_copy(tmp_path, rows)
+    job.write_text(job.read_text().replace('mode = "auto"', 'mode = "off"'))
+    bodies = capture_bodies(monkeypatch)
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == EXIT_OK, err
+    assert "batcher: cache: off ([cache] mode)" in err
+    assert len(bodies) == 2 and "cache_control" not in str(bodies)
+    for got in results_by_id(tmp_path / "out").values():
+        assert not got["cache_read_input_tokens"] and not got["cache_creation_input_tokens"]
+
+
+def test_a_bad_example_image_stops_the_run_before_any_request(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = good_rows(tmp_path, 2)
+    job = fewshot_copy(tmp_path, rows)
+    (tmp_path / "examples" / "kitchen.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == EXIT_CONFIG, err
+    lines = [line for line in err.splitlines() if "request.examples" in line]
+    assert len(lines) == 1 and "request.examples[1].image" in lines[0], err
+    assert messages_sent(simulator) == 0
