@@ -5,8 +5,6 @@ wrote; a bad example image stops the run before any request, naming it."""
 
 from __future__ import annotations
 
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +14,12 @@ from batcher.exits import EXIT_CONFIG, EXIT_OK
 from tests.helpers import (
     REPO_JOBS,
     capture_bodies,
+    fewshot_copy,
     good_rows,
     messages_sent,
     results_by_id,
     run_job,
-    write_jsonl,
 )
-
-
-def fewshot_copy(tmp: Path, rows: list[dict[str, Any]], *, run: str = "concurrency = 1") -> Path:
-    """jobs/fewshot.toml, its style guide and example images, copied beside a small manifest."""
-    shutil.copytree(REPO_JOBS / "examples", tmp / "examples")
-    shutil.copytree(REPO_JOBS / "prompts", tmp / "prompts")
-    write_jsonl(tmp / "manifest.jsonl", rows)
-    text = (REPO_JOBS / "fewshot.toml").read_text()
-    text = text.replace('manifest = "../data/manifest.csv"', 'manifest = "manifest.jsonl"')
-    text = text.replace('output = "../out/{job}"', 'output = "out"')
-    # One request at a time: the second row is sent once the first (the write) has answered.
-    text = re.sub(r"(?m)^concurrency = \d+", run, text)
-    job = tmp / "fewshot.toml"
-    job.write_text(text)
-    return job
 
 
 def test_examples_go_as_turns_with_one_breakpoint_and_later_rows_read_the_prefix(
