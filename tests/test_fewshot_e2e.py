@@ -87,3 +87,34 @@ def test_a_bad_example_image_stops_the_run_before_any_request(
     lines = [line for line in err.splitlines() if "request.examples" in line]
     assert len(lines) == 1 and "request.examples[1].image" in lines[0], err
     assert messages_sent(simulator) == 0
+
+
+def test_batch_mode_sends_the_examples_with_the_one_hour_breakpoint_in_every_request(
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batcher.api.client import Client
+    from batcher.simulator.config import BatchClock, SimConfig
+
+    sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.1)))
+    rows = good_rows(tmp_path, 3)
+    job = fewshot_copy(tmp_path, rows)
+    job.write_text(job.read_text().replace('mode = "online"', 'mode = "batch"'))
+    sent: list[dict[str, Any]] = []
+    create = Client.create_batch
+
+    async def create_batch(self: Client, requests: list[dict[str, Any]], betas: Any = ()) -> Any:
+        sent.extend(requests)
+        return await create(self, requests, betas)
+
+    monkeypatch.setattr(Client, "create_batch", create_batch)
+    code, err = run_job(job, sim, monkeypatch)
+    assert code == EXIT_OK, err
+    assert "batcher: cache: breakpoint at the end of the examples" in err and "TTL 1h" in err
+    ids = {row["id"] for row in rows}
+    assert ids <= {r["custom_id"] for r in sent}
+    for request in sent:
+        messages = request["params"]["messages"]
+        assert len(messages) == 7
+        assert messages[5]["content"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+        assert str(request["params"]).count("cache_control") == 1
+    assert messages_sent(sim) == 0
