@@ -78,10 +78,13 @@ class ExampleConfig(_Section):
 class RequestConfig(_Section):
     model: str
     max_tokens: int = Field(gt=0)
+    #: the system prompt; after :func:`load_job`, also the text ``system_file`` held
     system: str | None = None
-    #: the system prompt from a file (relative to the job file) instead of ``system``
+    #: the system prompt from a file (relative to the job file, UTF-8) instead of ``system``:
+    #: read at load into ``system``
     system_file: str | None = None
-    #: few-shot examples, in order, before each row's own turn
+    #: few-shot examples, in order, before each row's own turn; after :func:`load_job` their image
+    #: paths are absolute and each has its prompt
     examples: list[ExampleConfig] = []
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
