@@ -78,10 +78,13 @@ class ExampleConfig(_Section):
 class RequestConfig(_Section):
     model: str
     max_tokens: int = Field(gt=0)
+    #: the system prompt; after :func:`load_job`, also the text ``system_file`` held
     system: str | None = None
-    #: the system prompt from a file (relative to the job file) instead of ``system``
+    #: the system prompt from a file (relative to the job file, UTF-8) instead of ``system``:
+    #: read at load into ``system``
     system_file: str | None = None
-    #: few-shot examples, in order, before each row's own turn
+    #: few-shot examples, in order, before each row's own turn; after :func:`load_job` their image
+    #: paths are absolute and each has its prompt
     examples: list[ExampleConfig] = []
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
@@ -266,7 +269,15 @@ def output_placeholder_problem(template: str) -> str | None:
 
 
 def _key_of(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+    """A pydantic location as the dotted key a job file's user reads: list items 0-based in
+    brackets (``request.examples[0].answer``), as batcher's own checks name them."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif not part.startswith("function-"):
+            key += f".{part}" if key else part
+    return key
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -312,7 +323,105 @@ def parse_job(data: dict[str, Any], path: Path) -> JobConfig:
         job = JobConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_first_error(exc)}") from None
-    return job.model_copy(update={"path": path, "base_dir": path.resolve().parent})
+    job = job.model_copy(update={"path": path, "base_dir": path.resolve().parent})
+    return _settle_request(job)
+
+
+def example_key(n: int, key: str | None = None) -> str:
+    """The dotted key of the ``n``-th (0-based) ``[[request.examples]]`` (or of its ``key``)."""
+    return f"request.examples[{n}]" + (f".{key}" if key else "")
+
+
+def _settle_request(job: JobConfig) -> JobConfig:
+    """What ``[request]`` needs from outside the table, settled at load: ``system_file``'s text
+    becomes ``request.system`` (so everything that reads the system prompt reads it), each
+    example's image paths are resolved against the job file's folder (URLs as they are), and its
+    prompt defaults to the job's prompt when that is a template without placeholders."""
+    req = job.request
+    where = job.path
+    update: dict[str, Any] = {}
+    if req.system_file is not None:
+        update["system"] = _read_system_file(job, req.system_file)
+    if req.examples:
+        default = _fixed_prompt(job.input)
+        examples = []
+        for n, example in enumerate(req.examples):
+            if isinstance(example.answer, dict) and job.output is None:
+                raise ConfigError(
+                    f"{where}: {example_key(n, 'answer')}: a table answer needs [output] (a schema "
+                    "its JSON fits); without [output], give the answer as text"
+                )
+            if isinstance(example.answer, str) and not example.answer.strip():
+                raise ConfigError(f"{where}: {example_key(n, 'answer')}: empty")
+            change: dict[str, Any] = {}
+            if example.prompt is None:
+                if default is None:
+                    why = (
+                        f"the job's prompts come from the manifest's column {job.input.prompt_column!r}"
+                        if job.input.prompt_column is not None
+                        else "the job's prompt is a template over manifest columns"
+                    )
+                    raise ConfigError(
+                        f"{where}: {example_key(n, 'prompt')}: missing: {why}, so there is no prompt "
+                        "for an example image; give the example its own prompt"
+                    )
+                change["prompt"] = default
+            elif not example.prompt.strip():
+                raise ConfigError(f"{where}: {example_key(n, 'prompt')}: empty")
+            key = "image" if example.image is not None else "images"
+            for i, source in enumerate(example.image_list):
+                if not source.strip():
+                    shown = key if key == "image" else f"images[{i}]"
+                    raise ConfigError(f"{where}: {example_key(n, shown)}: empty")
+            if example.image is not None:
+                change["image"] = _example_source(job, example.image)
+            else:
+                change["images"] = [_example_source(job, s) for s in example.image_list]
+            examples.append(example.model_copy(update=change))
+        update["examples"] = examples
+    if not update:
+        return job
+    return job.model_copy(update={"request": req.model_copy(update=update)})
+
+
+def _example_source(job: JobConfig, source: str) -> str:
+    from batcher.urls import is_url
+
+    return source if is_url(source) else str((job.base_dir / source).resolve())
+
+
+def _fixed_prompt(inp: InputConfig) -> str | None:
+    """The job's prompt when it is the same for every row (a template without placeholders, its
+    ``{{``/``}}`` as the braces they stand for), else None."""
+    if inp.prompt is None:
+        return None
+    try:
+        parsed = list(string.Formatter().parse(inp.prompt))
+    except ValueError:
+        return None
+    if any(name is not None for _literal, name, _spec, _conv in parsed):
+        return None
+    return "".join(literal for literal, _name, _spec, _conv in parsed)
+
+
+def _read_system_file(job: JobConfig, name: str) -> str:
+    """``request.system_file``'s text (UTF-8, relative to the job file); a missing, unreadable or
+    empty file is a ConfigError naming the key."""
+    path = job.base_dir / name
+    key = f"{job.path}: request.system_file"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: no such file: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{key}: {path} is a folder, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise ConfigError(f"{key}: {path} is empty")
+    return text
 
 
 def load_job(path: str | Path) -> JobConfig:
@@ -339,6 +448,11 @@ def job_registry(job: JobConfig) -> ModelRegistry:
         return load_registry(job.models, job_source=str(job.path))
     except ModelConfigError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def example_image_count(job: JobConfig) -> int:
+    """Images the few-shot examples put in every request (a row's own come on top)."""
+    return sum(len(example.image_list) for example in job.request.examples)
 
 
 def check_against_model(job: JobConfig, profile: ModelProfile) -> None:
@@ -368,6 +482,13 @@ def check_against_model(job: JobConfig, profile: ModelProfile) -> None:
         raise ConfigError(f"{where}: request.model: {profile.id} does not accept images")
     if job.run.mode == "batch" and not profile.can("batch"):
         raise ConfigError(f"{where}: run.mode: {profile.id} is not available in the Batch API")
+    shared = example_image_count(job)
+    if shared and shared >= profile.images_per_request:
+        raise ConfigError(
+            f"{where}: request.examples: the examples hold {shared} images, but {profile.id} takes "
+            f"at most {profile.images_per_request} in a request and each row needs one of its own; "
+            f"keep the examples to {profile.images_per_request - 1} images or fewer"
+        )
     if job.images.max_b64_bytes > profile.max_image_b64_bytes:
         raise ConfigError(
             f"{where}: images.max_b64_bytes: {job.images.max_b64_bytes} is above {profile.id}'s "

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from batcher.api.bodies import ImagePart, RequestSettings, StructuredRequest, messages_body
+from batcher.api.bodies import Example, ImagePart, RequestSettings, StructuredRequest, messages_body
 from batcher.api.download import DownloadLimits
-from batcher.config import JobConfig
+from batcher.config import JobConfig, example_key
+from batcher.core.examples import ExampleError, example_row
 from batcher.core.outcomes import Prepared
 from batcher.core.plan import (
     Planner,
@@ -148,6 +149,34 @@ class Sample:
 
 
 @dataclass
+class CacheEstimate:
+    """What the prompt cache does to the estimate (``--json``: the ``cache`` object). The costs
+    with the cache assume one write of the prefix, then a read of it by every other row (online:
+    the run sends the write first; in a batch, hits are best effort, so the batch figure is the
+    most the cache saves there)."""
+
+    #: the job's [cache] mode, and whether requests carry a breakpoint (in the job's run mode)
+    mode: str
+    breakpoint: bool
+    #: "examples" or "system": where the breakpoint sits; None without one
+    anchor: str | None
+    #: estimated input tokens of the prefix every row shares (tools/schema, system, examples)
+    prefix_tokens: int
+    #: the TTL online and in batch mode ("auto": 5m online, 1h in batch)
+    ttl_online: str
+    ttl_batch: str
+    #: the decision's one line (why there is no breakpoint, when there is none)
+    reason: str
+    writes: int = 0
+    reads: int = 0
+    #: the whole job at most, with the cache (as the job's [cache] decides) and without it
+    cost_online_usd: float = 0.0
+    cost_batch_usd: float = 0.0
+    cost_online_uncached_usd: float = 0.0
+    cost_batch_uncached_usd: float = 0.0
+
+
+@dataclass
 class Estimate:
     model: str
     mode: str
@@ -175,6 +204,13 @@ class Estimate:
     #: and the input tokens it adds to every row (an estimate: tokens.estimate_schema_tokens)
     structured_mode: str | None = None
     schema_tokens_per_row: int = 0
+    #: few-shot examples ([[request.examples]]): how many, their images, and the input tokens
+    #: they add to every row (in the figures above: each row's input holds them)
+    examples: int = 0
+    example_images: int = 0
+    example_tokens_per_row: int = 0
+    #: prompt caching of the shared prefix: see :class:`CacheEstimate`
+    cache: CacheEstimate | None = None
     #: sendable rows by their input tokens: what the costs are summed from (not in the JSON)
     input_histogram: dict[int, int] = field(default_factory=dict, repr=False)
 
@@ -228,6 +264,14 @@ class Estimate:
         out["input_tokens"] = self.input_tokens
         for key in ("cost_usd_online", "cost_usd_batch", "cost_usd_input_online", "cost_usd_input_batch"):
             out[key] = round(out[key], 8)
+        if out["cache"] is not None:
+            for key in (
+                "cost_online_usd",
+                "cost_batch_usd",
+                "cost_online_uncached_usd",
+                "cost_batch_uncached_usd",
+            ):
+                out["cache"][key] = round(out["cache"][key], 8)
         if self.sample is not None:
             out["sample"]["text_ratio"] = round(self.sample.text_ratio, 4)
         return out
@@ -591,12 +635,125 @@ def _finish(est: Estimate, job: JobConfig, profile: ModelProfile) -> Estimate:
 
         est.structured_mode = output.mode
         est.schema_tokens_per_row = estimate_schema_tokens(structured_params(output.request), profile)
+    shared = shared_prefix(job, profile, output)
+    if job.request.examples:
+        add_examples(est, shared)
     est.finish(profile, job.request.max_tokens)
+    est.cache = cache_estimate(est, job, profile, shared.prefix_tokens)
     (rpm, itpm, otpm), est.limits_source = limits_for(job)
     est.time_s = run_time_s(
         est.rows - est.rows_failing, est.input_tokens, est.output_tokens_max, rpm, itpm, otpm
     )
     return est
+
+
+@dataclass(frozen=True, slots=True)
+class SharedTokens:
+    """The shared prefix as the estimate counts it: the examples' part of every row's input (their
+    turns and images), and the whole prefix (with the tools/schema and the system prompt)."""
+
+    examples: int
+    example_text: int
+    example_image: int
+    images: int
+    unsized: int
+    prefix_tokens: int
+
+
+def shared_prefix(job: JobConfig, profile: ModelProfile, output: StructuredOutput | None) -> SharedTokens:
+    """Tokens of what every row shares, the examples' images read by their headers only (as a row's
+    are); an example image that cannot be read, or an answer that does not fit the schema, is a
+    ``ConfigError`` naming it, as the run would refuse it."""
+    from batcher.core.examples import PreparedExamples, example_answers, prefix_tokens
+    from batcher.images.errors import ImageError
+
+    structured = output.request if output is not None else None
+    answers = example_answers(job, output.spec if output is not None else None)
+    options = job_image_options(job)
+    examples: list[Example] = []
+    tokens: list[int] = []
+    unsized = 0
+    for n, config in enumerate(job.request.examples):
+        row = example_row(n, config)
+        sizes: list[tuple[int, int] | None] = []
+        for i, source in enumerate(row.images):
+            try:
+                sizes.extend(
+                    row_sizes(Row(id=row.id, images=[source], prompt="", fields={}, index=0), options)
+                )
+            except ImageError as exc:
+                key = "image" if config.image is not None else f"images[{i}]"
+                raise ExampleError(f"{job.path}: {example_key(n, key)}: {exc}") from None
+        tokens.extend(sent_image_tokens(profile, options, size, len(sizes)) for size in sizes)
+        unsized += sum(1 for size in sizes if size is None)
+        placeholders = [ImagePart("url", "") for _ in sizes]
+        examples.append(Example(images=placeholders, prompt=row.prompt, answer=answers[n]))
+    with_examples = PreparedExamples(tuple(examples), tuple(tokens))
+    total = prefix_tokens(job, profile, structured, with_examples)
+    bare = prefix_tokens(job, profile, structured, PreparedExamples((), ()))
+    image = sum(tokens)
+    return SharedTokens(
+        examples=len(examples),
+        example_text=total - bare - image if examples else 0,
+        example_image=image,
+        images=len(tokens),
+        unsized=unsized,
+        prefix_tokens=total,
+    )
+
+
+def add_examples(est: Estimate, shared: SharedTokens) -> None:
+    """Every sendable row's input gains the examples' turns and images."""
+    sendable = est.rows - est.rows_failing
+    per_row = shared.example_text + shared.example_image
+    est.examples = shared.examples
+    est.example_images = shared.images
+    est.example_tokens_per_row = per_row
+    est.images += sendable * shared.images
+    est.images_unsized += sendable * shared.unsized
+    est.text_tokens += sendable * shared.example_text
+    est.image_tokens += sendable * shared.example_image
+    est.input_histogram = {tokens + per_row: n for tokens, n in est.input_histogram.items()}
+
+
+def cache_estimate(est: Estimate, job: JobConfig, profile: ModelProfile, prefix: int) -> CacheEstimate:
+    """The job's cost with its [cache] decision (one write of the prefix, then reads) and without
+    the cache, online and in batch mode."""
+    from batcher.core.cache import resolve_ttl
+    from batcher.core.examples import decide_for_job
+    from batcher.cost import usage_cost
+
+    sendable = est.rows - est.rows_failing
+    ttl_online, ttl_batch = resolve_ttl(job.cache.ttl, batch=False), resolve_ttl(job.cache.ttl, batch=True)
+    batch_mode = job.run.mode == "batch"
+    decision = decide_for_job(job, profile, prefix, batch=batch_mode)
+    point = decision.point
+    cache = CacheEstimate(
+        mode=job.cache.mode,
+        breakpoint=point is not None,
+        anchor=point.anchor if point is not None else None,
+        prefix_tokens=prefix,
+        ttl_online=ttl_online,
+        ttl_batch=ttl_batch,
+        reason=decision.reason,
+        cost_online_usd=est.cost_usd_online,
+        cost_batch_usd=est.cost_usd_batch,
+        cost_online_uncached_usd=est.cost_usd_online,
+        cost_batch_uncached_usd=est.cost_usd_batch,
+    )
+    if point is None or sendable < 1:
+        return cache
+    cache.writes, cache.reads = 1, sendable - 1
+    for batch, ttl in ((False, ttl_online), (True, ttl_batch)):
+        plain = usage_cost(profile, {"input_tokens": prefix}, batch=batch)
+        write = usage_cost(profile, {"cache_creation_input_tokens": prefix}, batch=batch, cache_ttl=ttl)
+        read = usage_cost(profile, {"cache_read_input_tokens": prefix}, batch=batch)
+        delta = write + (sendable - 1) * read - sendable * plain
+        if batch:
+            cache.cost_batch_usd += delta
+        else:
+            cache.cost_online_usd += delta
+    return cache
 
 
 def limits_for(job: JobConfig) -> tuple[tuple[float | None, float | None, float | None], str]:
@@ -740,6 +897,11 @@ def format_estimate(est: Estimate) -> str:
             f"  structured output: ~{est.schema_tokens_per_row:,} input tokens a row for the schema "
             f"(estimate), {how}; in the input tokens above"
         )
+    if est.examples:
+        lines.append(
+            f"  examples: {est.examples} ({est.example_images} image(s)), ~{est.example_tokens_per_row:,} "
+            "input tokens a row; in the input tokens above"
+        )
     lines.append(f"  output tokens {est.output_tokens_max:>14,}  at most (max_tokens x rows)")
     lines.append(
         f"  cost online   {_usd(est.cost_usd_online):>14}  at most "
@@ -750,6 +912,7 @@ def format_estimate(est: Estimate) -> str:
         f"({_usd(est.cost_usd_input_batch)} of it input; most batches end within an hour, "
         "all within 24 h)"
     )
+    lines.extend(cache_lines(est.cache))
     if est.time_s is not None:
         lines.append(f"  time online   {_duration(est.time_s):>14}  at {est.limits_source}")
     else:
@@ -759,6 +922,23 @@ def format_estimate(est: Estimate) -> str:
         verdict = "fits" if worst <= est.budget_usd else "may stop the run before the end"
         lines.append(f"  budget        {_usd(est.budget_usd):>14}  {verdict}")
     return "\n".join(lines)
+
+
+def cache_lines(cache: CacheEstimate | None) -> list[str]:
+    """The estimate's cache lines: the decision and, with a breakpoint, the costs with the cache."""
+    if cache is None:
+        return []
+    if not cache.breakpoint:
+        return [f"  {cache.reason}"]
+    return [
+        f"  {cache.reason}",
+        f"  with the cache: 1 write of ~{cache.prefix_tokens:,} tokens, then {cache.reads:,} reads",
+        f"  cost online   {_usd(cache.cost_online_usd):>14}  at most with the cache (TTL "
+        f"{cache.ttl_online}); {_usd(cache.cost_online_uncached_usd)} without",
+        f"  cost batch    {_usd(cache.cost_batch_usd):>14}  at most with the cache (TTL "
+        f"{cache.ttl_batch}; hits in batches are best effort: up to "
+        f"{_usd(cache.cost_batch_uncached_usd)})",
+    ]
 
 
 def _usd(value: float) -> str:
@@ -820,6 +1000,8 @@ def estimate_job(
         sample = anyio.run(_sample, manifest, job, profile, exact_sample_rows, stride)
         if sample.rows:
             est.calibrate(profile, sample, job.request.max_tokens)
+            if est.cache is not None:
+                est.cache = cache_estimate(est, job, profile, est.cache.prefix_tokens)
     return est
 
 

@@ -77,7 +77,9 @@ class ModelProfile:
     sampling_one_of: bool
     forced_tool_use: bool
     text_token_factor: float
-    min_cacheable_tokens: int
+    #: the shortest prefix a cache_control breakpoint caches (below it: nothing, silently); None:
+    #: not known (a profile that does not say), and the cache decision says so
+    min_cacheable_tokens: int | None
     capabilities: Mapping[str, bool]
     prices: Prices
     source: str = field(default="configs/models.toml", compare=False)
@@ -120,12 +122,14 @@ _INT_FIELDS = (
     "native_edge",
     "image_token_budget",
     "max_image_b64_bytes",
-    "min_cacheable_tokens",
 )
+#: Positive integers a profile may leave out (None: not known).
+_OPTIONAL_INT_FIELDS = ("min_cacheable_tokens",)
 _BOOL_FIELDS = ("budget_confirmed", "sampling_params", "sampling_one_of", "forced_tool_use")
 _KNOWN_FIELDS = frozenset(
     (
         *_INT_FIELDS,
+        *_OPTIONAL_INT_FIELDS,
         *_BOOL_FIELDS,
         "display_name",
         "ids",
@@ -219,7 +223,8 @@ def _profile(model_id: str, table: Mapping[str, Any], where: str, source: str) -
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ModelConfigError(f"{where}.ids: expected a list of strings")
     ints = {k: _need(table, k, int, where) for k in _INT_FIELDS}
-    for key, value in ints.items():
+    optional = {k: _need(table, k, int, where) for k in _OPTIONAL_INT_FIELDS if k in table}
+    for key, value in {**ints, **optional}.items():
         if value < 1:
             raise ModelConfigError(f"{where}.{key}: must be positive, got {value}")
     caps = _need(table, "capabilities", dict, where)
@@ -232,6 +237,7 @@ def _profile(model_id: str, table: Mapping[str, Any], where: str, source: str) -
         created_at=created,
         **ints,
         **{k: _need(table, k, bool, where) for k in _BOOL_FIELDS},
+        min_cacheable_tokens=optional.get("min_cacheable_tokens"),
         text_token_factor=float(_need(table, "text_token_factor", (int, float), where)),
         capabilities={str(k): bool(v) for k, v in caps.items()},
         prices=_prices(_need(table, "prices", dict, where), f"{where}.prices"),

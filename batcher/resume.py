@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -51,9 +51,10 @@ from batcher.state import (
     SyncProgress,
     SyncReport,
 )
+from batcher.urls import is_url
 
 if TYPE_CHECKING:
-    from batcher.config import JobConfig
+    from batcher.config import ExampleConfig, JobConfig
     from batcher.manifest import Manifest
 
 #: Seconds a run waits for a sync to complete before it starts sending from the synced prefix.
@@ -76,8 +77,14 @@ def answer_settings(job: JobConfig) -> bytes:
     change what the model is asked.
     """
     images = job.images
+    # system_file is only where the system prompt came from: its text is request.system (load_job
+    # reads it). A job without examples dumps as it did before they existed, so its rows keep
+    # their hashes.
+    request = job.request.model_dump(mode="json", exclude={"system_file", "examples"})
+    if job.request.examples:
+        request["examples"] = [_example_settings(example) for example in job.request.examples]
     settings = {
-        "request": job.request.model_dump(mode="json"),
+        "request": request,
         "images": {
             "max_edge": images.max_edge,
             "max_image_tokens": images.max_image_tokens,
@@ -86,6 +93,22 @@ def answer_settings(job: JobConfig) -> bytes:
         },
     }
     return json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _example_settings(example: ExampleConfig) -> dict[str, Any]:
+    """A few-shot example as it shapes every answer: its prompt, its answer, and each image's
+    source with (for a local file) its size and mtime, as the row hash takes a row's images."""
+    images = []
+    for source in example.image_list:
+        if is_url(source):
+            images.append([source, "url"])
+            continue
+        try:
+            st = os.stat(source)
+            images.append([source, f"{st.st_size}:{st.st_mtime_ns}"])
+        except OSError:
+            images.append([source, "missing"])
+    return {"prompt": example.prompt, "answer": example.answer, "images": images}
 
 
 def manifest_fingerprint(job: JobConfig, path: Path) -> str:

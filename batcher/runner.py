@@ -43,7 +43,10 @@ from batcher.models import ModelProfile, ModelRegistry
 
 if TYPE_CHECKING:
     from batcher.batches import Collector
+    from batcher.core.plan import SharedPrefix
+    from batcher.core.seams import ImagePreparer
     from batcher.core.structured import StructuredOutput
+    from batcher.files import FileUploader
     from batcher.manifest import Manifest
     from batcher.output import OutputSpec
     from batcher.pipeline import Pipeline
@@ -392,6 +395,7 @@ async def _run_with_client(
             if job.run.mode == "batch":
                 if sync is not None:
                     await _sync_started(sync, job, whole=True)
+                prefix = await _batch_prefix(job, profile, client, state, output, say)
                 sink = _open_sink(out_dir, state, manifest, say, spec)
                 collector = await _collect_first(job, profile, client, state, sink, say, output)
                 _, live_rows = collector.live_counts()
@@ -400,7 +404,7 @@ async def _run_with_client(
                     request.retry_errors, request.redo_changed
                 )
                 code = await _run_batches(
-                    request, job, profile, client, state, sink, manifest, to_do + live_rows, collector
+                    request, job, profile, client, state, sink, manifest, to_do + live_rows, collector, prefix
                 )
                 sink.retire_removed()
                 _report_changed(state, say)
@@ -409,6 +413,10 @@ async def _run_with_client(
             refused: list[BaseException] = []
             # The image workers start while the sync takes in the first rows.
             async with ImagePool(workers=job.run.image_workers or None) as pool:
+                # The examples prepared (and uploaded, for "files") once, before any row is sent.
+                prefix, uploader = await _settle_prefix(
+                    job, profile, pool, client, state, output, say, batch=False
+                )
                 if sync is not None:
                     await _sync_started(sync, job, whole=False)
                 sink = _open_sink(out_dir, state, manifest, say, spec)
@@ -430,6 +438,8 @@ async def _run_with_client(
                     pool=pool,
                     counters=collector.counters,
                     output=output,
+                    uploader=uploader,
+                    prefix=prefix,
                 )
                 pipeline.policy = collector.policy
                 gate = pipeline.budget = _budget_gate(job, state)
@@ -642,6 +652,7 @@ async def _run_batches(
     manifest: Manifest,
     to_do: int,
     collector: Collector,
+    prefix: SharedPrefix,
 ) -> int:
     """``[run] mode = "batch"``: the Message Batches API (see :mod:`batcher.batches`)."""
     from batcher.batches import left_to_batches_line, run_batch_mode
@@ -660,6 +671,7 @@ async def _run_batches(
         to_do=to_do,
         budget=gate,
         collector=collector,
+        prefix=prefix,
     )
     say = request.notices.say
     say(batch_status_line(counters, to_do, progress))
@@ -677,6 +689,53 @@ async def _run_batches(
         say("batcher: rows left to resubmit: `batcher run` again sends them")
     request.notices.results(f"results: {state.out_dir / 'results'}")
     return code
+
+
+async def _settle_prefix(
+    job: JobConfig,
+    profile: ModelProfile,
+    pool: ImagePreparer | None,
+    client: Client,
+    state: JobState,
+    output: StructuredOutput | None,
+    say: Say,
+    *,
+    batch: bool,
+) -> tuple[SharedPrefix, FileUploader | None]:
+    """The run's shared prefix (:func:`batcher.core.examples.settle_prefix`), its cache decision
+    said once; a bad example refuses the run before any row is sent. Also the uploader the
+    examples went through (transport "files"), for the driver to share."""
+    from batcher.core.examples import cache_line, settle_prefix
+    from batcher.core.prepare import RowPreparer
+
+    preparer = RowPreparer.for_job(job, profile, pool, downloader=client, state=state, stopping=anyio.Event())
+    try:
+        prefix, decision = await settle_prefix(job, profile, preparer, output, batch=batch)
+    except JobError as exc:
+        raise RunRefused(str(exc), exc.exit_code) from None
+    if job.request.examples or job.request.system:
+        say(cache_line(decision))
+    return prefix, preparer.uploader
+
+
+async def _batch_prefix(
+    job: JobConfig,
+    profile: ModelProfile,
+    client: Client,
+    state: JobState,
+    output: StructuredOutput | None,
+    say: Say,
+) -> SharedPrefix:
+    """Batch mode's shared prefix: the examples' images prepared in a pool of their own (the batch
+    driver opens its own for the rows)."""
+    if not job.request.examples:
+        return (await _settle_prefix(job, profile, None, client, state, output, say, batch=True))[0]
+    from batcher.config import example_image_count
+    from batcher.images.pool import ImagePool, default_workers
+
+    workers = min(example_image_count(job), job.run.image_workers or default_workers())
+    async with ImagePool(workers=workers) as pool:
+        return (await _settle_prefix(job, profile, pool, client, state, output, say, batch=True))[0]
 
 
 def _budget_gate(job: JobConfig, state: JobState) -> BudgetGate | None:

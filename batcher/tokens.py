@@ -102,4 +102,24 @@ def estimate_body_tokens(
                 n_image += 1
             elif block.get("type") == "text":
                 text += estimate_text_tokens(str(block.get("text", "")), profile)
+            elif block.get("type") in ("tool_use", "tool_result"):
+                text += estimate_tool_block_tokens(block, profile)
     return text, images
+
+
+#: Tokens of framing around a tool_use or tool_result block (its markers and ids): an allowance.
+TOOL_BLOCK_OVERHEAD: Final = 10
+
+
+def estimate_tool_block_tokens(block: Mapping[str, Any], profile: ModelProfile) -> int:
+    """Estimated tokens of a ``tool_use`` block (its name and the input's JSON) or a
+    ``tool_result`` block (its text content), with :data:`TOOL_BLOCK_OVERHEAD` of framing; a
+    few-shot example's answer goes as one with a structured tool."""
+    if block.get("type") == "tool_use":
+        shown = str(block.get("name", "")) + canonical_json(block.get("input"))
+        return TOOL_BLOCK_OVERHEAD + estimate_text_tokens(shown, profile)
+    content = block.get("content")
+    if isinstance(content, str):
+        return TOOL_BLOCK_OVERHEAD + estimate_text_tokens(content, profile)
+    texts = [str(b.get("text", "")) for b in content or [] if isinstance(b, Mapping)]
+    return TOOL_BLOCK_OVERHEAD + sum(estimate_text_tokens(t, profile) for t in texts)

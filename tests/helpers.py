@@ -330,3 +330,25 @@ def answer_visible_cache(sim: RunningSimulator, delay_s: float) -> None:
         return wrapped
 
     cache.use, cache.peek = hiding(use), hiding(peek)
+
+
+# --- few-shot examples and the prompt cache (issue 16) ------------------------------------------
+
+
+def fewshot_copy(tmp: Path, rows: list[dict[str, Any]], *, concurrency: int = 1) -> Path:
+    """jobs/fewshot.toml, its style guide and example images, copied beside a small manifest
+    (``rows``, as :func:`good_rows` makes them), its results in ``tmp/out``. One request at a time
+    by default: each row is sent once the one before (the first: the cache write) has answered."""
+    import re
+    import shutil
+
+    shutil.copytree(REPO_JOBS / "examples", tmp / "examples")
+    shutil.copytree(REPO_JOBS / "prompts", tmp / "prompts")
+    write_jsonl(tmp / "manifest.jsonl", rows)
+    text = (REPO_JOBS / "fewshot.toml").read_text()
+    text = text.replace('manifest = "../data/manifest.csv"', 'manifest = "manifest.jsonl"')
+    text = text.replace('output = "../out/{job}"', 'output = "out"')
+    text = re.sub(r"(?m)^concurrency = \d+", f"concurrency = {concurrency}", text)
+    job = tmp / "fewshot.toml"
+    job.write_text(text)
+    return job

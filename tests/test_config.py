@@ -326,3 +326,124 @@ def test_result_data_round_trips_and_older_json_reads_as_none() -> None:
     del old["data"]
     assert Result.from_json(json.dumps(old)).data is None
     assert Result(id="b", status="error").data is None
+
+
+# --- issue 16: system_file and [[request.examples]] ---------------------------------------------
+
+FIXED = GOOD.replace('prompt = "Describe {title}"', 'prompt = "Describe this image, {{exactly}}."')
+
+
+def test_system_file_is_read_at_load_relative_to_the_job(tmp_path: Path) -> None:
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "style.md").write_text("Write plainly. ✓\n", encoding="utf-8")
+    job = load_job(
+        write(
+            tmp_path, GOOD.replace("max_tokens = 300", 'max_tokens = 300\nsystem_file = "prompts/style.md"')
+        )
+    )
+    assert job.request.system == "Write plainly. ✓\n"
+    from batcher.core.plan import settings_for
+
+    assert settings_for(job).system == "Write plainly. ✓\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("   \n", "is empty"),
+        (b"\xff\xfe bad", "is not UTF-8"),
+        ("folder", "is a folder"),
+    ],
+)
+def test_a_bad_system_file_names_the_key(tmp_path: Path, content: str | bytes | None, message: str) -> None:
+    target = tmp_path / "style.md"
+    if content == "folder":
+        target.mkdir()
+    elif isinstance(content, bytes):
+        target.write_bytes(content)
+    elif content is not None:
+        target.write_text(content)
+    path = write(tmp_path, GOOD.replace("max_tokens = 300", 'max_tokens = 300\nsystem_file = "style.md"'))
+    with pytest.raises(ConfigError, match=rf"^{path}: request\.system_file: .*{message}"):
+        load_job(path)
+
+
+def test_system_and_system_file_are_exclusive(tmp_path: Path) -> None:
+    (tmp_path / "s.md").write_text("x")
+    path = write(
+        tmp_path, GOOD.replace("max_tokens = 300", 'max_tokens = 300\nsystem = "a"\nsystem_file = "s.md"')
+    )
+    with pytest.raises(ConfigError, match="request: set system or system_file, not both"):
+        load_job(path)
+
+
+def example(body: str) -> str:
+    return f"\n[[request.examples]]\n{body}\n"
+
+
+def test_examples_resolve_images_and_take_a_fixed_prompt(tmp_path: Path) -> None:
+    text = (
+        FIXED
+        + example('image = "ex/a.jpg"\nanswer = "A."')
+        + example('images = ["b.jpg", "https://example.com/c.jpg"]\nprompt = "Both?"\nanswer = "B."')
+    )
+    job = load_job(write(tmp_path, text))
+    first, second = job.request.examples
+    assert first.image == str(tmp_path / "ex" / "a.jpg") and first.prompt == "Describe this image, {exactly}."
+    assert second.image_list == [str(tmp_path / "b.jpg"), "https://example.com/c.jpg"]
+    assert second.prompt == "Both?"
+
+
+@pytest.mark.parametrize(
+    ("job_text", "body", "message"),
+    [
+        (
+            GOOD,
+            'image = "a.jpg"\nanswer = "x"',
+            r"request\.examples\[0\]\.prompt: missing: the job's prompt is a template",
+        ),
+        (
+            GOOD.replace('prompt = "Describe {title}"', 'prompt_column = "p"'),
+            'image = "a.jpg"\nanswer = "x"',
+            r"request\.examples\[0\]\.prompt: missing: the job's prompts come from the manifest's column 'p'",
+        ),
+        (
+            FIXED,
+            'image = "a.jpg"\nanswer = { caption = "x" }',
+            r"request\.examples\[0\]\.answer: a table answer needs \[output\]",
+        ),
+        (FIXED, 'image = "a.jpg"\nanswer = "  "', r"request\.examples\[0\]\.answer: empty"),
+        (FIXED, 'answer = "x"', r"request\.examples\[0\]: set exactly one of image or images"),
+        (
+            FIXED,
+            'image = "a.jpg"\nanswer = "x"\ncolour = "red"',
+            r"request\.examples\[0\]\.colour: unknown key",
+        ),
+        (FIXED, 'image = "a.jpg"', r"request\.examples\[0\]\.answer: missing"),
+    ],
+)
+def test_example_mistakes_name_the_example_and_key(
+    tmp_path: Path, job_text: str, body: str, message: str
+) -> None:
+    path = write(tmp_path, job_text + example(body))
+    with pytest.raises(ConfigError, match=rf"^{path}: {message}"):
+        load_job(path)
+
+
+def test_examples_with_more_images_than_a_request_takes_are_refused(tmp_path: Path) -> None:
+    import dataclasses
+
+    job = load_job(write(tmp_path, FIXED + example('images = ["a.jpg", "b.jpg", "c.jpg"]\nanswer = "x"')))
+    profile = dataclasses.replace(job_registry(job)["claude-haiku-5-5"], images_per_request=3)
+    with pytest.raises(ConfigError, match=r"request\.examples: the examples hold 3 images.*at most 3"):
+        check_against_model(job, profile)
+    check_against_model(job, dataclasses.replace(profile, images_per_request=4))
+
+
+def test_the_minimum_cacheable_length_is_unknown_unless_a_profile_says(tmp_path: Path) -> None:
+    text = GOOD + "\n[models.my-model]\nprices = { input = 1.0, output = 2.0 }\n"
+    registry = job_registry(load_job(write(tmp_path, text)))
+    assert registry["my-model"].min_cacheable_tokens is None
+    assert registry["claude-haiku-5-5"].min_cacheable_tokens == 512
+    assert all(p.min_cacheable_tokens is not None for p in registry if p.id != "my-model")

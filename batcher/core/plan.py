@@ -76,10 +76,28 @@ def row_cost(profile: ModelProfile, input_tokens: int, output_tokens: int, *, ba
     return usage_cost(profile, {"input_tokens": input_tokens, "output_tokens": output_tokens}, batch=batch)
 
 
-def row_worst_cost(profile: ModelProfile, tokens: RowTokens, max_tokens: int, *, batch: bool) -> float:
-    """The most a row may cost: its input (text padded by TEXT_SAFETY) and max_tokens of output."""
+def row_worst_cost(
+    profile: ModelProfile,
+    tokens: RowTokens,
+    max_tokens: int,
+    *,
+    batch: bool,
+    cache: CachePoint | None = None,
+) -> float:
+    """The most a row may cost: its input (text padded by TEXT_SAFETY) and max_tokens of output.
+    With a ``cache`` breakpoint the row may be the one that writes the prefix: the prefix's tokens
+    (padded as text is) are priced at the write price of its TTL (1.25x or 2x the input price)
+    instead of the input price; the budget's settle then takes the answer's real cost."""
     worst_in = tokens.image + math.ceil(tokens.text * TEXT_SAFETY)
-    return row_cost(profile, worst_in, max_tokens, batch=batch)
+    if cache is None or cache.prefix_tokens <= 0:
+        return row_cost(profile, worst_in, max_tokens, batch=batch)
+    written = min(worst_in, math.ceil(cache.prefix_tokens * TEXT_SAFETY))
+    usage = {
+        "input_tokens": worst_in - written,
+        "output_tokens": max_tokens,
+        "cache_creation_input_tokens": written,
+    }
+    return usage_cost(profile, usage, batch=batch, cache_ttl=cache.ttl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +122,8 @@ class SharedPrefix:
 
     examples: tuple[Example, ...] = ()
     cache: CachePoint | None = None
+    #: the tokens of the examples' images, in body order (each as sent; by URL: the most it costs)
+    image_tokens: tuple[int, ...] = ()
 
 
 NO_PREFIX = SharedPrefix()
@@ -144,9 +164,12 @@ class Planner:
         # An image whose tokens are not known (one sent by URL) counts at the model's budget: the
         # most it can cost.
         unsized = self.profile.image_token_budget
-        images = [s.tokens if s.tokens is not None else unsized for s in prepared.sent]
-        structured = self.output.request if self.output is not None else None
         prefix = self.prefix
+        images = [
+            *prefix.image_tokens,
+            *(s.tokens if s.tokens is not None else unsized for s in prepared.sent),
+        ]
+        structured = self.output.request if self.output is not None else None
         body = messages_body(
             self.profile,
             self.settings,
@@ -163,6 +186,6 @@ class Planner:
             betas=betas_for(prepared.parts, self.files_beta),
             tokens=tokens,
             max_tokens=max_tokens,
-            worst_usd=row_worst_cost(self.profile, tokens, max_tokens, batch=self.batch),
+            worst_usd=row_worst_cost(self.profile, tokens, max_tokens, batch=self.batch, cache=prefix.cache),
             cache=prefix.cache,
         )
