@@ -705,7 +705,7 @@ async def _settle_prefix(
     """The run's shared prefix (:func:`batcher.core.examples.settle_prefix`), its cache decision
     said once; a bad example refuses the run before any row is sent. Also the uploader the
     examples went through (transport "files"), for the driver to share."""
-    from batcher.core.examples import cache_line, settle_prefix
+    from batcher.core.examples import decision_line, settle_prefix
     from batcher.core.prepare import RowPreparer
 
     preparer = RowPreparer.for_job(job, profile, pool, downloader=client, state=state, stopping=anyio.Event())
@@ -714,7 +714,7 @@ async def _settle_prefix(
     except JobError as exc:
         raise RunRefused(str(exc), exc.exit_code) from None
     if job.request.examples or job.request.system:
-        say(cache_line(decision))
+        say(decision_line(decision))
     return prefix, preparer.uploader
 
 

@@ -2,11 +2,9 @@
 (``"off"``), side by side in one process, each against a fresh in-process simulator on loopback.
 
 The job is the shipped ``jobs/fewshot.toml`` (a long instruction and three worked examples) over
-``--rows`` generated images (not the examples), run by ``batcher run`` in this process. Until that
-job and the runner's cache wiring exist, a stand-in with a long system prompt is used and the
-breakpoint is given to the drivers directly (said in the output). The simulator answers with
-``--latency`` seconds of latency and enforces an ITPM limit (``--itpm``, a 1 s burst window), so
-the cache's effect on speed shows too: cache reads do not count toward ITPM.
+``--rows`` generated images (not the examples), run by ``batcher run`` in this process. The
+simulator answers with ``--latency`` seconds of latency and enforces an ITPM limit (``--itpm``, a
+1 s burst window), so the cache's effect on speed shows too: cache reads do not count toward ITPM.
 
 Prints, per variant: input cost (fresh input, cache reads and writes, each at its price), total
 cost, wall time, the cache hit rate and the simulator's 429s; then the ratios and whether the
@@ -43,26 +41,6 @@ from batcher.state import JobState
 REPO = Path(__file__).resolve().parents[1]
 FEWSHOT = REPO / "jobs" / "fewshot.toml"
 TARGET_INPUT_SAVING = 0.70
-STAND_IN_SYSTEM = " ".join(
-    f"Rule {i}: describe the image in one plain sentence, naming colours and objects precisely."
-    for i in range(60)
-)
-STAND_IN = f"""
-[input]
-manifest = "manifest.jsonl"
-id_column = "id"
-image_column = "image"
-prompt = "Describe this image. nonce={{id}}"
-
-[request]
-model = "claude-haiku-5-5"
-max_tokens = 60
-system = {json.dumps(STAND_IN_SYSTEM)}
-
-[run]
-output = "out"
-concurrency = 16
-"""
 
 
 @dataclass
@@ -87,64 +65,34 @@ def write_images(folder: Path, n: int) -> list[str]:
     return names
 
 
-def job_for(tmp: Path, rows: int, mode: str) -> tuple[Path, bool]:
-    """The job file (shipped fewshot job if it exists, else the stand-in) with ``[cache] mode`` and
-    a manifest of ``rows`` generated images; returns (job, whether it is the stand-in)."""
+def job_for(tmp: Path, rows: int, mode: str) -> Path:
+    """The shipped few-shot job with ``[cache] mode`` over a manifest of ``rows`` generated images."""
     names = write_images(tmp / "bench_images", rows)
     with (tmp / "manifest.jsonl").open("w") as fh:
         for i, name in enumerate(names):
             fh.write(json.dumps({"id": f"r{i:04d}", "image": name}) + "\n")
-    if FEWSHOT.is_file():
-        for item in FEWSHOT.parent.iterdir():
-            if item.is_dir() and item.name != "schemas":
-                shutil.copytree(item, tmp / item.name, dirs_exist_ok=True)
-        text = FEWSHOT.read_text()
-        text = re.sub(r"(?m)^manifest\s*=.*$", 'manifest = "manifest.jsonl"', text)
-        text = re.sub(r"(?m)^id_column\s*=.*$", 'id_column = "id"', text)
-        text = re.sub(r"(?m)^image_column\s*=.*$", 'image_column = "image"', text)
-        text = re.sub(r"(?m)^output\s*=.*$", 'output = "out"', text)
-        text = re.sub(r"(?ms)^\[cache\].*?(?=^\[|\Z)", "", text)
-        stand_in = False
-    else:
-        text = STAND_IN
-        stand_in = True
+    for item in FEWSHOT.parent.iterdir():
+        if item.is_dir() and item.name != "schemas":
+            shutil.copytree(item, tmp / item.name, dirs_exist_ok=True)
+    text = FEWSHOT.read_text()
+    text = re.sub(r"(?m)^manifest\s*=.*$", 'manifest = "manifest.jsonl"', text)
+    text = re.sub(r"(?m)^id_column\s*=.*$", 'id_column = "id"', text)
+    text = re.sub(r"(?m)^image_column\s*=.*$", 'image_column = "image"', text)
+    text = re.sub(r"(?m)^output\s*=.*$", 'output = "out"', text)
+    text = re.sub(r"(?ms)^\[cache\].*?(?=^\[|\Z)", "", text)
     job = tmp / "job.toml"
     job.write_text(text + f'\n[cache]\nmode = "{mode}"\n')
-    return job, stand_in
+    return job
 
 
-def force_stand_in_prefix(job: Path) -> None:
-    """Before the runner decides the cache itself: give the drivers the breakpoint it would place
-    (the end of the system prompt, 5 minutes)."""
-    import batcher.pipeline
-    from batcher.core.cache import CachePoint
-    from batcher.core.plan import SharedPrefix
-    from batcher.tokens import estimate_text_tokens
-
-    tokens = estimate_text_tokens(STAND_IN_SYSTEM, load_registry().get("claude-haiku-5-5"))
-    prefix = SharedPrefix(cache=CachePoint("5m", "system", tokens))
-    post_init = batcher.pipeline.Pipeline.__post_init__
-
-    def patched(self: Any) -> None:
-        self.prefix = prefix
-        post_init(self)
-
-    batcher.pipeline.Pipeline.__post_init__ = patched  # type: ignore[method-assign]
-
-
-def run_variant(mode: str, rows: int, itpm: float, latency: float) -> tuple[Figures, bool]:
-    import batcher.pipeline
-
-    original = batcher.pipeline.Pipeline.__post_init__
+def run_variant(mode: str, rows: int, itpm: float, latency: float) -> Figures:
     sim = start_in_thread(
         SimConfig(latency=Latency(base_s=latency), limits=RateLimits(itpm=itpm, burst_window_s=1.0))
     )
     try:
         with tempfile.TemporaryDirectory(prefix=f"bench_cache_{mode}_") as tmp_name:
             tmp = Path(tmp_name)
-            job, stand_in = job_for(tmp, rows, mode)
-            if stand_in and mode == "auto":
-                force_stand_in_prefix(job)
+            job = job_for(tmp, rows, mode)
             os.environ["ANTHROPIC_API_KEY"] = "bench-key"
             os.environ["ANTHROPIC_BASE_URL"] = sim.base_url
             err = io.StringIO()
@@ -156,9 +104,8 @@ def run_variant(mode: str, rows: int, itpm: float, latency: float) -> tuple[Figu
                 raise SystemExit(f"bench_cache: the {mode} run exited {code}")
             figures = _figures(tmp / "out", seconds, sim)
     finally:
-        batcher.pipeline.Pipeline.__post_init__ = original  # type: ignore[method-assign]
         sim.stop()
-    return figures, stand_in
+    return figures
 
 
 def _figures(out: Path, seconds: float, sim: Any) -> Figures:
@@ -197,10 +144,12 @@ def main() -> int:
     parser.add_argument("--itpm", type=float, default=1_200_000)
     parser.add_argument("--latency", type=float, default=0.3)
     args = parser.parse_args()
-    auto, stand_in = run_variant("auto", args.rows, args.itpm, args.latency)
-    off, _ = run_variant("off", args.rows, args.itpm, args.latency)
-    job = "stand-in (long system prompt; breakpoint given to the drivers)" if stand_in else str(FEWSHOT)
-    print(f"job: {job}; {args.rows} generated rows; ITPM {args.itpm:,.0f}; latency {args.latency} s")
+    auto = run_variant("auto", args.rows, args.itpm, args.latency)
+    off = run_variant("off", args.rows, args.itpm, args.latency)
+    print(
+        f"job: {FEWSHOT.relative_to(REPO)}; {args.rows} generated rows; "
+        f"ITPM {args.itpm:,.0f}; latency {args.latency} s"
+    )
     heads = ("rows ok", 8), ("input $", 10), ("total $", 10), ("time s", 8), ("hit rate", 9), ("429s", 5)
     print(f"{'cache':<6} " + " ".join(f"{h:>{w}}" for h, w in heads))
     for name, f in (("auto", auto), ("off", off)):

@@ -270,38 +270,6 @@ def cached_job(
     return job
 
 
-def system_prefix(ttl: Literal["5m", "1h"] = "5m", system: str = LONG_SYSTEM) -> Any:
-    """The :class:`~batcher.core.plan.SharedPrefix` of :func:`cached_job`: a breakpoint at the end
-    of its system prompt (what the runner decides for it)."""
-    from batcher.core.cache import CachePoint
-    from batcher.core.plan import SharedPrefix
-    from batcher.models import load_registry
-    from batcher.tokens import estimate_text_tokens
-
-    tokens = estimate_text_tokens(system, load_registry().get("claude-haiku-5-5"))
-    return SharedPrefix(cache=CachePoint(ttl, "system", tokens))
-
-
-def force_prefix(monkeypatch: pytest.MonkeyPatch, prefix: Any) -> None:
-    """Make an in-process run's drivers (online and batch) carry ``prefix``, whatever the runner
-    decided."""
-    import dataclasses
-
-    import batcher.batches
-    import batcher.pipeline
-
-    for module, name in ((batcher.pipeline, "Pipeline"), (batcher.batches, "BatchRun")):
-        cls = getattr(module, name)
-        post_init = cls.__post_init__
-
-        def patched(self: Any, _post_init: Any = post_init) -> None:
-            self.prefix = prefix
-            _post_init(self)
-
-        monkeypatch.setattr(cls, "__post_init__", patched)
-        assert any(f.name == "prefix" for f in dataclasses.fields(cls))
-
-
 def answer_visible_cache(sim: RunningSimulator, delay_s: float) -> None:
     """Make the simulator's prompt cache show an entry only ``delay_s`` after the request that
     wrote it (as the API does: only once the writing request has answered), so that requests sent

@@ -12,7 +12,7 @@ from batcher.budget import Budget
 from batcher.exits import EXIT_BUDGET, EXIT_OK
 from batcher.simulator.config import SimConfig
 from batcher.state import JobState
-from tests.helpers import cached_job, force_prefix, good_rows, run_job, system_prefix
+from tests.helpers import cached_job, good_rows, run_job
 
 
 def _spent(monkeypatch: pytest.MonkeyPatch) -> list[Budget]:
@@ -33,7 +33,6 @@ def test_the_budget_spends_exactly_the_rows_cost_with_cache_reads_and_the_write(
     tmp_path: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_simulator(SimConfig())
-    force_prefix(monkeypatch, system_prefix("5m"))
     budgets = _spent(monkeypatch)
     job = cached_job(tmp_path, good_rows(tmp_path, 10), concurrency=4, extra="[limits]\nbudget_usd = 1.0\n")
     code, err = run_job(job, sim, monkeypatch)
@@ -50,13 +49,13 @@ def test_a_budget_stops_a_cached_job_before_it_overspends(
     tmp_path: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_simulator(SimConfig())
-    force_prefix(monkeypatch, system_prefix("1h"))  # 1-hour writes: 2x the input price
-    # ~1,500 input tokens a row on Haiku 5.5 ($0.10/M): a worst case of ~$0.0003 (1h write);
-    # a read costs ~$0.00004. The budget takes the write and a handful of reads.
-    budget = 0.0006
-    job = cached_job(
-        tmp_path, good_rows(tmp_path, 30), concurrency=2, extra=f"[limits]\nbudget_usd = {budget}\n"
-    )
+    # ~1,800 tokens of shared prefix on Haiku 5.5 ($0.10/M): a row's worst case holds it padded
+    # and priced as a 1h write (2x), ~$0.0005; a read costs ~$0.00004. The budget takes the write
+    # and a few reads, then stops.
+    budget = 0.0010
+    limits = f"[limits]\nbudget_usd = {budget}\n"
+    cache = '[cache]\nttl = "1h"\n'  # 1-hour writes: 2x the input price
+    job = cached_job(tmp_path, good_rows(tmp_path, 30), concurrency=2, extra=limits + cache)
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_BUDGET, err
     with JobState.open(tmp_path / "out") as state:

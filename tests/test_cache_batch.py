@@ -12,7 +12,7 @@ from batcher.batches import WARMUP_KEY, warmup_state
 from batcher.exits import EXIT_INCOMPLETE, EXIT_OK
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.state import JobState
-from tests.helpers import cached_job, force_prefix, good_rows, results_by_id, run_job, system_prefix
+from tests.helpers import cached_job, good_rows, results_by_id, run_job
 
 
 def capture_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[dict[str, Any]]]:
@@ -40,7 +40,6 @@ def test_a_warm_up_batch_of_one_row_goes_first_and_every_request_carries_the_1h_
     tmp_path: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.3)))
-    force_prefix(monkeypatch, system_prefix("1h"))
     batches = capture_batches(monkeypatch)
     job = cached_job(tmp_path, good_rows(tmp_path, 8), mode="batch")
     code, err = run_job(job, sim, monkeypatch)
@@ -73,7 +72,6 @@ def test_with_wait_false_the_warm_up_goes_alone_and_the_next_run_sends_the_rest(
 ) -> None:
     # Batches take 3 s: long enough that the second tick surely finds the warm-up running.
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=3.0)))
-    force_prefix(monkeypatch, system_prefix("1h"))
     batches = capture_batches(monkeypatch)
     job = cached_job(tmp_path, good_rows(tmp_path, 5), mode="batch")
     job.write_text(job.read_text().replace("[run]\n", "[run]\nwait = false\n"))

@@ -11,7 +11,7 @@ import pytest
 from batcher.exits import EXIT_OK
 from batcher.simulator.config import BatchClock, SimConfig
 from batcher.state import JobState
-from tests.helpers import cached_job, force_prefix, good_rows, run_job, system_prefix
+from tests.helpers import cached_job, good_rows, run_job
 
 #: claude-haiku-5-5, USD per million tokens (NOTES.md "Models"; "Prompt caching": reads 0.1x the
 #: input price, 5-minute writes 1.25x, 1-hour writes 2x; Message Batches 50%).
@@ -54,8 +54,7 @@ def test_online_costs_equal_what_the_simulator_charged(
     ttl: str, tmp_path: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_simulator(SimConfig())
-    force_prefix(monkeypatch, system_prefix(ttl))  # type: ignore[arg-type]
-    job = cached_job(tmp_path, good_rows(tmp_path, 12), concurrency=4)
+    job = cached_job(tmp_path, good_rows(tmp_path, 12), concurrency=4, extra=f'[cache]\nttl = "{ttl}"\n')
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
     ledger = _ledger(sim)
@@ -69,7 +68,6 @@ def test_batch_costs_equal_what_the_simulator_charged(
     tmp_path: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.3)))
-    force_prefix(monkeypatch, system_prefix("1h"))
     job = cached_job(tmp_path, good_rows(tmp_path, 10), mode="batch")
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err

@@ -17,11 +17,9 @@ from batcher.state import JobState
 from tests.helpers import (
     answer_visible_cache,
     cached_job,
-    force_prefix,
     good_rows,
     results_by_id,
     run_job,
-    system_prefix,
 )
 
 #: Limits seeded far above the first requests' needs, so the first 16 may go at once.
@@ -37,7 +35,6 @@ def test_with_concurrency_16_exactly_one_request_writes_the_prefix_and_39_read_i
 ) -> None:
     sim = make_simulator(SimConfig(latency=Latency(base_s=0.2)))
     answer_visible_cache(sim, 0.2)
-    force_prefix(monkeypatch, system_prefix("5m"))
     job = cached_job(tmp_path, good_rows(tmp_path, 40), concurrency=16, extra=UNLIMITED)
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
@@ -57,7 +54,6 @@ def test_without_the_gate_concurrent_rows_all_pay_the_write(
     monkeypatch.setattr(WarmupGate, "admit", lambda self, now: "read")
     sim = make_simulator(SimConfig(latency=Latency(base_s=0.2)))
     answer_visible_cache(sim, 0.2)
-    force_prefix(monkeypatch, system_prefix("5m"))
     job = cached_job(tmp_path, good_rows(tmp_path, 40), concurrency=16, extra=UNLIMITED)
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err
@@ -68,7 +64,6 @@ def test_status_shows_the_hit_rate_the_tokens_and_what_the_cache_saved(
     tmp_path: Any, make_simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_simulator(SimConfig(latency=Latency(base_s=0.05)))
-    force_prefix(monkeypatch, system_prefix("5m"))
     job = cached_job(tmp_path, good_rows(tmp_path, 10), concurrency=4)
     code, err = run_job(job, sim, monkeypatch)
     assert code == EXIT_OK, err

@@ -172,6 +172,6 @@ async def settle_prefix(
     return SharedPrefix(prepared.examples, decision.point, prepared.image_tokens), decision
 
 
-def cache_line(decision: CacheDecision) -> str:
+def decision_line(decision: CacheDecision) -> str:
     """The decision as the run says it: ``batcher: cache: ...``."""
     return f"batcher: {decision.reason}"
