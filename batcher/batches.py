@@ -569,6 +569,7 @@ class BatchRun:
             state=self.state,
             stopping=self.stopping,
             on_fatal=self.fatal_stop,
+            shared_images=self.prefix.image_count,
         )
 
     @property

@@ -122,6 +122,7 @@ class Pipeline:
             stopping=self.stopping,
             uploader=self.uploader,
             on_fatal=self.fatal_stop,
+            shared_images=self.prefix.image_count,
         )
         self.uploader = self.preparer.uploader
 

@@ -95,8 +95,12 @@ async def prepare_examples(
     unsized = unsized_image_tokens(profile, job_image_options(job))
     examples: list[Example] = []
     tokens: list[int] = []
+    total = sum(len(config.image_list) for config in job.request.examples)
+    own = preparer.shared_images
     for n, config in enumerate(job.request.examples):
         row = example_row(n, config)
+        # Sized for the least a request holds: every example's images and one of the row's.
+        preparer.shared_images = total - len(row.images) + 1
         try:
             prepared = await preparer.prepare_row(row)
         except RowFailed as exc:
@@ -107,6 +111,8 @@ async def prepare_examples(
             if failure.error_type == UPLOAD_FAILED:
                 raise ExampleUploadError(f"{message}; nothing was sent") from None
             raise ExampleError(message) from None
+        finally:
+            preparer.shared_images = own
         examples.append(Example(images=tuple(prepared.parts), prompt=row.prompt, answer=answers[n]))
         tokens.extend(s.tokens if s.tokens is not None else unsized for s in prepared.sent)
     return PreparedExamples(tuple(examples), tuple(tokens))

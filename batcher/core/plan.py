@@ -125,6 +125,11 @@ class SharedPrefix:
     #: the tokens of the examples' images, in body order (each as sent; by URL: the most it costs)
     image_tokens: tuple[int, ...] = ()
 
+    @property
+    def image_count(self) -> int:
+        """Images every request carries before the row's own."""
+        return sum(len(example.images) for example in self.examples)
+
 
 NO_PREFIX = SharedPrefix()
 

@@ -77,6 +77,9 @@ class RowPreparer:
     uploader: FileUploader | None = None
     #: an upload found that nothing the job sends can succeed (401, 402): the run stops
     on_fatal: Callable[[BaseException], None] | None = None
+    #: images every request carries besides the row's own (the few-shot examples'): a row's images
+    #: are sized for the request's whole count (above 20, the API's many-image limit applies)
+    shared_images: int = 0
     #: cancel scopes of the downloads and image preparations in flight (cancelled by a stop)
     _unsent: set[anyio.CancelScope] = field(default_factory=set)
 
@@ -92,6 +95,7 @@ class RowPreparer:
         stopping: anyio.Event,
         uploader: FileUploader | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        shared_images: int = 0,
     ) -> RowPreparer:
         """The preparer a job's ``[images]`` table asks for (and its uploader, for "files")."""
         imgs = job.images
@@ -120,6 +124,7 @@ class RowPreparer:
             stopping=stopping,
             uploader=uploader,
             on_fatal=on_fatal,
+            shared_images=shared_images,
         )
 
     def cancel_unsent(self) -> None:
@@ -189,6 +194,7 @@ class RowPreparer:
         warnings: list[str] = []
         uploaded: dict[int, PreparedImage] = {}
         transport = self.transport
+        in_request = len(row.images) + self.shared_images
         for n, source in enumerate(row.images, start=1):
             if transport == "url" and is_url(source):
                 parts.append(ImagePart("url", source))
@@ -198,9 +204,9 @@ class RowPreparer:
             memo = self.uploader.prepared if self.uploader is not None and transport == "files" else None
             try:
                 if memo is not None:
-                    image: PreparedImage = await memo.prepare(source, len(row.images), self.prepare_image)
+                    image: PreparedImage = await memo.prepare(source, in_request, self.prepare_image)
                 else:
-                    image = await self.prepare_image(source, len(row.images))
+                    image = await self.prepare_image(source, in_request)
             except ImageError as exc:
                 return image_failure(row, exc, n)
             warnings.extend(image.warnings)

@@ -42,11 +42,14 @@ class CountingPool:
 
     def __init__(self) -> None:
         self.sources: list[Any] = []
+        #: how many images each image's request was said to hold (its sizing depends on it)
+        self.in_request: list[int] = []
 
     async def prepare(
         self, source: Any, profile: Any, options: Any, images_in_request: int = 1
     ) -> PreparedImage:
         self.sources.append(source)
+        self.in_request.append(images_in_request)
         return prepare_file(source, profile, options, images_in_request)
 
 
@@ -135,6 +138,20 @@ async def test_examples_are_prepared_once_a_run_as_rows_are(tmp_path: Path) -> N
         )
     assert len(pool.sources) == 3
     assert decision.point is not None and decision.point.anchor == "examples"
+    # Sized for the whole request: the three example images and (at least) one of the row's.
+    assert pool.in_request == [4, 4, 4]
+    rows = RowPreparer.for_job(
+        job,
+        HAIKU,
+        pool,
+        downloader=None,
+        state=None,
+        stopping=anyio.Event(),
+        shared_images=prefix.image_count,
+    )
+    two = Row(id="r", images=[str(tmp_path / "ex" / "a.jpg")] * 2, prompt="p", fields={}, index=0)
+    await rows.prepare_row(two)
+    assert pool.in_request[3:] == [5, 5]
 
 
 @pytest.mark.anyio
