@@ -96,6 +96,8 @@ def probed_profile(
         max_image_b64_bytes=facts.PORTABLE_IMAGE_B64_BYTES,
         # omitting sampling parameters is always accepted; sending them may be a 400
         sampling_params=False,
+        # not published for a model batcher does not know: the cache decision says so
+        min_cacheable_tokens=None,
         capabilities=capabilities,
         prices=priciest.prices,
         source="probed through count_tokens",

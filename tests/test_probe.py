@@ -40,6 +40,7 @@ def test_a_probed_profile_is_conservative() -> None:
     assert profile.max_output_tokens == 32000 and profile.context_window == 500_000
     assert profile.images_per_request == 100 and profile.max_image_b64_bytes == 5 * 1024 * 1024
     assert not profile.sampling_params and not profile.can("batch")
+    assert profile.min_cacheable_tokens is None  # not published: the cache decision says unknown
     top = max(p.prices.input for p in registry.all())
     assert profile.prices.input == top
     assert probe.from_meta(probe.to_meta(profile), registry) == profile
