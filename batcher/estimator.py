@@ -195,6 +195,9 @@ class Estimate:
     cost_usd_input_online: float = 0.0
     cost_usd_input_batch: float = 0.0
     time_s: float | None = None
+    #: input tokens that count toward the ITPM limit: cache reads do not (current models), so a
+    #: cached job's are the input less every read of the prefix
+    itpm_input_tokens: int = 0
     #: which limits ``time_s`` is at: learned by the job's last run, or its [limits] / tier
     limits_source: str | None = None
     budget_usd: float | None = None
@@ -641,8 +644,9 @@ def _finish(est: Estimate, job: JobConfig, profile: ModelProfile) -> Estimate:
     est.finish(profile, job.request.max_tokens)
     est.cache = cache_estimate(est, job, profile, shared.prefix_tokens)
     (rpm, itpm, otpm), est.limits_source = limits_for(job)
+    est.itpm_input_tokens = itpm_tokens(est.input_tokens, est.cache)
     est.time_s = run_time_s(
-        est.rows - est.rows_failing, est.input_tokens, est.output_tokens_max, rpm, itpm, otpm
+        est.rows - est.rows_failing, est.itpm_input_tokens, est.output_tokens_max, rpm, itpm, otpm
     )
     return est
 
@@ -714,6 +718,14 @@ def add_examples(est: Estimate, shared: SharedTokens) -> None:
     est.text_tokens += sendable * shared.example_text
     est.image_tokens += sendable * shared.example_image
     est.input_histogram = {tokens + per_row: n for tokens, n in est.input_histogram.items()}
+
+
+def itpm_tokens(input_tokens: int, cache: CacheEstimate | None) -> int:
+    """The input tokens a job counts toward ITPM: online, every read of the cached prefix is left
+    out (cache reads do not count on current models); the write counts."""
+    if cache is None or not cache.breakpoint:
+        return input_tokens
+    return max(0, input_tokens - cache.reads * cache.prefix_tokens)
 
 
 def cache_estimate(est: Estimate, job: JobConfig, profile: ModelProfile, prefix: int) -> CacheEstimate:
@@ -915,6 +927,11 @@ def format_estimate(est: Estimate) -> str:
     lines.extend(cache_lines(est.cache))
     if est.time_s is not None:
         lines.append(f"  time online   {_duration(est.time_s):>14}  at {est.limits_source}")
+        if est.itpm_input_tokens < est.input_tokens:
+            lines.append(
+                f"                {'':>14}  (cache reads do not count toward ITPM: "
+                f"{est.itpm_input_tokens:,} of the input tokens do)"
+            )
     else:
         lines.append("  time online   ?  (no limits known: set [limits] rpm/itpm/otpm)")
     if est.budget_usd is not None:

@@ -94,6 +94,18 @@ def test_json_has_the_cache_figures(tmp_path: Path) -> None:
     assert {"prefix_tokens", "reason", "writes", "reads", "cost_batch_usd", "cost_batch_uncached_usd"} <= set(
         cache
     )
+    # Cache reads do not count toward ITPM: the one read leaves its prefix out of the time's input.
+    assert got["itpm_input_tokens"] == got["input_tokens"] - cache["reads"] * cache["prefix_tokens"]
+    assert cache["reads"] == 1
+
+
+def test_the_time_counts_no_cache_reads_toward_itpm() -> None:
+    from batcher.estimator import CacheEstimate, itpm_tokens
+
+    cache = CacheEstimate("auto", True, "examples", 6000, "5m", "1h", "why", writes=1, reads=99)
+    assert itpm_tokens(1_000_000, cache) == 1_000_000 - 99 * 6000
+    off = CacheEstimate("off", False, None, 6000, "5m", "1h", "off")
+    assert itpm_tokens(1_000_000, off) == 1_000_000 and itpm_tokens(5, None) == 5
 
 
 def test_a_bad_example_image_is_named(tmp_path: Path) -> None:

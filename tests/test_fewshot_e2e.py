@@ -76,6 +76,24 @@ def test_cache_off_sends_no_breakpoint(
         assert not got["cache_read_input_tokens"] and not got["cache_creation_input_tokens"]
 
 
+def test_a_prefix_under_the_models_minimum_gets_no_breakpoint_and_nothing_is_cached(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A short system prompt and no examples: well under Haiku 5.5's 512-token minimum.
+    rows = good_rows(tmp_path, 2)
+    job = fewshot_copy(tmp_path, rows)
+    text = job.read_text()
+    text = text.split("[[request.examples]]")[0] + "\n[cache]\n" + text.split("[cache]")[1]
+    text = text.replace('system_file = "prompts/style.md"', 'system = "Write one factual sentence."')
+    job.write_text(text)
+    bodies = capture_bodies(monkeypatch)
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == EXIT_OK, err
+    assert "under claude-haiku-5-5's minimum of 512 (nothing would be cached)" in err
+    assert len(bodies) == 2 and "cache_control" not in str(bodies)
+    assert [m["role"] for m in bodies[0]["messages"]] == ["user"]
+
+
 def test_a_bad_example_image_stops_the_run_before_any_request(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
