@@ -22,6 +22,9 @@ from tests.helpers import report_cards, report_header, report_thumb
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (the [test] extra)")
+expect = sync_api.expect
+
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,7 +33,6 @@ def chromium_path() -> str | None:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One headless Chromium for the module."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed ([test] extra)")
     path = chromium_path()
     if path is None:
         pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run does)")
@@ -225,17 +227,17 @@ def test_the_large_view_opens_and_closes(open_page: Any) -> None:
     small = page.locator("article.card").nth(2).locator("img").first.bounding_box()
     assert large is not None and small is not None and large["height"] > small["height"]
     page.keyboard.press("Escape")
-    assert not dialog.is_visible()
-    assert dialog.locator(".content > *").count() == 0
+    expect(dialog).to_be_hidden()
+    expect(dialog.locator(".content > *")).to_have_count(0)  # emptied on its close event
 
     page.locator("article.card").nth(0).click()
     assert dialog.is_visible()
     dialog.locator("button.close").click()
-    assert not dialog.is_visible()
+    expect(dialog).to_be_hidden()
 
     page.locator("article.card").nth(1).focus()
     page.keyboard.press("Enter")
-    assert dialog.is_visible()
+    expect(dialog).to_be_visible()
     page.keyboard.press("Escape")
-    assert not dialog.is_visible()
+    expect(dialog).to_be_hidden()
     opened.assert_clean()
