@@ -19,6 +19,7 @@ from PIL import Image
 from batcher.commands.run import run
 from batcher.output import OutputSpec
 from batcher.records import ImageSent, Result
+from batcher.report.model import Card, Header, Histogram, Thumb
 from batcher.runner import RunRequest
 from batcher.simulator.server import RunningSimulator
 from batcher.sink import read_results
@@ -381,4 +382,126 @@ def result_row(
         warnings=["small_image"] if i % 4 == 0 else [],
         cost_usd=0.001 + (i % 3) / 1000,
         data=data,
+    )
+
+
+# --- report pages (issue 17) ---------------------------------------------------------------------
+
+
+def report_thumb(i: int, source: str = "", px: int = 160) -> Thumb:
+    """A small drawn scene (sky, sun, hills; colours vary with ``i``) as a JPEG data URI."""
+    import base64
+
+    from PIL import ImageDraw
+
+    w, h = (px, px * 3 // 4) if i % 3 else (px * 3 // 4, px)
+    image = Image.new("RGB", (w, h), (120 + i * 37 % 120, 170 + i * 13 % 80, 230))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((w * 0.65, h * 0.1, w * 0.85, h * 0.1 + w * 0.2), fill=(250, 210 - i * 29 % 90, 60))
+    draw.polygon([(0, h), (w * 0.35, h * 0.45), (w * 0.7, h)], fill=(60, 110 + i * 17 % 90, 70))
+    draw.polygon([(w * 0.3, h), (w * 0.75, h * 0.55), (w, h * 0.8), (w, h)], fill=(40, 90, 60 + i * 23 % 90))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=80)
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return Thumb(source=source or f"images/img{i:05d}.jpg", src=uri, width=w, height=h)
+
+
+_CAPTIONS = (
+    "A red-roofed farmhouse on a green hill under a clear sky; a low sun to the right.",
+    "Two hills meet at a small valley. The sky is pale blue and there are no people or animals.",
+    "Sunset over rolling hills, the light warm and low; a single tree stands at the ridge.",
+    "A landscape illustration: flat colours, a yellow sun, dark green hills in the foreground.",
+    "Green hills and a blue sky.",
+)
+
+
+def report_cards(n: int, *, errors_every: int = 7, fields: bool = False) -> list[Card]:
+    """``n`` varied cards as a results part would make them: ok rows with captions (or with
+    ``fields``: a structured answer), every ``errors_every``-th row an error, some warnings, one
+    image that could not be read."""
+    import json
+
+    cards = []
+    for i in range(n):
+        thumbs: tuple[Thumb, ...] = (report_thumb(i),)
+        if i % 11 == 5:
+            thumbs = (Thumb(source=f"images/img{i:05d}.jpg", src=None, missing="file not found"),)
+        if i % 13 == 12:
+            thumbs = (*thumbs, report_thumb(i + 1, source=f"images/img{i:05d}-b.jpg"))
+        warnings = (
+            ("small_image",) if i % 5 == 3 else ("truncated_accepted", "small_image") if i % 9 == 8 else ()
+        )
+        common = dict(
+            id=f"row-{i:05d}",
+            warnings=warnings,
+            input_tokens=1_200 + i * 37 % 900,
+            cache_read_tokens=900 if i % 2 else 0,
+            attempts=1 + (i % 4 == 0),
+            latency_s=0.4 + (i * 0.73) % 6,
+            thumbs=thumbs,
+        )
+        if errors_every and i % errors_every == errors_every - 1:
+            kind = ("image_unreadable", "api_timeout", "schema_mismatch")[i // errors_every % 3]
+            cards.append(
+                Card(
+                    status="error",
+                    text=None,
+                    error_type=kind,
+                    error_message=f"{kind.replace('_', ' ')} after {1 + i % 4} attempt(s)",
+                    cost_usd=0.0 if kind == "image_unreadable" else 0.0011,
+                    **common,
+                )
+            )
+            continue
+        caption = _CAPTIONS[i % len(_CAPTIONS)]
+        answer: dict[str, Any] = {"caption": caption, "tags": ["hill", "sky"][: 1 + i % 2], "people": i % 4}
+        cards.append(
+            Card(
+                status="ok",
+                text=json.dumps(answer) if fields else caption,
+                fields=tuple((k, v if isinstance(v, str) else json.dumps(v)) for k, v in answer.items())
+                if fields
+                else (),
+                output_tokens=20 + len(caption) // 4,
+                cost_usd=0.0012 + (i * 0.00031) % 0.002,
+                **common,
+            )
+        )
+    return cards
+
+
+def report_header(cards: list[Card], *, results: int | None = None, job: str = "captions") -> Header:
+    """A header over ``cards`` (``results``: how many rows the job has, when the cards are a sample)."""
+    from collections import Counter
+
+    latencies = [c.latency_s for c in cards if c.latency_s is not None]
+    costs = [c.cost_usd for c in cards if c.cost_usd is not None]
+
+    def histogram(label: str, unit: str, values: list[float], bins: int = 12) -> Histogram:
+        low, high = min(values, default=0.0), max(values, default=1.0)
+        step = (high - low) / bins or 1.0
+        counts = [0] * bins
+        for v in values:
+            counts[min(int((v - low) / step), bins - 1)] += 1
+        return Histogram(label, unit, tuple(low + step * k for k in range(bins + 1)), tuple(counts))
+
+    reads = sum(1 for c in cards if c.cache_read_tokens)
+    return Header(
+        job=job,
+        out_dir=f"/data/out/{job}",
+        generated_at="2025-06-01T07:30:00Z",
+        rows=results or len(cards),
+        by_status=dict(Counter(c.status for c in cards)),
+        errors_by_type=dict(Counter(c.error_type for c in cards if c.error_type)),
+        warnings_by_type=dict(Counter(w for c in cards for w in c.warnings)),
+        input_tokens=sum(c.input_tokens or 0 for c in cards),
+        output_tokens=sum(c.output_tokens or 0 for c in cards),
+        cache_read_tokens=sum(c.cache_read_tokens or 0 for c in cards),
+        cache_write_tokens=sum(c.cache_write_tokens or 0 for c in cards),
+        cache_hit_rate=reads / len(cards) if cards else None,
+        cost_usd=sum(costs),
+        time_spent_s=4_321.0,
+        results=results or len(cards),
+        cards=len(cards),
+        histograms=(histogram("latency", "s", latencies), histogram("cost per row", "USD", costs)),
     )
