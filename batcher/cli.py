@@ -128,7 +128,7 @@ def report(out: Path, dest: Path | None, max_cards: int, thumb_px: int, open_pag
 
     Exit codes: 0 written; 2 not a job's output folder; 1 the page could not be written.
     """
-    from batcher.commands.report import make_report
+    from batcher.commands.report import report as make_report
 
     sys.exit(make_report(out, dest, max_cards=max_cards, thumb_px=thumb_px, open_page=open_page))
 

@@ -33,7 +33,7 @@ def report_line(stats: ReportStats) -> str:
     )
 
 
-def make_report(
+def report(
     out: Path,
     dest: Path | None = None,
     *,
