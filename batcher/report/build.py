@@ -34,6 +34,7 @@ import os
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 #: Bins of each header histogram.
 HISTOGRAM_BINS = 20
 #: Rows per batch in the light passes (a few columns: tens of KB a batch).
-SCAN_BATCH = 65_536
+SCAN_BATCH = 8192
 #: Cards whose thumbnails may be in the making at once, per image worker.
 WINDOW_PER_WORKER = 2
 #: An output field's value is cut to this many characters on a card (the raw JSON is in ``text``).
@@ -265,7 +266,7 @@ class _Parts:
             files: list[pq.ParquetFile] = []
             try:
                 for path in paths:
-                    files.append(pq.ParquetFile(path))
+                    files.append(pq.ParquetFile(path, pre_buffer=False))
             except FileNotFoundError:  # a part rewritten away between listing and opening
                 for opened in files:
                     opened.close()
@@ -281,7 +282,7 @@ class _Parts:
         """``(part, first row's position in the part, batch)`` of the light columns, in order."""
         for index, file in enumerate(self.files):
             offset = 0
-            for batch in file.iter_batches(batch_size=SCAN_BATCH, columns=_LIGHT_COLUMNS):
+            for batch in file.iter_batches(batch_size=SCAN_BATCH, columns=_LIGHT_COLUMNS, use_threads=False):
                 yield index, offset, batch
                 offset += batch.num_rows
 
@@ -452,7 +453,7 @@ def _rows_of_group(parts: _Parts, index: int, group: int, local: list[int], colu
     """The chosen rows of one row group, with only the card's columns (in a worker thread)."""
     import pyarrow as pa
 
-    table = parts.files[index].read_row_group(group, columns=columns)
+    table = parts.files[index].read_row_group(group, columns=columns, use_threads=False)
     rows = table.take(pa.array(local, type=pa.int64())).to_pylist()
     out = []
     for values in rows:
@@ -536,13 +537,15 @@ async def _cards(plan: _Plan, options: ReportOptions, pool: Thumbnailer) -> Asyn
     def finished(row: _Row, slots: list[Thumb | None]) -> Card:
         return _card(row, tuple(t for t in slots if t is not None), plan.output_columns)
 
+    # Every Parquet read of this pass in one thread: Arrow's allocator keeps a heap per thread that
+    # touches it, and reads hopping over the event loop's worker threads would each grow one.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher-report-read")
     try:
         async with anyio.create_task_group() as group:
             for index, row_group, local in _groups(plan.parts, plan.chosen):
                 columns = [c for c in (*CARD_COLUMNS, *plan.output_columns) if c in plan.parts.columns(index)]
-                rows = await anyio.to_thread.run_sync(
-                    _rows_of_group, plan.parts, index, row_group, local, columns
-                )
+                read = reader.submit(_rows_of_group, plan.parts, index, row_group, local, columns)
+                rows = await anyio.to_thread.run_sync(read.result)
                 for row in rows:
                     slots: list[Thumb | None] = [None] * len(row.sources)
                     done = anyio.Event()
@@ -562,6 +565,7 @@ async def _cards(plan: _Plan, options: ReportOptions, pool: Thumbnailer) -> Asyn
     except* GeneratorExit:
         pass  # closed early (aclose): the task group has cancelled the thumbnails in flight
     finally:
+        reader.shutdown(wait=True)
         plan.parts.close()
 
 
@@ -599,7 +603,8 @@ def _blocking_cards(receive: MemoryObjectReceiveStream[Card]) -> Iterator[Card]:
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error inside nested task-group errors (the group itself when there are several)."""
+    """The one error inside nested task-group errors (of several: the first job-level one, else the
+    group itself)."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
@@ -608,7 +613,10 @@ def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
             pending.extend(exc.exceptions)
         else:
             leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else group
+    if len(leaves) == 1:
+        return leaves[0]
+    # Several (image workers that all failed to start): the command's own error, said once.
+    return next((leaf for leaf in reversed(leaves) if isinstance(leaf, JobError)), group)
 
 
 async def _build_and_render(out_dir: Path, options: ReportOptions, renderer: Renderer, out: TextIO) -> Header:
