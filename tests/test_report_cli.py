@@ -117,3 +117,11 @@ def test_python_api_make_report_returns_the_stats(tmp_path: Path) -> None:
     with pytest.raises(batcher.JobError) as refused:
         batcher.make_report(tmp_path / "nope")
     assert refused.value.exit_code == 2
+
+
+@pytest.mark.anyio
+async def test_python_api_make_report_from_inside_a_running_event_loop(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_results(out, [result_row(i) for i in range(2)])
+    stats = batcher.make_report(out, workers=1)  # a notebook cell: the loop is this thread's
+    assert stats.cards == 2 and (out / "report.html").is_file()

@@ -299,3 +299,37 @@ def test_thumbnail_data_uri_decodes_to_the_jpeg(tmp_path: Path) -> None:
     assert src is not None
     image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
     assert image.format == "JPEG" and image.size == (32, 21)
+
+
+def test_a_100k_row_job_makes_a_page_within_the_cap(tmp_path: Path) -> None:
+    """The parts written straight with the results schema (recording 100,000 rows through the state
+    takes half a minute): every error row is on the page, the rest spread, the figures over all."""
+    import pyarrow.parquet as pq
+
+    from batcher.sink import Sink, result_schema
+
+    out = tmp_path / "out"
+    with JobState.open(out) as state:
+        Sink(out, state, {})
+    n = 100_000
+    status = ["error" if i % 4_000 == 17 else "ok" for i in range(n)]
+    columns = {
+        "id": [f"row-{i:06d}" for i in range(n)],
+        "status": status,
+        "text": [None if s == "error" else f"answer {i}" for i, s in enumerate(status)],
+        "latency_s": [0.1 + i % 100 / 10 for i in range(n)],
+        "cost_usd": [0.001] * n,
+    }
+    schema = result_schema()
+    table = pa.table(
+        {f.name: pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema}, schema=schema
+    )
+    pq.write_table(table, out / "results" / "part-00001.parquet", row_group_size=2_000)
+    header, cards, _pool = _build(out, ReportOptions(max_cards=100))
+    assert (header.results, header.cards, len(cards)) == (n, 100, 100)
+    assert sum(c.status == "error" for c in cards) == 25  # all of them
+    assert [c.id for c in cards] == sorted(c.id for c in cards)
+    assert cards[-1].id > "row-098000"  # ok rows spread to the end of the job
+    latency = header.histograms[0]
+    assert sum(latency.counts) == n and latency.edges[0] == pytest.approx(0.1)
+    assert header.histograms[1].edges == (0.001, 0.001)  # every cost the same: one bin
