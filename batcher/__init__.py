@@ -7,6 +7,7 @@ From Python (see README, "Python API")::
     summary = batcher.run("job.toml")  # RunSummary: ok, errors, left, exit_code, cost_usd...
     figures = batcher.estimate("job.toml")  # Estimate: rows, images, input_tokens, cost_usd_online...
     image = batcher.prepare_image("photo.jpg", model="claude-haiku-5-5")  # PreparedImage
+    page = batcher.make_report("out")  # ReportStats: path, cards, results, sampled, bytes, seconds
 
 The names are imported on first use, so ``import batcher`` (and ``batcher --help``) stays light.
 """
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
     from batcher.python_api import RunSummary as RunSummary
     from batcher.python_api import estimate as estimate
     from batcher.python_api import load_job as load_job
+    from batcher.python_api import make_report as make_report
     from batcher.python_api import prepare_image as prepare_image
     from batcher.python_api import run as run
+    from batcher.report.build import ReportStats as ReportStats
 
 #: Exported name -> the module that defines it.
 _EXPORTS = {
@@ -38,6 +41,8 @@ _EXPORTS = {
     "estimate": "batcher.python_api",
     "prepare_image": "batcher.python_api",
     "load_job": "batcher.python_api",
+    "make_report": "batcher.python_api",
+    "ReportStats": "batcher.report.build",
     "JobError": "batcher.errors",
     "BatcherError": "batcher.errors",
     "RowFailure": "batcher.errors",

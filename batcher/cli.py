@@ -98,6 +98,42 @@ def status(out: Path, as_json: bool) -> None:
 
 
 @main.command()
+# Not exists=True: a missing folder is the command's own one-line refusal (exit 2), as an empty one.
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "dest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The page to write (default: OUT/report.html).",
+)
+@click.option(
+    "--max-cards",
+    type=click.IntRange(min=0),
+    default=2000,
+    show_default=True,
+    help="Cards at most; past it a sample: every error row first, then ok rows spread over the job.",
+)
+@click.option(
+    "--thumb-px",
+    type=click.IntRange(min=16, max=2048),
+    default=256,
+    show_default=True,
+    help="Thumbnails' long edge.",
+)
+@click.option("--open", "open_page", is_flag=True, help="Open the page in a browser once written.")
+def report(out: Path, dest: Path | None, max_cards: int, thumb_px: int, open_page: bool) -> None:
+    """One self-contained HTML page over a job's results: thumbnails, answers, errors, figures.
+
+    Exit codes: 0 written; 2 not a job's output folder; 1 the page could not be written.
+    """
+    from batcher.commands.report import report as make_report
+
+    sys.exit(make_report(out, dest, max_cards=max_cards, thumb_px=thumb_px, open_page=open_page))
+
+
+@main.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option(

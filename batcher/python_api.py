@@ -1,5 +1,6 @@
-"""batcher from Python: :func:`run`, :func:`estimate` and :func:`prepare_image` (exported by
-``batcher/__init__.py``), for notebooks and for other engines to call.
+"""batcher from Python: :func:`run`, :func:`estimate`, :func:`prepare_image` and
+:func:`make_report` (exported by ``batcher/__init__.py``), for notebooks and for other engines to
+call.
 
 The three do what ``batcher run``, ``batcher estimate`` and ``batcher prepare`` do, through the same
 code, but print nothing unless asked and never exit: a refusal raises a :class:`JobError`
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from batcher.estimator import Estimate
     from batcher.images.prepare import PreparedImage
     from batcher.models import ModelProfile
+    from batcher.report.build import ReportStats
 
 T = TypeVar("T")
 
@@ -187,6 +189,29 @@ def prepare_image(
     check_options(profile, options)
     data = source if isinstance(source, bytes) else os.fspath(source)
     return prepare_file(data, profile, options, images_in_request)
+
+
+def make_report(
+    out: str | os.PathLike[str],
+    *,
+    dest: str | os.PathLike[str] | None = None,
+    max_cards: int = 2000,
+    thumb_px: int = 256,
+    workers: int | None = None,
+) -> ReportStats:
+    """``batcher report OUT``: one self-contained HTML page over the job's results at ``dest``
+    (default ``OUT/report.html``); returns what was written (``path``, ``cards``, ``results``,
+    ``sampled``, ``bytes``, ``seconds``). Thumbnails are made in ``workers`` image worker processes
+    (default: one per core). Raises :class:`JobError` (a ``ReportError``: 2, not a job's output
+    folder; 1, the page could not be written). Named ``make_report``: ``batcher.report`` is the
+    package that makes the page."""
+    from batcher.report.build import ReportError, ReportOptions, write_report
+
+    if max_cards < 0 or thumb_px < 1:
+        raise ReportError(f"max_cards must be 0 or more and thumb_px 1 or more, got {max_cards}, {thumb_px}")
+    options = ReportOptions(max_cards=max_cards, thumb_px=thumb_px, workers=workers)
+    page = Path(dest) if dest is not None else None
+    return _off_the_loop(lambda: write_report(Path(out), page, options))
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shlex
 import sqlite3
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -98,6 +99,11 @@ def execute(request: RunRequest) -> int:
             "kept, and `batcher run` again resumes",
             EXIT_FATAL,
         ) from exc
+
+
+def report_line(out_dir: Path) -> str:
+    """A run's last line: the command that makes its report page (``batcher report``)."""
+    return f"report: batcher report {shlex.quote(str(out_dir))}"
 
 
 def os_reason(exc: OSError, named: Path) -> str:
@@ -505,6 +511,7 @@ async def _run_with_client(
         if live_batches:
             say(left_to_batches_line(live_rows, live_batches, out_dir))
         request.notices.results(f"results: {out_dir / 'results'}")
+        request.notices.results(report_line(out_dir))
         if refused:
             say(
                 f"batcher: stopped: {_refusal(refused[0], job)}; nothing more was sent, and every "
@@ -688,6 +695,7 @@ async def _run_batches(
     elif code == EXIT_INCOMPLETE:
         say("batcher: rows left to resubmit: `batcher run` again sends them")
     request.notices.results(f"results: {state.out_dir / 'results'}")
+    request.notices.results(report_line(state.out_dir))
     return code
 
 

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from batcher.commands.run import run
+from batcher.output import OutputSpec
+from batcher.records import ImageSent, Result
 from batcher.report.model import Card, Header, Histogram, Thumb
 from batcher.runner import RunRequest
 from batcher.simulator.server import RunningSimulator
@@ -321,6 +323,66 @@ def fewshot_copy(tmp: Path, rows: list[dict[str, Any]], *, concurrency: int = 1)
     job = tmp / "fewshot.toml"
     job.write_text(text)
     return job
+
+
+# --- a finished job's output folder, without running it (batcher report) -------------------------
+
+
+def write_results(
+    out: Path,
+    results: Iterable[Result],
+    *,
+    output: OutputSpec | None = None,
+    part_rows: int = 5000,
+) -> None:
+    """An output folder as a run leaves it: the rows synced in one complete pass, ``results``
+    recorded in the job state and exported to Parquet parts of ``part_rows`` by the real Sink."""
+    from batcher.records import Row
+    from batcher.sink import Sink
+    from batcher.state import JobState
+
+    results = list(results)
+    with JobState.open(out) as state:
+        pass_id = state.begin_pass()
+        rows = [
+            Row(id=r.id, images=[i.source for i in r.images], prompt="", fields={}, index=n)
+            for n, r in enumerate(results)
+        ]
+        state.sync_rows(rows, pass_id)
+        sink = Sink(out, state, {}, output=output)
+        for result in results:
+            state.record(result)
+        state.end_pass(pass_id)
+        sink.export(max_rows=part_rows)
+
+
+def result_row(
+    i: int,
+    *,
+    status: str = "ok",
+    images: Iterable[str] = (),
+    text: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Result:
+    """A finished row ``row-NNNNN`` (an error row: ``image_error``, no answer)."""
+    ok = status == "ok"
+    return Result(
+        id=f"row-{i:05d}",
+        status="ok" if ok else "error",
+        text=(text if text is not None else f"answer {i}") if ok else None,
+        model="claude-haiku-5-5",
+        stop_reason="end_turn" if ok else None,
+        input_tokens=100 + i % 7,
+        output_tokens=20 + i % 5,
+        attempts=1,
+        latency_s=0.5 + (i % 10) / 10,
+        error_type=None if ok else "decode_error",
+        error_message=None if ok else f"images/{i}.jpg: corrupt image data",
+        images=[ImageSent(source=s) for s in images],
+        warnings=["small_image"] if i % 4 == 0 else [],
+        cost_usd=0.001 + (i % 3) / 1000,
+        data=data,
+    )
 
 
 # --- report pages (issue 17) ---------------------------------------------------------------------

@@ -111,7 +111,8 @@ def encode(decoded: Decoded, options: ImageOptions, label: str) -> Encoded:
 def flatten_on_white(image: Image.Image) -> Image.Image:
     """Composite an LA/RGBA image over white (JPEG has no alpha; white is how viewers show it)."""
     base = "L" if image.mode == "LA" else "RGB"
-    flat = Image.new(base, image.size, WHITE)
+    # A bare int fills only the first band of an RGB image (255 is red): white is given per band.
+    flat = Image.new(base, image.size, WHITE if base == "L" else (WHITE, WHITE, WHITE))
     flat.paste(image.convert(base), mask=image.getchannel("A"))
     return flat
 

@@ -3,7 +3,8 @@
 Decoding is CPU-bound and in C, and a hostile file can make a decoder loop, allocate without end, or
 crash: none of that may reach the event loop or the run. Each worker is a separate process (spawned,
 so it inherits no threads or sockets from the caller) that runs
-:func:`batcher.images.prepare.prepare_file` one image at a time:
+:func:`batcher.images.prepare.prepare_file` one image at a time (or, for ``batcher report``,
+:func:`batcher.images.thumbnail.make_thumbnail`: :meth:`ImagePool.thumbnail`, within the same bounds):
 
 * **time**: the parent waits ``options.timeout_s`` for the answer; past it the worker is killed and
   replaced, and the image fails with ``timeout``;
@@ -45,6 +46,7 @@ from batcher.errors import JobError
 from batcher.images.errors import ImageConfigError, ImageError, ImageTimeout, OutOfMemory, error_from_type
 from batcher.images.prepare import PreparedImage, prepare_file
 from batcher.images.sizing import ImageOptions, check_options
+from batcher.images.thumbnail import Thumbnail, make_thumbnail
 from batcher.models import ModelProfile
 
 #: Seconds a new worker may take to start and import Pillow before the pool gives up on it.
@@ -63,6 +65,15 @@ class _Task:
     profile: ModelProfile
     options: ImageOptions
     images_in_request: int
+
+
+@dataclass(frozen=True, slots=True)
+class _ThumbTask:
+    """A report's thumbnail (:func:`batcher.images.thumbnail.make_thumbnail`), within the same bounds."""
+
+    source: str | bytes
+    thumb_px: int
+    options: ImageOptions
 
 
 def default_workers() -> int:
@@ -112,6 +123,27 @@ def _run_task(task: _Task) -> tuple[Any, ...]:
         _set_memory_limit(None)  # the answer itself must be sendable
 
 
+def _run_thumb(task: _ThumbTask) -> tuple[Any, ...]:
+    """Make one thumbnail in the worker; every outcome a plain tuple, as :func:`_run_task`."""
+    _set_memory_limit(task.options.memory_limit_bytes)
+    try:
+        thumb = make_thumbnail(task.source, task.thumb_px, task.options)
+        return ("thumb", thumb.data, thumb.width, thumb.height)
+    except ImageError as exc:
+        return ("error", exc.error_type, str(exc))
+    except MemoryError:
+        limit = task.options.memory_limit_bytes
+        return (
+            "error",
+            "out_of_memory",
+            f"{_label(task.source)}: needed more than the {limit:,}-byte memory bound",
+        )
+    except Exception as exc:  # a bug or an unclassified decoder failure: still only this image's
+        return ("error", "decode_error", f"{_label(task.source)}: {type(exc).__name__}: {exc}")
+    finally:
+        _set_memory_limit(None)
+
+
 def _silence_stderr() -> None:
     """Decoders' C libraries (libtiff above all) print to fd 2 about every odd file: their findings
     reach the results as error types, so the noise is dropped unless BATCHER_WORKER_STDERR is set."""
@@ -141,7 +173,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, work: WorkFunction
             return
         if task is None:
             return
-        conn.send(work(task))
+        conn.send(_run_thumb(task) if isinstance(task, _ThumbTask) else work(task))
 
 
 class _Worker:
@@ -165,7 +197,7 @@ class _Worker:
             self.kill()
             raise PoolError(f"an image worker exited while starting (code {self.process.exitcode})") from None
 
-    def run(self, task: _Task, timeout_s: float) -> tuple[Any, ...] | None:
+    def run(self, task: _Task | _ThumbTask, timeout_s: float) -> tuple[Any, ...] | None:
         """The worker's answer, or None if it timed out or died (it is then dead)."""
         try:
             self.conn.send(task)
@@ -251,7 +283,23 @@ class ImagePool:
         options = options or ImageOptions()
         check_options(profile, options)
         src = source if isinstance(source, bytes) else str(source)
-        task = _Task(src, profile, options, images_in_request)
+        return _result(await self._submit(_Task(src, profile, options, images_in_request)))
+
+    async def thumbnail(
+        self, source: Path | str | bytes, thumb_px: int, options: ImageOptions | None = None
+    ) -> Thumbnail:
+        """A report's thumbnail of one image (:func:`~batcher.images.thumbnail.make_thumbnail`) in a
+        worker, within the same time and memory bounds; raises its ``ImageError``."""
+        if not self._open:
+            raise PoolError("ImagePool.thumbnail called outside `async with ImagePool(...)`")
+        src = source if isinstance(source, bytes) else str(source)
+        reply = await self._submit(_ThumbTask(src, thumb_px, options or ImageOptions()))
+        if reply[0] == "thumb":
+            return Thumbnail(reply[1], reply[2], reply[3])
+        raise error_from_type(reply[1], reply[2])
+
+    async def _submit(self, task: _Task | _ThumbTask) -> tuple[Any, ...]:
+        """Run one task in a free worker; its reply (a dead worker's says why)."""
         async with self._slots:
             worker = await self._take()
             try:
@@ -267,7 +315,7 @@ class ImagePool:
                 self._idle.append(worker)
             else:
                 self._missing += 1
-        return _result(reply)
+        return reply
 
     async def _take(self) -> _Worker:
         """An idle worker, or a new one in place of one that was killed."""
@@ -284,7 +332,7 @@ class ImagePool:
             self._missing += 1
             raise
 
-    def _run(self, worker: _Worker, task: _Task) -> tuple[bool, tuple[Any, ...]]:
+    def _run(self, worker: _Worker, task: _Task | _ThumbTask) -> tuple[bool, tuple[Any, ...]]:
         """In a thread: run the task; ``(alive, reply)``. A worker that timed out or crashed is dead
         (replaced by the next ``_take``), and the reply says why."""
         started = time.monotonic()
@@ -297,7 +345,7 @@ class ImagePool:
         return False, _failure(task, elapsed, worker.process.exitcode)
 
 
-def _failure(task: _Task, elapsed: float, exitcode: int | None) -> tuple[Any, ...]:
+def _failure(task: _Task | _ThumbTask, elapsed: float, exitcode: int | None) -> tuple[Any, ...]:
     label = _label(task.source)
     if exitcode == -signal.SIGKILL and elapsed >= task.options.timeout_s:
         return (
