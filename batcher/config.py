@@ -385,9 +385,9 @@ def _settle_request(job: JobConfig) -> JobConfig:
 
 
 def _example_source(job: JobConfig, source: str) -> str:
-    from batcher.urls import is_url
+    from batcher.urls import is_remote
 
-    return source if is_url(source) else str((job.base_dir / source).resolve())
+    return source if is_remote(source) else str((job.base_dir / source).resolve())
 
 
 def _fixed_prompt(inp: InputConfig) -> str | None:

@@ -103,6 +103,7 @@ _IMAGE_TYPES: Final = (
     "download_error",
     "download_timeout",
     "blocked_address",
+    "permission_denied",
 )
 
 #: The API's own error types (batcher.facts.ERROR_TYPES; a test holds the two to each other).

@@ -54,6 +54,7 @@ import itertools
 import json
 import math
 import os
+import posixpath
 import re
 import string
 from collections.abc import Iterable, Iterator, Sequence
@@ -203,14 +204,27 @@ def parse_images(cell: Any) -> list[str] | RowFailure:
 
 
 def resolve_image(value: str, base: str | Path) -> str:
-    """A ``scheme://`` source as given (a URL, or a scheme the run refuses by name); a path resolved
-    against the manifest's folder."""
+    """A ``scheme://`` source as given (a URL, an object store URI, or a scheme the run refuses by
+    name); a path resolved against the manifest's folder. A manifest in a bucket (``base`` is
+    ``s3://bucket/data``) resolves a relative path to an object in that folder there; an absolute
+    path is a local file."""
     if scheme_of(value) is not None:
         return value
+    if isinstance(base, str) and "://" in base and not value.startswith(("/", "~")):
+        return object_join(base, value)
     # os.path, not pathlib: this runs once per image of every row.
     if value.startswith("~"):
         value = os.path.expanduser(value)
     return value if os.path.isabs(value) else os.path.join(base, value)
+
+
+def object_join(folder: str, relative: str) -> str:
+    """``relative`` (``a/b.jpg``, ``./b.jpg``, ``../c/d.jpg``) in an object store's ``folder``
+    (``s3://bucket/data``): never above the bucket."""
+    scheme, _, rest = folder.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    key = posixpath.normpath(posixpath.join("/", prefix, relative)).lstrip("/")
+    return f"{scheme}://{bucket}/{key}"
 
 
 def derive_id(images: list[str] | None, image_cell: Any, prompt_key: str) -> str:

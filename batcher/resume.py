@@ -51,7 +51,7 @@ from batcher.state import (
     SyncProgress,
     SyncReport,
 )
-from batcher.urls import is_url
+from batcher.urls import is_remote
 
 if TYPE_CHECKING:
     from batcher.config import ExampleConfig, JobConfig
@@ -100,7 +100,7 @@ def _example_settings(example: ExampleConfig) -> dict[str, Any]:
     source with (for a local file) its size and mtime, as the row hash takes a row's images."""
     images = []
     for source in example.image_list:
-        if is_url(source):
+        if is_remote(source):  # an http(s) URL or an object store URI: as written, never fetched
             images.append([source, "url"])
             continue
         try:

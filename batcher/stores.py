@@ -1,0 +1,313 @@
+"""Object stores (S3, GCS, Azure) through fsspec: the one seam every part of batcher that reads or
+writes a bucket goes through.
+
+* Which store a URI belongs to comes from :data:`batcher.urls.OBJECT_SCHEMES` (``s3://``,
+  ``gs://``/``gcs://``, ``az://``/``abfs://``/``abfss://``); each needs an optional extra
+  (:data:`EXTRAS`: ``batcher[s3]`` brings s3fs, ``[gcs]`` gcsfs, ``[azure]`` adlfs). A missing one is
+  a :class:`StoreError` naming the extra to install.
+* One filesystem per store, made on first use and reused (:func:`filesystem`). Credentials and
+  endpoints come from the store's own environment and config files (for S3: ``AWS_ENDPOINT_URL``,
+  ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/config``...), never from
+  the job file; batcher neither logs nor writes them.
+* Reads are bounded: an object's size is asked first and checked against the cap (``[images]
+  download_max_bytes`` for an image) before a byte is downloaded, then the object comes in one
+  ranged GET of exactly that size (:func:`read_object`).
+* The store's transient errors (throttling, 5xx, timeouts, cut connections) are retried a few times
+  with tenacity (:func:`retrying`), on top of the store client's own retries; what is transient, and
+  what a failure means for the row, are pure functions of the exception (:func:`classify`): a missing
+  object is the row's ``not_found``, a forbidden one ``permission_denied``, never the job's.
+* fsspec's calls are blocking: the run makes them in a worker thread (:func:`fetch_object`), never on
+  the event loop.
+
+fsspec and the store packages are imported on first use only: ``batcher --help`` imports none.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+from batcher.errors import JobError
+from batcher.exits import EXIT_CONFIG
+from batcher.images.errors import (
+    DownloadError,
+    DownloadTimeout,
+    DownloadTooLarge,
+    ImageError,
+    NotAFile,
+    NotFound,
+    PermissionDenied,
+)
+from batcher.urls import OBJECT_SCHEMES, scheme_of
+
+if TYPE_CHECKING:
+    import tenacity
+
+T = TypeVar("T")
+
+#: Each store: the package its fsspec filesystem comes from, the extra that installs it, and the
+#: protocol fsspec knows it by.
+EXTRAS: Final[dict[str, tuple[str, str, str]]] = {
+    "s3": ("s3fs", "s3", "s3"),
+    "gcs": ("gcsfs", "gcs", "gcs"),
+    "azure": ("adlfs", "azure", "abfs"),
+}
+#: Attempts at one store call when its errors are transient (the client retries inside each too).
+ATTEMPTS: Final = 4
+#: Seconds between attempts: exponential from this, with jitter, at most :data:`MAX_WAIT_S`.
+FIRST_WAIT_S: Final = 0.25
+MAX_WAIT_S: Final = 4.0
+
+#: What a store's failure means: the object is missing, forbidden, the call may succeed if made
+#: again, or anything else (a broken request, an unknown error).
+ErrorKind = Literal["not_found", "permission_denied", "transient", "error"]
+
+_TRANSIENT_ERRNOS: Final = frozenset(
+    {
+        errno.EBUSY,  # s3fs: SlowDown, 503 ServiceUnavailable
+        getattr(errno, "EREMOTEIO", errno.EIO),  # s3fs: 500 InternalError
+        errno.EAGAIN,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.EPIPE,
+    }
+)
+#: Exception class names of the store clients' transient failures (botocore, aiohttp, azure-core,
+#: google-auth), matched by name so this module imports none of them.
+_TRANSIENT_NAMES: Final = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "IncompleteRead",
+        "ResponseParserError",
+        "HTTPClientError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ClientOSError",
+        "ServiceRequestError",
+        "ServiceResponseError",
+        "TransportError",
+        "FSTimeoutError",
+    }
+)
+
+
+class StoreError(JobError):
+    """An object store the job needs cannot be used at all: its extra is not installed (exit 2), the
+    manifest or the results prefix cannot be read or written (exit 1). A single image's failure is
+    the row's (an ``ImageError``), never this."""
+
+
+def store_of(uri: str) -> str | None:
+    """The store (``s3``, ``gcs``, ``azure``) of an object store URI; None for anything else."""
+    scheme = scheme_of(uri)
+    return OBJECT_SCHEMES.get(scheme) if scheme is not None else None
+
+
+def missing_extra(store: str) -> str:
+    """The one line for a store whose package is not installed."""
+    package, extra, _protocol = EXTRAS[store]
+    schemes = ", ".join(f"{s}://" for s, st in OBJECT_SCHEMES.items() if st == store)
+    return f'{schemes} URIs need {package}: pip install "batcher[{extra}]"'
+
+
+# --- errors: pure decisions ----------------------------------------------------------------------
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status a store client's error carries (gcsfs ``code``, azure ``status_code``)."""
+    for name in ("status_code", "code", "status"):
+        value = getattr(exc, name, None)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return value
+    return None
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """What a store call's exception means (see :data:`ErrorKind`). s3fs turns S3's error codes into
+    Python's (``NoSuchKey`` -> ``FileNotFoundError``, ``AccessDenied`` -> ``PermissionError``,
+    ``SlowDown``/503 -> ``OSError(EBUSY)``, 500 -> ``OSError(EREMOTEIO)``, ``RequestTimeout`` ->
+    ``TimeoutError``); gcsfs and adlfs raise errors with an HTTP status."""
+    if isinstance(exc, FileNotFoundError):
+        return "not_found"
+    if isinstance(exc, PermissionError):
+        return "permission_denied"
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return "transient"
+    if type(exc).__name__ in _TRANSIENT_NAMES:
+        return "transient"
+    status = _status(exc)
+    if status is not None:
+        if status == 404:
+            return "not_found"
+        if status in (401, 403):
+            return "permission_denied"
+        if status in (408, 429) or status >= 500:
+            return "transient"
+        return "error"
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return "transient"
+    return "error"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The call may succeed if made again (throttling, 5xx, a timeout, a cut connection)."""
+    return classify(exc) == "transient"
+
+
+def describe(exc: BaseException) -> str:
+    """A short line for a store error: its type and the store's own message, never a credential
+    (the store clients' messages name the bucket and key at most)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def image_error(exc: BaseException) -> ImageError:
+    """A store failure while reading an image, as the row's error."""
+    kind = classify(exc)
+    if kind == "not_found":
+        return NotFound("no such object in the store")
+    if kind == "permission_denied":
+        return PermissionDenied(f"the store refused to read it ({describe(exc)})")
+    if kind == "transient":
+        return DownloadError(f"the store kept failing after {ATTEMPTS} attempts ({describe(exc)})")
+    return DownloadError(f"cannot read the object ({describe(exc)})")
+
+
+def retrying(attempts: int = ATTEMPTS, *, sleep: Callable[[float], None] | None = None) -> tenacity.Retrying:
+    """A tenacity controller for one store call: transient errors only, at most ``attempts`` calls,
+    exponential waits with jitter; the last error is raised as it is."""
+    import tenacity
+
+    kwargs: dict[str, Any] = {} if sleep is None else {"sleep": sleep}
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential_jitter(initial=FIRST_WAIT_S, max=MAX_WAIT_S),
+        retry=tenacity.retry_if_exception(is_transient),
+        reraise=True,
+        **kwargs,
+    )
+
+
+def call(fn: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
+    """``fn()``, retried on the store's transient errors (blocking: run it in a thread)."""
+    for attempt in retrying(attempts):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+# --- filesystems ---------------------------------------------------------------------------------
+
+_FILESYSTEMS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def filesystem(uri_or_store: str) -> Any:
+    """The fsspec filesystem of a store (``s3``...) or of the store a URI names, made once and
+    reused; raises :class:`StoreError` when its extra is not installed.
+
+    Made with the store's defaults: its credentials and endpoint come from its own environment and
+    config (nothing from the job file). fsspec's instance cache is skipped: :func:`reset_filesystems`
+    makes the next call build a new one (after the environment changed, as tests do)."""
+    store = uri_or_store if uri_or_store in EXTRAS else store_of(uri_or_store)
+    if store is None:
+        raise ValueError(f"not an object store URI: {uri_or_store!r}")
+    with _LOCK:
+        fs = _FILESYSTEMS.get(store)
+        if fs is None:
+            package, _extra, protocol = EXTRAS[store]
+            try:
+                importlib.import_module(package)
+                import fsspec
+            except ImportError:
+                raise StoreError(missing_extra(store), exit_code=EXIT_CONFIG) from None
+            fs = _FILESYSTEMS[store] = fsspec.filesystem(protocol, skip_instance_cache=True)
+        return fs
+
+
+def reset_filesystems() -> None:
+    """Forget the filesystems made so far (the next use makes new ones from the environment)."""
+    with _LOCK:
+        _FILESYSTEMS.clear()
+
+
+def strip(uri: str) -> str:
+    """``uri`` as fsspec's filesystem names it (``bucket/key``, no scheme)."""
+    return uri.split("://", 1)[1]
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def image_errors() -> Iterator[None]:
+    """A store call for an image: its failures as the row's image errors."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise image_error(exc) from None
+
+
+def object_size(info: dict[str, Any]) -> int | None:
+    """An object's size from its ``info`` (None for a directory: not an object)."""
+    if info.get("type") == "directory":
+        return None
+    size = info.get("size")
+    return int(size) if isinstance(size, int | float | str) and str(size).isdigit() else None
+
+
+def too_large(size: int, max_bytes: int) -> str | None:
+    """Why an object of ``size`` bytes is not downloaded (over ``[images] download_max_bytes``)."""
+    if size > max_bytes:
+        return f"{size:,} bytes, over the {max_bytes:,}-byte limit ([images] download_max_bytes)"
+    return None
+
+
+def read_object(uri: str, max_bytes: int, *, attempts: int = ATTEMPTS) -> bytes:
+    """The bytes of one object, at most ``max_bytes``: its size asked first (one HEAD), then one
+    ranged GET of exactly that size. Blocking; raises the row's ``ImageError`` types (``not_found``,
+    ``permission_denied``, ``not_a_file``, ``too_large``, ``download_error``)."""
+    with image_errors():
+        fs = filesystem(uri)
+        path = strip(uri)
+        info = call(partial(fs.info, path), attempts=attempts)
+        size = object_size(info)
+        if size is None:
+            raise NotAFile("a folder (a prefix), not an object")
+        refused = too_large(size, max_bytes)
+        if refused is not None:
+            raise DownloadTooLarge(refused)
+        if size == 0:
+            return b""  # the image pool says empty_file
+        data: bytes = call(partial(fs.cat_file, path, start=0, end=size), attempts=attempts)
+        return data
+
+
+async def fetch_object(uri: str, max_bytes: int, timeout_s: float) -> bytes:
+    """:func:`read_object` in a worker thread, within ``timeout_s`` (``download_timeout``); a
+    cancelled fetch (the run stops) is abandoned at once, its thread left to finish on its own."""
+    import anyio
+    import anyio.to_thread
+
+    try:
+        with anyio.fail_after(timeout_s):
+            return await anyio.to_thread.run_sync(
+                partial(read_object, uri, max_bytes), abandon_on_cancel=True
+            )
+    except TimeoutError:
+        raise DownloadTimeout(f"not read within {timeout_s:g} s ([images] download_timeout_s)") from None
