@@ -301,7 +301,8 @@ class Estimate:
 
 
 def row_sizes(row: Row, options: ImageOptions) -> list[tuple[int, int] | None]:
-    """Each image's upright header size (None for a URL or an object store URI: not read); raises the image's ``ImageError``."""
+    """Each image's upright header size (None for a URL or an object store URI: not read); raises
+    the image's ``ImageError``."""
     from batcher.images.prepare import probe_size
 
     sizes: list[tuple[int, int] | None] = []

@@ -192,7 +192,8 @@ def retrying(attempts: int = ATTEMPTS, *, sleep: Callable[[float], None] | None 
     kwargs: dict[str, Any] = {} if sleep is None else {"sleep": sleep}
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_exponential_jitter(initial=FIRST_WAIT_S, max=MAX_WAIT_S),
+        wait=tenacity.wait_exponential(multiplier=FIRST_WAIT_S, max=MAX_WAIT_S)
+        + tenacity.wait_random(0, FIRST_WAIT_S),
         retry=tenacity.retry_if_exception(is_transient),
         reraise=True,
         **kwargs,

@@ -236,8 +236,9 @@ class RowPreparer:
         return Prepared(row, parts, sent, warnings, uploaded)
 
     async def prepare_image(self, source: str, images_in_request: int) -> PreparedImage:
-        """Download (a URL), read (an object store URI) and prepare one image in the pool; raises :class:`Stopped` when the run
-        stops meanwhile, at once, whatever the download or the worker was doing."""
+        """Download (a URL), read (an object store URI) and prepare one image in the pool; raises
+        :class:`Stopped` when the run stops meanwhile, at once, whatever the download or the worker
+        was doing."""
         with anyio.CancelScope() as scope:
             self._unsent.add(scope)
             try:

@@ -1,0 +1,202 @@
+"""batcher.stores (issue 18): which URIs are object stores, what a store's error means for a row,
+bounded reads with retries; then reads against moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Any
+
+import anyio
+import pytest
+
+from batcher import stores, urls
+from batcher.errors import ROW_ERROR_TYPES
+from batcher.images.errors import (
+    DownloadError,
+    DownloadTooLarge,
+    NotAFile,
+    NotFound,
+    PermissionDenied,
+)
+from batcher.manifest import resolve_image
+from tests.helpers import Bucket
+
+# --- pure decisions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "store"),
+    [
+        ("s3://b/k.jpg", "s3"),
+        ("S3://b/k.jpg", "s3"),
+        ("gs://b/k.jpg", "gcs"),
+        ("gcs://b/k.jpg", "gcs"),
+        ("az://c/k.jpg", "azure"),
+        ("abfs://c/k.jpg", "azure"),
+        ("abfss://c@acct.dfs.core.windows.net/k.jpg", "azure"),
+        ("https://host/k.jpg", None),
+        ("ftp://host/k.jpg", None),
+        ("images/k.jpg", None),
+    ],
+)
+def test_each_object_scheme_names_its_store(uri: str, store: str | None) -> None:
+    assert stores.store_of(uri) == store
+    assert urls.is_object(uri) == (store is not None)
+    assert urls.is_remote(uri) == (store is not None or uri.startswith("https"))
+    assert urls.unsupported_scheme_message(uri) is None or uri.startswith("ftp")
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert stores.missing_extra("s3") == 's3://, s3a:// URIs need s3fs: pip install "batcher[s3]"'
+    assert "batcher[gcs]" in stores.missing_extra("gcs") and "gcsfs" in stores.missing_extra("gcs")
+    assert "batcher[azure]" in stores.missing_extra("azure") and "adlfs" in stores.missing_extra("azure")
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if not installed: its import fails
+    stores.reset_filesystems()
+    with pytest.raises(stores.StoreError) as caught:
+        stores.filesystem("gs://bucket/a.jpg")
+    assert str(caught.value) == stores.missing_extra("gcs") and caught.value.exit_code == 2
+
+
+class _Status(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"HTTP {code}")
+        self.code = code
+
+
+class EndpointConnectionError(Exception):
+    """Named as botocore's: transient by name, without importing botocore."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (FileNotFoundError("bucket/key"), "not_found"),
+        (PermissionError("Access Denied"), "permission_denied"),
+        (OSError(errno.EBUSY, "SlowDown"), "transient"),
+        (OSError(getattr(errno, "EREMOTEIO", errno.EIO), "InternalError"), "transient"),
+        (TimeoutError("RequestTimeout"), "transient"),
+        (ConnectionResetError("reset by peer"), "transient"),
+        (EndpointConnectionError("could not connect"), "transient"),
+        (_Status(404), "not_found"),
+        (_Status(403), "permission_denied"),
+        (_Status(429), "transient"),
+        (_Status(503), "transient"),
+        (_Status(400), "error"),
+        (OSError(errno.EINVAL, "InvalidRange"), "error"),
+        (ValueError("odd"), "error"),
+    ],
+)
+def test_a_store_error_is_classified(exc: BaseException, kind: str) -> None:
+    assert stores.classify(exc) == kind
+    assert stores.is_transient(exc) == (kind == "transient")
+
+
+def test_missing_and_forbidden_objects_are_the_rows_image_errors() -> None:
+    assert isinstance(stores.image_error(FileNotFoundError("b/k")), NotFound)
+    denied = stores.image_error(PermissionError("Access Denied"))
+    assert isinstance(denied, PermissionDenied) and "Access Denied" in str(denied)
+    assert isinstance(stores.image_error(OSError(errno.EBUSY, "SlowDown")), DownloadError)
+    assert ROW_ERROR_TYPES["not_found"] == ROW_ERROR_TYPES["permission_denied"] == "image"
+
+
+def test_the_size_cap_is_checked_before_download() -> None:
+    assert stores.too_large(100, 100) is None
+    message = stores.too_large(101, 100)
+    assert message is not None and "download_max_bytes" in message
+    assert stores.object_size({"type": "file", "size": 12}) == 12
+    assert stores.object_size({"type": "directory", "size": 0}) is None
+
+
+def test_transient_errors_are_retried_a_bounded_number_of_times() -> None:
+    calls: list[int] = []
+    waits: list[float] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(errno.EBUSY, "SlowDown")
+        return "ok"
+
+    controller = stores.retrying(sleep=waits.append)
+    for attempt in controller:
+        with attempt:
+            got = flaky()
+    assert got == "ok" and len(calls) == 3 and len(waits) == 2
+
+    calls.clear()
+    with pytest.raises(OSError):  # throttled every time: gives up after ATTEMPTS calls
+        for attempt in stores.retrying(sleep=waits.append):
+            with attempt:
+                calls.append(1)
+                raise OSError(errno.EBUSY, "SlowDown")
+    assert len(calls) == stores.ATTEMPTS
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):  # not transient: raised at once
+        for attempt in stores.retrying(sleep=waits.append):
+            with attempt:
+                calls.append(1)
+                raise FileNotFoundError("b/k")
+    assert len(calls) == 1
+
+
+def test_a_bucket_manifest_resolves_relative_images_in_its_folder() -> None:
+    base = "s3://bucket/data"
+    assert resolve_image("a.jpg", base) == "s3://bucket/data/a.jpg"
+    assert resolve_image("img/a.jpg", base) == "s3://bucket/data/img/a.jpg"
+    assert resolve_image("./a.jpg", base) == "s3://bucket/data/a.jpg"
+    assert resolve_image("../other/a.jpg", base) == "s3://bucket/other/a.jpg"
+    assert resolve_image("../../../a.jpg", base) == "s3://bucket/a.jpg"  # never above the bucket
+    assert resolve_image("gs://elsewhere/a.jpg", base) == "gs://elsewhere/a.jpg"
+    assert resolve_image("https://host/a.jpg", base) == "https://host/a.jpg"
+    assert resolve_image("/srv/a.jpg", base) == "/srv/a.jpg"
+    assert resolve_image("a.jpg", "s3://bucket") == "s3://bucket/a.jpg"
+
+
+# --- against moto's S3 server ----------------------------------------------------------------------
+
+
+def test_an_object_is_read_in_one_ranged_get(s3: Bucket) -> None:
+    uri = s3.put("data/a.bin", b"x" * 1000)
+    assert stores.read_object(uri, max_bytes=1000) == b"x" * 1000
+    assert stores.read_object(s3.put("data/empty", b""), max_bytes=10) == b""
+
+
+def test_store_failures_are_the_rows(s3: Bucket) -> None:
+    uri = s3.put("data/a.bin", b"x" * 1000)
+    with pytest.raises(DownloadTooLarge, match="download_max_bytes"):
+        stores.read_object(uri, max_bytes=999)
+    with pytest.raises(NotFound):
+        stores.read_object(s3.uri("data/nope.jpg"), max_bytes=10)
+    with pytest.raises(NotFound):
+        stores.read_object("s3://no-such-bucket-here/a.jpg", max_bytes=10)
+    with pytest.raises(NotAFile):
+        stores.read_object(s3.uri("data"), max_bytes=10)
+
+
+def test_a_forbidden_object_is_permission_denied(s3: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = s3.put("data/a.bin", b"x")
+
+    def denied(*_args: Any, **_kwargs: Any) -> Any:
+        raise PermissionError("Access Denied")  # what s3fs makes of a 403 AccessDenied
+
+    monkeypatch.setattr(stores.filesystem("s3"), "info", denied)
+    with pytest.raises(PermissionDenied, match="Access Denied"):
+        stores.read_object(uri, max_bytes=10)
+
+
+@pytest.mark.anyio
+async def test_fetch_object_reads_off_the_event_loop(s3: Bucket) -> None:
+    uri = s3.put("a.bin", b"abc")
+    assert await stores.fetch_object(uri, 10, timeout_s=30) == b"abc"
+    with pytest.raises(NotFound):
+        await stores.fetch_object(s3.uri("missing"), 10, timeout_s=30)
+    # Cancelled (the run stops): abandoned at once, not waited for.
+    with anyio.move_on_after(0) as scope:
+        await stores.fetch_object(uri, 10, timeout_s=30)
+    assert scope.cancelled_caught
+
+
+def test_one_filesystem_per_store_is_reused(s3: Bucket) -> None:
+    assert stores.filesystem("s3://a/b") is stores.filesystem("s3") is stores.filesystem("s3a://c/d")
