@@ -1,0 +1,67 @@
+"""Object stores end to end (issue 18): a job whose images are in a bucket on moto's S3 server runs
+against the simulator and gives every row exactly one answer; a missing object is that row's
+``not_found`` and the rest go on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batcher.simulator.server import RunningSimulator
+from tests.helpers import Bucket, make_images, results_by_id, run_job, write_job
+
+
+def bucket_rows(tmp: Path, s3: Bucket, n: int, prefix: str = "data/images") -> list[dict[str, str]]:
+    """``n`` rows whose images are objects under ``prefix`` (their local copies made first)."""
+    names = make_images(tmp / "local", n)
+    rows = []
+    for i, name in enumerate(names):
+        key = f"{prefix}/{Path(name).name}"
+        s3.put(key, tmp / "local" / Path(name).name)
+        rows.append({"id": f"row-{i:03d}", "image": s3.uri(key), "kind": "photo"})
+    return rows
+
+
+@pytest.mark.parametrize("transport", ["base64", "url"])
+def test_images_in_a_bucket_are_fetched_and_answered_once(
+    tmp_path: Path,
+    s3: Bucket,
+    simulator: RunningSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+) -> None:
+    rows = bucket_rows(tmp_path, s3, 4)
+    missing = {"id": "missing", "image": s3.uri("data/images/nope.jpg"), "kind": "photo"}
+    job = write_job(tmp_path, [*rows[:2], missing, *rows[2:]])
+    job.write_text(job.read_text() + f'\n[images]\ntransport = "{transport}"\n')
+
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 3, err  # one row's error
+    results = results_by_id(tmp_path / "out")
+    assert set(results) == {r["id"] for r in rows} | {"missing"}
+    for row in rows:
+        got = results[row["id"]]
+        assert got["status"] == "ok" and f"nonce={row['id']}" in got["text"], got
+        # An object store URI is not a URL the API can fetch: its bytes went, whatever the transport.
+        assert got["images"][0]["transport"] == "base64" and got["images"][0]["media_type"] == "image/jpeg"
+    assert results["missing"]["status"] == "error"
+    assert results["missing"]["error_type"] == "not_found", results["missing"]["error_message"]
+    assert "s3://" in results["missing"]["error_message"]
+
+    # A rerun sends nothing again: the content hash of a bucket image is its URI.
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 3, err
+    assert set(results_by_id(tmp_path / "out")) == set(results)
+
+
+def test_an_image_over_the_size_cap_is_refused_before_download(
+    tmp_path: Path, s3: Bucket, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = bucket_rows(tmp_path, s3, 2)
+    job = write_job(tmp_path, rows)
+    job.write_text(job.read_text() + "\n[images]\ndownload_max_bytes = 100\n")
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 3, err
+    for got in results_by_id(tmp_path / "out").values():
+        assert got["error_type"] == "too_large" and "download_max_bytes" in got["error_message"]
