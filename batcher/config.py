@@ -238,7 +238,13 @@ class JobConfig(_Section):
         return self.path.stem
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> Path | str:
+        """The manifest's file, resolved against the job's folder; an object store URI
+        (``s3://bucket/data/manifest.csv``) as written."""
+        from batcher.urls import is_object
+
+        if is_object(self.input.manifest):
+            return self.input.manifest
         return (self.base_dir / self.input.manifest).resolve()
 
     def output_dir(self, override: str | Path | None = None) -> Path:

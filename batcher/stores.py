@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
+import posixpath
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, TypeVar
 
 from batcher.errors import JobError
 from batcher.exits import EXIT_CONFIG
@@ -210,7 +213,7 @@ def call(fn: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
 
 # --- filesystems ---------------------------------------------------------------------------------
 
-_FILESYSTEMS: dict[str, Any] = {}
+_FILESYSTEMS: dict[tuple[str, int], Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -224,8 +227,9 @@ def filesystem(uri_or_store: str) -> Any:
     store = uri_or_store if uri_or_store in EXTRAS else store_of(uri_or_store)
     if store is None:
         raise ValueError(f"not an object store URI: {uri_or_store!r}")
+    key = (store, os.getpid())  # a child process makes its own (a client's loop is not fork-safe)
     with _LOCK:
-        fs = _FILESYSTEMS.get(store)
+        fs = _FILESYSTEMS.get(key)
         if fs is None:
             package, _extra, protocol = EXTRAS[store]
             try:
@@ -233,7 +237,7 @@ def filesystem(uri_or_store: str) -> Any:
                 import fsspec
             except ImportError:
                 raise StoreError(missing_extra(store), exit_code=EXIT_CONFIG) from None
-            fs = _FILESYSTEMS[store] = fsspec.filesystem(protocol, skip_instance_cache=True)
+            fs = _FILESYSTEMS[key] = fsspec.filesystem(protocol, skip_instance_cache=True)
         return fs
 
 
@@ -312,3 +316,96 @@ async def fetch_object(uri: str, max_bytes: int, timeout_s: float) -> bytes:
             )
     except TimeoutError:
         raise DownloadTimeout(f"not read within {timeout_s:g} s ([images] download_timeout_s)") from None
+
+
+# --- a manifest in a bucket ----------------------------------------------------------------------
+
+#: Bytes an object store file fetches at a time when a manifest is streamed through it.
+MANIFEST_BLOCK: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStat:
+    """What :meth:`ObjectPath.stat` tells: the object's size."""
+
+    st_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPath:
+    """An object store URI standing where the manifest reader takes a :class:`pathlib.Path`: the
+    few things it asks of one (``name``, ``suffix``, ``parent``, ``open("rb")``, ``is_file()``,
+    ``stat()``). Picklable (the URI only): a sync process makes its own filesystem.
+
+    ``open`` is an fsspec file that fetches :data:`MANIFEST_BLOCK` bytes a time with ranged GETs:
+    the manifest is streamed, never downloaded whole first."""
+
+    uri: str
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.uri.rstrip("/"))
+
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self.name)[1]
+
+    @property
+    def parent(self) -> ObjectPath:
+        return ObjectPath(self.uri.rstrip("/").rsplit("/", 1)[0])
+
+    def _fail(self, exc: Exception) -> StoreError:
+        return StoreError(f"input.manifest: cannot read {self.uri}: {describe(exc)}")
+
+    def info(self) -> dict[str, Any]:
+        """The object's metadata (size, ETag, modification time...); raises FileNotFoundError or
+        :class:`StoreError`."""
+        fs = filesystem(self.uri)
+        try:
+            info: dict[str, Any] = call(partial(fs.info, strip(self.uri)))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc) from None
+        return info
+
+    def is_file(self) -> bool:
+        try:
+            return object_size(self.info()) is not None
+        except FileNotFoundError:
+            return False
+
+    def stat(self) -> ObjectStat:
+        size = object_size(self.info())
+        if size is None:
+            raise IsADirectoryError(self.uri)
+        return ObjectStat(size)
+
+    def open(self, mode: str = "rb") -> BinaryIO:
+        if mode != "rb":
+            raise ValueError("a manifest in an object store is only read")
+        fs = filesystem(self.uri)
+        try:
+            fh: BinaryIO = call(partial(fs.open, strip(self.uri), "rb", block_size=MANIFEST_BLOCK))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc) from None
+        return fh
+
+    def fingerprint(self) -> dict[str, str]:
+        """What says the object is unchanged, from its metadata alone (no byte of it is read):
+        size, ETag (or generation, MD5) and modification time, under whichever names the store
+        gives them."""
+        info = self.info()
+        found = {"size": str(info.get("size"))}
+        for name, keys in (
+            ("etag", ("ETag", "etag", "md5Hash", "content_md5", "generation")),
+            ("mtime", ("LastModified", "updated", "last_modified", "mtime")),
+        ):
+            value = next((info[k] for k in keys if info.get(k) is not None), None)
+            found[name] = str(value)
+        return found

@@ -3,8 +3,11 @@ bounded reads with retries; then reads against moto's S3 server on loopback."""
 
 from __future__ import annotations
 
+import csv
 import errno
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,7 +22,7 @@ from batcher.images.errors import (
     NotFound,
     PermissionDenied,
 )
-from batcher.manifest import resolve_image
+from batcher.manifest import ManifestError, open_manifest, resolve_image
 from tests.helpers import Bucket
 
 # --- pure decisions ------------------------------------------------------------------------------
@@ -200,3 +203,71 @@ async def test_fetch_object_reads_off_the_event_loop(s3: Bucket) -> None:
 
 def test_one_filesystem_per_store_is_reused(s3: Bucket) -> None:
     assert stores.filesystem("s3://a/b") is stores.filesystem("s3") is stores.filesystem("s3a://c/d")
+
+
+# --- a manifest in a bucket ----------------------------------------------------------------------
+
+
+def _manifests(tmp: Path) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"r{i}", "image": f"img/{i}.jpg", "kind": 'photo, "quoted"'} for i in range(50)]
+    rows.append({"id": "abs", "image": "https://host/x.jpg", "kind": "photo"})
+    csv_path = tmp / "m.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "image", "kind"])
+        writer.writeheader()
+        writer.writerows(rows)
+    jsonl = tmp / "m.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parquet = tmp / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=7)
+    return {"csv": csv_path, "jsonl": jsonl, "parquet": parquet}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_manifest_in_a_bucket_reads_as_the_same_file_would(s3: Bucket, tmp_path: Path, fmt: str) -> None:
+    local = _manifests(tmp_path)[fmt]
+    uri = s3.put(f"data/{local.name}", local)
+    opts: dict[str, Any] = {
+        "id_column": "id",
+        "image_column": "image",
+        "prompt_column": None,
+        "prompt_template": "Say {kind}",
+    }
+    there = open_manifest(uri, **opts)
+    here = open_manifest(local, **opts)
+    there.check()
+    assert there.columns == here.columns and there.field_types() == here.field_types()
+    got, want = list(there.rows()), list(here.rows())
+    assert [(r.id, r.prompt) for r in got] == [(r.id, r.prompt) for r in want]
+    assert got[0].images == [s3.uri("data/img/0.jpg")]  # relative to the manifest's folder there
+    assert got[-1].images == ["https://host/x.jpg"]
+
+
+def test_a_missing_manifest_in_a_bucket_is_one_clear_error(s3: Bucket) -> None:
+    manifest = open_manifest(
+        s3.uri("data/nope.csv"), id_column="id", image_column="image", prompt_column=None, prompt_template="x"
+    )
+    with pytest.raises(ManifestError, match="does not exist"):
+        manifest.check()
+
+
+def test_a_bucket_manifests_fingerprint_is_its_metadata(s3: Bucket, tmp_path: Path) -> None:
+    from batcher.config import load_job
+    from batcher.resume import manifest_fingerprint
+    from batcher.stores import ObjectPath
+
+    uri = s3.put("data/m.jsonl", b'{"id": "a", "image": "a.jpg"}\n')
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        f'[input]\nmanifest = "{uri}"\nprompt = "x"\n[request]\nmodel = "claude-haiku-5-5"\nmax_tokens = 10\n'
+    )
+    job = load_job(job_file)
+    assert job.manifest_path == uri
+    first = manifest_fingerprint(job, ObjectPath(uri))
+    assert manifest_fingerprint(job, ObjectPath(uri)) == first
+    assert '"etag"' in first and "mtime" in first
+    s3.put("data/m.jsonl", b'{"id": "b", "image": "b.jpg"}\n')
+    assert manifest_fingerprint(job, ObjectPath(uri)) != first

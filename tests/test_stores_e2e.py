@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batcher.simulator.server import RunningSimulator
-from tests.helpers import Bucket, make_images, results_by_id, run_job, write_job
+from tests.helpers import Bucket, make_images, messages_sent, results_by_id, run_job, write_job
 
 
 def bucket_rows(tmp: Path, s3: Bucket, n: int, prefix: str = "data/images") -> list[dict[str, str]]:
@@ -65,3 +65,34 @@ def test_an_image_over_the_size_cap_is_refused_before_download(
     assert code == 3, err
     for got in results_by_id(tmp_path / "out").values():
         assert got["error_type"] == "too_large" and "download_max_bytes" in got["error_message"]
+
+
+def test_a_job_whose_manifest_and_images_are_in_a_bucket(
+    tmp_path: Path, s3: Bucket, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = make_images(tmp_path / "local", 5)
+    for name in names:  # images/goodNNN.jpg beside the manifest, there
+        s3.put(f"data/{name}", tmp_path / "local" / Path(name).name)
+    rows = [{"id": f"row-{i:03d}", "image": name, "kind": "photo"} for i, name in enumerate(names)]
+    rows.append({"id": "missing", "image": "images/nope.jpg", "kind": "photo"})
+    write_job(tmp_path, rows)
+    manifest = s3.put("data/manifest.jsonl", tmp_path / "manifest.jsonl")
+    (tmp_path / "manifest.jsonl").unlink()  # only the bucket's copy
+    job = tmp_path / "job.toml"
+    job.write_text(job.read_text().replace('manifest = "manifest.jsonl"', f'manifest = "{manifest}"'))
+
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 3, err
+    results = results_by_id(tmp_path / "out")
+    assert set(results) == {r["id"] for r in rows}
+    for row in rows[:-1]:
+        got = results[row["id"]]
+        assert got["status"] == "ok" and f"nonce={row['id']}" in got["text"], got
+        assert got["images"][0]["source"] == s3.uri(f"data/{row['image']}")
+    assert results["missing"]["error_type"] == "not_found"
+
+    sent = messages_sent(simulator)
+    code, err = run_job(job, simulator, monkeypatch)  # the manifest unchanged: nothing to send
+    assert code == 3, err
+    assert messages_sent(simulator) == sent
+    assert set(results_by_id(tmp_path / "out")) == set(results)
