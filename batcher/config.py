@@ -132,6 +132,21 @@ class RunConfig(_Section):
     #: mode "batch": requests and bytes per batch, at most the API's limits
     batch_max_requests: int = Field(default=facts.BATCH_MAX_REQUESTS, gt=0, le=facts.BATCH_MAX_REQUESTS)
     batch_max_bytes: int = Field(default=facts.BATCH_DEFAULT_BYTES, ge=1024 * 1024, le=facts.BATCH_MAX_BYTES)
+    #: an object store prefix ("s3://bucket/prefix/") every sealed Parquet part is also written to
+    #: (batcher.stores.ResultsMirror); the job state stays in the local output folder
+    results_uri: str | None = None
+
+    @field_validator("results_uri")
+    @classmethod
+    def _an_object_store_prefix(cls, uri: str | None) -> str | None:
+        from batcher.urls import OBJECT_SCHEMES, is_object
+
+        if uri is None:
+            return None
+        if not is_object(uri) or not uri.split("://", 1)[1].strip("/"):
+            schemes = ", ".join(f"{s}://" for s in OBJECT_SCHEMES)
+            raise ValueError(f"{uri!r} is not an object store prefix ({schemes}bucket/prefix/)")
+        return uri
 
     @field_validator("output")
     @classmethod

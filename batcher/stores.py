@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeVar
 
 from batcher.errors import JobError
 from batcher.exits import EXIT_CONFIG
@@ -409,3 +410,103 @@ class ObjectPath:
             value = next((info[k] for k in keys if info.get(k) is not None), None)
             found[name] = str(value)
         return found
+
+
+# --- results_uri: the Parquet parts mirrored to a bucket -----------------------------------------
+
+#: State meta: the prefix parts were mirrored to, and each part's local signature when uploaded.
+MIRROR_META_KEY: Final = "stores.results_uri"
+
+
+class MetaStore(Protocol):
+    """Where the mirror keeps what it uploaded (the job state's meta table)."""
+
+    def get_meta(self, key: str, default: Any = None) -> Any: ...
+
+    def set_meta(self, key: str, value: object) -> None: ...
+
+
+def part_signature(path: Path) -> str:
+    """What says a local part is the file that was uploaded: size, mtime and inode (a part rewritten
+    or merged is a new file, renamed into place: all three change)."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def plan_mirror(
+    local: dict[str, str], uploaded: dict[str, str], held: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str]]:
+    """``(to upload, to delete)``: the parts whose local signature differs from what was uploaded
+    (new, rewritten), and the uploaded parts that are no longer local (merged by a compaction,
+    dropped). ``held`` parts (dirty or pending: about to change) are left as they are."""
+    uploads = sorted(n for n, sig in local.items() if n not in held and uploaded.get(n) != sig)
+    deletes = sorted(n for n in uploaded if n not in local and n not in held)
+    return uploads, deletes
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorReport:
+    """What one :meth:`ResultsMirror.sync` did."""
+
+    uploaded: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsMirror:
+    """``[run] results_uri``: each sealed local part also written to ``uri`` under its own name.
+
+    One ``put_file`` per part, made after the local part is sealed: s3fs sends a single PUT (or, for
+    a large file, a multipart upload completed at the end), gcsfs and adlfs one upload committed at
+    the end, so a reader of the prefix sees a whole part or none. Each upload is recorded in the
+    state (``meta``, :data:`MIRROR_META_KEY`) once done: a rerun uploads only parts that are new or
+    rewritten since, and deletes those a compaction merged away. Blocking: run it in a thread."""
+
+    uri: str
+
+    def target(self, name: str) -> str:
+        return strip(self.uri).rstrip("/") + "/" + name
+
+    def _recorded(self, state: MetaStore) -> dict[str, str]:
+        found = state.get_meta(MIRROR_META_KEY)
+        if not isinstance(found, dict) or found.get("uri") != self.uri:
+            return {}  # another prefix (or none yet): everything goes there
+        parts = found.get("parts")
+        return dict(parts) if isinstance(parts, dict) else {}
+
+    def sync(
+        self, folder: Path, names: list[str], state: MetaStore, held: frozenset[str] = frozenset()
+    ) -> MirrorReport:
+        """Make the prefix hold the parts ``names`` (final, in ``folder``); raises
+        :class:`StoreError` naming the part that could not be written or deleted."""
+        uploaded = self._recorded(state)
+        local = {n: part_signature(folder / n) for n in names if (folder / n).is_file()}
+        uploads, deletes = plan_mirror(local, uploaded, held)
+        if not uploads and not deletes:
+            return MirrorReport()
+        fs = filesystem(self.uri)
+
+        def record() -> None:
+            state.set_meta(MIRROR_META_KEY, {"uri": self.uri, "parts": dict(sorted(uploaded.items()))})
+
+        for name in uploads:
+            try:
+                call(partial(fs.put_file, str(folder / name), self.target(name)))
+            except Exception as exc:
+                raise StoreError(
+                    f"run.results_uri: cannot write {name} to {self.uri}: {describe(exc)}"
+                ) from None
+            uploaded[name] = local[name]
+            record()
+        for name in deletes:
+            try:
+                call(partial(fs.rm_file, self.target(name)))
+            except FileNotFoundError:
+                pass  # gone already: what a delete wants
+            except Exception as exc:
+                raise StoreError(
+                    f"run.results_uri: cannot delete {name} from {self.uri}: {describe(exc)}"
+                ) from None
+            del uploaded[name]
+            record()
+        return MirrorReport(tuple(uploads), tuple(deletes))

@@ -271,3 +271,61 @@ def test_a_bucket_manifests_fingerprint_is_its_metadata(s3: Bucket, tmp_path: Pa
     assert '"etag"' in first and "mtime" in first
     s3.put("data/m.jsonl", b'{"id": "b", "image": "b.jpg"}\n')
     assert manifest_fingerprint(job, ObjectPath(uri)) != first
+
+
+# --- results_uri ---------------------------------------------------------------------------------
+
+
+def test_the_mirror_plan_uploads_new_and_rewritten_parts_and_deletes_merged_ones() -> None:
+    uploaded = {"part-00001.parquet": "10:1:1", "part-00002.parquet": "10:1:2", "part-00003.parquet": "9:1:3"}
+    local = {"part-00002.parquet": "12:5:9", "part-00003.parquet": "9:1:3", "part-00004.parquet": "20:1:4"}
+    assert stores.plan_mirror(local, uploaded) == (
+        ["part-00002.parquet", "part-00004.parquet"],
+        ["part-00001.parquet"],
+    )
+    assert stores.plan_mirror(local, {**local}) == ([], [])
+    # A dirty or pending part is about to change: neither uploaded nor deleted.
+    held = frozenset({"part-00001.parquet", "part-00004.parquet"})
+    assert stores.plan_mirror(local, uploaded, held) == (["part-00002.parquet"], [])
+
+
+class _Meta:
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return json.loads(json.dumps(self.values.get(key, default)))
+
+    def set_meta(self, key: str, value: object) -> None:
+        self.values[key] = value
+
+
+def test_parts_are_mirrored_once_and_follow_rewrites_and_merges(s3: Bucket, tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for n in (1, 2):
+        (folder / f"part-0000{n}.parquet").write_bytes(b"part %d" % n)
+    mirror = stores.ResultsMirror(s3.uri("out/results/"))
+    meta = _Meta()
+    names = ["part-00001.parquet", "part-00002.parquet"]
+
+    report = mirror.sync(folder, names, meta)
+    assert report.uploaded == tuple(names) and not report.deleted
+    assert s3.keys("out/results") == [f"out/results/{n}" for n in names]
+    assert mirror.sync(folder, names, meta) == stores.MirrorReport()  # nothing new: nothing sent
+
+    # part 2 rewritten in place (a new file renamed over it), parts 1 and 2 merged into 3 later
+    (folder / "part-00002.parquet.new").write_bytes(b"part 2, fewer rows")
+    (folder / "part-00002.parquet.new").replace(folder / "part-00002.parquet")
+    assert mirror.sync(folder, names, meta).uploaded == ("part-00002.parquet",)
+    assert s3.fs.cat_file(f"{s3.name}/out/results/part-00002.parquet") == b"part 2, fewer rows"
+    (folder / "part-00003.parquet").write_bytes(b"merged")
+    for n in names:
+        (folder / n).unlink()
+    report = mirror.sync(folder, ["part-00003.parquet"], meta)
+    assert report == stores.MirrorReport(("part-00003.parquet",), tuple(names))
+    assert s3.keys("out/results") == ["out/results/part-00003.parquet"]
+
+    # Another prefix: everything goes there.
+    other = stores.ResultsMirror(s3.uri("elsewhere"))
+    assert other.sync(folder, ["part-00003.parquet"], meta).uploaded == ("part-00003.parquet",)

@@ -96,3 +96,44 @@ def test_a_job_whose_manifest_and_images_are_in_a_bucket(
     assert code == 3, err
     assert messages_sent(simulator) == sent
     assert set(results_by_id(tmp_path / "out")) == set(results)
+
+
+def test_parts_are_mirrored_to_results_uri_and_a_rerun_uploads_nothing(
+    tmp_path: Path, s3: Bucket, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batcher.state import JobState
+    from batcher.stores import MIRROR_META_KEY
+
+    rows = bucket_rows(tmp_path, s3, 6)
+    job = write_job(tmp_path, rows, part_rows=2)
+    prefix = s3.uri("runs/one/")
+    job.write_text(job.read_text().replace("[run]\n", f'[run]\nresults_uri = "{prefix}"\n'))
+
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 0, err
+    local = sorted(p.name for p in (tmp_path / "out" / "results").glob("part-*.parquet"))
+    assert local and s3.keys("runs/one") == [f"runs/one/{name}" for name in local]
+    for name in local:  # the same bytes under the same name
+        assert (
+            s3.fs.cat_file(f"{s3.name}/runs/one/{name}") == (tmp_path / "out" / "results" / name).read_bytes()
+        )
+    with JobState.open(tmp_path / "out") as state:
+        recorded = state.get_meta(MIRROR_META_KEY)
+    assert recorded["uri"] == prefix and sorted(recorded["parts"]) == local
+
+    before = {key: s3.fs.info(f"{s3.name}/{key}")["ETag"] for key in s3.keys("runs/one")}
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 0, err
+    assert "results_uri" not in err  # nothing written
+    assert {key: s3.fs.info(f"{s3.name}/{key}")["ETag"] for key in s3.keys("runs/one")} == before
+
+
+def test_results_uri_must_be_an_object_store_prefix(tmp_path: Path) -> None:
+    from batcher.config import ConfigError, load_job
+
+    job = write_job(tmp_path, [])
+    for bad in ("https://host/out/", "/srv/out", "s3://"):
+        job.write_text(job.read_text().replace("[run]\n", f'[run]\nresults_uri = "{bad}"\n', 1))
+        with pytest.raises(ConfigError, match="results_uri"):
+            load_job(job)
+        job = write_job(tmp_path, [])
