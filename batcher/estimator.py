@@ -888,7 +888,11 @@ def format_estimate(est: Estimate) -> str:
     )
     lines.append(
         f"  images        {est.images:>14,}"
-        + (f"  ({est.images_unsized:,} by URL, counted at the budget)" if est.images_unsized else "")
+        + (
+            f"  ({est.images_unsized:,} by URL or in a bucket, counted at the budget)"
+            if est.images_unsized
+            else ""
+        )
     )
     lines.append(
         f"  input tokens  {est.input_tokens:>14,}  (images {est.image_tokens:,} exact, "

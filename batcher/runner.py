@@ -329,7 +329,8 @@ def _cap_off(caps: dict[str, Any], name: str) -> bool:
 async def _run_async(
     request: RunRequest, job: JobConfig, registry: ModelRegistry, known: ModelProfile | None
 ) -> int:
-    manifest = _open_manifest(job)
+    # In a thread: a manifest in a bucket has its header read over the network (batcher.stores).
+    manifest = await anyio.to_thread.run_sync(_open_manifest, job)
     spec = _load_output(job, manifest)
     try:
         key, base_url = settings_from_env()

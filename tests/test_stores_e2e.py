@@ -4,6 +4,7 @@ against the simulator and gives every row exactly one answer; a missing object i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,37 @@ def test_results_uri_must_be_an_object_store_prefix(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="results_uri"):
             load_job(job)
         job = write_job(tmp_path, [])
+
+
+def test_example_images_may_be_in_a_bucket(
+    tmp_path: Path, s3: Bucket, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import fewshot_copy, good_rows
+
+    job = fewshot_copy(tmp_path, good_rows(tmp_path, 2))
+    text = job.read_text()
+    for example in sorted((tmp_path / "examples").glob("*.jpg")):
+        uri = s3.put(f"examples/{example.name}", example)
+        text = text.replace(f'"examples/{example.name}"', f'"{uri}"')
+        example.unlink()  # only the bucket's copy
+    assert "s3://" in text
+    job.write_text(text)
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 0, err
+    assert {r["status"] for r in results_by_id(tmp_path / "out").values()} == {"ok"}
+
+
+def test_estimate_reads_a_bucket_manifest_and_counts_its_images_at_the_budget(
+    tmp_path: Path, s3: Bucket
+) -> None:
+    from tests.helpers import estimate_json
+
+    rows = bucket_rows(tmp_path, s3, 3)
+    write_job(tmp_path, rows)
+    manifest = s3.put("data/manifest.jsonl", tmp_path / "manifest.jsonl")
+    job = tmp_path / "job.toml"
+    job.write_text(job.read_text().replace('manifest = "manifest.jsonl"', f'manifest = "{manifest}"'))
+    done = estimate_json(job)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["rows"] == 3 and got["images_unsized"] == 3, got  # not read: counted at the budget
