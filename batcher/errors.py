@@ -20,6 +20,7 @@ turns it into a :class:`RowFailure`, the one shape a row's failure takes on its 
     │   │   └── AlreadyRunning                  4
     │   ├── SinkError (RuntimeError)            1  batcher.sink: the results folder
     │   ├── PoolError (RuntimeError)            1  batcher.images.pool: the worker pool
+    │   ├── StoreError                          1  batcher.stores: a bucket refused (2: an extra missing)
     │   └── RunRefused                          its own: batcher.runner's refusals
     ├── APIError                                batcher.api.errors: one request (``fatal``: the job)
     │   ├── APIConnectionError → APITimeoutError, APIResponseError
