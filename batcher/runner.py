@@ -331,6 +331,7 @@ async def _run_async(
 ) -> int:
     # In a thread: a manifest in a bucket has its header read over the network (batcher.stores).
     manifest = await anyio.to_thread.run_sync(_open_manifest, job)
+    _check_stores(job)
     spec = _load_output(job, manifest)
     try:
         key, base_url = settings_from_env()
@@ -539,6 +540,18 @@ def _manifest_faults() -> tuple[type[BaseException], ...]:
     from batcher.state import StateError
 
     return (ManifestError, StateError)
+
+
+def _check_stores(job: JobConfig) -> None:
+    """The object stores the job names up front (``results_uri``, example images; the manifest's is
+    checked as it is opened) have their extras installed, or the run is refused (exit 2)."""
+    from batcher.stores import StoreError, check_extras
+
+    examples = [source for example in job.request.examples for source in example.image_list]
+    try:
+        check_extras([job.run.results_uri, *examples])
+    except StoreError as exc:
+        raise RunRefused(str(exc), exc.exit_code) from None
 
 
 async def _mirror_results(sink: Sink, say: Say) -> int | None:

@@ -29,7 +29,7 @@ import importlib
 import os
 import posixpath
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -240,6 +240,15 @@ def filesystem(uri_or_store: str) -> Any:
                 raise StoreError(missing_extra(store), exit_code=EXIT_CONFIG) from None
             fs = _FILESYSTEMS[key] = fsspec.filesystem(protocol, skip_instance_cache=True)
         return fs
+
+
+def check_extras(uris: Iterable[str | None]) -> None:
+    """Raise :class:`StoreError` (exit 2) for the first object store URI among ``uris`` whose extra
+    is not installed: a job refused before anything is sent (its manifest, ``results_uri``,
+    example images). Makes the filesystems; reads nothing."""
+    for uri in uris:
+        if uri is not None and store_of(uri) is not None:
+            filesystem(uri)
 
 
 def reset_filesystems() -> None:

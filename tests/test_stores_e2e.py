@@ -172,3 +172,27 @@ def test_estimate_reads_a_bucket_manifest_and_counts_its_images_at_the_budget(
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["rows"] == 3 and got["images_unsized"] == 3, got  # not read: counted at the budget
+
+
+def test_without_the_extra_a_run_stops_with_one_line_naming_it(
+    tmp_path: Path, s3: Bucket, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from batcher import stores
+
+    rows = bucket_rows(tmp_path, s3, 3)
+    job = write_job(tmp_path, rows)
+    stores.reset_filesystems()
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if batcher[s3] were not installed
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 1, err
+    assert 'pip install "batcher[s3]"' in err and "Traceback" not in err
+    assert messages_sent(simulator) == 0
+    # Its rows are left for the next run, not recorded as errors.
+    assert not (tmp_path / "out" / "results").exists() or not results_by_id(tmp_path / "out")
+
+    # A manifest or results_uri in such a store: refused before anything is sent (exit 2).
+    job.write_text(job.read_text().replace("[run]\n", f'[run]\nresults_uri = "{s3.uri("out/")}"\n'))
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 2 and 'pip install "batcher[s3]"' in err, err

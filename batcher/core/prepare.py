@@ -30,6 +30,7 @@ from batcher.images.prepare import PreparedImage
 from batcher.images.sizing import ImageOptions
 from batcher.models import ModelProfile
 from batcher.records import ImageSent, Row
+from batcher.stores import StoreError
 from batcher.urls import is_object, is_url
 
 if TYPE_CHECKING:
@@ -209,6 +210,14 @@ class RowPreparer:
                     image = await self.prepare_image(source, in_request)
             except ImageError as exc:
                 return image_failure(row, exc, n)
+            except StoreError as exc:
+                # No row in this store can be read (its extra is not installed): the run stops with
+                # the one line naming the extra; the row is left for the next run.
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return RowFailure(
+                    "download_error", f"image {n} ({source}): {exc}", retryable=True, image_index=n
+                )
             warnings.extend(image.warnings)
             sent.append(
                 ImageSent(
