@@ -329,3 +329,29 @@ def test_parts_are_mirrored_once_and_follow_rewrites_and_merges(s3: Bucket, tmp_
     # Another prefix: everything goes there.
     other = stores.ResultsMirror(s3.uri("elsewhere"))
     assert other.sync(folder, ["part-00003.parquet"], meta).uploaded == ("part-00003.parquet",)
+
+
+def test_a_throttled_read_is_retried_then_given_up_as_the_rows_error(
+    s3: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stores, "FIRST_WAIT_S", 0.0)  # no waiting between attempts in a test
+    monkeypatch.setattr(stores, "MAX_WAIT_S", 0.0)
+    uri = s3.put("a.bin", b"abc")
+    fs = stores.filesystem("s3")
+    real = fs.cat_file
+    calls: list[int] = []
+
+    def throttled(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise OSError(errno.EBUSY, "Please reduce your request rate (SlowDown)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fs, "cat_file", throttled)
+    failures = 2
+    assert stores.read_object(uri, 10) == b"abc" and len(calls) == 3
+    calls.clear()
+    failures = 100
+    with pytest.raises(DownloadError, match="SlowDown") as caught:
+        stores.read_object(uri, 10)
+    assert type(caught.value) is DownloadError and len(calls) == stores.ATTEMPTS
