@@ -374,6 +374,7 @@ class ObjectPath:
         """The object's metadata (size, ETag, modification time...); raises FileNotFoundError or
         :class:`StoreError`."""
         fs = filesystem(self.uri)
+        fs.invalidate_cache(strip(self.uri))  # the store's word now, not a listing seen earlier
         try:
             info: dict[str, Any] = call(partial(fs.info, strip(self.uri)))
         except FileNotFoundError:
