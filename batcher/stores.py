@@ -469,8 +469,8 @@ class ResultsMirror:
     One ``put_file`` per part, made after the local part is sealed: s3fs sends a single PUT (or, for
     a large file, a multipart upload completed at the end), gcsfs and adlfs one upload committed at
     the end, so a reader of the prefix sees a whole part or none. Each upload is recorded in the
-    state (``meta``, :data:`MIRROR_META_KEY`) once done: a rerun uploads only parts that are new or
-    rewritten since, and deletes those a compaction merged away. Blocking: run it in a thread."""
+    state (``meta``, :data:`MIRROR_META_KEY`): a rerun uploads only parts that are new or rewritten
+    since, and deletes those a compaction merged away. Blocking: run it in a thread."""
 
     uri: str
 
@@ -499,24 +499,29 @@ class ResultsMirror:
         def record() -> None:
             state.set_meta(MIRROR_META_KEY, {"uri": self.uri, "parts": dict(sorted(uploaded.items()))})
 
-        for name in uploads:
-            try:
-                call(partial(fs.put_file, str(folder / name), self.target(name)))
-            except Exception as exc:
-                raise StoreError(
-                    f"run.results_uri: cannot write {name} to {self.uri}: {describe(exc)}"
-                ) from None
-            uploaded[name] = local[name]
-            record()
-        for name in deletes:
-            try:
-                call(partial(fs.rm_file, self.target(name)))
-            except FileNotFoundError:
-                pass  # gone already: what a delete wants
-            except Exception as exc:
-                raise StoreError(
-                    f"run.results_uri: cannot delete {name} from {self.uri}: {describe(exc)}"
-                ) from None
-            del uploaded[name]
+        # Deletes first, then uploads in part order, as the local sink does: a reader of the prefix
+        # may briefly miss rows a compaction moved, never see a row twice (a rewritten part, which
+        # drops rows a later part now holds, goes up before that later part). Recorded once at the
+        # end, or at the failure: a part uploaded but not recorded (a crash) is only sent again.
+        try:
+            for name in deletes:
+                try:
+                    call(partial(fs.rm_file, self.target(name)))
+                except FileNotFoundError:
+                    pass  # gone already: what a delete wants
+                except Exception as exc:
+                    raise StoreError(
+                        f"run.results_uri: cannot delete {name} from {self.uri}: {describe(exc)}"
+                    ) from None
+                del uploaded[name]
+            for name in uploads:
+                try:
+                    call(partial(fs.put_file, str(folder / name), self.target(name)))
+                except Exception as exc:
+                    raise StoreError(
+                        f"run.results_uri: cannot write {name} to {self.uri}: {describe(exc)}"
+                    ) from None
+                uploaded[name] = local[name]
+        finally:
             record()
         return MirrorReport(tuple(uploads), tuple(deletes))

@@ -355,3 +355,30 @@ def test_a_throttled_read_is_retried_then_given_up_as_the_rows_error(
     with pytest.raises(DownloadError, match="SlowDown") as caught:
         stores.read_object(uri, 10)
     assert type(caught.value) is DownloadError and len(calls) == stores.ATTEMPTS
+
+
+def test_a_failed_upload_is_one_line_and_the_next_sync_sends_only_what_is_missing(
+    s3: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    names = [f"part-0000{n}.parquet" for n in (1, 2, 3)]
+    for name in names:
+        (folder / name).write_bytes(name.encode())
+    mirror, meta = stores.ResultsMirror(s3.uri("out/")), _Meta()
+    fs = stores.filesystem("s3")
+    real = fs.put_file
+
+    def refuse_part_2(local: str, remote: str, **kwargs: Any) -> Any:
+        if remote.endswith("part-00002.parquet"):
+            raise PermissionError("Access Denied")
+        return real(local, remote, **kwargs)
+
+    monkeypatch.setattr(fs, "put_file", refuse_part_2)
+    with pytest.raises(
+        stores.StoreError, match=r"results_uri: cannot write part-00002.parquet .*Access Denied"
+    ):
+        mirror.sync(folder, names, meta)
+    monkeypatch.setattr(fs, "put_file", real)
+    assert mirror.sync(folder, names, meta).uploaded == ("part-00002.parquet", "part-00003.parquet")
+    assert s3.keys("out") == [f"out/{n}" for n in names]
