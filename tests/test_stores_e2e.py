@@ -196,3 +196,20 @@ def test_without_the_extra_a_run_stops_with_one_line_naming_it(
     job.write_text(job.read_text().replace("[run]\n", f'[run]\nresults_uri = "{s3.uri("out/")}"\n'))
     code, err = run_job(job, simulator, monkeypatch)
     assert code == 2 and 'pip install "batcher[s3]"' in err, err
+
+
+def test_batch_mode_reads_bucket_images_and_mirrors_its_parts(
+    tmp_path: Path, s3: Bucket, simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = bucket_rows(tmp_path, s3, 3)
+    job = write_job(tmp_path, rows)
+    settings = (
+        f'[run]\nmode = "batch"\npoll_initial_s = 0.05\npoll_max_s = 0.2\nresults_uri = "{s3.uri("b/")}"\n'
+    )
+    job.write_text(job.read_text().replace("[run]\n", settings))
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == 0, err
+    results = results_by_id(tmp_path / "out")
+    assert {r["status"] for r in results.values()} == {"ok"} and len(results) == 3
+    local = sorted(p.name for p in (tmp_path / "out" / "results").glob("part-*.parquet"))
+    assert local and s3.keys("b") == [f"b/{name}" for name in local]
