@@ -22,9 +22,13 @@ the prompt. It does not depend on the row's position, so a manifest that grows k
 ids. Two identical rows (same images, same prompt) therefore get the same id and are reported as
 duplicates by the job state; give the manifest an id column if that is legitimate.
 
-Images: a cell holds one path or http(s) URL, or a list of them (a JSON list string such as
-``["a.jpg","b.jpg"]`` in CSV, a real list in JSONL/Parquet). Paths are resolved against the
-manifest's folder.
+Images: a cell holds one path, http(s) URL or object store URI (``s3://``...), or a list of them (a
+JSON list string such as ``["a.jpg","b.jpg"]`` in CSV, a real list in JSONL/Parquet). Paths are
+resolved against the manifest's folder, in its bucket for a manifest that lives in one.
+
+A manifest in a bucket (``s3://bucket/data/manifest.csv``: :class:`batcher.stores.ObjectPath`) is
+streamed through the store's file: CSV by the csv module (no Arrow pre-scan, which would read it
+twice), JSONL by lines, Parquet by row groups.
 
 Templates: ``prompt = "Describe {title}"`` uses :meth:`str.format` fields over the row's columns
 (``{{``/``}}`` for literal braces; only plain ``{column}`` names, optionally with a format spec).
