@@ -924,7 +924,8 @@ async def run_batch_mode(
             tg.start_soon(lambda: notices.watch(counters, to_do, batch=batch_run.progress))
             await batch_run.run()
             tg.cancel_scope.cancel()
-    sink.export(max_rows=job.run.part_rows)
+    # In a thread: with [run] results_uri an export also uploads (batcher.stores).
+    await anyio.to_thread.run_sync(lambda: sink.export(max_rows=job.run.part_rows))
     code = exit_code(batch_run, state)
     if batch_run.uploader is not None and batch_run.fatal is None:
         from batcher.files import finish_run

@@ -132,6 +132,21 @@ class RunConfig(_Section):
     #: mode "batch": requests and bytes per batch, at most the API's limits
     batch_max_requests: int = Field(default=facts.BATCH_MAX_REQUESTS, gt=0, le=facts.BATCH_MAX_REQUESTS)
     batch_max_bytes: int = Field(default=facts.BATCH_DEFAULT_BYTES, ge=1024 * 1024, le=facts.BATCH_MAX_BYTES)
+    #: an object store prefix ("s3://bucket/prefix/") every sealed Parquet part is also written to
+    #: (batcher.stores.ResultsMirror); the job state stays in the local output folder
+    results_uri: str | None = None
+
+    @field_validator("results_uri")
+    @classmethod
+    def _an_object_store_prefix(cls, uri: str | None) -> str | None:
+        from batcher.urls import OBJECT_SCHEMES, is_object
+
+        if uri is None:
+            return None
+        if not is_object(uri) or not uri.split("://", 1)[1].strip("/"):
+            schemes = ", ".join(f"{s}://" for s in OBJECT_SCHEMES)
+            raise ValueError(f"{uri!r} is not an object store prefix ({schemes}bucket/prefix/)")
+        return uri
 
     @field_validator("output")
     @classmethod
@@ -238,7 +253,13 @@ class JobConfig(_Section):
         return self.path.stem
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> Path | str:
+        """The manifest's file, resolved against the job's folder; an object store URI
+        (``s3://bucket/data/manifest.csv``) as written."""
+        from batcher.urls import is_object
+
+        if is_object(self.input.manifest):
+            return self.input.manifest
         return (self.base_dir / self.input.manifest).resolve()
 
     def output_dir(self, override: str | Path | None = None) -> Path:
@@ -385,9 +406,9 @@ def _settle_request(job: JobConfig) -> JobConfig:
 
 
 def _example_source(job: JobConfig, source: str) -> str:
-    from batcher.urls import is_url
+    from batcher.urls import is_remote
 
-    return source if is_url(source) else str((job.base_dir / source).resolve())
+    return source if is_remote(source) else str((job.base_dir / source).resolve())
 
 
 def _fixed_prompt(inp: InputConfig) -> str | None:

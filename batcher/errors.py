@@ -20,6 +20,7 @@ turns it into a :class:`RowFailure`, the one shape a row's failure takes on its 
     │   │   └── AlreadyRunning                  4
     │   ├── SinkError (RuntimeError)            1  batcher.sink: the results folder
     │   ├── PoolError (RuntimeError)            1  batcher.images.pool: the worker pool
+    │   ├── StoreError                          1  batcher.stores: a bucket refused (2: an extra missing)
     │   └── RunRefused                          its own: batcher.runner's refusals
     ├── APIError                                batcher.api.errors: one request (``fatal``: the job)
     │   ├── APIConnectionError → APITimeoutError, APIResponseError
@@ -103,6 +104,7 @@ _IMAGE_TYPES: Final = (
     "download_error",
     "download_timeout",
     "blocked_address",
+    "permission_denied",
 )
 
 #: The API's own error types (batcher.facts.ERROR_TYPES; a test holds the two to each other).

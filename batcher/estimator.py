@@ -50,7 +50,7 @@ from batcher.images.sizing import ImageOptions, image_tokens, target_size
 from batcher.models import ModelProfile
 from batcher.records import Row
 from batcher.tokens import factor_hundredths
-from batcher.urls import is_url
+from batcher.urls import is_remote
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -301,12 +301,13 @@ class Estimate:
 
 
 def row_sizes(row: Row, options: ImageOptions) -> list[tuple[int, int] | None]:
-    """Each image's upright header size (None for a URL); raises the image's ``ImageError``."""
+    """Each image's upright header size (None for a URL or an object store URI: not read); raises
+    the image's ``ImageError``."""
     from batcher.images.prepare import probe_size
 
     sizes: list[tuple[int, int] | None] = []
     for source in row.images:
-        if is_url(source):
+        if is_remote(source):
             sizes.append(None)
             continue
         width, height, _format = probe_size(source, options)
@@ -853,7 +854,7 @@ async def exact_sample(
     for row in rows:
         if sample.rows >= n:
             break
-        if row.error is not None or any(is_url(s) for s in row.images):
+        if row.error is not None or any(is_remote(s) for s in row.images):
             continue
         sendable += 1
         if sendable % stride:
@@ -887,7 +888,11 @@ def format_estimate(est: Estimate) -> str:
     )
     lines.append(
         f"  images        {est.images:>14,}"
-        + (f"  ({est.images_unsized:,} by URL, counted at the budget)" if est.images_unsized else "")
+        + (
+            f"  ({est.images_unsized:,} by URL or in a bucket, counted at the budget)"
+            if est.images_unsized
+            else ""
+        )
     )
     lines.append(
         f"  input tokens  {est.input_tokens:>14,}  (images {est.image_tokens:,} exact, "

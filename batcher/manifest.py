@@ -22,9 +22,13 @@ the prompt. It does not depend on the row's position, so a manifest that grows k
 ids. Two identical rows (same images, same prompt) therefore get the same id and are reported as
 duplicates by the job state; give the manifest an id column if that is legitimate.
 
-Images: a cell holds one path or http(s) URL, or a list of them (a JSON list string such as
-``["a.jpg","b.jpg"]`` in CSV, a real list in JSONL/Parquet). Paths are resolved against the
-manifest's folder.
+Images: a cell holds one path, http(s) URL or object store URI (``s3://``...), or a list of them (a
+JSON list string such as ``["a.jpg","b.jpg"]`` in CSV, a real list in JSONL/Parquet). Paths are
+resolved against the manifest's folder, in its bucket for a manifest that lives in one.
+
+A manifest in a bucket (``s3://bucket/data/manifest.csv``: :class:`batcher.stores.ObjectPath`) is
+streamed through the store's file: CSV by the csv module (no Arrow pre-scan, which would read it
+twice), JSONL by lines, Parquet by row groups.
 
 Templates: ``prompt = "Describe {title}"`` uses :meth:`str.format` fields over the row's columns
 (``{{``/``}}`` for literal braces; only plain ``{column}`` names, optionally with a format spec).
@@ -54,9 +58,11 @@ import itertools
 import json
 import math
 import os
+import posixpath
 import re
 import string
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string
 from pathlib import Path
@@ -65,7 +71,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 from batcher.errors import JobError, RowFailure
 from batcher.exits import EXIT_CONFIG
 from batcher.records import Row
-from batcher.urls import scheme_of
+from batcher.stores import ObjectPath
+from batcher.urls import is_object, scheme_of
 
 if TYPE_CHECKING:
     from _csv import Reader as CsvReader
@@ -75,6 +82,8 @@ if TYPE_CHECKING:
     from batcher.config import JobConfig
 
 Format = Literal["csv", "jsonl", "parquet"]
+#: Where a manifest is: a local file, or an object in a bucket (read through :mod:`batcher.stores`).
+ManifestPath = Path | ObjectPath
 #: Sink column types a manifest column can have.
 FieldType = Literal["string", "int64", "double", "bool"]
 
@@ -128,7 +137,7 @@ class ManifestError(JobError, ValueError):
 # --- pure helpers -------------------------------------------------------------------------------
 
 
-def detect_format(path: Path) -> Format:
+def detect_format(path: ManifestPath) -> Format:
     """The manifest format, from the file's extension."""
     fmt = EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
@@ -203,14 +212,27 @@ def parse_images(cell: Any) -> list[str] | RowFailure:
 
 
 def resolve_image(value: str, base: str | Path) -> str:
-    """A ``scheme://`` source as given (a URL, or a scheme the run refuses by name); a path resolved
-    against the manifest's folder."""
+    """A ``scheme://`` source as given (a URL, an object store URI, or a scheme the run refuses by
+    name); a path resolved against the manifest's folder. A manifest in a bucket (``base`` is
+    ``s3://bucket/data``) resolves a relative path to an object in that folder there; an absolute
+    path is a local file."""
     if scheme_of(value) is not None:
         return value
+    if isinstance(base, str) and "://" in base and not value.startswith(("/", "~")):
+        return object_join(base, value)
     # os.path, not pathlib: this runs once per image of every row.
     if value.startswith("~"):
         value = os.path.expanduser(value)
     return value if os.path.isabs(value) else os.path.join(base, value)
+
+
+def object_join(folder: str, relative: str) -> str:
+    """``relative`` (``a/b.jpg``, ``./b.jpg``, ``../c/d.jpg``) in an object store's ``folder``
+    (``s3://bucket/data``): never above the bucket."""
+    scheme, _, rest = folder.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    key = posixpath.normpath(posixpath.join("/", prefix, relative)).lstrip("/")
+    return f"{scheme}://{bucket}/{key}"
 
 
 def derive_id(images: list[str] | None, image_cell: Any, prompt_key: str) -> str:
@@ -332,7 +354,7 @@ class _CsvLines:
         return found
 
 
-def _csv_reader(path: Path, fh: BinaryIO) -> tuple[CsvReader, _CsvLines, list[str] | None]:
+def _csv_reader(path: ManifestPath, fh: BinaryIO) -> tuple[CsvReader, _CsvLines, list[str] | None]:
     """A csv reader past the header, its lines, and the header's cells (None: an empty file).
 
     Strict: a quoted cell must end at a comma or a line end, and a quote open at the end of the file
@@ -358,7 +380,7 @@ def _csv_reader(path: Path, fh: BinaryIO) -> tuple[CsvReader, _CsvLines, list[st
     return reader, lines, header
 
 
-def _open_quote(path: Path, first: int) -> str:
+def _open_quote(path: ManifestPath, first: int) -> str:
     """The message for a quote still open at the end of the file, in the row starting on line ``first``.
 
     Rare, so the row is read again without ``strict``: its last cell runs to the end of the file, and
@@ -391,7 +413,7 @@ def _span(first: int, last: int) -> str:
     )
 
 
-def _csv_problem(path: Path, exc: csv.Error, first: int, last: int, lines: _CsvLines) -> RowFailure:
+def _csv_problem(path: ManifestPath, exc: csv.Error, first: int, last: int, lines: _CsvLines) -> RowFailure:
     """The error of a record the csv module refused; it reads on from the next line."""
     problem = lines.take_bad(first, last)
     if problem is not None:
@@ -426,7 +448,7 @@ def _csv_row(
     return cells
 
 
-def csv_rows(path: Path, width: int) -> Iterator[list[str] | RowFailure]:
+def csv_rows(path: ManifestPath, width: int) -> Iterator[list[str] | RowFailure]:
     """A CSV manifest's rows after the header, streamed: each its cells, or its error.
 
     Raises :class:`ManifestError` for what no row can be blamed for: a quote open at the end of the
@@ -469,11 +491,14 @@ class _NotTheSame(Exception):
     """Arrow's CSV reader met a row it would read otherwise than :func:`csv_rows` (or not at all)."""
 
 
-def _arrow_quoting(path: Path) -> bool | None:
+def _arrow_quoting(path: ManifestPath) -> bool | None:
     """Whether Arrow's CSV reader reads the file exactly as the strict csv module does, by a scan at
     about the speed of the disk (Python steps only at quotes): False if it holds no quote at all,
     True if every quoted cell closes, and is followed by a comma or a line end (what strict asks),
-    None if not so, or if the file holds a NUL byte or its header runs over more than one line."""
+    None if not so, or if the file holds a NUL byte or its header runs over more than one line.
+    None for a manifest in a bucket: the scan would read it a second time over the network."""
+    if isinstance(path, ObjectPath):
+        return None
     with path.open("rb") as fh:
         _reader, _lines, _header = _csv_reader(path, fh)
         if _reader.line_num != 1:
@@ -519,7 +544,7 @@ def _arrow_quoting(path: Path) -> bool | None:
 
 
 def _arrow_csv_chunks(
-    path: Path, columns: list[str], wanted: list[str], quoted: bool, *, block: int = _ARROW_CSV_BLOCK
+    path: ManifestPath, columns: list[str], wanted: list[str], quoted: bool, *, block: int = _ARROW_CSV_BLOCK
 ) -> Iterator[ArrowChunk]:
     """A CSV that :func:`_arrow_quoting` passed, read by Arrow, every column as text (so every cell's
     UTF-8 is checked); stops, having yielded only rows read exactly as :func:`csv_rows` reads them, at
@@ -528,6 +553,8 @@ def _arrow_csv_chunks(
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    if isinstance(path, ObjectPath):
+        raise _NotTheSame  # a manifest in a bucket: the csv module, streamed (see _arrow_quoting)
     odd: list[int] = []
 
     def invalid(_row: Any) -> str:
@@ -571,13 +598,27 @@ def _arrow_csv_chunks(
             start += batch.num_rows
 
 
+@contextmanager
+def _parquet_file(path: ManifestPath) -> Iterator[Any]:
+    """A ``pyarrow.parquet.ParquetFile`` over a local file or an object (read by row groups through
+    the object store file: only the footer and the row groups read are fetched)."""
+    import pyarrow.parquet as pq
+
+    if isinstance(path, Path):
+        with pq.ParquetFile(path) as pf:
+            yield pf
+        return
+    with path.open("rb") as fh, pq.ParquetFile(fh) as pf:
+        yield pf
+
+
 def _longest_cell(batch: pa.RecordBatch) -> int:
     import pyarrow.compute as pc
 
     return max((pc.max(pc.binary_length(col)).as_py() or 0 for col in batch.columns), default=0)
 
 
-def csv_records(path: Path, columns: list[str]) -> Iterator[tuple[str, ...] | list[str] | RowFailure]:
+def csv_records(path: ManifestPath, columns: list[str]) -> Iterator[tuple[str, ...] | list[str] | RowFailure]:
     """:func:`csv_rows`, read by Arrow where Arrow reads the same (a quote-free file: a few times
     faster), and by the csv module from the first row it might not; a few hundred rows in Python
     objects at a time either way."""
@@ -644,7 +685,7 @@ class ArrowChunk:
 class Manifest:
     """A manifest file and how its columns map to rows; see the module docstring."""
 
-    path: Path
+    path: ManifestPath
     format: Format
     id_column: str | None
     image_column: str
@@ -703,10 +744,10 @@ class Manifest:
 
     def _parquet_schema(self) -> tuple[list[str], dict[str, FieldType]]:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         try:
-            schema = pq.read_schema(self.path)
+            with _parquet_file(self.path) as pf:
+                schema = pf.schema_arrow
         except (pa.ArrowException, OSError) as exc:
             raise ManifestError(f"input.manifest: cannot read the schema of {self.path.name}: {exc}") from exc
         types: dict[str, FieldType] = {}
@@ -778,9 +819,7 @@ class Manifest:
                 else:
                     yield RowFailure("bad_row", f"line {line_no} is JSON {type(obj).__name__}, not an object")
         else:
-            import pyarrow.parquet as pq
-
-            with pq.ParquetFile(self.path) as pf:
+            with _parquet_file(self.path) as pf:
                 for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
                     names = batch.schema.names
                     columns = [col.to_pylist() for col in batch.columns]
@@ -845,10 +884,8 @@ class Manifest:
             start += len(chunk)
 
     def _parquet_arrow_chunks(self, wanted: list[str]) -> Iterator[ArrowChunk]:
-        import pyarrow.parquet as pq
-
         start = 0
-        with pq.ParquetFile(self.path) as pf:
+        with _parquet_file(self.path) as pf:
             for batch in pf.iter_batches(batch_size=ARROW_CHUNK_ROWS, columns=wanted):
                 arrays = {c: batch.column(c) for c in wanted}
                 yield ArrowChunk(start=start, length=batch.num_rows, arrays=arrays, errors={})
@@ -1005,7 +1042,7 @@ def open_manifest(
     prompt_template: str | None,
 ) -> Manifest:
     """A :class:`Manifest` over ``path`` (nothing is read until ``columns``/``check``/``rows``)."""
-    p = Path(path).absolute()
+    p: ManifestPath = ObjectPath(str(path)) if is_object(str(path)) else Path(path).absolute()
     if prompt_column is not None and prompt_template is not None:
         raise ManifestError("input: give prompt_column or a prompt template, not both")
     return Manifest(

@@ -51,7 +51,8 @@ from batcher.state import (
     SyncProgress,
     SyncReport,
 )
-from batcher.urls import is_url
+from batcher.stores import ObjectPath
+from batcher.urls import is_remote
 
 if TYPE_CHECKING:
     from batcher.config import ExampleConfig, JobConfig
@@ -100,7 +101,7 @@ def _example_settings(example: ExampleConfig) -> dict[str, Any]:
     source with (for a local file) its size and mtime, as the row hash takes a row's images."""
     images = []
     for source in example.image_list:
-        if is_url(source):
+        if is_remote(source):  # an http(s) URL or an object store URI: as written, never fetched
             images.append([source, "url"])
             continue
         try:
@@ -111,8 +112,20 @@ def _example_settings(example: ExampleConfig) -> dict[str, Any]:
     return {"prompt": example.prompt, "answer": example.answer, "images": images}
 
 
-def manifest_fingerprint(job: JobConfig, path: Path) -> str:
-    """What must be unchanged for a run to skip the sync: the file and the settings that make ids."""
+def manifest_fingerprint(job: JobConfig, path: Path | ObjectPath) -> str:
+    """What must be unchanged for a run to skip the sync: the file and the settings that make ids.
+    A manifest in a bucket: its size, ETag and modification time (no byte of it is read)."""
+    inp = job.input
+    if isinstance(path, ObjectPath):
+        return json.dumps(
+            {
+                "schema": SCHEMA_VERSION,
+                "path": str(path),
+                **path.fingerprint(),
+                "input": [inp.id_column, inp.image_column, inp.prompt_column, inp.prompt],
+            },
+            sort_keys=True,
+        )
     st = os.stat(path)
     edges = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -120,7 +133,6 @@ def manifest_fingerprint(job: JobConfig, path: Path) -> str:
         if st.st_size > _EDGE_BYTES:
             fh.seek(max(_EDGE_BYTES, st.st_size - _EDGE_BYTES))
             edges.update(fh.read(_EDGE_BYTES))
-    inp = job.input
     return json.dumps(
         {
             "schema": SCHEMA_VERSION,

@@ -335,7 +335,9 @@ def _cap_off(caps: dict[str, Any], name: str) -> bool:
 async def _run_async(
     request: RunRequest, job: JobConfig, registry: ModelRegistry, known: ModelProfile | None
 ) -> int:
-    manifest = _open_manifest(job)
+    # In a thread: a manifest in a bucket has its header read over the network (batcher.stores).
+    manifest = await anyio.to_thread.run_sync(_open_manifest, job)
+    _check_stores(job)
     spec = _load_output(job, manifest)
     try:
         key, base_url = settings_from_env()
@@ -402,7 +404,7 @@ async def _run_with_client(
                 if sync is not None:
                     await _sync_started(sync, job, whole=True)
                 prefix = await _batch_prefix(job, profile, client, state, output, say)
-                sink = _open_sink(out_dir, state, manifest, say, spec)
+                sink = _open_sink(out_dir, state, manifest, say, spec, job.run.results_uri)
                 collector = await _collect_first(job, profile, client, state, sink, say, output)
                 _, live_rows = collector.live_counts()
                 # Rows this run finishes: those the collection just recorded, and those that need work.
@@ -414,7 +416,7 @@ async def _run_with_client(
                 )
                 sink.retire_removed()
                 _report_changed(state, say)
-                return code
+                return await _mirror_results(sink, say) or code
             to_do_box: list[int | None] = [None]
             refused: list[BaseException] = []
             # The image workers start while the sync takes in the first rows.
@@ -425,7 +427,7 @@ async def _run_with_client(
                 )
                 if sync is not None:
                     await _sync_started(sync, job, whole=False)
-                sink = _open_sink(out_dir, state, manifest, say, spec)
+                sink = _open_sink(out_dir, state, manifest, say, spec, job.run.results_uri)
                 # Whatever the mode: first what ended batches answered; rows still in live batches
                 # are left to them (sent by no one) and the run exits 75 while any remain.
                 collector = await _collect_first(job, profile, client, state, sink, say, output)
@@ -489,6 +491,8 @@ async def _run_with_client(
         sink.retire_removed()
         # Exports every few seconds leave many small parts; merge them once the run is over.
         sink.compact(target_rows=job.run.part_rows)
+        if (mirror_code := await _mirror_results(sink, say)) and not code:
+            code = mirror_code
         if pipeline.uploader is not None and not code:
             from batcher.files import finish_run
 
@@ -545,19 +549,59 @@ def _manifest_faults() -> tuple[type[BaseException], ...]:
     return (ManifestError, StateError)
 
 
+def _check_stores(job: JobConfig) -> None:
+    """The object stores the job names up front (``results_uri``, example images; the manifest's is
+    checked as it is opened) have their extras installed, or the run is refused (exit 2)."""
+    from batcher.stores import StoreError, check_extras
+
+    examples = [source for example in job.request.examples for source in example.image_list]
+    try:
+        check_extras([job.run.results_uri, *examples])
+    except StoreError as exc:
+        raise RunRefused(str(exc), exc.exit_code) from None
+
+
+async def _mirror_results(sink: Sink, say: Say) -> int | None:
+    """``[run] results_uri``: the run's parts mirrored (in a thread: uploads are network calls);
+    EXIT_FATAL with one line if the store refused, None otherwise (the local results are whole
+    either way, and the next run uploads what is missing)."""
+    from batcher.stores import StoreError
+
+    if sink.mirror is None:
+        return None
+    try:
+        report = await anyio.to_thread.run_sync(sink.mirror_parts)
+    except StoreError as exc:
+        say(f"batcher: {exc} (the local results are complete; the next run uploads what is missing)")
+        return EXIT_FATAL
+    if report is not None and (report.uploaded or report.deleted):
+        say(
+            f"batcher: results_uri: {len(report.uploaded)} part(s) written to {sink.mirror.uri}"
+            + (f", {len(report.deleted)} merged away deleted" if report.deleted else "")
+        )
+    return None
+
+
 #: What a sync or the resume pass may find in the manifest that makes it unusable (exit 2).
 _MANIFEST_FAULTS = _manifest_faults()
 
 
 def _open_sink(
-    out_dir: Path, state: JobState, manifest: Manifest, say: Say, spec: OutputSpec | None = None
+    out_dir: Path,
+    state: JobState,
+    manifest: Manifest,
+    say: Say,
+    spec: OutputSpec | None = None,
+    results_uri: str | None = None,
 ) -> Sink:
     """The results sink, settled after any crash, holding the rows of the current manifest only
-    (and, with [output], the schema's typed columns)."""
+    (and, with [output], the schema's typed columns; with ``[run] results_uri``, mirrored there)."""
     from batcher.sink import Sink, SinkError
+    from batcher.stores import ResultsMirror
 
+    mirror = ResultsMirror(results_uri) if results_uri is not None else None
     try:
-        sink = Sink(out_dir, state, manifest.field_types(), output=spec)
+        sink = Sink(out_dir, state, manifest.field_types(), output=spec, mirror=mirror)
     except SinkError as exc:
         # An [output] other than the one the folder's parts were written with: nothing is sent.
         raise RunRefused(str(exc), exc.exit_code) from None

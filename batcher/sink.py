@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from batcher.output import OutputSpec
+    from batcher.stores import MirrorReport, ResultsMirror
 
 RESULTS_DIR = "results"
 #: Answers of rows the manifest no longer has: OUT/removed/removed.parquet (same schema).
@@ -298,6 +299,7 @@ class Sink:
         *,
         output: OutputSpec | None = None,
         on_step: Callable[[str], None] | None = None,
+        mirror: ResultsMirror | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.state = state
@@ -311,6 +313,10 @@ class Sink:
         self.schema = result_schema(self.fields, output)
         self._on_step = on_step
         self._lock = threading.RLock()
+        #: ``[run] results_uri``: sealed parts are also written there (:meth:`mirror_parts`)
+        self.mirror = mirror
+        #: the last failure to mirror after an export (the run goes on; the next export retries)
+        self.mirror_failure: str | None = None
 
     def _fix_fields(self, fields: dict[str, str] | None) -> dict[str, str]:
         stored = self.state.get_meta(FIELDS_META_KEY)
@@ -370,7 +376,27 @@ class Sink:
         total = 0
         while n := self._export_part(max_rows):
             total += n
+        if self.mirror is not None:
+            from batcher.stores import StoreError
+
+            try:
+                self.mirror_parts()
+                self.mirror_failure = None
+            except StoreError as exc:  # local parts are sealed: mirroring is tried again later
+                self.mirror_failure = str(exc)
         return total
+
+    @_exclusive
+    def mirror_parts(self) -> MirrorReport | None:
+        """``[run] results_uri``: upload the sealed parts the prefix lacks (new or rewritten since)
+        and delete those a compaction merged away; None without a mirror. Raises
+        ``batcher.stores.StoreError``. Blocking (network): call it in a worker thread."""
+        if self.mirror is None:
+            return None
+        parts = self.state.parts()
+        final = [p.name for p in parts if p.state == "final" and not p.dirty]
+        held = frozenset(p.name for p in parts if p.state != "final" or p.dirty)
+        return self.mirror.sync(self.dir, final, self.state, held)
 
     def _export_part(self, max_rows: int) -> int:
         import pyarrow.parquet as pq

@@ -5,7 +5,9 @@ estimate``, ``batcher prepare``, the Files API memo):
 
 * ``scheme://...`` with scheme ``http`` or ``https``, in any case (RFC 3986 schemes are
   case-insensitive: ``HTTP://x`` is a URL) is a **url**, downloaded by the run;
-* ``scheme://...`` with any other scheme (``file://``, ``ftp://``, ``s3://``, ``data://``...) is
+* ``scheme://...`` with an object store's scheme (:data:`OBJECT_SCHEMES`: ``s3``, ``gs``/``gcs``,
+  ``az``/``abfs``/``abfss``) is an **object**, read through fsspec by :mod:`batcher.stores`;
+* ``scheme://...`` with any other scheme (``file://``, ``ftp://``, ``data://``...) is
   **unsupported**: the row fails with ``unsupported_scheme`` naming the scheme, never a file lookup
   of a mangled path;
 * anything else is a **local** path. A scheme needs two characters or more, so ``C://x`` stays a path.
@@ -31,7 +33,18 @@ MAX_REDIRECTS = 5
 #: HTTP statuses that redirect (with a Location header).
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
-SourceKind = Literal["url", "local", "unsupported"]
+#: Object stores' schemes, and the store each belongs to (:mod:`batcher.stores` reads them).
+OBJECT_SCHEMES: dict[str, str] = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+}
+
+SourceKind = Literal["url", "object", "local", "unsupported"]
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+)://")
 
@@ -45,11 +58,14 @@ def scheme_of(source: str) -> str | None:
 
 
 def source_kind(source: str) -> SourceKind:
-    """``url`` (http/https, any case), ``unsupported`` (another scheme) or ``local`` (a path)."""
+    """``url`` (http/https, any case), ``object`` (an object store's URI), ``unsupported`` (another
+    scheme) or ``local`` (a path)."""
     scheme = scheme_of(source)
     if scheme is None:
         return "local"
-    return "url" if scheme in SCHEMES else "unsupported"
+    if scheme in SCHEMES:
+        return "url"
+    return "object" if scheme in OBJECT_SCHEMES else "unsupported"
 
 
 def is_url(source: object) -> bool:
@@ -57,10 +73,22 @@ def is_url(source: object) -> bool:
     return isinstance(source, str) and source_kind(source) == "url"
 
 
+def is_object(source: object) -> bool:
+    """An object store URI (``s3://bucket/key``...), read through :mod:`batcher.stores`."""
+    return isinstance(source, str) and source_kind(source) == "object"
+
+
+def is_remote(source: object) -> bool:
+    """Fetched by the run rather than read as a local file: an http(s) URL or an object store URI.
+    Its content hash covers the source as written (nothing is stat'ed per row)."""
+    return isinstance(source, str) and source_kind(source) in ("url", "object")
+
+
 def unsupported_scheme_message(source: str) -> str | None:
-    """Why ``source`` cannot be fetched (its scheme is not http/https), or None when it is fine."""
+    """Why ``source`` cannot be fetched (its scheme is neither http(s) nor an object store's), or
+    None when it is fine."""
     scheme = scheme_of(source)
-    if scheme is None or scheme in SCHEMES:
+    if scheme is None or scheme in SCHEMES or scheme in OBJECT_SCHEMES:
         return None
     return scheme_refusal(scheme)
 
@@ -68,7 +96,10 @@ def unsupported_scheme_message(source: str) -> str | None:
 def scheme_refusal(scheme: str) -> str:
     """The message for a refused scheme: it names the scheme, not the whole source (the row
     already names that, and a URL's query may hold credentials)."""
-    return f"unsupported scheme {scheme.lower()!r}: only http and https URLs are downloaded"
+    return (
+        f"unsupported scheme {scheme.lower()!r}: only http(s) URLs and object store URIs "
+        f"({', '.join(f'{s}://' for s in OBJECT_SCHEMES)}) are fetched"
+    )
 
 
 def refused_address(address: str, *, allow_private: bool) -> str | None:

@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -505,3 +507,34 @@ def report_header(cards: list[Card], *, results: int | None = None, job: str = "
         cards=len(cards),
         histograms=(histogram("latency", "s", latencies), histogram("cost per row", "USD", costs)),
     )
+
+
+# --- object stores (issue 18) --------------------------------------------------------------------
+
+
+@dataclass
+class Bucket:
+    """A bucket on the tests' S3 server (the ``s3`` fixture): its name and the filesystem."""
+
+    name: str
+    fs: Any
+
+    @classmethod
+    def create(cls, fs: Any) -> Bucket:
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        fs.mkdir(name)
+        return cls(name, fs)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.name}/{key}"
+
+    def put(self, key: str, data: bytes | Path) -> str:
+        """Write an object; its URI."""
+        self.fs.pipe_file(f"{self.name}/{key}", data.read_bytes() if isinstance(data, Path) else data)
+        return self.uri(key)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The keys under ``prefix`` (fresh: no listing cache)."""
+        self.fs.invalidate_cache()
+        found = self.fs.find(f"{self.name}/{prefix}")
+        return sorted(path.split("/", 1)[1] for path in found)

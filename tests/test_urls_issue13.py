@@ -35,7 +35,9 @@ LOOPBACK_OK = DownloadLimits(allow_private=True)
         ("HtTpS://example.com/a.jpg", "url"),
         ("file:///srv/images/a.jpg", "unsupported"),
         ("FTP://example.com/a.jpg", "unsupported"),
-        ("s3://bucket/key.jpg", "unsupported"),
+        ("s3://bucket/key.jpg", "object"),  # an object store (batcher.stores, issue 18)
+        ("GS://bucket/key.jpg", "object"),
+        ("abfss://container@account/key.jpg", "object"),
         ("images/a.jpg", "local"),
         ("/srv/images/a.jpg", "local"),
         ("a:b.jpg", "local"),
@@ -43,7 +45,7 @@ LOOPBACK_OK = DownloadLimits(allow_private=True)
         ("images/http://x.jpg", "local"),  # a scheme only at the start
     ],
 )
-def test_a_source_is_a_url_a_path_or_an_unsupported_scheme(source: str, kind: str) -> None:
+def test_a_source_is_a_url_an_object_a_path_or_an_unsupported_scheme(source: str, kind: str) -> None:
     assert urls.source_kind(source) == kind
     assert urls.is_url(source) == (kind == "url")
 

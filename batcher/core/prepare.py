@@ -30,7 +30,8 @@ from batcher.images.prepare import PreparedImage
 from batcher.images.sizing import ImageOptions
 from batcher.models import ModelProfile
 from batcher.records import ImageSent, Row
-from batcher.urls import is_url
+from batcher.stores import StoreError
+from batcher.urls import is_object, is_url
 
 if TYPE_CHECKING:
     from batcher.files import FileUploader, UploadError
@@ -209,6 +210,14 @@ class RowPreparer:
                     image = await self.prepare_image(source, in_request)
             except ImageError as exc:
                 return image_failure(row, exc, n)
+            except StoreError as exc:
+                # No row in this store can be read (its extra is not installed): the run stops with
+                # the one line naming the extra; the row is left for the next run.
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                return RowFailure(
+                    "download_error", f"image {n} ({source}): {exc}", retryable=True, image_index=n
+                )
             warnings.extend(image.warnings)
             sent.append(
                 ImageSent(
@@ -236,8 +245,9 @@ class RowPreparer:
         return Prepared(row, parts, sent, warnings, uploaded)
 
     async def prepare_image(self, source: str, images_in_request: int) -> PreparedImage:
-        """Download (a URL) and prepare one image in the pool; raises :class:`Stopped` when the run
-        stops meanwhile, at once, whatever the download or the worker was doing."""
+        """Download (a URL), read (an object store URI) and prepare one image in the pool; raises
+        :class:`Stopped` when the run stops meanwhile, at once, whatever the download or the worker
+        was doing."""
         with anyio.CancelScope() as scope:
             self._unsent.add(scope)
             try:
@@ -245,7 +255,11 @@ class RowPreparer:
                     scope.cancel()
                 if self.pool is None:
                     raise RuntimeError("RowPreparer: no image pool to prepare images in")
-                data = await self._download(source) if is_url(source) else source
+                data: str | bytes = source
+                if is_url(source):
+                    data = await self._download(source)
+                elif is_object(source):
+                    data = await self._read_object(source)
                 return await self.pool.prepare(
                     data, self.profile, self.options, images_in_request=images_in_request
                 )
@@ -259,6 +273,16 @@ class RowPreparer:
         if self.downloader is None:
             raise RuntimeError(f"no downloader for {url}")
         return await self.downloader.fetch(url, self.download_limits)
+
+    async def _read_object(self, uri: str) -> bytes:
+        """An object store's image (``s3://``...), whatever the transport: the API cannot fetch a
+        bucket, so its bytes are sent (as base64 or an uploaded file). Read in a worker thread
+        within ``download_max_bytes`` and ``download_timeout_s``; a failure (``not_found``,
+        ``permission_denied``, ``too_large``...) is the row's."""
+        from batcher.stores import fetch_object
+
+        limits = self.download_limits
+        return await fetch_object(uri, limits.max_bytes, limits.timeout_s)
 
     # --- transport "files" (batcher.files) --------------------------------------------------------
 

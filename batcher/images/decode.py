@@ -254,6 +254,8 @@ def open_regular(path: Path | str) -> tuple[BinaryIO, str]:
     refused = urls.unsupported_scheme_message(label)
     if urls.is_url(label):
         refused = "a URL is downloaded by `batcher run`, not read as a file"
+    elif urls.is_object(label):
+        refused = "an object store URI is fetched by `batcher run`, not read as a file"
     if refused is not None:
         raise UnsupportedScheme(f"{label}: {refused}")
     with _file_errors(label):

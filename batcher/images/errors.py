@@ -114,7 +114,8 @@ class NotAFile(ImageError):
 
 
 class UnsupportedScheme(ImageError):
-    """A ``scheme://`` source whose scheme batcher does not fetch (only http and https)."""
+    """A ``scheme://`` source whose scheme batcher does not fetch (neither http(s) nor an object
+    store's: :data:`batcher.urls.OBJECT_SCHEMES`)."""
 
     error_type = "unsupported_scheme"
 
@@ -144,6 +145,13 @@ class BlockedAddress(DownloadError):
     error_type = "blocked_address"
 
 
+class PermissionDenied(ImageError):
+    """The object store refused to read the object (403, access denied: ``batcher.stores``). A
+    missing object is :class:`NotFound`."""
+
+    error_type = "permission_denied"
+
+
 ERROR_CLASSES: dict[str, type[ImageError]] = {
     cls.error_type: cls
     for cls in (
@@ -163,6 +171,7 @@ ERROR_CLASSES: dict[str, type[ImageError]] = {
         DownloadError,
         DownloadTimeout,
         BlockedAddress,
+        PermissionDenied,
     )
 }
 #: Every error type a prepared image may fail with, in a stable order.

@@ -11,6 +11,7 @@ import os
 from typing import Literal
 
 from batcher.records import Result, Row
+from batcher.urls import is_object
 
 STATUSES = ("done", "error", "transient", "inflight", "batched")
 Status = Literal["done", "error", "transient", "inflight", "batched"]
@@ -75,8 +76,9 @@ class ContentHasher:
     """The content hash of what would be sent for a row: 8 bytes of BLAKE2b, as a signed int.
 
     It covers the rendered prompt, each image source as resolved, and for a local image file its
-    size and mtime_ns (hashing image bytes would read every image on every run: far too slow at
-    millions of rows; an edit that keeps both is not seen), plus ``settings``: the job's request
+    size and mtime_ns (an http(s) URL or an object store URI: the source only; hashing image bytes
+    would read every image on every run: far too slow at millions of rows; an edit that keeps both
+    is not seen), plus ``settings``: the job's request
     settings that shape the answer (see ``resume.answer_settings``), so a changed model, system
     prompt or max_tokens changes every row's hash. Stats are cached per path for one pass.
     """
@@ -101,6 +103,8 @@ class ContentHasher:
             return found
         if source[:8].lower().startswith(("http://", "https://")):
             found = b"|url"
+        elif is_object(source):
+            found = b"|object"  # like a URL: its URI only, never a HEAD per row
         else:
             try:
                 st = os.stat(source)

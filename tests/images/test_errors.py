@@ -237,6 +237,7 @@ def test_error_types_are_stable_and_rebuildable() -> None:
         "download_error",
         "download_timeout",
         "blocked_address",
+        "permission_denied",  # an object store refused the read (batcher.stores, issue 18)
     }
     for error_type in errors.ERROR_TYPES:
         rebuilt = error_from_type(error_type, "x: why")
