@@ -599,6 +599,30 @@ class LimiterWorker:
         except errors.APIError:
             pass
 
+    async def give_up_waiting(self) -> bool:
+        """Wait for a place, and give it up (the run stopping) once the limiter has the wait;
+        whether the wait ended in :class:`~batcher.ratelimit.GaveUp`."""
+        import anyio
+
+        from batcher.ratelimit import Cost, GaveUp
+
+        stop = anyio.Event()
+        gave_up: list[bool] = []
+
+        async def wait() -> None:
+            try:
+                async with self.remote.slot(Cost(10, 10), stop):
+                    gave_up.append(False)
+            except GaveUp:
+                gave_up.append(True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            while (await self.remote.handle.stats.remote())["waiting"] == 0:
+                await anyio.sleep(0.01)
+            stop.set()
+        return gave_up == [True]
+
     async def try_now(self) -> bool:
         """Whether the cluster's budget gives a place right now (one taken is handed back)."""
         from batcher.ratelimit import Cost

@@ -152,3 +152,16 @@ def test_limits_learned_from_one_workers_headers_apply_to_both(local_ray: None) 
         assert ray.get(a.try_now.remote())
     finally:
         stop_limiter(actor)
+
+
+@pytest.mark.slow
+def test_a_wait_given_up_takes_nothing(local_ray: None) -> None:
+    actor, (a,) = _cluster(60, workers=1)
+    try:
+        ray.get(a.one.remote(None, {"anthropic-ratelimit-requests-limit": "60"}))
+        assert ray.get(a.give_up_waiting.remote())
+        stats = ray.get(actor.stats.remote())
+        assert stats["held"] == 0 and stats["waiting"] == 0
+        assert ray.get(actor.view.remote()).snapshot["in_flight"] == 0
+    finally:
+        stop_limiter(actor)
