@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,11 +79,15 @@ class Opened:
 def open_page(browser: Browser, tmp_path: Path) -> Iterator[Any]:
     pages: list[Page] = []
 
-    def open_(header: Header, cards: list[Card]) -> Opened:
-        path = tmp_path / f"report{len(pages)}.html"
-        out = io.StringIO()
-        render(header, iter(cards), out)
-        path.write_text(out.getvalue(), encoding="utf-8")
+    def open_(header: Header | Path, cards: list[Card] | None = None) -> Opened:
+        """Render ``header`` and ``cards`` to a file and open it; or open the page file ``header``."""
+        if isinstance(header, Path):
+            path = header
+        else:
+            path = tmp_path / f"report{len(pages)}.html"
+            out = io.StringIO()
+            render(header, iter(cards or []), out)
+            path.write_text(out.getvalue(), encoding="utf-8")
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         pages.append(page)
         opened = Opened(page=page, url=path.as_uri())
@@ -240,4 +245,41 @@ def test_the_large_view_opens_and_closes(open_page: Any) -> None:
     expect(dialog).to_be_visible()
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
+    opened.assert_clean()
+
+
+def test_a_real_runs_report_matches_its_results(
+    open_page: Any, tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run against the simulator with two rows that fail (a missing image, a corrupt one), made
+    # into a page by `batcher report`'s own code: the page's cards are the results, status by status.
+    from batcher.report.build import write_report
+    from tests.helpers import good_rows, results_by_id, run_job, write_job
+
+    rows = good_rows(tmp_path, 8)
+    (tmp_path / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    rows += [
+        {"id": "row-missing", "image": "images/missing.jpg", "kind": "photo"},
+        {"id": "row-corrupt", "image": "images/corrupt.jpg", "kind": "photo"},
+    ]
+    job = write_job(tmp_path, rows)
+    # Playwright's sync API keeps an event loop running in this thread: the run and the report,
+    # which run their own, go in another.
+    with ThreadPoolExecutor(1) as pool:
+        code, err = pool.submit(run_job, job, simulator, monkeypatch).result()
+        assert code == 3, err  # finished, some rows in error
+        stats = pool.submit(write_report, tmp_path / "out").result()
+    results = results_by_id(tmp_path / "out")
+    opened = open_page(stats.path)
+    cards = opened.cards()
+    expected = sorted((i, r["status"]) for i, r in results.items())
+    assert sorted((c["id"], c["status"]) for c in cards) == expected and len(expected) == 10
+    assert {c["id"] for c in cards if c["status"] == "error"} == {"row-missing", "row-corrupt"}
+    opened.page.select_option("#f-status", "error")
+    assert sorted(opened.shown()) == ["row-corrupt", "row-missing"]
+    # Every ok row's thumbnail decoded in the browser.
+    ok_images = opened.page.eval_on_selector_all(
+        "article.card[data-status=ok] img", "els => els.map(e => e.naturalWidth)"
+    )
+    assert len(ok_images) == 8 and all(ok_images)
     opened.assert_clean()
