@@ -1,9 +1,9 @@
 """One rate budget for a Ray cluster: the job's :class:`~batcher.ratelimit.Limiter` in a named actor.
 
 Ray Data paces each actor on its own, so a cluster's rate is qps × actors and a 429 one worker sees
-means nothing to the others. Here a single named actor (:class:`LimiterService`, detached, one per
-job) owns the job's one :class:`Limiter`; every worker asks it before each request and tells it
-how each ended. The 429 pause, the AIMD window, the learned input-token ratio and the limits
+means nothing to the others. Here a single named actor (:class:`LimiterService`, one per run,
+owned by the driver) owns the job's one :class:`Limiter`; every worker asks it before each request
+and tells it how each ended. The 429 pause, the AIMD window, the learned input-token ratio and the limits
 learned from headers are therefore those of one machine, for every worker at once.
 
 Workers use :class:`RemoteLimiter`, which has the surface the online request code uses
@@ -27,13 +27,18 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 
 from batcher import facts
 from batcher.api import errors
+from batcher.budget import Budget
 from batcher.ratelimit import SNAPSHOT_EVERY_S, Cost, GaveUp, Limiter, Limits, Ticket, describe
+
+if TYPE_CHECKING:
+    from batcher.core.outcomes import Outcome
+    from batcher.core.plan import PlannedRequest
 
 #: Ray namespace of batcher's actors (a cluster may run other jobs' actors beside them).
 NAMESPACE: Final = "batcher"
@@ -127,10 +132,20 @@ class LimiterService:
 
     ``manual_clock``: the limiter's clock moves only by :meth:`advance` (tests)."""
 
-    def __init__(self, seed: Limits, concurrency: int, source: str, *, manual_clock: bool = False) -> None:
+    def __init__(
+        self,
+        seed: Limits,
+        concurrency: int,
+        source: str,
+        *,
+        manual_clock: bool = False,
+        budget: Budget | None = None,
+    ) -> None:
         self._clock: ManualClock | None = ManualClock() if manual_clock else None
         clock = self._clock or time.monotonic
         self.limiter = Limiter(seed, concurrency, source, clock=clock)
+        #: ``[limits] budget_usd`` for the whole cluster (None: no cap): one hold per request
+        self.budget = budget
         self._ids = itertools.count(1)
         self._tickets: dict[int, tuple[str, Ticket]] = {}
         #: acquires waiting, by the caller's request id: the event gives them up
@@ -210,6 +225,20 @@ class LimiterService:
     async def view(self) -> LimiterView:
         return self._view()
 
+    # -- the cluster's budget (batcher.budget.Budget, held here so every worker draws on one) --
+
+    async def reserve_usd(self, usd: float) -> bool:
+        """Hold ``usd`` for a request about to be sent; False (latched): the budget cannot take it."""
+        return True if self.budget is None else self.budget.reserve(usd)
+
+    async def settle_usd(self, held: float, actual: float) -> None:
+        if self.budget is not None:
+            self.budget.settle(held, actual)
+
+    async def budget_now(self) -> Budget | None:
+        """The budget as it stands (the driver's copy for its summary line)."""
+        return self.budget
+
     async def stats(self) -> dict[str, int]:
         """Counts for tests and the bench: grants so far, tickets held, acquires waiting."""
         return {"granted": self.granted, "held": len(self._tickets), "waiting": len(self._waiting)}
@@ -229,21 +258,26 @@ def limiter_name(job_key: str) -> str:
 
 
 def start_limiter(
-    job_key: str, seed: Limits, concurrency: int, source: str, *, manual_clock: bool = False
+    job_key: str,
+    seed: Limits,
+    concurrency: int,
+    source: str,
+    *,
+    manual_clock: bool = False,
+    budget: Budget | None = None,
 ) -> Any:
-    """The job's limiter actor, created detached (it outlives a worker; the driver kills it at the
-    end with :func:`stop_limiter`) or the one already running under its name."""
+    """The job's limiter actor, owned by the driver that starts it: it outlives any worker, and
+    dies with the driver (a run's limits and budget mean nothing to the next run), or the driver
+    kills it at the end with :func:`stop_limiter`. ``job_key`` is unique to the run."""
     import ray
 
     actor = ray.remote(LimiterService).options(
         name=limiter_name(job_key),
         namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
         max_concurrency=ACTOR_CONCURRENCY,
         num_cpus=0,
     )
-    return actor.remote(seed, concurrency, source, manual_clock=manual_clock)
+    return actor.remote(seed, concurrency, source, manual_clock=manual_clock, budget=budget)
 
 
 def find_limiter(job_key: str) -> Any:
@@ -384,3 +418,20 @@ class RemoteSlot:
     async def settled(self) -> None:
         while self._pending:
             self.limiter._view = await self._pending.pop(0)
+
+
+class RemoteBudget:
+    """The cluster's ``[limits] budget_usd`` as a worker's request stage sees it (the core's
+    :class:`~batcher.core.seams.BudgetHook`): each hold and settlement a call to the limiter actor,
+    so no two workers spend the same dollar."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def reserve(self, plan: PlannedRequest) -> float | None:
+        usd = plan.worst_usd
+        took: bool = await self.handle.reserve_usd.remote(usd)
+        return usd if took else None
+
+    async def settle(self, held: float, outcome: Outcome | None) -> None:
+        await self.handle.settle_usd.remote(held, getattr(outcome, "cost_usd", None) or 0.0)
