@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from batcher.errors import JobError
+
 #: pip's words for the extra
 INSTALL: Final = 'pip install "batcher[ray]"'
 
 
-class RayEngineError(Exception):
-    """Ray cannot run the job: not installed, no cluster at the address, workers never placed."""
+class RayEngineError(JobError):
+    """Ray cannot run the job: no cluster at the address, workers never placed (exit 1)."""
