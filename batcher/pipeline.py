@@ -38,9 +38,9 @@ from batcher.config import JobConfig
 from batcher.core.outcomes import Counters, Outcome, Prepared, Recorded, Transient, Written
 from batcher.core.plan import NO_PREFIX, Planner, SharedPrefix
 from batcher.core.prepare import B64_CHUNK, RowPreparer, Stopped, b64_text, preparers_for
-from batcher.core.request import Requester
+from batcher.core.request import Requester, hold_limit
 from batcher.core.seams import BudgetHook, ImagePreparer, ResultSink, RunState
-from batcher.core.signals import FATAL_GRACE_S
+from batcher.core.signals import FATAL_GRACE_S, FatalRunError
 from batcher.core.structured import StructuredOutput
 from batcher.core.writer import Writer
 from batcher.files import FileUploader
@@ -61,10 +61,6 @@ __all__ = [
     "b64_text",
     "hold_limit",
 ]
-
-
-class FatalRunError(Exception):
-    """Nothing else this run sends can succeed (401, 402, spend limit): stop, keep what is done."""
 
 
 @dataclass
@@ -262,12 +258,3 @@ class Pipeline:
             # The window also grows as the limiter learns, without a row finishing: look again.
             with anyio.move_on_after(0.5):
                 await self._hold_changed.wait()
-
-
-def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int:
-    """How many prepared rows the request stage may hold: what the limiter would have in flight,
-    as many again queued to go the moment a slot frees, and one. Before the first answer the
-    window is only the ceiling (no latency yet), so hold what the preparers make meanwhile."""
-    if not latency_known:
-        return min(in_flight_limit, 2 * preparers + 1)
-    return 2 * in_flight_limit + 1

@@ -292,3 +292,12 @@ class Requester:
         else:
             again.attempts += outcome.attempts or 0
         return again
+
+
+def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int:
+    """How many prepared rows the request stage may hold: what the limiter would have in flight,
+    as many again queued to go the moment a slot frees, and one. Before the first answer the
+    window is only the ceiling (no latency yet), so hold what the preparers make meanwhile."""
+    if not latency_known:
+        return min(in_flight_limit, 2 * preparers + 1)
+    return 2 * in_flight_limit + 1

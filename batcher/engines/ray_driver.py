@@ -42,8 +42,9 @@ from batcher.core.failures import failure_outcome
 from batcher.core.outcomes import Counters, Outcome, Recorded, Transient, Written
 from batcher.core.plan import NO_PREFIX, SharedPrefix
 from batcher.core.prepare import as_async
+from batcher.core.request import hold_limit
 from batcher.core.seams import ResultSink, RunState
-from batcher.core.signals import FATAL_GRACE_S
+from batcher.core.signals import FATAL_GRACE_S, FatalRunError
 from batcher.core.structured import StructuredOutput
 from batcher.core.writer import Writer
 from batcher.engines import INSTALL, RayEngineError
@@ -51,7 +52,6 @@ from batcher.engines.ray_limiter import ACTOR_CONCURRENCY, NAMESPACE, LimiterVie
 from batcher.engines.ray_worker import Reply, RowWorker, WorkerSetup
 from batcher.errors import WORKER_ERROR, WORKER_LOST
 from batcher.models import ModelProfile
-from batcher.pipeline import FatalRunError, hold_limit
 from batcher.ratelimit import describe, seed_limits
 from batcher.records import Result, Row
 from batcher.retry import RetryPolicy
