@@ -635,3 +635,38 @@ class LimiterWorker:
 
     async def view(self) -> dict[str, Any]:
         return (await self.remote.refresh()).snapshot
+
+
+def ray_job(
+    tmp: Path,
+    rows: list[dict[str, Any]],
+    *,
+    workers: int = 2,
+    concurrency: int = 8,
+    max_attempts: int = 4,
+    extra: str = "",
+) -> Path:
+    """:func:`write_job` run by the Ray engine (``[run] engine = "ray"``, ``[ray] workers``);
+    ``extra``: more TOML (a ``[limits]`` table)."""
+    job = write_job(tmp, rows, concurrency=concurrency, max_attempts=max_attempts)
+    text = job.read_text().replace("[run]\n", '[run]\nengine = "ray"\n')
+    job.write_text(text + f"\n[ray]\nworkers = {workers}\n" + extra)
+    return job
+
+
+def charges(sim: RunningSimulator) -> dict[str, int]:
+    """What the simulator charged, by row id (its ``nonce``): more than 1 is a row paid twice."""
+    counts: dict[str, int] = sim.sim.ledger.snapshot()["charges_by_nonce"]
+    return counts
+
+
+def ray_workers(ray: Any) -> list[Any]:
+    """Handles of the batcher worker actors alive in the local Ray instance."""
+    from batcher.engines.ray_limiter import NAMESPACE
+
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in named
+        if a["namespace"] == NAMESPACE and a["name"].startswith("batcher-worker-")
+    ]

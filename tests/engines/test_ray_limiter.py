@@ -5,7 +5,6 @@ per minute of the limiter's clock, never against wall time)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,15 +15,6 @@ from batcher.ratelimit import Limits
 from tests.helpers import LimiterWorker
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, namespace="batcher-tests", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _cluster(rpm: float, workers: int = 2, **kw: Any) -> tuple[Any, list[Any]]:
