@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -83,6 +84,30 @@ def job_key(out_dir: str) -> str:
     """A name unique to this run of this output folder (the actors' names in the cluster)."""
     digest = hashlib.sha256(out_dir.encode()).hexdigest()[:10]
     return f"{digest}-{uuid.uuid4().hex[:8]}"
+
+
+def init_in_keeper(ray: Any, **options: Any) -> None:
+    """``ray.init(**options)`` on a thread that lives as long as the process. A local instance's
+    node processes are started with ``PR_SET_PDEATHSIG``, which kills them when the *thread* that
+    started them ends: started from a worker thread that goes idle, the cluster would die mid-run.
+    Blocks until the init is done (call it off the event loop); its error is raised here."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def keep() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+            return
+        finally:
+            done.set()
+        threading.Event().wait()  # never set: the thread, and the node processes, end with the process
+
+    threading.Thread(target=keep, name="batcher-ray-keeper", daemon=True).start()
+    done.wait()
+    if failed:
+        raise failed[0]
 
 
 class ClusterLimits:
@@ -158,12 +183,12 @@ class RayPipeline:
 
     async def run(self, rows: Iterable[Row] | AsyncIterable[Row]) -> Counters:
         ray = import_ray()
-        started = await anyio.to_thread.run_sync(self._connect, ray)
+        await anyio.to_thread.run_sync(self._connect, ray)
         try:
             return await self._run(ray, rows)
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._teardown, ray, started)
+                await anyio.to_thread.run_sync(self._teardown, ray)
 
     async def _run(self, ray: Any, rows: Iterable[Row] | AsyncIterable[Row]) -> Counters:
         self._key = job_key(self.out_dir)
@@ -226,10 +251,12 @@ class RayPipeline:
 
     # --- Ray ----------------------------------------------------------------------------------
 
-    def _connect(self, ray: Any) -> bool:
-        """Join the job's cluster, or start a local instance; whether this run started it."""
+    def _connect(self, ray: Any) -> None:
+        """Join the job's cluster, or start a local instance. Either stays connected for the rest
+        of the process (Ray's exit handler disconnects it): a second ``ray.init`` in a process after
+        ``ray.shutdown`` can lose its new cluster, so a notebook's next run reuses this one."""
         if ray.is_initialized():
-            return False
+            return
         address = self.job.ray.address
         # Ray's own start-up notices would break into the run's lines: errors only.
         options: dict[str, Any] = {
@@ -244,11 +271,10 @@ class RayPipeline:
                 "include_dashboard": False,
             }
         try:
-            ray.init(address=address, **options)
+            init_in_keeper(ray, address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"ray.address {address!r}" if address else "a local Ray instance"
             raise RayEngineError(f"{where}: cannot start or join Ray: {exc}") from None
-        return True
 
     def _start_service(self, ray: Any) -> Any:
         from batcher.engines.ray_limiter import start_limiter
@@ -305,8 +331,8 @@ class RayPipeline:
             )
         return fresh
 
-    def _teardown(self, ray: Any, started: bool) -> None:
-        """Workers and the limiter go with the run; a Ray instance this run started, too."""
+    def _teardown(self, ray: Any) -> None:
+        """Workers and the limiter go with the run (the Ray connection stays: see :meth:`_connect`)."""
         for worker in self._workers:
             if not worker.dead:
                 with contextlib.suppress(Exception):
@@ -317,8 +343,6 @@ class RayPipeline:
         if self._service is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self._service)
-        if started:
-            ray.shutdown()
 
     # --- handing out rows -------------------------------------------------------------------------
 
@@ -457,13 +481,19 @@ class RayPipeline:
             if self.say is not None:
                 self.say(f"batcher: Ray worker {worker.name} died; its rows in flight go to another")
             if not self.stopping.is_set():
-                await self._start_workers(import_ray(), 1)
+                try:
+                    await self._start_workers(import_ray(), 1)
+                except RayEngineError as exc:
+                    # No worker to send the rest: stop as a fatal answer would, keeping what is done.
+                    self.fatal_stop(str(exc))
 
     async def _watch_view(self, done: anyio.Event) -> None:
         """The limiter's picture every second: progress line, read-ahead, ``batcher status``."""
         while not done.is_set():
             with contextlib.suppress(Exception):
-                self.limiter.view = await self._service.view.remote()
+                view = self.limiter.view = await self._service.view.remote()
+                # Requests on the wire across the cluster, as the limiter counts them.
+                self.counters.in_flight = int(view.snapshot.get("in_flight") or 0)
                 self._wake()
                 # Off the event loop: a state write waits on the disk.
                 await anyio.to_thread.run_sync(self.state.set_meta, "rate_limits", self.limiter.snapshot())

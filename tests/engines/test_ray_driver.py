@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batcher.engines.ray_driver import ClusterLimits, job_key, local_cpus
+from batcher.engines.ray_driver import ClusterLimits, init_in_keeper, job_key, local_cpus
 from batcher.engines.ray_limiter import LimiterView
 from batcher.exits import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_OK
 from batcher.simulator.config import Latency, SimConfig
@@ -42,6 +43,39 @@ def test_the_drivers_picture_of_the_cluster_limits() -> None:
     limits.view = LimiterView(12, 0.8, {"limits": {"requests": 240.0}, "source": "tier-1", "in_flight": 3})
     assert (limits.in_flight_limit(), limits.latency_s) == (12, 0.8)
     assert "240 rpm" in limits.describe()
+
+
+class FakeRay:
+    """``ray.init`` as far as :func:`init_in_keeper` sees it: which thread ran it, or its error."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.thread: threading.Thread | None = None
+        self.options: dict[str, Any] = {}
+
+    def init(self, **options: Any) -> None:
+        self.thread = threading.current_thread()
+        self.options = options
+        if self.error is not None:
+            raise self.error
+
+
+def test_ray_is_started_on_a_thread_that_outlives_the_call() -> None:
+    # A local instance's node processes die with the thread that started them (PR_SET_PDEATHSIG):
+    # it must not be a worker thread that ends when idle.
+    ray = FakeRay()
+    caller = threading.Thread(target=init_in_keeper, args=(ray,), kwargs={"num_cpus": 4})
+    caller.start()
+    caller.join()
+    assert ray.options == {"num_cpus": 4}
+    assert ray.thread is not None and ray.thread is not caller
+    time.sleep(0.2)
+    assert ray.thread.is_alive() and ray.thread.daemon
+
+
+def test_a_failed_start_is_raised_to_the_caller() -> None:
+    with pytest.raises(ConnectionError, match="no cluster"):
+        init_in_keeper(FakeRay(ConnectionError("no cluster")))
 
 
 def test_without_ray_the_run_is_refused_naming_the_extra(
