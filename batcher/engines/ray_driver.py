@@ -80,6 +80,18 @@ def local_cpus(workers: int, worker_cpus: float, cores: int | None) -> int:
     return max(cores or 1, math.ceil(workers * worker_cpus))
 
 
+def placement_problem(total_cpus: float, workers: int, worker_cpus: float) -> str | None:
+    """Why a local Ray instance of ``total_cpus`` cannot hold ``workers`` workers (None: it can)."""
+    need = workers * worker_cpus
+    if need <= total_cpus:
+        return None
+    return (
+        f"the local Ray instance has {total_cpus:g} CPUs; {workers} workers of ray.worker_cpus = "
+        f"{worker_cpus:g} need {need:g}: lower ray.workers or ray.worker_cpus (a Ray this process "
+        "already started keeps its CPUs)"
+    )
+
+
 def job_key(out_dir: str) -> str:
     """A name unique to this run of this output folder (the actors' names in the cluster)."""
     digest = hashlib.sha256(out_dir.encode()).hexdigest()[:10]
@@ -316,6 +328,13 @@ class RayPipeline:
         return _Worker(name, handle)
 
     async def _start_workers(self, ray: Any, count: int) -> list[_Worker]:
+        if self.job.ray.address is None:
+            # A local instance grows no nodes: workers it cannot place would be waited for in vain.
+            total = float((await anyio.to_thread.run_sync(ray.cluster_resources)).get("CPU", 0.0))
+            busy = sum(1 for w in self._workers if not w.dead)
+            problem = placement_problem(total, busy + count, self.job.ray.worker_cpus)
+            if problem is not None:
+                raise RayEngineError(problem)
         setup = self._setup()
         fresh = [self._new_worker(ray, setup) for _ in range(count)]
         with anyio.move_on_after(START_TIMEOUT_S) as waited:

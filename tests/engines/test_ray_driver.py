@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from batcher.engines.ray_driver import ClusterLimits, init_in_keeper, job_key, local_cpus
+from batcher.engines.ray_driver import (
+    ClusterLimits,
+    init_in_keeper,
+    job_key,
+    local_cpus,
+    placement_problem,
+)
 from batcher.engines.ray_limiter import LimiterView
 from batcher.exits import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_OK
 from batcher.simulator.config import Latency, SimConfig
@@ -24,6 +30,15 @@ def test_a_local_instance_declares_enough_cpus_for_every_worker() -> None:
     assert local_cpus(4, 1.0, 2) == 4  # they mostly wait on the API: a small machine runs them
     assert local_cpus(3, 0.5, 1) == 2
     assert local_cpus(1, 1.0, None) == 1
+
+
+def test_workers_a_local_instance_cannot_place_are_refused_at_once() -> None:
+    assert placement_problem(4.0, 4, 1.0) is None
+    assert placement_problem(2.0, 4, 0.5) is None
+    assert placement_problem(2.0, 4, 1.0) == (
+        "the local Ray instance has 2 CPUs; 4 workers of ray.worker_cpus = 1 need 4: lower "
+        "ray.workers or ray.worker_cpus (a Ray this process already started keeps its CPUs)"
+    )
 
 
 def test_each_run_has_its_own_actor_names() -> None:

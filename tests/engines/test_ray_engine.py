@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batcher.exits import EXIT_BUDGET, EXIT_OK
+from batcher.exits import EXIT_BUDGET, EXIT_FATAL, EXIT_OK
 from batcher.simulator.config import Latency, RateLimits, SimConfig
 from tests.helpers import charges, good_rows, ray_job, ray_workers, results_by_id, run_job
 
@@ -105,3 +105,15 @@ def test_one_rate_limit_for_every_worker(
     assert len(results_by_id(tmp_path / "out")) == 16
     statuses = sim.sim.ledger.snapshot()["requests"]["POST /v1/messages"]
     assert statuses.get("429", statuses.get(429, 0)) <= 1, statuses
+
+
+def test_more_workers_than_the_local_instance_holds_is_one_line_at_once(
+    tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch, local_ray: Any
+) -> None:
+    cpus = local_ray.cluster_resources()["CPU"]
+    job = ray_job(tmp_path, good_rows(tmp_path, 3), workers=int(cpus) + 4)
+    code, err = run_job(job, simulator, monkeypatch)
+    assert code == EXIT_FATAL, err
+    assert f"batcher: stopped: the local Ray instance has {cpus:g} CPUs; {int(cpus) + 4} workers" in err
+    assert charges(simulator) == {}
+    assert ray_workers(local_ray) == []
