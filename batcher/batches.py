@@ -737,7 +737,7 @@ class BatchRun:
         plan = self.planner.plan(p)
         held = 0.0
         if self.budget is not None:
-            got = self.budget.reserve(plan)
+            got = self.budget.hold(plan)
             if got is None:
                 self.stop(BUDGET_STOP)
                 return None

@@ -64,12 +64,16 @@ class BudgetGate:
 
     budget: Budget
 
-    def reserve(self, plan: PlannedRequest) -> float | None:
+    def hold(self, plan: PlannedRequest) -> float | None:
         """The dollars held for this row, or None: the budget cannot take it (send nothing)."""
         usd = plan.worst_usd
         return usd if self.budget.reserve(usd) else None
 
-    def settle(self, held: float, outcome: Outcome | None) -> None:
+    async def reserve(self, plan: PlannedRequest) -> float | None:
+        """:meth:`hold`, as the request stage awaits it (a cluster's budget is remote)."""
+        return self.hold(plan)
+
+    async def settle(self, held: float, outcome: Outcome | None) -> None:
         self.budget.settle(held, getattr(outcome, "cost_usd", None) or 0.0)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
 
@@ -65,7 +65,28 @@ def main() -> None:
     help="Send again the answered rows whose prompt, images or request settings changed "
     "since they were answered (a run reports how many there are).",
 )
-def run(job: Path, out: Path | None, retry_errors: bool, redo_changed: bool) -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where the requests run: this process tree, or a Ray cluster's workers sharing one rate "
+    "budget (default: the job's run.engine, else local).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help='The Ray cluster to join ("auto", "ray://head:10001"); default: the job\'s ray.address, '
+    "else a local Ray instance is started.",
+)
+def run(
+    job: Path,
+    out: Path | None,
+    retry_errors: bool,
+    redo_changed: bool,
+    engine: Literal["local", "ray"] | None,
+    ray_address: str | None,
+) -> None:
     """Run a job (resumes where the last run stopped).
 
     Exit codes: 0 all rows ok; 3 some rows ended in error; 2 usage or config error (nothing
@@ -75,7 +96,15 @@ def run(job: Path, out: Path | None, retry_errors: bool, redo_changed: bool) -> 
     from batcher.commands.run import run as run_job
     from batcher.runner import RunRequest
 
-    sys.exit(run_job(RunRequest(job_path=job, out=out, retry_errors=retry_errors, redo_changed=redo_changed)))
+    request = RunRequest(
+        job_path=job,
+        out=out,
+        retry_errors=retry_errors,
+        redo_changed=redo_changed,
+        engine=engine,
+        ray_address=ray_address,
+    )
+    sys.exit(run_job(request))
 
 
 @main.command()

@@ -135,6 +135,9 @@ class RunConfig(_Section):
     #: an object store prefix ("s3://bucket/prefix/") every sealed Parquet part is also written to
     #: (batcher.stores.ResultsMirror); the job state stays in the local output folder
     results_uri: str | None = None
+    #: where the rows' requests run: "local" (this process tree) or "ray" (a Ray cluster's
+    #: workers, one rate budget for all of them: batcher.engines.ray_driver; see [ray])
+    engine: Literal["local", "ray"] = "local"
 
     @field_validator("results_uri")
     @classmethod
@@ -231,6 +234,24 @@ class OutputConfig(_Section):
         return self.schema_
 
 
+class RayConfig(_Section):
+    """[ray]: the cluster and workers of ``[run] engine = "ray"``."""
+
+    #: the cluster to join ("auto", "ray://head:10001", "head:6379"); none: start a local Ray
+    address: str | None = None
+    #: worker actors that prepare images and send the requests
+    workers: int = Field(default=2, gt=0, le=1024)
+    #: CPUs each worker asks of the cluster (its image pool has as many processes, at least one)
+    worker_cpus: float = Field(default=1.0, gt=0, le=512)
+
+    @field_validator("address")
+    @classmethod
+    def _not_empty(cls, address: str | None) -> str | None:
+        if address is not None and not address.strip():
+            raise ValueError("empty (leave it out to start a local Ray instance)")
+        return address
+
+
 class JobConfig(_Section):
     input: InputConfig
     request: RequestConfig
@@ -241,6 +262,8 @@ class JobConfig(_Section):
     output: OutputConfig | None = None
     #: prompt caching of the shared prefix
     cache: CacheConfig = CacheConfig()
+    #: the Ray engine's cluster and workers ([run] engine = "ray")
+    ray: RayConfig = RayConfig()
     #: extra or overridden model profiles, as in configs/models.toml's [models] table
     models: dict[str, dict[str, Any]] = {}
 
@@ -345,7 +368,37 @@ def parse_job(data: dict[str, Any], path: Path) -> JobConfig:
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_first_error(exc)}") from None
     job = job.model_copy(update={"path": path, "base_dir": path.resolve().parent})
+    check_engine(job)
     return _settle_request(job)
+
+
+def check_engine(job: JobConfig) -> None:
+    """The engine fits the mode: the Ray engine sends online requests from its workers, while batch
+    mode's requests run on the API's side (a Message Batch needs no cluster)."""
+    if job.run.engine == "ray" and job.run.mode == "batch":
+        raise ConfigError(
+            f'{job.path}: run.engine: "ray" sends online requests from the cluster\'s workers; '
+            'with run.mode = "batch" the API runs them (use one or the other)'
+        )
+    if job.run.engine == "ray" and job.images.transport == "files":
+        raise ConfigError(
+            f'{job.path}: run.engine: "ray" cannot send images.transport = "files" (the file ids '
+            'live in the driver\'s job state): use "base64" or "url"'
+        )
+
+
+def with_engine(job: JobConfig, engine: Literal["local", "ray"] | None, ray_address: str | None) -> JobConfig:
+    """``batcher run --engine/--ray-address`` over the job file's ``[run] engine`` and
+    ``[ray] address``, checked as the file's own keys are."""
+    if engine is None and ray_address is None:
+        return job
+    if ray_address is not None and not ray_address.strip():
+        raise ConfigError("--ray-address: empty (leave it out to start a local Ray instance)")
+    run = job.run.model_copy(update={"engine": engine}) if engine is not None else job.run
+    ray = job.ray.model_copy(update={"address": ray_address}) if ray_address is not None else job.ray
+    changed = job.model_copy(update={"run": run, "ray": ray})
+    check_engine(changed)
+    return changed
 
 
 def example_key(n: int, key: str | None = None) -> str:

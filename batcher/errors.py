@@ -123,6 +123,10 @@ _API_TYPES: Final = (
 )
 
 #: Every ``error_type`` a row may end with, and the stage it comes from: the one registry.
+#: the Ray engine (batcher.engines): the worker that held the row died twice; a worker failed on it
+WORKER_LOST: Final = "worker_lost"
+WORKER_ERROR: Final = "worker_error"
+
 ROW_ERROR_TYPES: Final[dict[str, str]] = {
     # the manifest: a row bad at read time
     "bad_row": "row",
@@ -143,6 +147,9 @@ ROW_ERROR_TYPES: Final[dict[str, str]] = {
     "batch_lost": "batch",
     "batch_no_result": "batch",
     "file_gone": "batch",
+    # the Ray engine: the worker holding the row died (again), or failed on it (left for the next run)
+    WORKER_LOST: "engine",
+    WORKER_ERROR: "engine",
     # structured output: an answer that is not the JSON asked for (batcher.output; all final)
     REFUSAL: "output",
     MAX_TOKENS: "output",

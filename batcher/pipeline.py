@@ -26,7 +26,6 @@ images), so ``concurrency = 500`` on a slow key does not prepare 500 images that
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,26 +33,21 @@ from functools import partial
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from batcher.api import errors
 from batcher.api.client import Client
-from batcher.budget import BUDGET_STOP
 from batcher.config import JobConfig
-from batcher.core import results
-from batcher.core.failures import api_failure, failure_outcome
 from batcher.core.outcomes import Counters, Outcome, Prepared, Recorded, Transient, Written
-from batcher.core.plan import NO_PREFIX, PlannedRequest, Planner, SharedPrefix
+from batcher.core.plan import NO_PREFIX, Planner, SharedPrefix
 from batcher.core.prepare import B64_CHUNK, RowPreparer, Stopped, b64_text, preparers_for
+from batcher.core.request import Requester, hold_limit
 from batcher.core.seams import BudgetHook, ImagePreparer, ResultSink, RunState
-from batcher.core.signals import FATAL_GRACE_S
+from batcher.core.signals import FATAL_GRACE_S, FatalRunError
 from batcher.core.structured import StructuredOutput
-from batcher.core.warmup import Admission, WarmupGate
 from batcher.core.writer import Writer
-from batcher.errors import SCHEMA_MISMATCH
 from batcher.files import FileUploader
 from batcher.models import ModelProfile
-from batcher.ratelimit import Cost, GaveUp, Limiter
+from batcher.ratelimit import Limiter
 from batcher.records import Result, Row
-from batcher.retry import RetryPolicy, retrying
+from batcher.retry import RetryPolicy
 
 __all__ = [
     "B64_CHUNK",
@@ -67,10 +61,6 @@ __all__ = [
     "b64_text",
     "hold_limit",
 ]
-
-
-class FatalRunError(Exception):
-    """Nothing else this run sends can succeed (401, 402, spend limit): stop, keep what is done."""
 
 
 @dataclass
@@ -105,9 +95,7 @@ class Pipeline:
     _hold_changed: anyio.Event | None = None
     _preparers: int = 2
     _cancel_work: anyio.CancelScope | None = None
-    #: the write-first gate of the prefix's cache breakpoint (made at the first request with one)
-    warmup: WarmupGate | None = None
-    _warmup_changed: anyio.Event | None = None
+    _requester: Requester | None = None
 
     def __post_init__(self) -> None:
         self.stopping = anyio.Event()
@@ -133,6 +121,7 @@ class Pipeline:
         concurrency = self.job.run.concurrency
         if self.limiter is None:
             self.limiter = Limiter.for_job(self.job)
+        self._requester = None  # made again: the run's limiter, budget and policy
         self._hold_changed = anyio.Event()
         preparers = self._preparers = preparers_for(self.pool)
         writer = self.writer = Writer(
@@ -179,7 +168,8 @@ class Pipeline:
             self.limiter.wake()
         if self._hold_changed is not None:
             self._hold_changed.set()
-        self._warmup_notify()
+        if self._requester is not None:
+            self._requester.wake()
 
     def fatal_stop(self, exc: BaseException) -> None:
         """Nothing more can succeed (401, 402, spend limit): send nothing new, and give the
@@ -199,6 +189,33 @@ class Pipeline:
 
     # --- the request stage ------------------------------------------------------------------
 
+    @property
+    def requester(self) -> Requester:
+        """The core's request stage (:mod:`batcher.core.request`) over this run's client, limits,
+        budget and retry policy."""
+        if self._requester is None:
+            assert self.client is not None
+            if self.limiter is None:
+                self.limiter = Limiter.for_job(self.job)
+            state = self.state
+            self._requester = Requester(
+                profile=self.profile,
+                planner=self.planner,
+                preparer=self.preparer,
+                client=self.client,
+                limiter=self.limiter,
+                counters=self.counters,
+                stopping=self.stopping,
+                stop=self.stop,
+                fatal=self.fatal_stop,
+                policy=self.policy,
+                rng=self.rng,
+                budget=self.budget,
+                output=self.output,
+                on_snapshot=None if state is None else lambda snap: state.set_meta("rate_limits", snap),
+            )
+        return self._requester
+
     async def _request(
         self, rows: ObjectReceiveStream[Prepared], results: ObjectSendStream[Written], writer: Writer
     ) -> None:
@@ -212,7 +229,7 @@ class Pipeline:
                         prepared = await rows.receive()
                     except anyio.EndOfStream:
                         return
-                    outcome, reasks = await self._request_reasking(prepared)
+                    outcome, reasks = await self.requester.request(prepared)
                 finally:
                     self._holding -= 1
                     assert self._hold_changed is not None
@@ -241,211 +258,3 @@ class Pipeline:
             # The window also grows as the limiter learns, without a row finishing: look again.
             with anyio.move_on_after(0.5):
                 await self._hold_changed.wait()
-
-    async def _request_reasking(self, prepared: Prepared) -> tuple[Outcome | None, int]:
-        """:meth:`_request_one`, and again while the answer is a ``schema_mismatch`` with re-asks
-        left (``[output] retry_invalid``); returns the row's outcome, every paid answer added up,
-        and how many re-asks it took. A re-ask the run cannot make (stopping, budget, a fatal
-        answer, retries used up) leaves the last mismatch as the row's final result: it was paid."""
-        outcome = await self._request_one(prepared)
-        reasks = 0
-        output = self.output
-        while (
-            output is not None
-            and isinstance(outcome, Result)
-            and outcome.error_type == SCHEMA_MISMATCH
-            and reasks < output.retry_invalid
-            and not self.stopping.is_set()
-        ):
-            again = await self._request_one(prepared)
-            if again is None:
-                break
-            reasks += 1
-            self.counters.reasks += 1
-            if not isinstance(again, Result):
-                break  # retries used up on the re-ask: the paid mismatch stands
-            outcome = results.combined(outcome, again)
-        return outcome, reasks
-
-    async def _request_one(self, prepared: Prepared) -> Outcome | None:
-        """One row's request; None: not sent (stopping, budget) or the job is over (fatal)."""
-        if self.stopping.is_set():
-            return None
-        # Planned once: the budget holds its worst case, the limiter counts its estimate.
-        plan = self.planner.plan(prepared)
-        # Write first: with a cache breakpoint, wait while another request writes the prefix.
-        turn = await self._warmup_turn(plan)
-        if self.stopping.is_set():
-            self._warmup_done(turn, None, 0.0)
-            return None
-        # The budget hook: hold the row's worst case before sending; none left, stop.
-        held = self.budget.reserve(plan) if self.budget is not None else 0.0
-        if held is None:
-            self._warmup_done(turn, None, 0.0)
-            self.stop(BUDGET_STOP)
-            return None
-        outcome: Outcome | None = None
-        sent_at = time.monotonic()
-        try:
-            outcome = await self._send_with_files(prepared, plan, warm=turn == "read")
-        except errors.APIError as exc:
-            if exc.fatal:
-                self.fatal_stop(exc)
-                return None
-            raise
-        except GaveUp:
-            outcome = None
-        finally:
-            self._warmup_done(turn, outcome, sent_at)
-        if self.budget is not None:
-            self.budget.settle(held, outcome)
-        return outcome
-
-    # --- write first (batcher.core.warmup) ----------------------------------------------------
-
-    async def _warmup_turn(self, plan: PlannedRequest) -> Admission | None:
-        """None without a breakpoint; else wait while another request writes the prefix, and say
-        whether this one reads it or goes alone to write it. Stopping ends the wait (the caller
-        looks at ``stopping``)."""
-        if plan.cache is None:
-            return None
-        if self.warmup is None:
-            self.warmup = WarmupGate.for_point(plan.cache)
-        gate = self.warmup
-        while True:
-            if self.stopping.is_set():
-                return None
-            turn = gate.admit(time.monotonic())
-            if turn != "wait":
-                return turn
-            if self._warmup_changed is None:
-                self._warmup_changed = anyio.Event()
-            await self._warmup_changed.wait()
-
-    def _warmup_done(self, turn: Admission | None, outcome: Outcome | None, sent_at: float) -> None:
-        """The request that took ``turn`` is over: answered (it read or wrote the prefix), the gate
-        opens; no answer (an error, retries used up, not sent), a writer's turn passes on."""
-        if turn is None or self.warmup is None:
-            return
-        if isinstance(outcome, Result) and outcome.input_tokens is not None:
-            self.warmup.answered(sent_at)
-        else:
-            self.warmup.failed(writer=turn == "write")
-        self._warmup_notify()
-
-    def _warmup_notify(self) -> None:
-        if self._warmup_changed is not None:
-            self._warmup_changed.set()
-            self._warmup_changed = None
-
-    async def _send(self, p: Prepared, plan: PlannedRequest | None = None, *, warm: bool = False) -> Outcome:
-        """One row's request, retried as the policy says; the outcome, or :class:`GaveUp` when the
-        run stops meanwhile, or a fatal ``APIError``. ``warm``: the prefix's cache entry is
-        expected to be read (the limiter does not count it toward ITPM)."""
-        assert self.client is not None
-        plan = plan or self.planner.plan(p)
-        body, betas = plan.body, plan.betas
-        if self.limiter is None:
-            self.limiter = Limiter.for_job(self.job)
-        limiter = self.limiter
-        prefix = plan.cache.prefix_tokens if plan.cache is not None else 0
-        cost = Cost(plan.tokens.input, plan.max_tokens, prefix_tokens=prefix, warm=warm and prefix > 0)
-        attempts = 0
-        started = time.monotonic()
-        try:
-            async for attempt in retrying(self.policy, self.rng, sleep=self._retry_sleep):
-                with attempt:
-                    attempts += 1
-                    if attempts > 1:
-                        self.counters.retries += 1
-                    async with limiter.slot(cost, self.stopping) as slot:
-                        self.counters.requests += 1
-                        self.counters.in_flight += 1
-                        try:
-                            resp = await self.client.messages(body, betas)
-                        except errors.RateLimitError:
-                            self.counters.rate_limited += 1
-                            raise
-                        finally:
-                            self.counters.in_flight -= 1
-                        slot.answered(resp.headers, resp.body.get("usage"))
-                    if self.state is not None and limiter.snapshot_due():
-                        self.state.set_meta("rate_limits", limiter.snapshot())
-        except errors.APIError as exc:
-            if exc.fatal:
-                raise
-            if exc.retryable:
-                return failure_outcome(api_failure(exc, attempts), p.row, self.profile)
-            return results.refused(
-                self.profile,
-                row_id=p.row.id,
-                error_type=exc.error_type,
-                message=getattr(exc, "message", str(exc)),
-                images=p.sent,
-                warnings=p.warnings,
-                fields=dict(p.row.fields),
-                attempts=attempts,
-                request_id=getattr(exc, "request_id", None),
-                latency_s=round(time.monotonic() - started, 4),
-            )
-        return results.answered(
-            self.profile,
-            resp.body,
-            row_id=p.row.id,
-            images=p.sent,
-            warnings=p.warnings,
-            fields=dict(p.row.fields),
-            attempts=attempts,
-            request_id=resp.request_id,
-            latency_s=round(time.monotonic() - started, 4),
-            output=self.output,
-            max_tokens=plan.max_tokens,
-        )
-
-    async def _retry_sleep(self, seconds: float) -> None:
-        """The wait before a retry, cut short (the row is dropped) when the run stops."""
-        with anyio.move_on_after(seconds):
-            await self.stopping.wait()
-        if self.stopping.is_set():
-            raise GaveUp
-
-    async def _send_with_files(self, p: Prepared, plan: PlannedRequest, *, warm: bool = False) -> Outcome:
-        """``_send``, and once more after uploading again any file id the API answered 404 for."""
-        from batcher.files import UploadError, stale_file_ids
-
-        outcome = await self._send(p, plan, warm=warm)
-        if (
-            not p.uploaded
-            or not isinstance(outcome, Result)
-            or outcome.status != "error"
-            or outcome.error_type != "not_found_error"
-        ):
-            return outcome
-        ids = {i: p.parts[i].value for i in p.uploaded}
-        stale = set(stale_file_ids(outcome.error_message or "", list(ids.values())))
-        if not stale:
-            return outcome
-        parts = list(p.parts)
-        for i, image in p.uploaded.items():
-            if ids[i] in stale:
-                try:
-                    parts[i] = await self.preparer.file_part(image, p.sent[i], stale=ids[i])
-                except UploadError as exc:
-                    return failure_outcome(
-                        self.preparer.upload_failure(p.row, exc, i + 1), p.row, self.profile
-                    )
-        again = await self._send(Prepared(p.row, parts, p.sent, p.warnings, p.uploaded), warm=warm)
-        if isinstance(again, Result):
-            again.attempts = (again.attempts or 0) + (outcome.attempts or 0)
-        else:
-            again.attempts += outcome.attempts or 0
-        return again
-
-
-def hold_limit(in_flight_limit: int, latency_known: bool, preparers: int) -> int:
-    """How many prepared rows the request stage may hold: what the limiter would have in flight,
-    as many again queued to go the moment a slot frees, and one. Before the first answer the
-    window is only the ceiling (no latency yet), so hold what the preparers make meanwhile."""
-    if not latency_known:
-        return min(in_flight_limit, 2 * preparers + 1)
-    return 2 * in_flight_limit + 1

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, Literal, TextIO, TypeVar
 
 from batcher.errors import JobError
 from batcher.exits import EXIT_CONFIG
@@ -103,12 +103,16 @@ def run(
     retry_errors: bool = False,
     redo_changed: bool = False,
     progress: TextIO | None = None,
+    engine: Literal["local", "ray"] | None = None,
+    ray_address: str | None = None,
 ) -> RunSummary:
     """Run a job to the end, or as far as it goes (resuming where the last run stopped), like
     ``batcher run JOB``; returns how the job stands after it.
 
-    ``out`` overrides the job's output folder. ``progress``: None runs quietly; a text stream
-    (``sys.stderr``) gets the progress, summary and ``results:`` lines the command writes.
+    ``out`` overrides the job's output folder; ``engine`` and ``ray_address`` its ``[run] engine``
+    and ``[ray] address`` (``engine="ray"``: the requests run on a Ray cluster). ``progress``:
+    None runs quietly; a text stream (``sys.stderr``) gets the progress, summary and ``results:``
+    lines the command writes.
     Raises :class:`JobError` for a refusal (nothing sent) or a fatal stop.
     """
     from batcher.commands.run import StreamNotices
@@ -122,6 +126,8 @@ def run(
         out=Path(out) if out is not None else None,
         retry_errors=retry_errors,
         redo_changed=redo_changed,
+        engine=engine,
+        ray_address=ray_address,
         notices=QUIET if progress is None else StreamNotices(progress, progress),
     )
     # A refusal is the runner's RunRefused, a JobError with the command's message and exit code.

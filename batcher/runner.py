@@ -27,7 +27,7 @@ from batcher import resume
 from batcher.api import errors
 from batcher.api.client import Client, MissingKeyError, settings_from_env
 from batcher.budget import BUDGET_STOP, BudgetGate, gate_for
-from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job
+from batcher.config import ConfigError, JobConfig, check_against_model, job_registry, load_job, with_engine
 from batcher.core.notices import QUIET, Notices, Say
 from batcher.core.signals import watch_signals
 from batcher.errors import JobError
@@ -44,14 +44,18 @@ from batcher.models import ModelProfile, ModelRegistry
 
 if TYPE_CHECKING:
     from batcher.batches import Collector
+    from batcher.core.outcomes import Counters
     from batcher.core.plan import SharedPrefix
     from batcher.core.seams import ImagePreparer
     from batcher.core.structured import StructuredOutput
+    from batcher.engines.ray_driver import RayPipeline
     from batcher.files import FileUploader
     from batcher.manifest import Manifest
     from batcher.output import OutputSpec
     from batcher.pipeline import Pipeline
     from batcher.sink import Sink
+
+    Driver = Pipeline | RayPipeline
     from batcher.state import JobState
 
 
@@ -81,6 +85,9 @@ class RunRequest:
     today: dt.date | None = None
     #: a job already loaded (and perhaps changed in memory): run as it is, ``job_path`` not re-read
     job: JobConfig | None = None
+    #: ``--engine`` / ``--ray-address`` over the job's ``[run] engine`` and ``[ray] address``
+    engine: Literal["local", "ray"] | None = None
+    ray_address: str | None = None
 
 
 def execute(request: RunRequest) -> int:
@@ -131,6 +138,7 @@ def _load(request: RunRequest) -> tuple[JobConfig, ModelRegistry, ModelProfile |
     """The job, its model table, and the model's profile (None: not in the table, probe it)."""
     try:
         job = request.job if request.job is not None else load_job(request.job_path)
+        job = with_engine(job, request.engine, request.ray_address)
         registry = job_registry(job)
     except ConfigError as exc:
         raise RunRefused(str(exc), EXIT_CONFIG) from None
@@ -338,6 +346,7 @@ async def _run_async(
     # In a thread: a manifest in a bucket has its header read over the network (batcher.stores).
     manifest = await anyio.to_thread.run_sync(_open_manifest, job)
     _check_stores(job)
+    _check_engine_installed(job)
     spec = _load_output(job, manifest)
     try:
         key, base_url = settings_from_env()
@@ -369,6 +378,7 @@ async def _run_with_client(
 ) -> int:
     from batcher.batches import left_to_batches_line, live_holds_usd
     from batcher.core.structured import output_line
+    from batcher.engines import RayEngineError
     from batcher.images.pool import ImagePool
     from batcher.pipeline import FatalRunError, Pipeline
     from batcher.progress import cache_line, status_line
@@ -437,18 +447,24 @@ async def _run_with_client(
                         f"batcher: collected {collector.collected_rows:,} rows from "
                         f"{collector.collected_batches} ended batch(es)"
                     )
-                pipeline = Pipeline(
-                    job=job,
-                    profile=profile,
-                    client=client,
-                    state=state,
-                    sink=sink,
-                    pool=pool,
-                    counters=collector.counters,
-                    output=output,
-                    uploader=uploader,
-                    prefix=prefix,
-                )
+                pipeline: Driver
+                if job.run.engine == "ray":
+                    pipeline = _ray_driver(
+                        job, profile, state, sink, out_dir, collector.counters, output, prefix, say
+                    )
+                else:
+                    pipeline = Pipeline(
+                        job=job,
+                        profile=profile,
+                        client=client,
+                        state=state,
+                        sink=sink,
+                        pool=pool,
+                        counters=collector.counters,
+                        output=output,
+                        uploader=uploader,
+                        prefix=prefix,
+                    )
                 pipeline.policy = collector.policy
                 gate = pipeline.budget = _budget_gate(job, state)
                 if gate is not None:
@@ -476,6 +492,9 @@ async def _run_with_client(
                     try:
                         await pipeline.run(rows)
                     except FatalRunError as exc:
+                        say(f"batcher: stopped: {exc}")
+                        code = EXIT_FATAL
+                    except RayEngineError as exc:
                         say(f"batcher: stopped: {exc}")
                         code = EXIT_FATAL
                     finally:
@@ -540,6 +559,46 @@ async def _run_with_client(
     finally:
         state.close()
         lock.release()
+
+
+def _ray_driver(
+    job: JobConfig,
+    profile: ModelProfile,
+    state: JobState,
+    sink: Sink,
+    out_dir: Path,
+    counters: Counters,
+    output: StructuredOutput | None,
+    prefix: SharedPrefix,
+    say: Say,
+) -> RayPipeline:
+    """The Ray engine's driver (batcher.engines.ray_driver), given what the online one is."""
+    from batcher.engines.ray_driver import RayPipeline
+
+    key, base_url = settings_from_env()  # checked already: the workers need it too
+    return RayPipeline(
+        job=job,
+        profile=profile,
+        state=state,
+        sink=sink,
+        api_key=key,
+        base_url=base_url,
+        out_dir=str(out_dir),
+        counters=counters,
+        output=output,
+        prefix=prefix,
+        say=say,
+    )
+
+
+def _check_engine_installed(job: JobConfig) -> None:
+    """``run.engine = "ray"`` without Ray: one line naming the extra, before anything is written."""
+    import importlib.util
+
+    if job.run.engine == "ray" and importlib.util.find_spec("ray") is None:
+        from batcher.engines import INSTALL
+
+        raise RunRefused(f'{job.path}: run.engine: "ray" needs Ray: {INSTALL}', EXIT_CONFIG)
 
 
 def _manifest_faults() -> tuple[type[BaseException], ...]:
@@ -629,7 +688,7 @@ async def _sync_started(sync: resume.BackgroundSync, job: JobConfig, *, whole: b
 
 
 async def _report_when_counted(
-    pipeline: Pipeline,
+    pipeline: Driver,
     out_dir: Path,
     sync: resume.BackgroundSync | None,
     request: RunRequest,

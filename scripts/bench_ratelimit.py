@@ -169,7 +169,7 @@ async def run_batcher(url: str, rows: list[Prepared], profile: ModelProfile, max
         async def worker() -> None:
             nonlocal answered
             for p in todo:
-                outcome = await pipeline._send(p)
+                outcome = await pipeline.requester.request_once(p)
                 if isinstance(outcome, Result) and outcome.status == "ok":
                     answered += 1
 

@@ -129,3 +129,21 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
         yield bucket
     finally:
         stores.reset_filesystems()
+
+
+# --- Ray (issue 18): one local instance for the session ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[Any]:
+    """A local Ray instance, started once for every Ray test (a start takes seconds on two cores):
+    the ``ray`` module. Four CPUs declared, so four workers of one CPU each can be placed on a
+    two-core machine (they mostly wait on the API). Skipped where Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'batcher[test]')")
+    import logging
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

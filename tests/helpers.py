@@ -538,3 +538,135 @@ class Bucket:
         self.fs.invalidate_cache()
         found = self.fs.find(f"{self.name}/{prefix}")
         return sorted(path.split("/", 1)[1] for path in found)
+
+
+# --- Ray (issue 18) ------------------------------------------------------------------------------
+
+
+class LimiterWorker:
+    """A worker's side of the cluster's limiter, as a Ray actor in its own process (wrap it with
+    ``ray.remote``): it takes places through a :class:`~batcher.engines.ray_limiter.RemoteLimiter`
+    exactly as the request code does, and says how each request ended."""
+
+    def __init__(self, job_key: str, owner: str) -> None:
+        from batcher.engines.ray_limiter import RemoteLimiter, find_limiter
+
+        self.remote = RemoteLimiter(find_limiter(job_key), owner)
+        self.owner = owner
+        self.granted = 0
+        self._stop: Any = None
+
+    async def hammer(self, loops: int, headers: dict[str, str]) -> int:
+        """``loops`` requests at a time, each answered at once with ``headers``, until
+        :meth:`stop`; how many places were granted."""
+        import anyio
+
+        from batcher.ratelimit import Cost, GaveUp
+
+        stop = self._stop = anyio.Event()
+
+        async def loop() -> None:
+            while not stop.is_set():
+                try:
+                    async with self.remote.slot(Cost(10, 10), stop) as slot:
+                        self.granted += 1
+                        slot.answered(headers, {"input_tokens": 10, "output_tokens": 10})
+                except GaveUp:
+                    return
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(loops):
+                tg.start_soon(loop)
+        return self.granted
+
+    async def stop(self) -> None:
+        import anyio
+
+        while self._stop is None:  # hammer() may not have started yet
+            await anyio.sleep(0.01)
+        self._stop.set()
+
+    async def one(self, status: int | None, headers: dict[str, str]) -> None:
+        """One request through a slot: answered (``status`` None) or failed with ``status``."""
+        from batcher.api import errors
+        from batcher.ratelimit import Cost
+
+        try:
+            async with self.remote.slot(Cost(10, 10)) as slot:
+                if status is not None:
+                    raise errors.from_response(status, {}, headers)
+                slot.answered(headers, {"input_tokens": 10, "output_tokens": 10})
+        except errors.APIError:
+            pass
+
+    async def give_up_waiting(self) -> bool:
+        """Wait for a place, and give it up (the run stopping) once the limiter has the wait;
+        whether the wait ended in :class:`~batcher.ratelimit.GaveUp`."""
+        import anyio
+
+        from batcher.ratelimit import Cost, GaveUp
+
+        stop = anyio.Event()
+        gave_up: list[bool] = []
+
+        async def wait() -> None:
+            try:
+                async with self.remote.slot(Cost(10, 10), stop):
+                    gave_up.append(False)
+            except GaveUp:
+                gave_up.append(True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            while (await self.remote.handle.stats.remote())["waiting"] == 0:
+                await anyio.sleep(0.01)
+            stop.set()
+        return gave_up == [True]
+
+    async def try_now(self) -> bool:
+        """Whether the cluster's budget gives a place right now (one taken is handed back)."""
+        from batcher.ratelimit import Cost
+
+        grant = await self.remote.handle.try_acquire.remote(self.owner, Cost(10, 10))
+        if grant is None:
+            return False
+        await self.remote.handle.release.remote(grant.ticket)
+        return True
+
+    async def view(self) -> dict[str, Any]:
+        return (await self.remote.refresh()).snapshot
+
+
+def ray_job(
+    tmp: Path,
+    rows: list[dict[str, Any]],
+    *,
+    workers: int = 2,
+    concurrency: int = 8,
+    max_attempts: int = 4,
+    extra: str = "",
+) -> Path:
+    """:func:`write_job` run by the Ray engine (``[run] engine = "ray"``, ``[ray] workers``);
+    ``extra``: more TOML (a ``[limits]`` table)."""
+    job = write_job(tmp, rows, concurrency=concurrency, max_attempts=max_attempts)
+    text = job.read_text().replace("[run]\n", '[run]\nengine = "ray"\n')
+    job.write_text(text + f"\n[ray]\nworkers = {workers}\n" + extra)
+    return job
+
+
+def charges(sim: RunningSimulator) -> dict[str, int]:
+    """What the simulator charged, by row id (its ``nonce``): more than 1 is a row paid twice."""
+    counts: dict[str, int] = sim.sim.ledger.snapshot()["charges_by_nonce"]
+    return counts
+
+
+def ray_workers(ray: Any) -> list[Any]:
+    """Handles of the batcher worker actors alive in the local Ray instance."""
+    from batcher.engines.ray_limiter import NAMESPACE
+
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in named
+        if a["namespace"] == NAMESPACE and a["name"].startswith("batcher-worker-")
+    ]

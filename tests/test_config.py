@@ -447,3 +447,60 @@ def test_the_minimum_cacheable_length_is_unknown_unless_a_profile_says(tmp_path:
     assert registry["my-model"].min_cacheable_tokens is None
     assert registry["claude-haiku-5-5"].min_cacheable_tokens == 512
     assert all(p.min_cacheable_tokens is not None for p in registry if p.id != "my-model")
+
+
+# --- the engine: [run] engine, [ray] (issue 18) ---------------------------------------------------
+
+
+def test_the_engine_defaults_to_local_and_ray_to_two_workers(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, GOOD))
+    assert job.run.engine == "local"
+    assert (job.ray.address, job.ray.workers, job.ray.worker_cpus) == (None, 2, 1.0)
+    text = (
+        GOOD.replace("[run]\n", '[run]\nengine = "ray"\n')
+        + '\n[ray]\naddress = "ray://head:10001"\nworkers = 8\n'
+    )
+    job = load_job(write(tmp_path, text))
+    assert (job.run.engine, job.ray.address, job.ray.workers) == ("ray", "ray://head:10001", 8)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ('[run]\nengine = "spark"\n', "run.engine: Input should be 'local' or 'ray'"),
+        ("[ray]\nworkers = 0\n", "ray.workers: Input should be greater than 0"),
+        ("[ray]\nnodes = 3\n", "ray.nodes: unknown key"),
+        ('[ray]\naddress = " "\n', "ray.address: empty (leave it out to start a local Ray instance)"),
+        ("[ray]\nworker_cpus = 0\n", "ray.worker_cpus: Input should be greater than 0"),
+        (
+            '[run]\nengine = "ray"\nmode = "batch"\n',
+            'run.engine: "ray" sends online requests from the cluster\'s workers; with run.mode = '
+            '"batch" the API runs them (use one or the other)',
+        ),
+        (
+            '[run]\nengine = "ray"\n[images]\ntransport = "files"\n',
+            'run.engine: "ray" cannot send images.transport = "files" (the file ids live in the '
+            'driver\'s job state): use "base64" or "url"',
+        ),
+    ],
+)
+def test_bad_engine_keys_are_named(tmp_path: Path, lines: str, message: str) -> None:
+    text = GOOD.replace("[run]\n", "[run-was]\n").split("[run-was]")[0] + lines
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_the_command_line_engine_overrides_the_job_and_is_checked_the_same(tmp_path: Path) -> None:
+    from batcher.config import with_engine
+
+    job = load_job(write(tmp_path, GOOD))
+    assert with_engine(job, None, None) is job
+    ray = with_engine(job, "ray", "auto")
+    assert (ray.run.engine, ray.ray.address, ray.run.concurrency) == ("ray", "auto", 8)
+    with pytest.raises(ConfigError, match=r"^--ray-address: empty"):
+        with_engine(job, "ray", "")
+    batch = load_job(write(tmp_path, GOOD.replace("concurrency = 8", 'mode = "batch"')))
+    with pytest.raises(ConfigError, match=r'run.engine: "ray" sends online requests'):
+        with_engine(batch, "ray", None)

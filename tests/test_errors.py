@@ -14,6 +14,7 @@ from batcher.api import errors as api_errors
 from batcher.api.client import MissingKeyError
 from batcher.cli import exit_for
 from batcher.config import ConfigError
+from batcher.engines import RayEngineError
 from batcher.errors import BatcherError, JobError
 from batcher.estimator import EstimateError
 from batcher.exits import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE
@@ -66,6 +67,7 @@ def test_every_exception_class_in_the_package_is_under_the_one_root() -> None:
         (SinkError("results: cannot write"), EXIT_FATAL),
         (PoolError("no image workers left"), EXIT_FATAL),
         (RunRefused("stopped: 401", EXIT_FATAL), EXIT_FATAL),
+        (RayEngineError("ray.address 'x': cannot start or join Ray"), EXIT_FATAL),
         (JobError("refused", EXIT_ALREADY_RUNNING), EXIT_ALREADY_RUNNING),
     ],
 )

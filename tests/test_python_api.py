@@ -101,6 +101,19 @@ def test_run_with_a_progress_stream_writes_what_the_command_writes(tmp_path: Pat
     assert "2 ok" in stream.getvalue() or "ok 2" in stream.getvalue(), stream.getvalue()
 
 
+def test_run_on_the_ray_engine_joins_the_notebooks_ray(tmp_path: Path, api_env: Any, local_ray: Any) -> None:
+    job = write_job(tmp_path, 3, missing=1)
+    stream = io.StringIO()
+
+    summary = batcher.run(job, engine="ray", progress=stream)
+
+    assert "2 Ray workers on a local Ray instance" in stream.getvalue()
+    assert (summary.exit_code, summary.ok, summary.errors) == (3, 3, 1)
+    assert summary.errors_by_type == {"not_found": 1}  # found by a worker, recorded by the driver
+    assert messages_sent(api_env) == 3
+    assert local_ray.is_initialized()  # the notebook's Ray is left as it was
+
+
 def test_run_a_loaded_job_changed_in_memory_runs_that_job(tmp_path: Path, api_env: Any) -> None:
     path = write_job(tmp_path, 3)
     job = batcher.load_job(path)

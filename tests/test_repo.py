@@ -39,7 +39,7 @@ def test_help_imports_no_heavy_modules() -> None:
         "import sys; from click.testing import CliRunner; from batcher.cli import main;"
         "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output;"
         "heavy = [m for m in ('PIL', 'pyarrow', 'httpx', 'uvicorn', 'starlette', 'jsonschema', 'jinja2',"
-        " 'fsspec', 's3fs', 'gcsfs', 'adlfs', 'botocore', 'aiobotocore')"
+        " 'fsspec', 's3fs', 'gcsfs', 'adlfs', 'botocore', 'aiobotocore', 'ray')"
         " if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -137,6 +137,11 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
+def status_error_class(status: int) -> type[APIStatusError]:
+    """The error class of an HTTP error status (what :func:`from_response` makes)."""
+    return _BY_STATUS.get(status, ServerError if status >= 500 else APIStatusError)
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """``retry-after-ms``, else ``retry-after`` as seconds or an HTTP date; None when absent."""
     raw_ms = headers.get("retry-after-ms")
@@ -177,7 +182,7 @@ def from_response(status: int, body: Any, headers: Mapping[str, str]) -> APIStat
     details = error.get("details") if isinstance(error.get("details"), dict) else {}
     code = details.get("error_code") if details else None
     request_id = headers.get("request-id") or (body.get("request_id") if isinstance(body, dict) else None)
-    cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIStatusError)
+    cls = status_error_class(status)
     if code == facts.SPEND_LIMIT_CODE:
         cls = SpendLimitError
     exc = cls(status, error_type, message, request_id=request_id, headers=headers, error_code=code)

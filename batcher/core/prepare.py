@@ -144,7 +144,7 @@ class RowPreparer:
     ) -> None:
         """Rows to prepare; a row bad at read time goes straight to the writer as its error."""
         async with out, results:
-            async for row in _as_async(rows):
+            async for row in as_async(rows):
                 if self.stopping.is_set():
                     return
                 counters.total += 1
@@ -312,7 +312,7 @@ class RowFailed(Exception):
         self.failure = failure
 
 
-async def _as_async(rows: Iterable[Row] | AsyncIterable[Row]) -> AsyncIterator[Row]:
+async def as_async(rows: Iterable[Row] | AsyncIterable[Row]) -> AsyncIterator[Row]:
     """Rows from either kind of iterable (the runner reads the manifest in a thread: async)."""
     if isinstance(rows, AsyncIterable):
         async for row in rows:

@@ -61,11 +61,12 @@ class Downloader(Protocol):
 
 @runtime_checkable
 class BudgetHook(Protocol):
-    """``[limits] budget_usd``: hold a planned request's worst case, settle it with its outcome."""
+    """``[limits] budget_usd``: hold a planned request's worst case, settle it with its outcome.
+    Awaited: a cluster's budget is held in another process (``batcher.engines.ray_limiter``)."""
 
-    def reserve(self, plan: PlannedRequest) -> float | None: ...
+    async def reserve(self, plan: PlannedRequest) -> float | None: ...
 
-    def settle(self, held: float, outcome: Outcome | None) -> None: ...
+    async def settle(self, held: float, outcome: Outcome | None) -> None: ...
 
 
 if TYPE_CHECKING:

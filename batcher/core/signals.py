@@ -13,6 +13,10 @@ import anyio
 FATAL_GRACE_S = 10.0
 
 
+class FatalRunError(Exception):
+    """Nothing else this run sends can succeed (401, 402, spend limit): stop, keep what is done."""
+
+
 class Stoppable(Protocol):
     """A run that can be told to stop (send nothing more) and to abandon (drop what is in flight)."""
 
