@@ -93,7 +93,7 @@ from batcher.core.outcomes import Counters, Prepared, Written
 from batcher.core.plan import NO_PREFIX, Planner, SharedPrefix
 from batcher.core.prepare import RowPreparer, preparers_for
 from batcher.core.seams import ImagePreparer, ResultSink
-from batcher.core.signals import FATAL_GRACE_S, watch_signals
+from batcher.core.signals import fatal_grace, watch_signals
 from batcher.core.structured import StructuredOutput
 from batcher.core.warmup import EXPIRY_MARGIN_S
 from batcher.core.writer import Writer
@@ -598,9 +598,7 @@ class BatchRun:
     def fatal_stop(self, exc: BaseException) -> None:
         """An upload found that nothing the job sends can succeed: stop, with a short grace."""
         self.stop(f"fatal: {exc}")
-        scope = self._cancel_work
-        if scope is not None:
-            scope.deadline = min(scope.deadline, anyio.current_time() + FATAL_GRACE_S)
+        fatal_grace(self._cancel_work)
 
     # -- the whole run --
 

@@ -40,7 +40,7 @@ from batcher.core.plan import NO_PREFIX, Planner, SharedPrefix
 from batcher.core.prepare import B64_CHUNK, RowPreparer, Stopped, b64_text, preparers_for
 from batcher.core.request import Requester, hold_limit
 from batcher.core.seams import BudgetHook, ImagePreparer, ResultSink, RunState
-from batcher.core.signals import FATAL_GRACE_S, FatalRunError
+from batcher.core.signals import FatalRunError, fatal_grace
 from batcher.core.structured import StructuredOutput
 from batcher.core.writer import Writer
 from batcher.files import FileUploader
@@ -177,9 +177,7 @@ class Pipeline:
         that is never recorded would be paid for again by the next run."""
         self._fatal.append(exc)
         self.stop(f"fatal: {exc}")
-        scope = self._cancel_work
-        if scope is not None:
-            scope.deadline = min(scope.deadline, anyio.current_time() + FATAL_GRACE_S)
+        fatal_grace(self._cancel_work)
 
     def abandon(self, reason: str) -> None:
         """Stop now: requests in flight are dropped (the next run sends them again)."""

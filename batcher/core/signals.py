@@ -17,6 +17,14 @@ class FatalRunError(Exception):
     """Nothing else this run sends can succeed (401, 402, spend limit): stop, keep what is done."""
 
 
+def fatal_grace(scope: anyio.CancelScope | None) -> None:
+    """After a fatal answer: the requests already sent get :data:`FATAL_GRACE_S` to come back (an
+    answer the API billed but nobody recorded would be paid again by the next run), then ``scope``
+    (the driver's work) is cancelled."""
+    if scope is not None:
+        scope.deadline = min(scope.deadline, anyio.current_time() + FATAL_GRACE_S)
+
+
 class Stoppable(Protocol):
     """A run that can be told to stop (send nothing more) and to abandon (drop what is in flight)."""
 

@@ -45,7 +45,7 @@ from batcher.core.plan import NO_PREFIX, SharedPrefix
 from batcher.core.prepare import as_async
 from batcher.core.request import hold_limit
 from batcher.core.seams import ResultSink, RunState
-from batcher.core.signals import FATAL_GRACE_S, FatalRunError
+from batcher.core.signals import FatalRunError, fatal_grace
 from batcher.core.structured import StructuredOutput
 from batcher.core.writer import Writer
 from batcher.engines import INSTALL, RayEngineError
@@ -251,9 +251,7 @@ class RayPipeline:
         already sent get a short grace to come back."""
         self._fatal.append(message)
         self.stop(f"fatal: {message}")
-        scope = self._cancel_work
-        if scope is not None:
-            scope.deadline = min(scope.deadline, anyio.current_time() + FATAL_GRACE_S)
+        fatal_grace(self._cancel_work)
 
     def abandon(self, reason: str) -> None:
         """Stop now: requests in flight are dropped (the next run sends them again)."""
