@@ -198,7 +198,7 @@ poll_max_s = 0.2
 schema = {schema}
 columns = "{columns}"
 retry_invalid = {retry_invalid}
-"""
+{limits}"""
 
 
 def structured_job(
@@ -212,10 +212,11 @@ def structured_job(
     columns: str = "flatten",
     retry_invalid: int = 1,
     run_extra: str = "",
+    limits: str = "",
 ) -> Path:
     """A job with an ``[output]`` table; ``schema`` is the TOML value as written (a quoted path or
     ``module:Class``, or an inline table). The prompt carries ``nonce={id}``: the simulator echoes
-    it in the answer's strings."""
+    it in the answer's strings. ``limits``: a ``[limits]`` table (:data:`UNLIMITED`: no pacing)."""
     write_jsonl(tmp / "manifest.jsonl", rows)
     job = tmp / "job.toml"
     job.write_text(
@@ -227,6 +228,7 @@ def structured_job(
             schema=schema,
             columns=columns,
             retry_invalid=retry_invalid,
+            limits=limits,
         )
     )
     return job
@@ -308,10 +310,18 @@ def answer_visible_cache(sim: RunningSimulator, delay_s: float) -> None:
 # --- few-shot examples and the prompt cache (issue 16) ------------------------------------------
 
 
-def fewshot_copy(tmp: Path, rows: list[dict[str, Any]], *, concurrency: int = 1) -> Path:
+#: a [limits] table far above any seed tier (the default simulator sets no limits of its own)
+UNLIMITED = "[limits]\nrpm = 1_000_000\nitpm = 1_000_000_000\notpm = 1_000_000_000\n"
+
+
+def fewshot_copy(
+    tmp: Path, rows: list[dict[str, Any]], *, concurrency: int = 1, unlimited: bool = False
+) -> Path:
     """jobs/fewshot.toml, its style guide and example images, copied beside a small manifest
     (``rows``, as :func:`good_rows` makes them), its results in ``tmp/out``. One request at a time
-    by default: each row is sent once the one before (the first: the cache write) has answered."""
+    by default: each row is sent once the one before (the first: the cache write) has answered.
+    ``unlimited``: limits far above the tier-1 seed (the default simulator sets none, so the
+    limiter would pace a cold ~6,000-token prefix at tier 1's 30k ITPM: seconds a request)."""
     import re
     import shutil
 
@@ -322,6 +332,10 @@ def fewshot_copy(tmp: Path, rows: list[dict[str, Any]], *, concurrency: int = 1)
     text = text.replace('manifest = "../data/manifest.csv"', 'manifest = "manifest.jsonl"')
     text = text.replace('output = "../out/{job}"', 'output = "out"')
     text = re.sub(r"(?m)^concurrency = \d+", f"concurrency = {concurrency}", text)
+    if unlimited:
+        text = text.replace(
+            "[limits]\n", "[limits]\nrpm = 1_000_000\nitpm = 1_000_000_000\notpm = 1_000_000_000\n"
+        )
     job = tmp / "fewshot.toml"
     job.write_text(text)
     return job

@@ -14,16 +14,16 @@ import pytest
 from batcher.exits import EXIT_OK
 from batcher.simulator.config import Latency, SimConfig
 from batcher.state import JobState
+
+# UNLIMITED: limits seeded far above the first requests' needs, so the first 16 may go at once.
 from tests.helpers import (
+    UNLIMITED,
     answer_visible_cache,
     cached_job,
     good_rows,
     results_by_id,
     run_job,
 )
-
-#: Limits seeded far above the first requests' needs, so the first 16 may go at once.
-UNLIMITED = "[limits]\nrpm = 1_000_000\nitpm = 1_000_000_000\notpm = 1_000_000_000\n"
 
 
 def _writes(results: dict[str, dict[str, Any]]) -> list[str]:

@@ -27,7 +27,7 @@ def test_examples_go_as_turns_with_one_breakpoint_and_later_rows_read_the_prefix
 ) -> None:
     rows = good_rows(tmp_path, 3)
     bodies = capture_bodies(monkeypatch)
-    code, err = run_job(fewshot_copy(tmp_path, rows), simulator, monkeypatch)
+    code, err = run_job(fewshot_copy(tmp_path, rows, unlimited=True), simulator, monkeypatch)
     assert code == EXIT_OK, err
     assert "batcher: cache: breakpoint at the end of the examples" in err
     assert len(bodies) == 3
@@ -65,7 +65,7 @@ def test_cache_off_sends_no_breakpoint(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = good_rows(tmp_path, 2)
-    job = fewshot_copy(tmp_path, rows)
+    job = fewshot_copy(tmp_path, rows, unlimited=True)
     job.write_text(job.read_text().replace('mode = "auto"', 'mode = "off"'))
     bodies = capture_bodies(monkeypatch)
     code, err = run_job(job, simulator, monkeypatch)
@@ -81,7 +81,7 @@ def test_a_prefix_under_the_models_minimum_gets_no_breakpoint_and_nothing_is_cac
 ) -> None:
     # A short system prompt and no examples: well under Haiku 5.5's 512-token minimum.
     rows = good_rows(tmp_path, 2)
-    job = fewshot_copy(tmp_path, rows)
+    job = fewshot_copy(tmp_path, rows, unlimited=True)
     text = job.read_text()
     text = text.split("[[request.examples]]")[0] + "\n[cache]\n" + text.split("[cache]")[1]
     text = text.replace('system_file = "prompts/style.md"', 'system = "Write one factual sentence."')
@@ -98,7 +98,7 @@ def test_a_bad_example_image_stops_the_run_before_any_request(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = good_rows(tmp_path, 2)
-    job = fewshot_copy(tmp_path, rows)
+    job = fewshot_copy(tmp_path, rows, unlimited=True)
     (tmp_path / "examples" / "kitchen.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     code, err = run_job(job, simulator, monkeypatch)
     assert code == EXIT_CONFIG, err
@@ -115,7 +115,7 @@ def test_batch_mode_sends_the_examples_with_the_one_hour_breakpoint_in_every_req
 
     sim = make_simulator(SimConfig(batches=BatchClock(duration_s=0.1)))
     rows = good_rows(tmp_path, 3)
-    job = fewshot_copy(tmp_path, rows)
+    job = fewshot_copy(tmp_path, rows, unlimited=True)
     job.write_text(job.read_text().replace('mode = "online"', 'mode = "batch"'))
     sent: list[dict[str, Any]] = []
     create = Client.create_batch
