@@ -27,6 +27,7 @@ from batcher.api import errors
 from batcher.api.client import Client
 from batcher.budget import BUDGET_STOP
 from batcher.core import results
+from batcher.core.cache import CachePoint
 from batcher.core.failures import api_failure, failure_outcome
 from batcher.core.outcomes import Counters, Outcome, Prepared
 from batcher.core.plan import PlannedRequest, Planner
@@ -69,6 +70,60 @@ class RateLimits(Protocol):
     ) -> AbstractAsyncContextManager[LimitSlot]: ...
 
 
+class PrefixGate(Protocol):
+    """The write-first gate of the prefix's cache breakpoint (:class:`~batcher.core.warmup.WarmupGate`
+    and a way to wait on it): one process's (:class:`LocalPrefixGate`), or a cluster's, so that
+    concurrent requests do not all pay for writing the same prefix."""
+
+    async def turn(self, point: CachePoint, stopping: anyio.Event) -> Admission | None:
+        """Wait while another request writes the prefix; ``read`` or ``write`` (this one goes
+        alone to write it), or None once ``stopping`` is set."""
+        ...
+
+    def done(self, turn: Admission, answered: bool, sent_at: float) -> None:
+        """The request that took ``turn`` (sent at ``sent_at``, ``time.monotonic``) is over."""
+        ...
+
+    def wake(self) -> None:
+        """Waiters look again (at ``stopping``)."""
+        ...
+
+
+@dataclass
+class LocalPrefixGate:
+    """One process's write-first gate (made at the first request with a breakpoint)."""
+
+    gate: WarmupGate | None = None
+    _changed: anyio.Event | None = None
+
+    async def turn(self, point: CachePoint, stopping: anyio.Event) -> Admission | None:
+        if self.gate is None:
+            self.gate = WarmupGate.for_point(point)
+        while True:
+            if stopping.is_set():
+                return None
+            turn = self.gate.admit(time.monotonic())
+            if turn != "wait":
+                return turn
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def done(self, turn: Admission, answered: bool, sent_at: float) -> None:
+        if self.gate is None:
+            return
+        if answered:
+            self.gate.answered(sent_at)
+        else:
+            self.gate.failed(writer=turn == "write")
+        self.wake()
+
+    def wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+
 @dataclass
 class Requester:
     """A prepared row to its outcome (see the module doc). ``stop(reason)`` and ``fatal(exc)`` are
@@ -89,9 +144,8 @@ class Requester:
     output: StructuredOutput | None = None
     #: the limits' picture every few seconds, for ``batcher status``
     on_snapshot: Callable[[Mapping[str, object]], None] | None = None
-    #: the write-first gate of the prefix's cache breakpoint (made at the first request with one)
-    warmup: WarmupGate | None = None
-    _warmup_changed: anyio.Event | None = None
+    #: the write-first gate of the prefix's cache breakpoint: this process's, or a cluster's
+    prefix_gate: PrefixGate = field(default_factory=lambda: LocalPrefixGate())
 
     async def request(self, prepared: Prepared) -> tuple[Outcome | None, int]:
         """The row's outcome, asked again while the answer is a ``schema_mismatch`` with re-asks
@@ -155,9 +209,7 @@ class Requester:
 
     def wake(self) -> None:
         """The run is stopping: waits at the write-first gate look again."""
-        if self._warmup_changed is not None:
-            self._warmup_changed.set()
-            self._warmup_changed = None
+        self.prefix_gate.wake()
 
     # --- write first (batcher.core.warmup) ----------------------------------------------------
 
@@ -167,29 +219,15 @@ class Requester:
         looks at ``stopping``)."""
         if plan.cache is None:
             return None
-        if self.warmup is None:
-            self.warmup = WarmupGate.for_point(plan.cache)
-        gate = self.warmup
-        while True:
-            if self.stopping.is_set():
-                return None
-            turn = gate.admit(time.monotonic())
-            if turn != "wait":
-                return turn
-            if self._warmup_changed is None:
-                self._warmup_changed = anyio.Event()
-            await self._warmup_changed.wait()
+        return await self.prefix_gate.turn(plan.cache, self.stopping)
 
     def _warmup_done(self, turn: Admission | None, outcome: Outcome | None, sent_at: float) -> None:
         """The request that took ``turn`` is over: answered (it read or wrote the prefix), the gate
         opens; no answer (an error, retries used up, not sent), a writer's turn passes on."""
-        if turn is None or self.warmup is None:
+        if turn is None:
             return
-        if isinstance(outcome, Result) and outcome.input_tokens is not None:
-            self.warmup.answered(sent_at)
-        else:
-            self.warmup.failed(writer=turn == "write")
-        self.wake()
+        answered = isinstance(outcome, Result) and outcome.input_tokens is not None
+        self.prefix_gate.done(turn, answered, sent_at)
 
     # --- sending ------------------------------------------------------------------------------
 

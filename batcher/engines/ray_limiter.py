@@ -34,9 +34,11 @@ import anyio
 from batcher import facts
 from batcher.api import errors
 from batcher.budget import Budget
+from batcher.core.warmup import Admission, WarmupGate
 from batcher.ratelimit import SNAPSHOT_EVERY_S, Cost, GaveUp, Limiter, Limits, Ticket, describe
 
 if TYPE_CHECKING:
+    from batcher.core.cache import CachePoint
     from batcher.core.outcomes import Outcome
     from batcher.core.plan import PlannedRequest
 
@@ -146,6 +148,10 @@ class LimiterService:
         self.limiter = Limiter(seed, concurrency, source, clock=clock)
         #: ``[limits] budget_usd`` for the whole cluster (None: no cap): one hold per request
         self.budget = budget
+        #: the prompt cache's write-first gate for the whole cluster (made at the first request
+        #: with a breakpoint): one request writes the prefix while every other waits
+        self.prefix: WarmupGate | None = None
+        self._prefix_changed = anyio.Event()
         self._ids = itertools.count(1)
         self._tickets: dict[int, tuple[str, Ticket]] = {}
         #: acquires waiting, by the caller's request id: the event gives them up
@@ -193,6 +199,7 @@ class LimiterService:
         else:
             event.set()
             self.limiter.wake()
+            self._prefix_moved()
 
     async def answered(
         self, ticket: int, headers: dict[str, str], usage: dict[str, Any] | None
@@ -225,6 +232,42 @@ class LimiterService:
     async def view(self) -> LimiterView:
         return self._view()
 
+    # -- the cluster's write-first gate (batcher.core.warmup) --
+
+    async def prefix_turn(self, request: str, point: CachePoint) -> Admission | None:
+        """Wait while another worker's request writes the prefix; ``read`` or ``write``, or None
+        when the caller gave the wait up (:meth:`abandon`)."""
+        if request in self._abandoned:
+            self._abandoned.discard(request)
+            return None
+        give_up = self._waiting[request] = anyio.Event()
+        try:
+            if self.prefix is None:
+                self.prefix = WarmupGate.for_point(point)
+            while not give_up.is_set():
+                turn = self.prefix.admit(self.limiter.clock())
+                if turn != "wait":
+                    return turn
+                await self._prefix_changed.wait()
+            return None
+        finally:
+            self._waiting.pop(request, None)
+
+    async def prefix_done(self, turn: Admission, answered: bool, age_s: float) -> None:
+        """The request that took ``turn`` is over; ``age_s``: seconds since it was sent (the
+        worker's clock is not this one's)."""
+        if self.prefix is None:
+            return
+        if answered:
+            self.prefix.answered(self.limiter.clock() - age_s)
+        else:
+            self.prefix.failed(writer=turn == "write")
+        self._prefix_moved()
+
+    def _prefix_moved(self) -> None:
+        self._prefix_changed.set()
+        self._prefix_changed = anyio.Event()
+
     # -- the cluster's budget (batcher.budget.Budget, held here so every worker draws on one) --
 
     async def reserve_usd(self, usd: float) -> bool:
@@ -249,6 +292,7 @@ class LimiterService:
             raise RuntimeError("advance: this limiter runs on the real clock")
         self._clock.now += seconds
         self.limiter.wake()
+        self._prefix_moved()
         return self._view()
 
 
@@ -345,26 +389,16 @@ class RemoteLimiter:
         (a grant that crossed the give-up on the wire is handed back)."""
         request = f"{self.owner}:{next(self._requests)}"
         ref = self.handle.acquire.remote(self.owner, request, cost)
-        outcome: list[Grant | None] = []
-
-        async def wait_grant() -> None:
-            outcome.append(await ref)
-            tg.cancel_scope.cancel()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait_grant)
-            if give_up is not None:
-                await give_up.wait()
-                tg.cancel_scope.cancel()
-        if not outcome:
+        got, answer = await _unless_given_up(ref, give_up or anyio.Event())
+        if not got:
             # Given up: tell the actor, then take its answer (a grant made meanwhile goes back).
             with anyio.CancelScope(shield=True):
                 await self.handle.abandon.remote(request)
-                grant = await ref
-                if grant is not None:
-                    await self.handle.release.remote(grant.ticket)
+                late: Grant | None = await ref
+                if late is not None:
+                    await self.handle.release.remote(late.ticket)
             raise GaveUp
-        grant = outcome[0]
+        grant: Grant | None = answer
         if grant is None:
             raise GaveUp
         self._view = grant.view
@@ -435,3 +469,51 @@ class RemoteBudget:
 
     async def settle(self, held: float, outcome: Outcome | None) -> None:
         await self.handle.settle_usd.remote(held, getattr(outcome, "cost_usd", None) or 0.0)
+
+
+class RemotePrefixGate:
+    """The cluster's write-first gate as a worker's request stage sees it (the core's
+    :class:`~batcher.core.request.PrefixGate`): one request in the whole cluster writes the
+    prefix, every other waits for it and then reads."""
+
+    def __init__(self, handle: Any, owner: str) -> None:
+        self.handle = handle
+        self.owner = owner
+        self._requests = itertools.count(1)
+
+    async def turn(self, point: CachePoint, stopping: anyio.Event) -> Admission | None:
+        request = f"{self.owner}:prefix:{next(self._requests)}"
+        ref = self.handle.prefix_turn.remote(request, point)
+        got, turn = await _unless_given_up(ref, stopping)
+        if got:
+            result: Admission | None = turn
+            return result
+        # Given up: tell the actor, then take its answer (a turn granted meanwhile passes on).
+        with anyio.CancelScope(shield=True):
+            await self.handle.abandon.remote(request)
+            late: Admission | None = await ref
+            if late is not None:
+                await self.handle.prefix_done.remote(late, False, 0.0)
+        return None
+
+    def done(self, turn: Admission, answered: bool, sent_at: float) -> None:
+        # Not awaited: calls from one caller reach the actor in order, and nothing here waits on it.
+        self.handle.prefix_done.remote(turn, answered, max(0.0, time.monotonic() - sent_at))
+
+    def wake(self) -> None:
+        """Waits end through their ``stopping`` event (see :meth:`turn`)."""
+
+
+async def _unless_given_up(ref: Any, give_up: anyio.Event) -> tuple[bool, Any]:
+    """``(True, value)`` once ``ref`` is ready, or ``(False, None)`` if ``give_up`` is set first."""
+    outcome: list[Any] = []
+
+    async def wait_value() -> None:
+        outcome.append(await ref)
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait_value)
+        await give_up.wait()
+        tg.cancel_scope.cancel()
+    return (True, outcome[0]) if outcome else (False, None)

@@ -27,7 +27,7 @@ from batcher.core.plan import NO_PREFIX, Planner, SharedPrefix
 from batcher.core.prepare import RowPreparer
 from batcher.core.request import Requester
 from batcher.core.structured import StructuredOutput
-from batcher.engines.ray_limiter import RemoteBudget, RemoteLimiter
+from batcher.engines.ray_limiter import RemoteBudget, RemoteLimiter, RemotePrefixGate
 from batcher.images.pool import ImagePool
 from batcher.models import ModelProfile
 from batcher.records import Row
@@ -133,6 +133,7 @@ class RowWorker:
             policy=setup.policy,
             budget=RemoteBudget(self.handle) if setup.budgeted else None,
             output=setup.output,
+            prefix_gate=RemotePrefixGate(self.handle, self.name),
         )
 
     async def process(self, row: Row) -> Reply:

@@ -13,7 +13,17 @@ import pytest
 
 from batcher.exits import EXIT_BUDGET, EXIT_FATAL, EXIT_OK
 from batcher.simulator.config import Latency, RateLimits, SimConfig
-from tests.helpers import charges, good_rows, ray_job, ray_workers, results_by_id, run_job
+from tests.helpers import (
+    UNLIMITED,
+    answer_visible_cache,
+    cached_job,
+    charges,
+    good_rows,
+    ray_job,
+    ray_workers,
+    results_by_id,
+    run_job,
+)
 
 pytest.importorskip("ray")
 
@@ -117,3 +127,22 @@ def test_more_workers_than_the_local_instance_holds_is_one_line_at_once(
     assert f"batcher: stopped: the local Ray instance has {cpus:g} CPUs; {int(cpus) + 4} workers" in err
     assert charges(simulator) == {}
     assert ray_workers(local_ray) == []
+
+
+def test_the_cached_prefix_is_written_once_for_the_whole_cluster(
+    tmp_path: Path, make_simulator: Any, monkeypatch: pytest.MonkeyPatch, local_ray: Any
+) -> None:
+    # The simulator shows a cache entry only once the request that wrote it has answered (as the
+    # API does): two workers each letting a first request go would pay for two writes.
+    sim = make_simulator(SimConfig(latency=Latency(base_s=0.2)))
+    answer_visible_cache(sim, 0.2)
+    job = cached_job(tmp_path, good_rows(tmp_path, 24), concurrency=16, extra=UNLIMITED)
+    text = job.read_text().replace("[run]\n", '[run]\nengine = "ray"\n')
+    job.write_text(text + "\n[ray]\nworkers = 2\n")
+    code, err = run_job(job, sim, monkeypatch)
+    assert code == EXIT_OK, err
+    results = results_by_id(tmp_path / "out")
+    writes = [i for i, r in results.items() if (r["cache_creation_input_tokens"] or 0) > 0]
+    reads = [i for i, r in results.items() if (r["cache_read_input_tokens"] or 0) > 0]
+    assert len(writes) == 1 and len(reads) == 23
+    assert "batcher: cache: 23 of 24 requests read the prefix (95%)" in err

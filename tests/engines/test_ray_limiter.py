@@ -155,3 +155,54 @@ def test_a_wait_given_up_takes_nothing(local_ray: None) -> None:
         assert ray.get(actor.view.remote()).snapshot["in_flight"] == 0
     finally:
         stop_limiter(actor)
+
+
+# --- the cluster's write-first gate of the cached prefix -------------------------------------------
+
+
+def _point() -> Any:
+    from batcher.core.cache import CachePoint
+
+    return CachePoint(ttl="5m", anchor="examples", prefix_tokens=2000)
+
+
+@pytest.mark.anyio
+async def test_one_request_in_the_cluster_writes_the_prefix_the_rest_wait_then_read() -> None:
+    import anyio
+
+    service = LimiterService(Limits(rpm=6000), 4, "test", manual_clock=True)
+    assert await service.prefix_turn("w1:1", _point()) == "write"
+    turns: list[str | None] = []
+
+    async def wait(request: str) -> None:
+        turns.append(await service.prefix_turn(request, _point()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait, "w2:1")
+        tg.start_soon(wait, "w1:2")
+        await anyio.sleep(0.05)
+        assert turns == [] and (await service.stats())["waiting"] == 2  # both wait on the writer
+        await service.prefix_done("write", True, 0.0)
+    assert turns == ["read", "read"]
+
+
+@pytest.mark.anyio
+async def test_a_writer_without_an_answer_passes_the_turn_and_a_given_up_wait_takes_none() -> None:
+    import anyio
+
+    service = LimiterService(Limits(rpm=6000), 4, "test", manual_clock=True)
+    assert await service.prefix_turn("w1:1", _point()) == "write"
+    turns: list[str | None] = []
+
+    async def wait(request: str) -> None:
+        turns.append(await service.prefix_turn(request, _point()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait, "w2:1")
+        tg.start_soon(wait, "w2:2")
+        await anyio.sleep(0.05)
+        await service.abandon("w2:2")  # its run is stopping
+        await anyio.sleep(0.05)
+        assert turns == [None]
+        await service.prefix_done("write", False, 0.0)  # the writer failed: the next one writes
+    assert turns == [None, "write"]
