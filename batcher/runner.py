@@ -227,7 +227,7 @@ def _load_output(job: JobConfig, manifest: Manifest) -> OutputSpec | None:
             carried = list(column_names(manifest.field_types()).values())
         except ManifestError as exc:
             raise RunRefused(f"{job.path}: {exc}", EXIT_CONFIG) from None
-        check_column_names(spec, [*RESULT_NAMES, *carried], job)
+        check_column_names(spec, RESULT_NAMES, job, carried)
     except ConfigError as exc:
         raise RunRefused(str(exc), EXIT_CONFIG) from None
     return spec

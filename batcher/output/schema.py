@@ -177,16 +177,19 @@ def _refs(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], s
             yield from _refs(value, (*path, str(i)))
 
 
-def check_column_names(spec: OutputSpec, taken: Iterable[str], job: JobConfig) -> None:
+def check_column_names(
+    spec: OutputSpec, results: Iterable[str], job: JobConfig, carried: Iterable[str] = ()
+) -> None:
     """Refuse an output column that collides with a result column or a carried manifest column.
 
-    ``taken`` is the result columns and the manifest's carried columns (as the results name them)."""
-    from batcher.sink import RESULT_NAMES
-
-    taken = set(taken)
+    ``results``: batcher's result columns (``batcher.sink.RESULT_NAMES``, given by the caller: the
+    sink imports this package); ``carried``: the manifest's carried columns, as the results name
+    them."""
+    ours = set(results)
+    taken = ours | set(carried)
     for name in spec.column_names():
         if name in taken:
-            what = "batcher's result column" if name in RESULT_NAMES else "the manifest column"
+            what = "batcher's result column" if name in ours else "the manifest column"
             if spec.columns == "struct":
                 raise ConfigError(
                     f"{job.path}: output.columns: the struct column {name!r} collides with {what} {name!r}"

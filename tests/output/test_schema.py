@@ -201,7 +201,7 @@ def test_column_collisions(tmp_path: Path) -> None:
         ConfigError,
         match=r"^.*job.toml: output.schema: property 'title' collides with the manifest column 'title'$",
     ):
-        check_column_names(spec, [*RESULT_NAMES, "title"], job)
+        check_column_names(spec, RESULT_NAMES, job, ["title"])
     check_column_names(spec, RESULT_NAMES, job)  # no collision: no error
 
 
@@ -217,7 +217,7 @@ def test_struct_mode_collides_as_data(tmp_path: Path) -> None:
         ConfigError,
         match=r"output\.columns: the struct column 'data' collides with the manifest column 'data'",
     ):
-        check_column_names(spec, [*RESULT_NAMES, "data"], job)
+        check_column_names(spec, RESULT_NAMES, job, ["data"])
 
 
 def test_importing_the_package_is_light_and_checking_needs_no_pyarrow() -> None:
