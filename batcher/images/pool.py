@@ -102,46 +102,46 @@ def _label(source: str | bytes) -> str:
 
 def _run_task(task: _Task) -> tuple[Any, ...]:
     """Prepare one image in the worker; every outcome becomes a plain tuple for the pipe."""
-    _set_memory_limit(task.options.memory_limit_bytes)
-    try:
-        prepared = prepare_file(task.source, task.profile, task.options, task.images_in_request)
+
+    def prepare() -> tuple[Any, ...]:
+        try:
+            prepared = prepare_file(task.source, task.profile, task.options, task.images_in_request)
+        except ImageConfigError as exc:
+            return ("config", str(exc))
         return ("ok", prepared.to_dict())
-    except ImageError as exc:
-        return ("error", exc.error_type, str(exc))
-    except ImageConfigError as exc:
-        return ("config", str(exc))
-    except MemoryError:
-        limit = task.options.memory_limit_bytes
-        return (
-            "error",
-            "out_of_memory",
-            f"{_label(task.source)}: needed more than the {limit:,}-byte memory bound",
-        )
-    except Exception as exc:  # a bug or an unclassified decoder failure: still only this image's
-        return ("error", "decode_error", f"{_label(task.source)}: {type(exc).__name__}: {exc}")
-    finally:
-        _set_memory_limit(None)  # the answer itself must be sendable
+
+    return _bounded(task.source, task.options.memory_limit_bytes, prepare)
 
 
 def _run_thumb(task: _ThumbTask) -> tuple[Any, ...]:
     """Make one thumbnail in the worker; every outcome a plain tuple, as :func:`_run_task`."""
-    _set_memory_limit(task.options.memory_limit_bytes)
-    try:
+
+    def thumbnail() -> tuple[Any, ...]:
         thumb = make_thumbnail(task.source, task.thumb_px, task.options)
         return ("thumb", thumb.data, thumb.width, thumb.height)
+
+    return _bounded(task.source, task.options.memory_limit_bytes, thumbnail)
+
+
+def _bounded(
+    source: str | bytes, memory_limit_bytes: int | None, work: Callable[[], tuple[Any, ...]]
+) -> tuple[Any, ...]:
+    """``work()`` under the worker's memory bound; an image's failure becomes its error tuple."""
+    _set_memory_limit(memory_limit_bytes)
+    try:
+        return work()
     except ImageError as exc:
         return ("error", exc.error_type, str(exc))
     except MemoryError:
-        limit = task.options.memory_limit_bytes
         return (
             "error",
             "out_of_memory",
-            f"{_label(task.source)}: needed more than the {limit:,}-byte memory bound",
+            f"{_label(source)}: needed more than the {memory_limit_bytes:,}-byte memory bound",
         )
     except Exception as exc:  # a bug or an unclassified decoder failure: still only this image's
-        return ("error", "decode_error", f"{_label(task.source)}: {type(exc).__name__}: {exc}")
+        return ("error", "decode_error", f"{_label(source)}: {type(exc).__name__}: {exc}")
     finally:
-        _set_memory_limit(None)
+        _set_memory_limit(None)  # the answer itself must be sendable
 
 
 def _silence_stderr() -> None:
