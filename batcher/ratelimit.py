@@ -126,6 +126,13 @@ def load_presets(path: Path | None = None) -> tuple[str, dict[str, Limits]]:
     return default, tiers
 
 
+def job_seed(job: Any) -> tuple[Limits, str]:
+    """A :class:`~batcher.config.JobConfig`'s ``[limits]`` seed and where it comes from (a
+    process's limiter and a cluster's start from the same)."""
+    lim = job.limits
+    return seed_limits(lim.tier, lim.rpm, lim.itpm, lim.otpm)
+
+
 def seed_limits(
     tier: str | None = None,
     rpm: float | None = None,
@@ -448,8 +455,7 @@ class Limiter:
     @classmethod
     def for_job(cls, job: Any) -> Limiter:
         """From a :class:`~batcher.config.JobConfig`: its [limits] seed and run.concurrency."""
-        lim = job.limits
-        limits, source = seed_limits(lim.tier, lim.rpm, lim.itpm, lim.otpm)
+        limits, source = job_seed(job)
         return cls(limits, job.run.concurrency, source)
 
     # -- decisions over the current state --

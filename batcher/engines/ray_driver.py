@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -49,11 +50,11 @@ from batcher.core.signals import FatalRunError, fatal_grace
 from batcher.core.structured import StructuredOutput
 from batcher.core.writer import Writer
 from batcher.engines import INSTALL, RayEngineError
-from batcher.engines.ray_limiter import ACTOR_CONCURRENCY, NAMESPACE, LimiterView
+from batcher.engines.ray_limiter import ACTOR_CONCURRENCY, NAMESPACE, LimiterPicture
 from batcher.engines.ray_worker import Reply, RowWorker, WorkerSetup
 from batcher.errors import WORKER_ERROR, WORKER_LOST
 from batcher.models import ModelProfile
-from batcher.ratelimit import describe, seed_limits
+from batcher.ratelimit import SNAPSHOT_EVERY_S, job_seed
 from batcher.records import Result, Row
 from batcher.retry import RetryPolicy
 
@@ -122,24 +123,8 @@ def init_in_keeper(ray: Any, **options: Any) -> None:
         raise failed[0]
 
 
-class ClusterLimits:
+class ClusterLimits(LimiterPicture):
     """The cluster limiter's latest picture, on the driver (the progress line and ``status``)."""
-
-    def __init__(self) -> None:
-        self.view: LimiterView | None = None
-
-    @property
-    def latency_s(self) -> float | None:
-        return None if self.view is None else self.view.latency_s
-
-    def in_flight_limit(self) -> int:
-        return 1 if self.view is None else self.view.in_flight_limit
-
-    def snapshot(self) -> dict[str, Any]:
-        return {} if self.view is None else dict(self.view.snapshot)
-
-    def describe(self) -> str:
-        return describe(self.snapshot()) if self.view is not None else ""
 
 
 @dataclass
@@ -289,12 +274,9 @@ class RayPipeline:
     def _start_service(self, ray: Any) -> Any:
         from batcher.engines.ray_limiter import start_limiter
 
-        lim = self.job.limits
-        seed, source = seed_limits(lim.tier, lim.rpm, lim.itpm, lim.otpm)
-        budget = None
-        if self.budget is not None:
-            b = self.budget.budget
-            budget = Budget(b.limit_usd, spent_usd=b.spent_usd, reserved_usd=b.reserved_usd)
+        seed, source = job_seed(self.job)
+        # The actor gets a copy (the call pickles it); _settle_budget brings its figures back.
+        budget = self.budget.budget if self.budget is not None else None
         return start_limiter(self._key, seed, self.job.run.concurrency, source, budget=budget)
 
     def _setup(self) -> WorkerSetup:
@@ -505,15 +487,20 @@ class RayPipeline:
                     self.fatal_stop(str(exc))
 
     async def _watch_view(self, done: anyio.Event) -> None:
-        """The limiter's picture every second: progress line, read-ahead, ``batcher status``."""
+        """The limiter's picture every second (progress line, read-ahead), into the state for
+        ``batcher status`` as often as a local run writes it."""
+        written = -float("inf")
         while not done.is_set():
             with contextlib.suppress(Exception):
                 view = self.limiter.view = await self._service.view.remote()
                 # Requests on the wire across the cluster, as the limiter counts them.
                 self.counters.in_flight = int(view.snapshot.get("in_flight") or 0)
                 self._wake()
-                # Off the event loop: a state write waits on the disk.
-                await anyio.to_thread.run_sync(self.state.set_meta, "rate_limits", self.limiter.snapshot())
+                if time.monotonic() - written >= SNAPSHOT_EVERY_S:
+                    written = time.monotonic()
+                    # Off the event loop: a state write waits on the disk.
+                    snapshot = self.limiter.snapshot()
+                    await anyio.to_thread.run_sync(self.state.set_meta, "rate_limits", snapshot)
             with anyio.move_on_after(VIEW_EVERY_S):
                 await done.wait()
 

@@ -340,7 +340,28 @@ def stop_limiter(handle: Any) -> None:
 # --- the worker's side -------------------------------------------------------------------------
 
 
-class RemoteLimiter:
+class LimiterPicture:
+    """The cluster limiter's latest :class:`LimiterView`, read without a round trip: the surface
+    of :class:`Limiter` that progress lines and read-ahead use. ``view`` is None until the first
+    answer from the actor."""
+
+    view: LimiterView | None = None
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.view is None else self.view.latency_s
+
+    def in_flight_limit(self) -> int:
+        return 1 if self.view is None else self.view.in_flight_limit
+
+    def snapshot(self) -> dict[str, Any]:
+        return {} if self.view is None else dict(self.view.snapshot)
+
+    def describe(self) -> str:
+        return describe(self.snapshot()) if self.view is not None else ""
+
+
+class RemoteLimiter(LimiterPicture):
     """The cluster's limiter as a worker sees it: the surface of :class:`Limiter` the request code
     uses, each wait and settlement a call to the actor (awaited as an ObjectRef: the event loop
     never blocks)."""
@@ -349,20 +370,7 @@ class RemoteLimiter:
         self.handle = handle
         self.owner = owner
         self._requests = itertools.count(1)
-        self._view: LimiterView | None = None
         self._last_snapshot = -float("inf")
-
-    # -- synchronous reads of the latest picture --
-
-    @property
-    def latency_s(self) -> float | None:
-        return None if self._view is None else self._view.latency_s
-
-    def in_flight_limit(self) -> int:
-        return 1 if self._view is None else self._view.in_flight_limit
-
-    def snapshot(self) -> dict[str, Any]:
-        return {} if self._view is None else dict(self._view.snapshot)
 
     def snapshot_due(self) -> bool:
         now = time.monotonic()
@@ -371,9 +379,6 @@ class RemoteLimiter:
         self._last_snapshot = now
         return True
 
-    def describe(self) -> str:
-        return describe(self.snapshot()) if self._view is not None else ""
-
     def wake(self) -> None:
         """Waits end through their ``give_up`` event (see :meth:`acquire`); nothing to do here."""
 
@@ -381,7 +386,7 @@ class RemoteLimiter:
 
     async def refresh(self) -> LimiterView:
         view: LimiterView = await self.handle.view.remote()
-        self._view = view
+        self.view = view
         return view
 
     async def acquire(self, cost: Cost, give_up: anyio.Event | None = None) -> Grant:
@@ -401,19 +406,19 @@ class RemoteLimiter:
         grant: Grant | None = answer
         if grant is None:
             raise GaveUp
-        self._view = grant.view
+        self.view = grant.view
         return grant
 
     async def answered(
         self, grant: Grant, headers: Mapping[str, str], usage: Mapping[str, Any] | None
     ) -> None:
-        self._view = await self.handle.answered.remote(grant.ticket, dict(headers), dict(usage or {}))
+        self.view = await self.handle.answered.remote(grant.ticket, dict(headers), dict(usage or {}))
 
     async def failed(self, grant: Grant, exc: errors.APIError) -> None:
-        self._view = await self.handle.failed.remote(grant.ticket, Failure.of(exc))
+        self.view = await self.handle.failed.remote(grant.ticket, Failure.of(exc))
 
     async def release(self, grant: Grant) -> None:
-        self._view = await self.handle.release.remote(grant.ticket)
+        self.view = await self.handle.release.remote(grant.ticket)
 
     @contextlib.asynccontextmanager
     async def slot(self, cost: Cost, give_up: anyio.Event | None = None) -> AsyncIterator[RemoteSlot]:
@@ -451,7 +456,7 @@ class RemoteSlot:
 
     async def settled(self) -> None:
         while self._pending:
-            self.limiter._view = await self._pending.pop(0)
+            self.limiter.view = await self._pending.pop(0)
 
 
 class RemoteBudget:
