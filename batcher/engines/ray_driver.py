@@ -58,6 +58,8 @@ from batcher.ratelimit import SNAPSHOT_EVERY_S, job_seed
 from batcher.records import Result, Row
 from batcher.retry import RetryPolicy
 
+#: seconds ``ray.init`` has to start or join a cluster (at an address nothing answers, it keeps trying)
+CONNECT_TIMEOUT_S: Final = 60.0
 #: seconds the workers have to start (a cluster without room for them never places them)
 START_TIMEOUT_S: Final = 120.0
 #: how often the driver reads the cluster limiter's picture (progress, read-ahead, status)
@@ -99,11 +101,12 @@ def job_key(out_dir: str) -> str:
     return f"{digest}-{uuid.uuid4().hex[:8]}"
 
 
-def init_in_keeper(ray: Any, **options: Any) -> None:
+def init_in_keeper(ray: Any, timeout_s: float = CONNECT_TIMEOUT_S, **options: Any) -> None:
     """``ray.init(**options)`` on a thread that lives as long as the process. A local instance's
     node processes are started with ``PR_SET_PDEATHSIG``, which kills them when the *thread* that
     started them ends: started from a worker thread that goes idle, the cluster would die mid-run.
-    Blocks until the init is done (call it off the event loop); its error is raised here."""
+    Blocks until the init is done (call it off the event loop); its error is raised here, and
+    :class:`TimeoutError` after ``timeout_s`` (an address no cluster answers at: Ray keeps trying)."""
     done = threading.Event()
     failed: list[BaseException] = []
 
@@ -118,7 +121,8 @@ def init_in_keeper(ray: Any, **options: Any) -> None:
         threading.Event().wait()  # never set: the thread, and the node processes, end with the process
 
     threading.Thread(target=keep, name="batcher-ray-keeper", daemon=True).start()
-    done.wait()
+    if not done.wait(timeout_s):
+        raise TimeoutError(f"no answer within {timeout_s:.0f} s")
     if failed:
         raise failed[0]
 
@@ -267,7 +271,7 @@ class RayPipeline:
             }
         try:
             init_in_keeper(ray, address=address, **options)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
             where = f"ray.address {address!r}" if address else "a local Ray instance"
             raise RayEngineError(f"{where}: cannot start or join Ray: {exc}") from None
 

@@ -93,6 +93,18 @@ def test_a_failed_start_is_raised_to_the_caller() -> None:
         init_in_keeper(FakeRay(ConnectionError("no cluster")))
 
 
+class HangingRay(FakeRay):
+    """``ray.init`` at an address nothing answers at: it keeps trying."""
+
+    def init(self, **options: Any) -> None:
+        threading.Event().wait()
+
+
+def test_a_start_that_never_answers_ends_in_a_timeout() -> None:
+    with pytest.raises(TimeoutError, match="no answer within 0 s"):
+        init_in_keeper(HangingRay(), timeout_s=0.2)
+
+
 def test_without_ray_the_run_is_refused_naming_the_extra(
     tmp_path: Path, simulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
